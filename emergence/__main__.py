@@ -1,0 +1,5 @@
+import sys
+
+from emergence.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""One function per experiment; each docstring gives the command and the expected runtime.
+
+Runtimes are for the 2-core CPU machine this project is developed on.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from recorder.config import ConfigError, RunConfig
+
+
+def learn_to_see() -> RunConfig:
+    """The "learn to see" tanh CNN: six 3x3 convs (4-4-8-8-16-16), Adam, batch 1024, 5 epochs.
+
+    58 steps/epoch on 60,000 images (remainder dropped) = 290 updates, 291 frames (steps 0..290) of every
+    conv layer on one probe per class. The reference used MNIST (`--set dataset=mnist` uses its probe
+    indices); the default here is Fashion-MNIST, which ships with Debian and works offline.
+
+        emergence record learn_to_see            # about 3 minutes on 2 CPU cores
+    """
+    return RunConfig(experiment="learn_to_see", model="learn_to_see", activation="tanh", dataset="fashion_mnist",
+                     batch_size=1024, epochs=5, learning_rate=1e-3, eval_every=29)
+
+
+def keras_fashion() -> RunConfig:
+    """The Keras Fashion-MNIST CNN (Conv32-pool-Conv64-pool-Dense64), relu, Adam, batch 64, 5 epochs.
+
+    937 steps/epoch, 4,685 updates; about 0.91 test accuracy. Frames are log-spaced (300) by default
+    because every step would be ~2.7 GB: `--set schedule=every` records them all.
+
+        emergence record keras_fashion           # a few minutes on 2 CPU cores
+    """
+    return RunConfig(experiment="keras_fashion", model="keras_fashion", activation="relu", dataset="fashion_mnist",
+                     batch_size=64, epochs=5, learning_rate=1e-3, schedule="log:300", eval_every=250)
+
+
+def tiny() -> RunConfig:
+    """A tiny CNN on the procedural `synthetic` dataset: runs anywhere in seconds, no data needed.
+
+        emergence record tiny                    # ~10 seconds
+    """
+    return RunConfig(experiment="tiny", model="tiny_cnn", activation="tanh", dataset="synthetic",
+                     synthetic_size=2048, batch_size=64, epochs=2, learning_rate=3e-3, eval_every=16)
+
+
+EXPERIMENTS: dict[str, Callable[[], RunConfig]] = {
+    "learn_to_see": learn_to_see,
+    "keras_fashion": keras_fashion,
+    "tiny": tiny,
+}
+
+
+def get_experiment(name: str) -> RunConfig:
+    """The config of experiment `name`; raises ConfigError listing the valid names otherwise."""
+    if name not in EXPERIMENTS:
+        raise ConfigError(f"unknown experiment {name!r}; expected one of: {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name]()

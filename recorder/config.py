@@ -1,0 +1,125 @@
+"""The typed, frozen configuration of one recorded run, and `key=value` overrides for the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+from recorder.activations import ACTIVATIONS
+from recorder.data import DATASETS
+from recorder.models import MODELS
+from recorder.schedule import parse_schedule
+from recorder.writer import COMPRESSIONS
+
+OPTIMIZERS = ("adam", "sgd")
+DTYPES = ("float16", "float32")
+KERNEL_CHOICES = ("first", "all", "none")
+
+
+class ConfigError(ValueError):
+    """A configuration value or override is invalid; the message lists the valid options."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One run: model, data, optimiser, schedule and storage. Saved in full inside the run file."""
+
+    experiment: str = "custom"
+    model: str = "learn_to_see"
+    activation: str = "tanh"  # the conv nonlinearity; recorded values come after it
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    synthetic_size: int = 4096  # training images of the `synthetic` dataset (test: a quarter)
+    optimizer: str = "adam"  # adam | sgd (with momentum)
+    learning_rate: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    batch_size: int = 1024
+    epochs: int = 5
+    steps: int = 0  # > 0: train exactly this many updates instead of `epochs`
+    seed: int = 0  # model init and the per-epoch shuffles
+    probes: tuple[int, ...] = ()  # test-set indices of the probe images; empty = one per class
+    schedule: str = "every"  # frames: every | every:K | log:N
+    dtype: str = "float16"  # stored activations
+    compression: str = "gzip"  # none | gzip | lzf
+    kernels: str = "first"  # record the kernel of the first tapped layer, all, or none
+    eval_every: int = 50  # steps between held-out evaluations; 0 = only at the end
+    eval_size: int = 1000  # held-out images (the first ones of the test split)
+
+    def validate(self) -> "RunConfig":
+        """Raises ConfigError naming the bad field and the valid options; returns self."""
+        choices = {
+            "model": tuple(MODELS), "activation": tuple(ACTIVATIONS), "dataset": DATASETS,
+            "optimizer": OPTIMIZERS, "dtype": DTYPES, "compression": COMPRESSIONS, "kernels": KERNEL_CHOICES,
+        }
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"unknown {key} {getattr(self, key)!r}; expected one of: {', '.join(valid)}")
+        for key in ("batch_size", "synthetic_size", "eval_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("epochs", "steps", "eval_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.steps == 0 and self.epochs == 0:
+            raise ConfigError("nothing to train: set epochs >= 1 or steps >= 1")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        try:
+            parse_schedule(self.schedule)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)
+
+
+def _coerce(key: str, text: str, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (types.UnionType, typing.Union):  # `str | None`
+        if text.lower() in ("none", "null", ""):
+            return None
+        return _coerce(key, text, next(a for a in args if a is not type(None)))
+    if origin is tuple:
+        items = [t for t in text.replace(" ", "").split(",") if t]
+        return tuple(_coerce(key, t, args[0]) for t in items)
+    if annotation is bool:
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {text!r}")
+    try:
+        return annotation(text)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a value of type {annotation.__name__}, got {text!r}") from None
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Applies `key=value` strings; unknown keys raise ConfigError listing the valid keys."""
+    types_ = _field_types()
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        if key not in types_ or key == "experiment":
+            valid = ", ".join(k for k in types_ if k != "experiment")
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {valid}")
+        changes[key] = _coerce(key, value.strip(), types_[key])
+    return dataclasses.replace(config, **changes).validate()
+
+
+def config_from_json(text: str) -> RunConfig:
+    data = json.loads(text)
+    data["probes"] = tuple(data.get("probes", ()))
+    return RunConfig(**data)

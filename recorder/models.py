@@ -1,0 +1,121 @@
+"""The built-in CNNs, written in Flax NNX with a `tap` after every conv nonlinearity.
+
+Each builder takes the input shape `(H, W, C)`, the number of classes, the conv activation name and an
+`nnx.Rngs`. Dense hidden layers always use relu, as in the reference experiments; only the conv
+nonlinearity is configurable, because that is what is recorded and compared.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from recorder.activations import get_activation
+from recorder.taps import tap
+
+# Keras' defaults (glorot-uniform kernels, zero biases) for the dense layers, as in the reference code.
+_DENSE_INIT = nnx.initializers.glorot_uniform()
+
+
+def _dense(din: int, dout: int, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(din, dout, kernel_init=_DENSE_INIT, rngs=rngs)
+
+
+def _pool(x: jax.Array) -> jax.Array:
+    return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+
+
+class LearnToSee(nnx.Module):
+    """Six 3x3 'same' convs (4-4-8-8-16-16), Normal(0, 0.01) kernels, max-pool after conv2 and conv4,
+    then Dense 64 relu, Dense 32 relu, Dense `num_classes` (logits)."""
+
+    CHANNELS = (4, 4, 8, 8, 16, 16)
+    POOL_AFTER = (1, 3)  # 0-based conv indices followed by a 2x2 max-pool
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs):
+        h, w, c = input_shape
+        self.act = get_activation(activation)
+        init = nnx.initializers.normal(stddev=0.01)
+        chans = (c, *self.CHANNELS)
+        self.convs = nnx.List(
+            [nnx.Conv(chans[i], chans[i + 1], (3, 3), padding="SAME", kernel_init=init, rngs=rngs) for i in range(6)]
+        )
+        flat = (h // 4) * (w // 4) * self.CHANNELS[-1]
+        self.dense1 = _dense(flat, 64, rngs)
+        self.dense2 = _dense(64, 32, rngs)
+        self.logits = _dense(32, num_classes, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C] -> [B, K]
+        for i, conv in enumerate(self.convs):
+            x = tap(self, f"conv{i + 1}", self.act(conv(x)), kernel=conv.kernel)
+            if i in self.POOL_AFTER:
+                x = _pool(x)
+        x = x.reshape(x.shape[0], -1)
+        x = jax.nn.relu(self.dense1(x))
+        x = jax.nn.relu(self.dense2(x))
+        return self.logits(x)
+
+
+class KerasFashion(nnx.Module):
+    """Conv32 3x3 valid -> pool -> Conv64 3x3 valid -> pool -> flatten -> Dense 64 relu -> Dense K."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs):
+        h, w, c = input_shape
+        self.act = get_activation(activation)
+        init = nnx.initializers.glorot_uniform()
+        self.conv_a = nnx.Conv(c, 32, (3, 3), padding="VALID", kernel_init=init, rngs=rngs)
+        self.conv_b = nnx.Conv(32, 64, (3, 3), padding="VALID", kernel_init=init, rngs=rngs)
+        h2, w2 = ((h - 2) // 2 - 2) // 2, ((w - 2) // 2 - 2) // 2
+        self.dense = _dense(h2 * w2 * 64, 64, rngs)
+        self.logits = _dense(64, num_classes, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = _pool(tap(self, "conv1", self.act(self.conv_a(x)), kernel=self.conv_a.kernel))
+        x = _pool(tap(self, "conv2", self.act(self.conv_b(x)), kernel=self.conv_b.kernel))
+        x = x.reshape(x.shape[0], -1)
+        return self.logits(jax.nn.relu(self.dense(x)))
+
+
+class TinyCNN(nnx.Module):
+    """Conv8 3x3 valid -> pool -> Conv16 3x3 valid -> pool -> flatten -> Dense K. For tests and demos."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs):
+        h, w, c = input_shape
+        self.act = get_activation(activation)
+        init = nnx.initializers.glorot_uniform()
+        self.conv_a = nnx.Conv(c, 8, (3, 3), padding="VALID", kernel_init=init, rngs=rngs)
+        self.conv_b = nnx.Conv(8, 16, (3, 3), padding="VALID", kernel_init=init, rngs=rngs)
+        h2, w2 = ((h - 2) // 2 - 2) // 2, ((w - 2) // 2 - 2) // 2
+        self.logits = _dense(h2 * w2 * 16, num_classes, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = _pool(tap(self, "conv1", self.act(self.conv_a(x)), kernel=self.conv_a.kernel))
+        x = _pool(tap(self, "conv2", self.act(self.conv_b(x)), kernel=self.conv_b.kernel))
+        return self.logits(x.reshape(x.shape[0], -1))
+
+
+ModelBuilder = Callable[[Sequence[int], int, str, nnx.Rngs], nnx.Module]
+
+MODELS: dict[str, ModelBuilder] = {
+    "learn_to_see": LearnToSee,
+    "keras_fashion": KerasFashion,
+    "tiny_cnn": TinyCNN,
+}
+
+
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, activation: str, seed: int) -> nnx.Module:
+    """Builds the model called `name`; raises ValueError listing the valid names otherwise."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(sorted(MODELS))}")
+    return MODELS[name](tuple(input_shape), num_classes, activation, nnx.Rngs(params=seed))
+
+
+def register_model(name: str, builder: ModelBuilder) -> None:
+    """Makes a user model recordable by name: `builder(input_shape, num_classes, activation, rngs)`
+    must return an `nnx.Module` whose forward calls `tap(self, name, y)` after each recorded layer."""
+    if name in MODELS:
+        raise ValueError(f"a model called {name!r} is already registered")
+    MODELS[name] = builder

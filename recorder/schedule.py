@@ -1,0 +1,34 @@
+"""Which steps get a frame: a pure function of the schedule string and the number of updates.
+
+- `every`: every step 0..N (the default; the reference experiment records all 291 frames).
+- `every:K`: steps 0, K, 2K, ... and always the last step N.
+- `log:N`: about N steps spaced evenly in log(step), always with 0, 1 and the last step: dense early,
+  where features change fastest, sparse late.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def parse_schedule(spec: str) -> tuple[str, int]:
+    """`spec` -> (kind, parameter); raises ValueError saying what is valid."""
+    kind, _, arg = spec.partition(":")
+    if kind == "every" and not arg:
+        return "every", 1
+    if kind in ("every", "log") and arg.isdigit() and int(arg) >= 1:
+        if kind == "log" and int(arg) < 2:
+            raise ValueError(f"schedule {spec!r}: log needs at least 2 frames")
+        return kind, int(arg)
+    raise ValueError(f"unknown schedule {spec!r}; expected one of: every, every:K (K >= 1), log:N (N >= 2)")
+
+
+def recorded_steps(spec: str, total_steps: int) -> np.ndarray:
+    """Sorted, unique steps in [0, total_steps] that get a frame."""
+    kind, arg = parse_schedule(spec)
+    if kind == "every":
+        steps = np.arange(0, total_steps + 1, arg)
+    else:
+        steps = np.round(np.geomspace(1, max(total_steps, 1), num=arg - 1)).astype(np.int64)
+        steps = np.concatenate([[0], steps])
+    return np.unique(np.concatenate([steps, [total_steps]])).astype(np.int64)

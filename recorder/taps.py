@@ -1,0 +1,87 @@
+"""The marker call that makes a layer's output recordable.
+
+A model marks a value with `tap(self, "conv1", y)` right after the nonlinearity. Under the hood this is
+Flax NNX's own `Module.sow` into a dedicated `Intermediate` subclass, so the values leave the jitted step as
+ordinary outputs of `nnx.capture` (no host callbacks, nothing stored on the module).
+
+Passing `kernel=self.conv1.kernel` as well lets the recorder store that layer's weights with each frame
+(used for filter pictures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator
+
+import jax
+from flax import nnx
+
+
+class Tap(nnx.Intermediate):
+    """Activations marked for recording (after the nonlinearity)."""
+
+
+class TapKernel(nnx.Intermediate):
+    """The kernel of a tapped layer, captured next to its activation."""
+
+
+_order = threading.local()
+KERNEL_SUFFIX = ":kernel"
+
+
+def tap(module: nnx.Module, name: str, value: jax.Array, kernel: nnx.Param | jax.Array | None = None) -> jax.Array:
+    """Marks `value` (shape [B, H, W, C]) as the recorded output of layer `name`; returns it unchanged.
+
+    `name` must be unique in the model and must not equal an attribute of `module` (NNX keeps sown
+    values beside the module's own attributes).
+    """
+    module.sow(Tap, name, value)
+    if kernel is not None:
+        # Captured values of all types share one namespace per module, hence the suffix.
+        module.sow(TapKernel, name + KERNEL_SUFFIX, kernel[...] if isinstance(kernel, nnx.Variable) else kernel)
+    log = getattr(_order, "calls", None)
+    if log is not None:  # trace-time only: remembers the call order
+        log.append((module, name))
+    return value
+
+
+@contextlib.contextmanager
+def call_order() -> Iterator[list[tuple[nnx.Module, str]]]:
+    """Collects (module, tap name) in the order a forward pass calls `tap` (while tracing)."""
+    _order.calls = []
+    try:
+        yield _order.calls
+    finally:
+        _order.calls = None
+
+
+def tap_names_in_call_order(model: nnx.Module, calls: list[tuple[nnx.Module, str]]) -> list[str]:
+    """Full tap names (see `flatten_taps`) in call order, from the log of `call_order`."""
+    paths = {id(m): path for path, m in nnx.iter_modules(model)}
+    names: list[str] = []
+    for module, name in calls:
+        full = "/".join([*(str(p) for p in paths[id(module)]), name])
+        if full not in names:
+            names.append(full)
+    return names
+
+
+def flatten_taps(state: nnx.State) -> dict[str, jax.Array]:
+    """Turns a captured `Tap`/`TapKernel` state into {layer name: array}.
+
+    A tap inside a nested module is named by its module path, e.g. `block1/conv`.
+    """
+    out: dict[str, jax.Array] = {}
+    for path, var in nnx.to_flat_state(state):
+        name = "/".join(str(p) for p in path).removesuffix(KERNEL_SUFFIX)
+        values = var.get_value() if isinstance(var, nnx.Variable) else var
+        if isinstance(values, tuple):
+            if len(values) != 1:
+                raise ValueError(
+                    f"layer {name!r} was tapped {len(values)} times in one forward pass; "
+                    "each tap name must be used once per call"
+                )
+            values = values[0]
+        out[name] = values
+    return out

@@ -1,0 +1,179 @@
+"""Synchronous HDF5 writer of the run file described in `docs/run_schema.md` (schema version 1).
+
+All datasets are created up front, then the file switches to SWMR mode, so another process can read it
+while it grows and a killed run leaves a readable file. This class does no threading and accepts host
+arrays only; `AsyncRunWriter` (async_writer.py) wraps it for use from the training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+
+SCHEMA = "emergence.run"
+SCHEMA_VERSION = 1
+STATUS_BYTES = 16
+MESSAGE_BYTES = 4096
+COMPRESSIONS = ("none", "gzip", "lzf")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    name: str
+    shape: tuple[int, int, int]  # (H, W, C) of one probe's activation
+    activation: str
+    kernel_shape: tuple[int, ...] | None = None  # (kh, kw, C_in, C_out) when the kernel is recorded
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+    """Everything needed to create the file before the first frame arrives."""
+
+    layers: tuple[LayerSpec, ...]  # in call order
+    num_classes: int
+    probe_images: np.ndarray  # [P, H, W, C] uint8
+    probe_labels: np.ndarray  # [P]
+    probe_indices: np.ndarray  # [P]
+    probe_dataset: str
+    attrs: Mapping[str, Any]  # root attributes (experiment, config_json, ... see the schema)
+    dtype: str = "float16"
+    compression: str = "gzip"
+    eval_split: str = "test"
+    eval_count: int = 0
+
+
+def _compression_kwargs(name: str) -> dict[str, Any]:
+    if name == "none":
+        return {}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    if name == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    raise ValueError(f"unknown compression {name!r}; expected one of: {', '.join(COMPRESSIONS)}")
+
+
+class H5RunWriter:
+    """Creates a run file and appends to it. Not thread-safe: one thread owns it."""
+
+    def __init__(self, path: str | Path, layout: RunLayout):
+        self.path = Path(path)
+        self._t0 = time.time()
+        f = self._file = h5py.File(self.path, "w", libver="latest")
+        try:
+            self._create(f, layout)
+            f.swmr_mode = True  # from here on: append rows and overwrite scalars only
+        except BaseException:
+            f.close()
+            raise
+        self._layers = [spec.name for spec in layout.layers]
+        self._kernels = [spec.name for spec in layout.layers if spec.kernel_shape is not None]
+
+    @staticmethod
+    def _create(f: h5py.File, layout: RunLayout) -> None:
+        f.attrs["schema"] = SCHEMA
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        for key, value in layout.attrs.items():
+            f.attrs[key] = value
+        f.attrs["created_unix"] = time.time()
+        f.create_dataset("status", data=np.bytes_(b"running"), dtype=f"S{STATUS_BYTES}")
+        f.create_dataset("status_message", data=np.bytes_(b""), dtype=f"S{MESSAGE_BYTES}")
+        f.create_dataset("updated_unix", data=time.time(), dtype="f8")
+
+        probes = f.create_group("probes")
+        probes.create_dataset("images", data=np.asarray(layout.probe_images, np.uint8))
+        probes.create_dataset("labels", data=np.asarray(layout.probe_labels, np.int64))
+        probes.create_dataset("indices", data=np.asarray(layout.probe_indices, np.int64))
+        probes["indices"].attrs["dataset"] = layout.probe_dataset
+        probes["indices"].attrs["split"] = "test"
+        p = len(layout.probe_labels)
+
+        def growing(group: h5py.Group, name: str, row: tuple[int, ...], dtype: str, **kw: Any) -> None:
+            group.create_dataset(name, shape=(0, *row), maxshape=(None, *row), dtype=dtype, chunks=(1, *row) if row else (1024,), **kw)
+
+        frames = f.create_group("frames")
+        growing(frames, "step", (), "i8")
+        growing(frames, "wall_time", (), "f8")
+        growing(frames, "logits", (p, layout.num_classes), "f4")
+        layers = f.create_group("layers")
+        layers.attrs["order_json"] = json.dumps([s.name for s in layout.layers])
+        layers.attrs["kernels_json"] = json.dumps([s.name for s in layout.layers if s.kernel_shape is not None])
+        comp = _compression_kwargs(layout.compression)
+        for order, spec in enumerate(layout.layers):
+            g = layers.create_group(spec.name)
+            growing(g, "activations", (p, *spec.shape), layout.dtype, **comp)
+            g["activations"].attrs["activation"] = spec.activation
+            g["activations"].attrs["order"] = order
+            if spec.kernel_shape is not None:
+                growing(g, "kernel", tuple(spec.kernel_shape), "f4")
+
+        train = f.create_group("train")
+        for name, dtype in (("step", "i8"), ("loss", "f4"), ("accuracy", "f4"), ("wall_time", "f8")):
+            growing(train, name, (), dtype)
+        ev = f.create_group("eval")
+        ev.attrs["split"] = layout.eval_split
+        ev.attrs["count"] = layout.eval_count
+        for name, dtype in (("step", "i8"), ("loss", "f4"), ("accuracy", "f4")):
+            growing(ev, name, (), dtype)
+        test = f.create_group("test")
+        test.create_dataset("loss", data=np.nan, dtype="f8")
+        test.create_dataset("accuracy", data=np.nan, dtype="f8")
+        test.create_dataset("count", data=0, dtype="i8")
+
+    @staticmethod
+    def _append(ds: h5py.Dataset, rows: np.ndarray) -> None:
+        n = ds.shape[0]
+        ds.resize(n + rows.shape[0], axis=0)
+        ds[n:] = rows
+
+    def write_frame(self, step: int, wall_time: float, frame: Mapping[str, np.ndarray]) -> None:
+        """Appends one frame. `frame` maps layer names to [P, H, W, C], `logits` to [P, K] and
+        `kernel/<layer>` to the kernel of each layer whose kernel is recorded."""
+        f = self._file
+        for name in self._layers:
+            self._append(f["layers"][name]["activations"], frame[name][None])
+        for name in self._kernels:
+            self._append(f["layers"][name]["kernel"], frame[f"kernel/{name}"][None])
+        self._append(f["frames/logits"], frame["logits"][None])
+        self._append(f["frames/wall_time"], np.array([wall_time]))
+        self._append(f["frames/step"], np.array([step]))  # last: its length counts complete frames
+
+    def write_train(self, steps: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, wall_time: np.ndarray) -> None:
+        """Appends training metrics for one or more consecutive steps."""
+        f = self._file
+        self._append(f["train/loss"], np.asarray(loss, np.float32).reshape(-1))
+        self._append(f["train/accuracy"], np.asarray(accuracy, np.float32).reshape(-1))
+        self._append(f["train/wall_time"], np.asarray(wall_time, np.float64).reshape(-1))
+        self._append(f["train/step"], np.asarray(steps, np.int64).reshape(-1))
+
+    def write_eval(self, step: int, loss: float, accuracy: float) -> None:
+        f = self._file
+        self._append(f["eval/loss"], np.array([loss], np.float32))
+        self._append(f["eval/accuracy"], np.array([accuracy], np.float32))
+        self._append(f["eval/step"], np.array([step], np.int64))
+
+    def write_test(self, loss: float, accuracy: float, count: int) -> None:
+        f = self._file
+        f["test/loss"][()] = loss
+        f["test/accuracy"][()] = accuracy
+        f["test/count"][()] = count
+
+    def set_status(self, status: str, message: str = "") -> None:
+        if status not in ("running", "completed", "failed"):
+            raise ValueError(f"status must be running, completed or failed, got {status!r}")
+        self._file["status"][()] = np.bytes_(status.encode())
+        self._file["status_message"][()] = np.bytes_(message.encode()[:MESSAGE_BYTES])
+
+    def flush(self) -> None:
+        self._file["updated_unix"][()] = time.time()
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            self.flush()
+            self._file.close()

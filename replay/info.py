@@ -1,0 +1,40 @@
+"""`emergence info RUN.h5`: what a run file holds, in a few lines."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from replay.run_file import Run, _ranges
+
+
+def describe(run: Run) -> str:
+    c = run.config
+    steps = run.steps
+    lines = [
+        f"run         {run.path}",
+        f"experiment  {run.experiment}: {c['model']} ({c['activation']}) on {c['dataset']}, {c['optimizer']} "
+        f"lr {c['learning_rate']}, batch {c['batch_size']}, seed {c['seed']}",
+        f"status      {run.describe_status()}",
+        f"frames      {len(steps)} of steps {_ranges(steps)} (schedule {run.schedule}, {run.planned_steps} steps planned)",
+        f"probes      {len(run.probes()[1])} test images, indices {list(map(int, run.probes()[2]))}",
+        "layers (after the nonlinearity; [T, P, H, W, C]):",
+    ]
+    for name in run.layers:
+        kernel = "  + kernel" if name in run.kernel_layers else ""
+        lines.append(f"  {name:<12} {[len(steps), *run.layer_shape(name)]}  {run.activation_name(name)}{kernel}")
+    train = run.train_metrics()
+    if len(train.step):
+        k = min(len(train.step), 10)
+        lines.append(
+            f"train       {len(train.step)} steps; last step {train.step[-1]}: loss {train.loss[-1]:.4f}, "
+            f"accuracy {train.accuracy[-1]:.4f} (mean of the last {k}: {np.mean(train.accuracy[-k:]):.4f})"
+        )
+    ev = run.eval_metrics()
+    if len(ev.step):
+        lines.append(
+            f"eval        {len(ev.step)} evaluations on {run.eval_count} held-out test images; at step {ev.step[-1]}: "
+            f"loss {ev.loss[-1]:.4f}, accuracy {ev.accuracy[-1]:.4f}"
+        )
+    loss, acc, n = run.test_metrics()
+    lines.append(f"test        accuracy {acc:.4f}, loss {loss:.4f} on {n} images" if n else "test        not measured yet")
+    return "\n".join(lines)

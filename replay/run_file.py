@@ -1,0 +1,202 @@
+"""Reads a run file (docs/run_schema.md, version 1), also while it is still being written.
+
+    run = open_run("runs/learn_to_see.h5")
+    run.layers                      # ['conv1', ..., 'conv6'] in call order
+    run.steps                       # [T] recorded steps
+    run.activations("conv3", [0, 290])   # [2, P, H, W, C] float32
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+
+SUPPORTED_VERSIONS = (1,)
+
+
+class RunFileError(ValueError):
+    """The file is not a run file this version can read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics:
+    step: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+
+
+class Run:
+    """An open run file. Use as a context manager or call `close()`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no run file at {self.path}")
+        try:
+            self._f = h5py.File(self.path, "r", libver="latest", swmr=True)
+        except OSError as e:
+            raise RunFileError(f"{self.path} is not a readable HDF5 run file ({e})") from e
+        attrs = self._f.attrs
+        if attrs.get("schema") != "emergence.run":
+            self._f.close()
+            raise RunFileError(f"{self.path} is an HDF5 file but not an emergence run (no schema attribute)")
+        version = int(attrs["schema_version"])
+        if version not in SUPPORTED_VERSIONS:
+            self._f.close()
+            raise RunFileError(
+                f"{self.path} has run schema version {version}; this version of emergence reads {SUPPORTED_VERSIONS}. "
+                "Upgrade emergence to read it."
+            )
+        self.config: dict[str, Any] = json.loads(attrs["config_json"])
+        self.summary: dict[str, Any] = json.loads(attrs["summary_json"])
+        self.versions: dict[str, str] = json.loads(attrs["versions_json"])
+        self.class_names: list[str] = json.loads(attrs["class_names_json"])
+        self.experiment: str = str(attrs["experiment"])
+        self.planned_steps: int = int(attrs["planned_steps"])
+        self.schedule: str = str(attrs["record_schedule"])
+        self.layers: list[str] = json.loads(self._f["layers"].attrs["order_json"])
+        self.kernel_layers: list[str] = json.loads(self._f["layers"].attrs["kernels_json"])
+
+    # -- live state ---------------------------------------------------------------------------------
+    def _frame_datasets(self) -> list[h5py.Dataset]:
+        f = self._f
+        out = [f["frames/step"], f["frames/wall_time"], f["frames/logits"]]
+        out += [f["layers"][n]["activations"] for n in self.layers]
+        out += [f["layers"][n]["kernel"] for n in self.kernel_layers]
+        return out
+
+    def refresh(self) -> None:
+        """Sees rows appended since the file was opened (SWMR)."""
+        for ds in self._frame_datasets():
+            ds.refresh()
+        for group in ("train", "eval"):
+            for ds in self._f[group].values():
+                ds.refresh()
+        for name in ("status", "status_message", "updated_unix", "test/loss", "test/accuracy", "test/count"):
+            self._f[name].refresh()
+
+    @property
+    def num_frames(self) -> int:
+        """Complete frames: the shortest frame dataset (a writer killed mid-frame leaves a longer one)."""
+        return min(ds.shape[0] for ds in self._frame_datasets())
+
+    @property
+    def steps(self) -> np.ndarray:  # [T]
+        return self._f["frames/step"][: self.num_frames]
+
+    @property
+    def frame_wall_time(self) -> np.ndarray:  # [T]
+        return self._f["frames/wall_time"][: self.num_frames]
+
+    @property
+    def status(self) -> str:
+        return self._f["status"][()].decode()
+
+    @property
+    def status_message(self) -> str:
+        return self._f["status_message"][()].decode("utf-8", errors="replace")
+
+    @property
+    def updated_unix(self) -> float:
+        return float(self._f["updated_unix"][()])
+
+    def describe_status(self, stale_seconds: float = 60.0) -> str:
+        status = self.status
+        if status == "running" and time.time() - self.updated_unix > stale_seconds:
+            age = time.time() - self.updated_unix
+            return f"running? (no write for {age:.0f} s: the recorder was probably killed; the file holds what it flushed)"
+        if status == "failed":
+            return f"failed: {self.status_message}"
+        return status
+
+    # -- data ---------------------------------------------------------------------------------------
+    def layer_shape(self, layer: str) -> tuple[int, ...]:
+        """(P, H, W, C) of one frame of `layer`."""
+        return tuple(self._dataset(layer).shape[1:])
+
+    def activation_name(self, layer: str) -> str:
+        return str(self._dataset(layer).attrs["activation"])
+
+    def _dataset(self, layer: str) -> h5py.Dataset:
+        if layer not in self.layers:
+            raise KeyError(f"no layer {layer!r} in {self.path}; layers: {', '.join(self.layers)}")
+        return self._f["layers"][layer]["activations"]
+
+    def _frame_indices(self, steps: Sequence[int] | None) -> np.ndarray:
+        all_steps = self.steps
+        if steps is None:
+            return np.arange(len(all_steps))
+        pos = np.searchsorted(all_steps, steps)
+        bad = [s for s, p in zip(steps, pos) if p >= len(all_steps) or all_steps[p] != s]
+        if bad:
+            raise KeyError(f"steps {bad[:5]} were not recorded; recorded: {_ranges(all_steps)}")
+        return pos
+
+    def activations(self, layer: str, steps: Sequence[int] | None = None) -> np.ndarray:
+        """[len(steps), P, H, W, C] float32 of `layer` at the recorded `steps` (all if None)."""
+        idx = self._frame_indices(steps)
+        return self._dataset(layer)[np.asarray(idx)].astype(np.float32) if len(idx) else np.zeros((0, *self.layer_shape(layer)), np.float32)
+
+    def kernels(self, layer: str, steps: Sequence[int] | None = None) -> np.ndarray:
+        """[len(steps), kh, kw, C_in, C_out] of `layer` (only for layers in `kernel_layers`)."""
+        if layer not in self.kernel_layers:
+            raise KeyError(f"kernel of {layer!r} was not recorded; recorded kernels: {self.kernel_layers}")
+        return self._f["layers"][layer]["kernel"][np.asarray(self._frame_indices(steps))]
+
+    def logits(self, steps: Sequence[int] | None = None) -> np.ndarray:  # [len(steps), P, K]
+        return self._f["frames/logits"][np.asarray(self._frame_indices(steps))]
+
+    def probes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(images uint8 [P, H, W, C], labels [P], test-split indices [P])."""
+        g = self._f["probes"]
+        return g["images"][()], g["labels"][()], g["indices"][()]
+
+    def _metrics(self, group: str) -> Metrics:
+        g = self._f[group]
+        n = min(ds.shape[0] for ds in (g["step"], g["loss"], g["accuracy"]))
+        return Metrics(g["step"][:n], g["loss"][:n], g["accuracy"][:n])
+
+    def train_metrics(self) -> Metrics:
+        """Per update: loss/accuracy of the training batch, with the parameters before that update."""
+        return self._metrics("train")
+
+    def eval_metrics(self) -> Metrics:
+        """On the held-out subset (`eval_count` test images), with the parameters after each step."""
+        return self._metrics("eval")
+
+    @property
+    def eval_count(self) -> int:
+        return int(self._f["eval"].attrs["count"])
+
+    def test_metrics(self) -> tuple[float, float, int]:
+        """(loss, accuracy, images) on the full test split; NaN, NaN, 0 until the run completes."""
+        t = self._f["test"]
+        return float(t["loss"][()]), float(t["accuracy"][()]), int(t["count"][()])
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_run(path: str | Path) -> Run:
+    """Opens a run file for reading (works while the recorder is still writing it)."""
+    return Run(path)
+
+
+def _ranges(steps: np.ndarray) -> str:
+    if len(steps) == 0:
+        return "none"
+    if len(steps) <= 6:
+        return ", ".join(str(s) for s in steps)
+    return f"{steps[0]}, {steps[1]}, ..., {steps[-1]} ({len(steps)} frames)"
