@@ -51,7 +51,7 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Raises ConfigError naming the bad field and the valid options; returns self."""
         choices = {
-            "model": tuple(MODELS), "activation": tuple(ACTIVATIONS), "dataset": DATASETS,
+            "model": tuple(sorted(MODELS)), "activation": tuple(sorted(ACTIVATIONS)), "dataset": DATASETS,
             "optimizer": OPTIMIZERS, "dtype": DTYPES, "compression": COMPRESSIONS, "kernels": KERNEL_CHOICES,
         }
         for key, valid in choices.items():

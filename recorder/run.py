@@ -41,6 +41,7 @@ class RunResult:
     test_loss: float
     test_accuracy: float
     seconds: float
+    traces: dict[str, int]  # how often each jitted function was traced (compiled): 1 each is the goal
 
 
 def versions() -> dict[str, str]:
@@ -234,4 +235,4 @@ def _train(
         f"done: {total} steps, {len(frame_steps)} frames in {seconds:.1f} s; "
         f"test accuracy {test_acc:.4f} (loss {test_loss:.4f}, {len(dataset.test_labels)} images) -> {writer.writer.path}"
     )
-    return RunResult(writer.writer.path, total, len(frame_steps), test_loss, test_acc, seconds)
+    return RunResult(writer.writer.path, total, len(frame_steps), test_loss, test_acc, seconds, dict(fns.traces))

@@ -16,9 +16,7 @@ def parse_schedule(spec: str) -> tuple[str, int]:
     kind, _, arg = spec.partition(":")
     if kind == "every" and not arg:
         return "every", 1
-    if kind in ("every", "log") and arg.isdigit() and int(arg) >= 1:
-        if kind == "log" and int(arg) < 2:
-            raise ValueError(f"schedule {spec!r}: log needs at least 2 frames")
+    if kind in ("every", "log") and arg.isdigit() and int(arg) >= (1 if kind == "every" else 2):
         return kind, int(arg)
     raise ValueError(f"unknown schedule {spec!r}; expected one of: every, every:K (K >= 1), log:N (N >= 2)")
 

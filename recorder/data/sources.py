@@ -97,12 +97,13 @@ def _download(url: str, dest: Path, expected: RemoteFile) -> None:
 
 
 def _fetch(source: Source, folder: Path) -> list[str]:
-    """Downloads every file of `source` into `folder`; returns the problems met (empty on success)."""
-    problems: list[str] = []
+    """Downloads every file of `source` into `folder`; returns why a file failed on every mirror
+    (empty on success)."""
     for f in source.files:
         dest = folder / f.name
         if dest.is_file() and sha256_of(dest) == f.sha256:
             continue
+        attempts: list[str] = []
         for base in source.mirrors:
             url = base.rstrip("/") + "/" + f.name
             print(f"downloading {url} ({f.size / 1e6:.1f} MB) -> {dest}", file=sys.stderr)
@@ -110,13 +111,13 @@ def _fetch(source: Source, folder: Path) -> list[str]:
                 _download(url, dest, f)
                 break
             except (OSError, ValueError) as e:
-                problems.append(f"{url}: {e}")
+                attempts.append(f"{url}: {e}")
         else:
-            return problems
+            return attempts
         if source.unpack:
             with tarfile.open(dest, "r:gz") as tar:
                 tar.extractall(folder, filter="data")
-    return problems
+    return []
 
 
 def locate(source: Source, data_dir: str | Path | None = None, download: bool | None = None) -> Path:

@@ -1,0 +1,62 @@
+"""Shared helpers: writers of the real on-disk dataset formats, and small recorded runs."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C}
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
+    """Writes `array` in the IDX format (big-endian header: 0, 0, type, ndim, then the dims)."""
+    array = np.asarray(array)
+    header = bytes([0, 0, _IDX_CODES[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.tobytes()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def write_mnist_like(folder: Path, n_train: int = 64, n_test: int = 20, gz: bool = True, seed: int = 0) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": (np.arange(n_train) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": ((np.arange(n_test) * 3) % 10).astype(np.uint8),
+    }
+    for name, arr in arrays.items():
+        write_idx(folder / (name + (".gz" if gz else "")), arr, gz=gz)
+    return arrays
+
+
+def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """CIFAR-10 binary: per record 1 label byte, then the R, G and B planes (32x32 each, row-major)."""
+    planes = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    path.write_bytes(np.concatenate([labels.astype(np.uint8)[:, None], planes], axis=1).tobytes())
+    return path
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch):
+    """No standard dataset locations, no cache, no downloads: only what a test puts there."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("EMERGENCE_CACHE", str(home / "cache"))
+    monkeypatch.setenv("EMERGENCE_NO_DOWNLOAD", "1")
+    monkeypatch.delenv("EMERGENCE_DATA_DIR", raising=False)
+    return home
+
+
+def tiny_config(**changes):
+    from experiments import get_experiment
+    from recorder.config import apply_overrides
+
+    base = ["synthetic_size=256", "batch_size=32", "steps=6", "eval_every=3", "eval_size=40"]
+    return apply_overrides(get_experiment("tiny"), base + [f"{k}={v}" for k, v in changes.items()])

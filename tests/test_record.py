@@ -1,0 +1,92 @@
+"""End to end on synthetic data: config -> jitted steps -> HDF5 -> schema checks."""
+
+import json
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from recorder.data import load_dataset
+from recorder.models import build_model
+from recorder.run import record
+from recorder.taps import Tap, flatten_taps
+from replay import open_run
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "tiny.h5"
+    result = record(tiny_config(), path, show_progress=False, log=lambda s: None)
+    return path, result
+
+
+def test_schema_and_shapes(tiny_run):
+    path, result = tiny_run
+    with h5py.File(path, "r") as f:
+        assert f.attrs["schema"] == "emergence.run" and f.attrs["schema_version"] == 1
+        assert f["frames/step"][()].tolist() == list(range(7))  # step 0 (initial model) .. 6
+        acts = f["layers/conv1/activations"]
+        assert acts.shape == (7, 10, 26, 26, 8) and acts.dtype == np.float16 and acts.chunks[0] == 1
+        assert f["layers/conv2/activations"].shape == (7, 10, 11, 11, 16)
+        assert f["layers/conv1/kernel"].shape == (7, 3, 3, 1, 8) and "kernel" not in f["layers/conv2"]
+        assert f["frames/logits"].shape == (7, 10, 10)
+        assert f["train/step"][()].tolist() == [1, 2, 3, 4, 5, 6]
+        assert f["eval/step"][()].tolist() == [3, 6] and f["eval"].attrs["count"] == 40
+        assert f["status"][()] == b"completed"
+        assert json.loads(f.attrs["config_json"])["steps"] == 6
+        assert f["test/count"][()] == 64 and f["test/accuracy"][()] == pytest.approx(result.test_accuracy)
+        assert np.all(np.diff(f["frames/wall_time"][()]) >= 0)
+    assert result.traces == {"train_step": 0, "recorded_step": 1, "probe_frame": 1, "eval_chunk": 1}
+
+
+def test_step0_frame_is_the_initial_model_on_the_probes(tiny_run):
+    path, _ = tiny_run
+    config = tiny_config()
+    ds = load_dataset("synthetic", synthetic_size=config.synthetic_size)
+    model = build_model(config.model, ds.input_shape, 10, config.activation, config.seed)
+    with open_run(path) as run:
+        images, labels, indices = run.probes()
+        np.testing.assert_array_equal(images, ds.test_images[indices])
+        assert labels.tolist() == list(range(10))  # one probe per class, in class order
+        _, taps = nnx.capture(lambda m, x: m(x), Tap)(model, jnp.asarray(images, jnp.float32) / 255)
+        expected = np.asarray(flatten_taps(taps)["conv1"]).astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(run.activations("conv1", [0])[0], expected)
+        np.testing.assert_array_equal(run.kernels("conv1", [0])[0], model.conv_a.kernel[...])
+        assert not np.array_equal(run.kernels("conv1", [6])[0], run.kernels("conv1", [0])[0])  # it trained
+
+
+def test_same_seed_same_recording(tiny_run, tmp_path):
+    path, _ = tiny_run
+    other = record(tiny_config(), tmp_path / "again.h5", show_progress=False, log=lambda s: None).path
+    with open_run(path) as a, open_run(other) as b:
+        for layer in a.layers:
+            np.testing.assert_array_equal(a.activations(layer), b.activations(layer))
+        np.testing.assert_array_equal(a.train_metrics().loss, b.train_metrics().loss)
+
+
+def test_schedule_every_k_compiles_each_step_kind_once(tmp_path):
+    result = record(tiny_config(steps=9, schedule="every:4"), tmp_path / "k.h5", show_progress=False, log=lambda s: None)
+    with open_run(result.path) as run:
+        assert run.steps.tolist() == [0, 4, 8, 9]
+        assert run.train_metrics().step.tolist() == list(range(1, 10))
+    assert result.traces["train_step"] == 1 and result.traces["recorded_step"] == 1
+
+
+def test_refuses_to_overwrite_and_keeps_the_file(tiny_run):
+    path, _ = tiny_run
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        record(tiny_config(), path, show_progress=False, log=lambda s: None)
+    assert path.read_bytes() == before
+
+
+def test_float32_storage_and_all_kernels(tmp_path):
+    config = tiny_config(dtype="float32", kernels="all", steps=2, compression="none")
+    result = record(config, tmp_path / "f32.h5", show_progress=False, log=lambda s: None)
+    with h5py.File(result.path, "r") as f:
+        assert f["layers/conv1/activations"].dtype == np.float32
+        assert f["layers/conv2/kernel"].shape == (3, 3, 3, 8, 16)
