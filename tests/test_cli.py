@@ -1,0 +1,60 @@
+"""Bad input: one clear message, a non-zero exit, and nothing already recorded is lost."""
+
+import pytest
+
+from emergence.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["record", "resnet50"], "unknown experiment 'resnet50'; expected one of: learn_to_see, keras_fashion, tiny"),
+        (["record", "tiny", "--set", "colour=red"], "unknown config key 'colour'; valid keys:"),
+        (["record", "tiny", "--set", "activation=swish"], "unknown activation 'swish'; expected one of:"),
+        (["record", "tiny", "--set", "batch_size=100000"], "batch_size 100000 is larger than the 2048 training images"),
+        (["info", "/nonexistent/run.h5"], "no run file at /nonexistent/run.h5"),
+    ],
+)
+def test_errors_are_one_line_and_exit_nonzero(capsys, tmp_path, argv, message):
+    code, _, err = run_cli(capsys, *argv, *(["--out", str(tmp_path)] if argv[0] == "record" else []))
+    assert code == 2
+    assert err.startswith("emergence: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_missing_dataset_says_how_to_get_it(capsys, tmp_path, isolated_home):
+    code, _, err = run_cli(capsys, "record", "learn_to_see", "--set", "dataset=mnist", "--out", str(tmp_path))
+    assert code == 2 and "mnist not found" in err and "--data-dir" in err
+
+
+def test_info_rejects_a_file_that_is_not_a_run(capsys, tmp_path):
+    (tmp_path / "x.h5").write_bytes(b"not hdf5")
+    code, _, err = run_cli(capsys, "info", str(tmp_path / "x.h5"))
+    assert code == 2 and "not a readable HDF5 run file" in err
+
+
+def test_record_then_info_then_refuse_overwrite(capsys, tmp_path):
+    args = ["record", "tiny", "--out", str(tmp_path), "--no-progress", "--set", "steps=3", "--set", "synthetic_size=128"]
+    code, out, _ = run_cli(capsys, *args)
+    path = tmp_path / "tiny-3-128.h5"
+    assert code == 0 and out.strip() == str(path)
+    code, out, _ = run_cli(capsys, "info", str(path))
+    assert code == 0 and "status      completed" in out and "conv1        [4, 10, 26, 26, 8]" in out
+    before = path.read_bytes()
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and "already exists; pass --overwrite" in err
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", [[], ["record"], ["info"]])
+def test_help(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: emergence" in capsys.readouterr().out

@@ -1,0 +1,105 @@
+"""The run file while it is written: background errors, live reading, and a SIGKILLed recorder."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from recorder.async_writer import AsyncRunWriter, WriterError
+from recorder.writer import H5RunWriter, LayerSpec, RunLayout
+from replay import open_run
+
+
+def _layout():
+    return RunLayout(
+        layers=(LayerSpec("conv1", (4, 4, 2), "tanh"),),
+        num_classes=3,
+        probe_images=np.zeros((2, 4, 4, 1), np.uint8),
+        probe_labels=np.array([0, 1]),
+        probe_indices=np.array([5, 7]),
+        probe_dataset="synthetic",
+        attrs={"experiment": "t", "config_json": "{}", "versions_json": "{}", "summary_json": "{}",
+               "class_names_json": '["a", "b", "c"]', "planned_steps": 3, "record_schedule": "every"},
+    )
+
+
+def _frame(value):
+    return {"conv1": np.full((2, 4, 4, 2), value, np.float32), "logits": np.zeros((2, 3), np.float32)}
+
+
+def test_background_error_reaches_the_caller_and_marks_the_file_failed(tmp_path):
+    path = tmp_path / "r.h5"
+    writer = AsyncRunWriter(H5RunWriter(path, _layout()))
+    writer.submit(lambda w, f: w.write_frame(0, 0.0, f), _frame(0.5))
+    writer.submit(lambda w, f: w.write_frame(1, 0.1, f), {"conv1": np.zeros((9, 9))})  # wrong shape
+    with pytest.raises(WriterError, match="keeps every frame written before the failure"):
+        writer.wait()
+    with pytest.raises(WriterError):
+        writer.close()
+    with open_run(path) as run:
+        assert run.status == "failed" and "writer error" in run.status_message
+        assert run.steps.tolist() == [0]
+        np.testing.assert_array_equal(run.activations("conv1"), np.full((1, 2, 4, 4, 2), 0.5))
+
+
+def test_values_are_stored_unnormalised(tmp_path):
+    path = tmp_path / "r.h5"
+    with AsyncRunWriter(H5RunWriter(path, _layout())) as writer:
+        for step, value in enumerate((-1.0, 0.0, 3.5)):
+            writer.submit(lambda w, f, s=step: w.write_frame(s, 0.0, f), _frame(value))
+    with open_run(path) as run:
+        assert run.activations("conv1")[:, 0, 0, 0, 0].tolist() == [-1.0, 0.0, 3.5]
+        assert run.activations("conv1", [2]).shape == (1, 2, 4, 4, 2)
+        with pytest.raises(KeyError, match="not recorded"):
+            run.activations("conv1", [7])
+
+
+def _frames_now(path):
+    try:
+        with open_run(path) as run:
+            return run.num_frames, run.status
+    except (OSError, ValueError):
+        return 0, None
+
+
+def _wait_for(path, at_least, deadline):
+    while time.time() < deadline:
+        n, status = _frames_now(path)
+        if n >= at_least:
+            return n, status
+        time.sleep(0.2)
+    raise AssertionError(f"{path} did not reach {at_least} frames in time")
+
+
+def test_live_reading_and_sigkill(tmp_path):
+    path = tmp_path / "live.h5"
+    cmd = [sys.executable, "-m", "emergence", "record", "tiny", "--out", str(tmp_path), "--name", "live",
+           "--no-progress", "--set", "steps=100000", "--set", "synthetic_size=256", "--set", "batch_size=32"]
+    log = open(tmp_path / "recorder.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        first, status = _wait_for(path, 5, deadline)
+        assert status == "running"
+        seen, _ = _wait_for(path, first + 5, deadline)  # another process sees the file grow
+        with open_run(path) as run:  # and reads the latest step's data while it is written
+            latest = run.steps[-1]
+            assert run.activations("conv2", [latest]).shape == (1, 10, 11, 11, 16)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        log.close()
+    assert proc.returncode == -signal.SIGKILL
+    with open_run(path) as run:
+        assert run.status == "running"  # it never got to say otherwise
+        steps = run.steps
+        assert len(steps) >= seen
+        np.testing.assert_array_equal(steps, np.arange(len(steps)))
+        for layer in run.layers:
+            acts = run.activations(layer)
+            assert acts.shape[0] == len(steps) and np.isfinite(acts).all()
+        assert len(run.train_metrics().step) >= len(steps) - 2
