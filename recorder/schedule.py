@@ -2,7 +2,7 @@
 
 - `every`: every step 0..N (the default; the reference experiment records all 291 frames).
 - `every:K`: steps 0, K, 2K, ... and always the last step N.
-- `log:N`: about N steps spaced evenly in log(step), always with 0, 1 and the last step: dense early,
+- `log:N`: N steps (fewer if the run is shorter) spaced evenly in log(step), always with 0, 1 and the last step: dense early,
   where features change fastest, sparse late.
 """
 
@@ -27,6 +27,13 @@ def recorded_steps(spec: str, total_steps: int) -> np.ndarray:
     if kind == "every":
         steps = np.arange(0, total_steps + 1, arg)
     else:
-        steps = np.round(np.geomspace(1, max(total_steps, 1), num=arg - 1)).astype(np.int64)
+        # Rounding merges the first log-spaced points; sample more densely until N distinct steps remain.
+        want = min(arg - 1, total_steps)
+        num = want
+        while True:
+            steps = np.unique(np.round(np.geomspace(1, max(total_steps, 1), num=num)).astype(np.int64))
+            if len(steps) >= want or num > 4 * total_steps:
+                break
+            num += max(1, want - len(steps))
         steps = np.concatenate([[0], steps])
     return np.unique(np.concatenate([steps, [total_steps]])).astype(np.int64)

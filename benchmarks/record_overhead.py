@@ -1,0 +1,111 @@
+"""Recording overhead: training steps/s without recording vs recording every step, side by side.
+
+    .venv/bin/python benchmarks/record_overhead.py [--trials 5]
+
+For each model, trials alternate between the two loops in the same process (the machine is shared and
+noisy; alternating cancels slow drifts), and the table reports medians and their ratio.
+
+- unrecorded: the jitted training step alone, as a user would write it (no probes, no file).
+- recorded:   the jitted step that also computes the probe frame, every step, with the frame and the
+              training metrics handed to the background HDF5 writer (a real run file in a temp folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import get_experiment
+from recorder.async_writer import AsyncRunWriter
+from recorder.data import load_dataset
+from recorder.models import build_model
+from recorder.probes import choose_probes
+from recorder.run import epoch_permutation
+from recorder.summary import summarize
+from recorder.train import make_optimizer, make_step_functions, to_inputs
+from recorder.writer import H5RunWriter, LayerSpec, RunLayout
+
+CASES = (("learn_to_see", 8), ("keras_fashion", 60))  # (experiment, steps per trial)
+
+
+def bench(experiment: str, steps: int, trials: int, folder: Path) -> dict:
+    config = get_experiment(experiment)
+    ds = load_dataset(config.dataset)
+    model = build_model(config.model, ds.input_shape, 10, config.activation, config.seed)
+    summary = summarize(model, ds.input_shape)
+    first = summary["taps"][0]["name"]
+    fns = make_step_functions(model, make_optimizer("adam", 1e-3, 0.9), (first,), jnp.float16)
+    probe_idx = choose_probes(ds)
+    layout = RunLayout(
+        layers=tuple(LayerSpec(t["name"], tuple(t["shape"]), config.activation,
+                               tuple(summary["kernels"][first]) if t["name"] == first else None)
+                     for t in summary["taps"]),
+        num_classes=10, probe_images=ds.test_images[probe_idx], probe_labels=ds.test_labels[probe_idx],
+        probe_indices=probe_idx, probe_dataset=ds.name,
+        attrs={"experiment": experiment, "config_json": config.to_json(), "versions_json": "{}",
+               "summary_json": "{}", "class_names_json": "[]", "planned_steps": 0, "record_schedule": "every"},
+    )
+    train_x = jax.device_put(ds.train_images)
+    train_y = jax.device_put(ds.train_labels.astype(np.int32))
+    probe_x = to_inputs(jax.device_put(ds.test_images[probe_idx]))
+    perm = epoch_permutation(0, 0, len(ds.train_labels))
+    b = config.batch_size
+    batches = [perm[i * b:(i + 1) * b] for i in range(steps)]
+    state = fns.init_state
+
+    def unrecorded(state):
+        for idx in batches:
+            state, metrics = fns.train_step(state, train_x, train_y, idx)
+        jax.block_until_ready((state, metrics))
+        return state
+
+    def recorded(state, writer):
+        for step, idx in enumerate(batches, 1):
+            state, metrics, frame = fns.recorded_step(state, train_x, train_y, idx, probe_x)
+            writer.submit(lambda w, f, s=step: w.write_frame(s, 0.0, f), frame)
+            writer.submit(lambda w, m, s=step: w.write_train(np.array([s]), m["loss"], m["accuracy"], np.array([0.0])), metrics)
+        writer.wait()  # everything on disk (flushed at least once a second) before the clock stops
+        jax.block_until_ready(state)
+        return state
+
+    writer = AsyncRunWriter(H5RunWriter(folder / f"{experiment}.h5", layout))
+    state = recorded(unrecorded(state), writer)  # compile both and warm the writer
+    times = {"unrecorded": [], "recorded": []}
+    for _ in range(trials):
+        t = time.perf_counter()
+        state = unrecorded(state)
+        times["unrecorded"].append(steps / (time.perf_counter() - t))
+        t = time.perf_counter()
+        state = recorded(state, writer)
+        times["recorded"].append(steps / (time.perf_counter() - t))
+    writer.close("completed")
+    un, rec = statistics.median(times["unrecorded"]), statistics.median(times["recorded"])
+    return {"experiment": experiment, "batch": b, "unrecorded": un, "recorded": rec, "ratio": rec / un,
+            "spread": (min(times["recorded"]) / max(times["unrecorded"]), max(times["recorded"]) / min(times["unrecorded"]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=5)
+    args = parser.parse_args()
+    print(f"JAX {jax.__version__}, backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+          f"{args.trials} alternating trials per loop, medians")
+    print()
+    print("| model | batch | unrecorded steps/s | recorded every step, steps/s | ratio | ratio range |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as folder:
+        for experiment, steps in CASES:
+            r = bench(experiment, steps, args.trials, Path(folder))
+            print(f"| {r['experiment']} | {r['batch']} | {r['unrecorded']:.2f} | {r['recorded']:.2f} | "
+                  f"{r['ratio']:.3f} | {r['spread'][0]:.2f}–{r['spread'][1]:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
