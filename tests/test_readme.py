@@ -1,0 +1,25 @@
+"""The README's "record your own model" example runs as written."""
+
+import re
+from pathlib import Path
+
+from replay import open_run
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_custom_model_example_records(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "register_model" in b)
+    example = example.replace("epochs=1)", "epochs=1, synthetic_size=256)")  # keep the test fast
+    monkeypatch.chdir(tmp_path)
+    from recorder.models import MODELS
+
+    try:
+        exec(compile(example, "README.md", "exec"), {})
+    finally:
+        MODELS.pop("my_cnn", None)
+    with open_run(tmp_path / "runs" / "mine.h5") as run:
+        assert run.layers == ["features"] and run.status == "completed"
+        assert run.layer_shape("features") == (10, 28, 28, 6)  # nnx.Conv pads SAME by default
+        assert run.kernel_layers == ["features"]
