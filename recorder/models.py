@@ -7,10 +7,10 @@ nonlinearity is configurable, because that is what is recorded and compared.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from recorder.activations import get_activation
@@ -59,50 +59,39 @@ class LearnToSee(nnx.Module):
         return self.logits(x)
 
 
-class KerasFashion(nnx.Module):
-    """Conv32 3x3 valid -> pool -> Conv64 3x3 valid -> pool -> flatten -> Dense 64 relu -> Dense K."""
+class TwoConvNet(nnx.Module):
+    """Conv(c1) 3x3 valid -> pool -> Conv(c2) 3x3 valid -> pool -> flatten -> [Dense `hidden` relu] -> Dense K.
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs):
+    `keras_fashion` is (32, 64, hidden 64), the Keras Fashion-MNIST tutorial CNN; `tiny_cnn` is (8, 16, no
+    hidden layer), for tests and demos.
+    """
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs,
+                 channels: tuple[int, int] = (32, 64), hidden: int | None = 64):
         h, w, c = input_shape
         self.act = get_activation(activation)
         init = nnx.initializers.glorot_uniform()
-        self.conv_a = nnx.Conv(c, 32, (3, 3), padding="VALID", kernel_init=init, rngs=rngs)
-        self.conv_b = nnx.Conv(32, 64, (3, 3), padding="VALID", kernel_init=init, rngs=rngs)
-        h2, w2 = ((h - 2) // 2 - 2) // 2, ((w - 2) // 2 - 2) // 2
-        self.dense = _dense(h2 * w2 * 64, 64, rngs)
-        self.logits = _dense(64, num_classes, rngs)
+        self.conv_a = nnx.Conv(c, channels[0], (3, 3), padding="VALID", kernel_init=init, rngs=rngs)
+        self.conv_b = nnx.Conv(channels[0], channels[1], (3, 3), padding="VALID", kernel_init=init, rngs=rngs)
+        flat = (((h - 2) // 2 - 2) // 2) * (((w - 2) // 2 - 2) // 2) * channels[1]
+        self.dense = _dense(flat, hidden, rngs) if hidden else None
+        self.logits = _dense(hidden or flat, num_classes, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _pool(tap(self, "conv1", self.act(self.conv_a(x)), kernel=self.conv_a.kernel))
         x = _pool(tap(self, "conv2", self.act(self.conv_b(x)), kernel=self.conv_b.kernel))
         x = x.reshape(x.shape[0], -1)
-        return self.logits(jax.nn.relu(self.dense(x)))
-
-
-class TinyCNN(nnx.Module):
-    """Conv8 3x3 valid -> pool -> Conv16 3x3 valid -> pool -> flatten -> Dense K. For tests and demos."""
-
-    def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs):
-        h, w, c = input_shape
-        self.act = get_activation(activation)
-        init = nnx.initializers.glorot_uniform()
-        self.conv_a = nnx.Conv(c, 8, (3, 3), padding="VALID", kernel_init=init, rngs=rngs)
-        self.conv_b = nnx.Conv(8, 16, (3, 3), padding="VALID", kernel_init=init, rngs=rngs)
-        h2, w2 = ((h - 2) // 2 - 2) // 2, ((w - 2) // 2 - 2) // 2
-        self.logits = _dense(h2 * w2 * 16, num_classes, rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = _pool(tap(self, "conv1", self.act(self.conv_a(x)), kernel=self.conv_a.kernel))
-        x = _pool(tap(self, "conv2", self.act(self.conv_b(x)), kernel=self.conv_b.kernel))
-        return self.logits(x.reshape(x.shape[0], -1))
+        if self.dense is not None:
+            x = jax.nn.relu(self.dense(x))
+        return self.logits(x)
 
 
 ModelBuilder = Callable[[Sequence[int], int, str, nnx.Rngs], nnx.Module]
 
 MODELS: dict[str, ModelBuilder] = {
     "learn_to_see": LearnToSee,
-    "keras_fashion": KerasFashion,
-    "tiny_cnn": TinyCNN,
+    "keras_fashion": functools.partial(TwoConvNet, channels=(32, 64), hidden=64),
+    "tiny_cnn": functools.partial(TwoConvNet, channels=(8, 16), hidden=None),
 }
 
 
