@@ -6,6 +6,8 @@ For each model, trials alternate between the two loops in the same process (the 
 noisy; alternating cancels slow drifts), and the table reports medians and their ratio.
 
 - unrecorded: the jitted training step alone, as a user would write it (no probes, no file).
+- probe frame, no writer: the jitted step that also computes the probe frame, frames discarded
+  (separates the cost of the extra forward pass from the cost of getting frames to disk).
 - recorded:   the jitted step that also computes the probe frame, every step, with the frame and the
               training metrics handed to the background HDF5 writer (a real run file in a temp folder).
 """
@@ -35,7 +37,7 @@ from recorder.writer import H5RunWriter, LayerSpec, RunLayout
 CASES = (("learn_to_see", 8), ("keras_fashion", 60))  # (experiment, steps per trial)
 
 
-def bench(experiment: str, steps: int, trials: int, folder: Path) -> dict:
+def bench(experiment: str, steps: int, trials: int, folder: Path, compression: str = "gzip") -> dict:
     config = get_experiment(experiment)
     ds = load_dataset(config.dataset)
     model = build_model(config.model, ds.input_shape, 10, config.activation, config.seed)
@@ -51,6 +53,7 @@ def bench(experiment: str, steps: int, trials: int, folder: Path) -> dict:
         probe_indices=probe_idx, probe_dataset=ds.name,
         attrs={"experiment": experiment, "config_json": config.to_json(), "versions_json": "{}",
                "summary_json": "{}", "class_names_json": "[]", "planned_steps": 0, "record_schedule": "every"},
+        compression=compression,
     )
     train_x = jax.device_put(ds.train_images)
     train_y = jax.device_put(ds.train_labels.astype(np.int32))
@@ -66,6 +69,12 @@ def bench(experiment: str, steps: int, trials: int, folder: Path) -> dict:
         jax.block_until_ready((state, metrics))
         return state
 
+    def probes_only(state):
+        for idx in batches:
+            state, metrics, frame = fns.recorded_step(state, train_x, train_y, idx, probe_x)
+        jax.block_until_ready((state, metrics, frame))
+        return state
+
     def recorded(state, writer):
         for step, idx in enumerate(batches, 1):
             state, metrics, frame = fns.recorded_step(state, train_x, train_y, idx, probe_x)
@@ -77,33 +86,35 @@ def bench(experiment: str, steps: int, trials: int, folder: Path) -> dict:
 
     writer = AsyncRunWriter(H5RunWriter(folder / f"{experiment}.h5", layout))
     state = recorded(unrecorded(state), writer)  # compile both and warm the writer
-    times = {"unrecorded": [], "recorded": []}
+    state = probes_only(state)
+    loops = {"unrecorded": unrecorded, "probes": probes_only, "recorded": lambda s: recorded(s, writer)}
+    times: dict[str, list[float]] = {name: [] for name in loops}
     for _ in range(trials):
-        t = time.perf_counter()
-        state = unrecorded(state)
-        times["unrecorded"].append(steps / (time.perf_counter() - t))
-        t = time.perf_counter()
-        state = recorded(state, writer)
-        times["recorded"].append(steps / (time.perf_counter() - t))
+        for name, loop in loops.items():
+            t = time.perf_counter()
+            state = loop(state)
+            times[name].append(steps / (time.perf_counter() - t))
     writer.close("completed")
-    un, rec = statistics.median(times["unrecorded"]), statistics.median(times["recorded"])
-    return {"experiment": experiment, "batch": b, "unrecorded": un, "recorded": rec, "ratio": rec / un,
+    un, pr, rec = (statistics.median(times[k]) for k in ("unrecorded", "probes", "recorded"))
+    return {"experiment": experiment, "batch": b, "unrecorded": un, "probes": pr, "recorded": rec, "ratio": rec / un,
             "spread": (min(times["recorded"]) / max(times["unrecorded"]), max(times["recorded"]) / min(times["unrecorded"]))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--compression", default="gzip", help="run-file compression: gzip (default), lzf, none")
     args = parser.parse_args()
     print(f"JAX {jax.__version__}, backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
-          f"{args.trials} alternating trials per loop, medians")
+          f"{args.trials} alternating trials per loop, medians; run-file compression {args.compression}")
     print()
-    print("| model | batch | unrecorded steps/s | recorded every step, steps/s | ratio | ratio range |")
-    print("|---|---|---|---|---|---|")
+    print("| model | batch | unrecorded steps/s | step with probe frame, no writer | recorded every step, steps/s | "
+          "ratio recorded/unrecorded | ratio range |")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for experiment, steps in CASES:
-            r = bench(experiment, steps, args.trials, Path(folder))
-            print(f"| {r['experiment']} | {r['batch']} | {r['unrecorded']:.2f} | {r['recorded']:.2f} | "
+            r = bench(experiment, steps, args.trials, Path(folder), args.compression)
+            print(f"| {r['experiment']} | {r['batch']} | {r['unrecorded']:.2f} | {r['probes']:.2f} | {r['recorded']:.2f} | "
                   f"{r['ratio']:.3f} | {r['spread'][0]:.2f}–{r['spread'][1]:.2f} |", flush=True)
 
 

@@ -52,7 +52,7 @@ def _compression_kwargs(name: str) -> dict[str, Any]:
     if name == "none":
         return {}
     if name == "gzip":
-        return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}  # level 1: 3% larger than 4, faster
     if name == "lzf":
         return {"compression": "lzf", "shuffle": True}
     raise ValueError(f"unknown compression {name!r}; expected one of: {', '.join(COMPRESSIONS)}")
