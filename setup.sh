@@ -15,5 +15,5 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# The editable install's build backend is chatty; show its log only if it fails.
+.venv/bin/python -m pip install -q -e '.[test]' >.venv/install.log 2>&1 || { cat .venv/install.log >&2; exit 1; }

@@ -44,8 +44,9 @@ class Progress:
         filled = int(width * step / max(self.total, 1))
         bar = "#" * filled + "." * (width - filled)
         metrics = f" train loss {loss:.4f} acc {accuracy:.3f}" if loss is not None and accuracy is not None else ""
+        speed = f"{rate:.2f} steps/s" if rate == rate else "compiling"
         line = (
-            f"[{bar}] step {step}/{self.total}{metrics} | {rate:.2f} steps/s | "
+            f"[{bar}] step {step}/{self.total}{metrics} | {speed} | "
             f"elapsed {_duration(elapsed)} ETA {_duration(eta)}"
         )
         if self.tty:

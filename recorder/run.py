@@ -209,8 +209,8 @@ def _train(
             epoch, i = divmod(step - 1, per_epoch)
             if i == 0 and epoch > 0:
                 perm = epoch_permutation(config.seed, epoch, len(dataset.train_labels))
-            idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
-            if step in record_at:
+            idx = perm[i * config.batch_size:(i + 1) * config.batch_size]  # [B] int32, copied in at dispatch
+            if step in record_at:  # two executables, each compiled once (the test suite checks)
                 state, metrics, frame = fns.recorded_step(state, train_x, train_y, idx, probe_x)
                 writer.submit(write_frame(step), frame)
             else:
