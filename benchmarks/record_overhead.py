@@ -29,10 +29,10 @@ from recorder.async_writer import AsyncRunWriter
 from recorder.data import load_dataset
 from recorder.models import build_model
 from recorder.probes import choose_probes
-from recorder.run import epoch_permutation
+from recorder.run import epoch_permutation, kernel_layers_of, layer_specs
 from recorder.summary import summarize
 from recorder.train import make_optimizer, make_step_functions, to_inputs
-from recorder.writer import H5RunWriter, LayerSpec, RunLayout
+from recorder.writer import H5RunWriter, RunLayout
 
 CASES = (("learn_to_see", 8), ("keras_fashion", 60))  # (experiment, steps per trial)
 
@@ -42,13 +42,11 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
     ds = load_dataset(config.dataset)
     model = build_model(config.model, ds.input_shape, 10, config.activation, config.seed)
     summary = summarize(model, ds.input_shape)
-    first = summary["taps"][0]["name"]
-    fns = make_step_functions(model, make_optimizer("adam", 1e-3, 0.9), (first,), jnp.float16)
+    kernels = kernel_layers_of(config, summary)
+    fns = make_step_functions(model, make_optimizer(config.optimizer, config.learning_rate, config.momentum), kernels, jnp.float16)
     probe_idx = choose_probes(ds)
     layout = RunLayout(
-        layers=tuple(LayerSpec(t["name"], tuple(t["shape"]), config.activation,
-                               tuple(summary["kernels"][first]) if t["name"] == first else None)
-                     for t in summary["taps"]),
+        layers=layer_specs(summary, config.activation, kernels),
         num_classes=10, probe_images=ds.test_images[probe_idx], probe_labels=ds.test_labels[probe_idx],
         probe_indices=probe_idx, probe_dataset=ds.name,
         attrs={"experiment": experiment, "config_json": config.to_json(), "versions_json": "{}",

@@ -72,13 +72,23 @@ def plan(config: RunConfig, dataset: Dataset) -> tuple[int, int]:
     return per_epoch, config.steps or config.epochs * per_epoch
 
 
-def _kernel_layers(config: RunConfig, summary: dict[str, Any]) -> tuple[str, ...]:
+def kernel_layers_of(config: RunConfig, summary: dict[str, Any]) -> tuple[str, ...]:
+    """The tapped layers whose kernel is recorded, per `config.kernels`."""
     with_kernel = [t["name"] for t in summary["taps"] if t["name"] in summary["kernels"]]
     if config.kernels == "all":
         return tuple(with_kernel)
     if config.kernels == "first" and with_kernel:
         return (with_kernel[0],)
     return ()
+
+
+def layer_specs(summary: dict[str, Any], activation: str, kernel_layers: tuple[str, ...]) -> tuple[LayerSpec, ...]:
+    """One `LayerSpec` per tapped layer of `summary`, in call order."""
+    return tuple(
+        LayerSpec(t["name"], tuple(t["shape"]), activation,
+                  tuple(summary["kernels"][t["name"]]) if t["name"] in kernel_layers else None)
+        for t in summary["taps"]
+    )
 
 
 def _frame_bytes(layout: RunLayout) -> int:
@@ -108,18 +118,14 @@ def record(
     summary = summarize(model, dataset.input_shape)
     if not summary["taps"]:
         raise ConfigError(f"model {config.model!r} marks no layer with tap(); nothing would be recorded")
-    kernel_layers = _kernel_layers(config, summary)
+    kernel_layers = kernel_layers_of(config, summary)
     fns = make_step_functions(
         model, make_optimizer(config.optimizer, config.learning_rate, config.momentum), kernel_layers, jnp.dtype(config.dtype)
     )
     frame_steps = recorded_steps(config.schedule, total)
     eval_count = min(config.eval_size, len(dataset.test_labels))
     layout = RunLayout(
-        layers=tuple(
-            LayerSpec(t["name"], tuple(t["shape"]), config.activation,
-                      tuple(summary["kernels"][t["name"]]) if t["name"] in kernel_layers else None)
-            for t in summary["taps"]
-        ),
+        layers=layer_specs(summary, config.activation, kernel_layers),
         num_classes=len(dataset.class_names),
         probe_images=dataset.test_images[probe_idx],
         probe_labels=dataset.test_labels[probe_idx],
