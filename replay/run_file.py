@@ -143,6 +143,18 @@ class Run:
         idx = self._frame_indices(steps)
         return self._dataset(layer)[np.asarray(idx)].astype(np.float32) if len(idx) else np.zeros((0, *self.layer_shape(layer)), np.float32)
 
+    def read_frames(self, layer: str, positions: np.ndarray, kernel: bool = False) -> np.ndarray:
+        """Frames at increasing `positions` (indices into `steps`), as stored: [len, P, H, W, C] activations,
+        or [len, kh, kw, C_in, C_out] kernels. Nearby positions are read as one slice."""
+        ds = self._f["layers"][layer]["kernel"] if kernel else self._dataset(layer)
+        positions = np.asarray(positions)
+        if len(positions) == 0:
+            return np.zeros((0, *ds.shape[1:]), ds.dtype)
+        first, last = int(positions[0]), int(positions[-1])
+        if last - first + 1 <= 4 * len(positions):
+            return ds[first : last + 1][positions - first]
+        return ds[positions]
+
     def kernels(self, layer: str, steps: Sequence[int] | None = None) -> np.ndarray:
         """[len(steps), kh, kw, C_in, C_out] of `layer` (only for layers in `kernel_layers`)."""
         if layer not in self.kernel_layers:

@@ -1,0 +1,194 @@
+"""The picture of one layer at one step: probe images, one tile per (channel, probe), a stamp and a colour bar.
+
+    ┌──────────────────────────────────────────┐
+    │ CONV3  TANH                               │  title
+    │ STEP 120  TRAIN ACC 0.781  EVAL ACC 0.774 │  stamp (changes every frame)
+    │      T-SH. TROU. PULL. ...                │  probe labels
+    │      [probe images, one per column]       │
+    │ C0   [tile][tile][tile] ...               │  one row per channel (columns with --transpose)
+    │ C1   ...                                  │
+    │      [colour bar]  -1   0   +1            │  the scale, with its rule
+    └──────────────────────────────────────────┘
+
+Everything except the tiles and the stamp is drawn once into a template. A frame is a copy of the template
+with the tiles written through a strided view of the canvas: each feature map is upscaled by an integer
+factor (pixel replication, factor = input size // map size × zoom) by broadcasting, never interpolated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from replay import font
+from replay.palette import CENTRE, INK, N_LEVELS, PAPER, RULE, value_to_index
+from replay.scales import Scale, format_value
+
+MARGIN = 4
+GAP = 2
+BAR_HEIGHT = 8
+BAR_LEVEL_PX = 2  # each colour level is this many pixels wide in the colour bar
+
+
+@dataclasses.dataclass(frozen=True)
+class GridStyle:
+    zoom: int = 1
+    transpose: bool = False  # rows = probes, columns = channels
+    text_scale: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Stamp:
+    """Where a frame's step is drawn, so that tests can read it back with `font.read_text`."""
+
+    y: int
+    x: int
+    scale: int
+    step_digits: int
+
+    def step_text(self, step: int) -> str:
+        return f"STEP {step:>{self.step_digits}d}"
+
+
+class LayerGrid:
+    def __init__(
+        self,
+        title: str,
+        probe_labels: Sequence[str],  # [P]
+        map_shape: tuple[int, int],  # (H, W) of the layer's feature maps
+        channels: Sequence[int],  # the channel numbers shown, in order
+        scale: Scale,
+        max_step: int,
+        style: GridStyle = GridStyle(),
+        probe_index: np.ndarray | None = None,  # uint8 [P, Hi, Wi] palette indices of the probe images
+        cell_size: tuple[int, int] | None = None,  # (Hi, Wi) when there are no probe images
+        channel_prefix: str = "C",
+    ):
+        self.scale = scale
+        self.style = style
+        ts = style.text_scale
+        line = font.CELL_H * ts
+        p = len(probe_labels)
+        hi, wi = probe_index.shape[1:] if probe_index is not None else cell_size
+        hm, wm = map_shape
+        self.num_probes, self.num_channels = p, len(channels)
+        self.factor = (max(1, hi // hm), max(1, wi // wm))
+        fy, fx = self.factor[0] * style.zoom, self.factor[1] * style.zoom
+        self._f = (fy, fx)
+        tile = (hm * fy, wm * fx)
+        shown = (hi * style.zoom, wi * style.zoom)
+        cell = (max(tile[0], shown[0]), max(tile[1], shown[1]))
+        self._tile_off = ((cell[0] - tile[0]) // 2, (cell[1] - tile[1]) // 2)
+        pitch = (cell[0] + GAP, cell[1] + GAP)
+
+        channel_labels = [f"{channel_prefix}{c}" for c in channels]
+        if scale.per_channel:
+            channel_labels = [f"{channel_prefix}{c} {format_value(float(s))}" for c, s in zip(channels, scale.hi)]
+        if style.transpose:
+            row_labels, col_labels = list(probe_labels), channel_labels
+            row_label_chars = 8
+        else:
+            row_labels, col_labels = channel_labels, list(probe_labels)
+            row_label_chars = max(len(s) for s in channel_labels)
+        label_w = (row_label_chars * font.CELL_W) * ts + GAP
+
+        # vertical layout
+        y = MARGIN
+        self._title_y = y
+        y += line
+        self.stamp = Stamp(y, MARGIN, ts, len(str(max(int(max_step), 0))))
+        y += line + GAP
+        labels_y = y
+        y += line
+        x0 = MARGIN + label_w
+        skip = (pitch[0] + 2 * GAP, pitch[1] + 2 * GAP) if probe_index is not None else (0, 0)
+        if style.transpose:  # probe images form the first column, channels the next ones
+            n_rows, n_cols = p, len(channels)
+            probes_at = (y, x0)
+            grid_at = (y, x0 + skip[1])
+        else:  # probe images form the first row
+            n_rows, n_cols = len(channels), p
+            probes_at = (y, x0)
+            grid_at = (y + skip[0], x0)
+        grid_h, grid_w = n_rows * pitch[0], n_cols * pitch[1]
+        bar_y = grid_at[0] + grid_h + GAP
+        height = bar_y + BAR_HEIGHT * ts + GAP + 2 * line + MARGIN
+        stamp_w = font.text_size(self.stamp.step_text(0) + "  TRAIN ACC 0.000  EVAL ACC 0.000", ts)[1]
+        bar_w = N_LEVELS * BAR_LEVEL_PX
+        rule_w = font.text_size(scale.short, ts)[1]
+        width = max(grid_at[1] + grid_w, MARGIN + max(stamp_w, bar_w, rule_w, font.text_size(title, ts)[1])) + MARGIN
+        self.shape = (height, width)
+
+        canvas = np.full(self.shape, PAPER, np.uint8)
+        font.draw_text(canvas, title, self._title_y, MARGIN, INK, ts)
+        # probe images, upscaled by zoom
+        oy, ox = (cell[0] - shown[0]) // 2, (cell[1] - shown[1]) // 2
+        for k in range(p if probe_index is not None else 0):
+            probe_px = probe_index[k].repeat(style.zoom, axis=0).repeat(style.zoom, axis=1)  # [Hi*z, Wi*z]
+            y0 = probes_at[0] + (k * pitch[0] if style.transpose else 0) + oy
+            x1 = probes_at[1] + (0 if style.transpose else k * pitch[1]) + ox
+            canvas[y0 : y0 + shown[0], x1 : x1 + shown[1]] = probe_px
+        # labels
+        for j, text in enumerate(col_labels):
+            cx = (grid_at[1] if style.transpose else probes_at[1]) + j * pitch[1]
+            font.draw_text(canvas, font.fit_text(text, pitch[1] - GAP, ts), labels_y, cx, INK, ts)
+        for i, text in enumerate(row_labels):
+            cy = (probes_at[0] if style.transpose else grid_at[0]) + i * pitch[0] + (cell[0] - font.GLYPH_H * ts) // 2
+            font.draw_text(canvas, font.fit_text(text, label_w - GAP, ts), cy, MARGIN, INK, ts)
+        canvas[grid_at[0] - GAP // 2 : grid_at[0] + grid_h - GAP // 2, grid_at[1] - GAP // 2 : grid_at[1] + grid_w - GAP // 2] = RULE
+        draw_colour_bar(canvas, scale, bar_y, x0 if x0 + bar_w + MARGIN <= width else MARGIN, ts)
+        self.template = canvas
+
+        # the tile area as a [rows, pitch_h, cols, pitch_w] view, then the tiles inside their cells
+        area = canvas[grid_at[0] : grid_at[0] + grid_h, grid_at[1] : grid_at[1] + grid_w]
+        self._grid_at, self._grid_hw, self._pitch, self._cell = grid_at, (grid_h, grid_w), pitch, cell
+        self._rows_cols = (n_rows, n_cols)
+        self._map_shape = (hm, wm)
+        assert np.shares_memory(self._tile_view(canvas), canvas) and area.size
+
+    def _tile_view(self, canvas: np.ndarray) -> np.ndarray:
+        """[rows, H, fy, cols, W, fx] view of `canvas` onto the tile pixels (writes go to the canvas)."""
+        (gy, gx), (gh, gw) = self._grid_at, self._grid_hw
+        n_rows, n_cols = self._rows_cols
+        area = canvas[gy : gy + gh, gx : gx + gw].reshape(n_rows, self._pitch[0], n_cols, self._pitch[1])
+        oy, ox = self._tile_off
+        (hm, wm), (fy, fx) = self._map_shape, self._f
+        tiles = area[:, oy : oy + hm * fy, :, ox : ox + wm * fx]
+        return tiles.reshape(n_rows, hm, fy, n_cols, wm, fx)
+
+    def indices(self, acts: np.ndarray) -> np.ndarray:
+        """Palette indices uint8 [..., P, H, W, C] of activations on this grid's fixed scale."""
+        return value_to_index(acts, self.scale.lo, self.scale.hi)
+
+    def render(self, index: np.ndarray, stamp: str) -> np.ndarray:
+        """One frame, uint8 [height, width], from palette indices [P, H, W, C] and the stamp line."""
+        canvas = self.template.copy()
+        view = self._tile_view(canvas)
+        if self.style.transpose:  # rows = probes, cols = channels
+            view[...] = index.transpose(0, 1, 3, 2)[:, :, None, :, :, None]
+        else:  # rows = channels, cols = probes
+            view[...] = index.transpose(3, 1, 0, 2)[:, :, None, :, :, None]
+        font.draw_text(canvas, stamp, self.stamp.y, self.stamp.x, INK, self.stamp.scale)
+        return canvas
+
+
+def draw_colour_bar(canvas: np.ndarray, scale: Scale, y: int, x: int, ts: int = 1) -> None:
+    """The N_LEVELS data colours left to right, ticks at both ends and the centre, and the scale's rule."""
+    h = BAR_HEIGHT * ts
+    canvas[y : y + h, x : x + N_LEVELS * BAR_LEVEL_PX] = np.arange(N_LEVELS, dtype=np.uint8).repeat(BAR_LEVEL_PX)
+    lo, hi = (float(scale.lo[0]), float(scale.hi[0])) if scale.per_channel else (
+        float(scale.lo), float(scale.hi))
+    ticks = [(0, lo), (CENTRE, (lo + hi) / 2), (N_LEVELS - 1, hi)]
+    if scale.per_channel:
+        ticks = [(0, "-S_C"), (CENTRE, 0.0), (N_LEVELS - 1, "+S_C")]
+    ty = y + h + GAP
+    for level, value in ticks:
+        level = level * BAR_LEVEL_PX + BAR_LEVEL_PX // 2
+        canvas[y + h : y + h + GAP, x + level] = INK
+        text = value if isinstance(value, str) else format_value(value)
+        tw = font.text_size(text, ts)[1]
+        tx = min(max(x + level - tw // 2, 0), canvas.shape[1] - tw)
+        font.draw_text(canvas, text, ty, tx, INK, ts)
+    font.draw_text(canvas, scale.short, ty + font.CELL_H * ts, x, INK, ts)

@@ -1,0 +1,158 @@
+"""Colour scales: fixed for a whole run, never per frame, and always stated on the picture.
+
+Rules (the default, `auto`):
+
+* tanh: fixed [−1, 1], diverging, 0 exactly white (its range).
+* sigmoid: fixed [0, 1], sequential (its range).
+* unbounded activations (relu, gelu, elu, silu, leaky_relu, identity, or anything else): one symmetric scale
+  [−S, S] per layer, diverging, 0 exactly white, where S is the 99.9th percentile (nearest rank) of |a| over
+  every recorded value of the layer: all recorded steps, probes, positions and channels. S therefore does not
+  depend on which frames are rendered; on a run still recording it covers the steps written so far. The 0.1%
+  of values above S are drawn in the end colours (clipped), and the colour bar says so.
+
+`--scale` overrides, each `[LAYER=]VALUE` (repeatable; a spec without LAYER applies to every layer):
+
+* `S` (a positive number): fixed [−S, S], diverging.
+* `LO:HI`: fixed [LO, HI]; diverging when LO = −HI, sequential otherwise.
+* `channel`: the percentile rule above applied per channel (each channel its own fixed S_c).
+* `auto`: the default rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+
+PERCENTILE = 99.9
+BOUNDED = {"tanh": (-1.0, 1.0, "diverging"), "sigmoid": (0.0, 1.0, "sequential")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    lo: np.ndarray  # [] or [C] for per-channel scales
+    hi: np.ndarray  # same shape as lo
+    kind: str  # "diverging" (centre = 0, white) or "sequential"
+    rule: str  # one line for index.html and reports
+    short: str  # at most ~34 characters, drawn under the colour bar
+
+    @property
+    def per_channel(self) -> bool:
+        return self.lo.ndim == 1
+
+    def describe(self) -> str:
+        """Range and rule, for index.html and the command's report."""
+        if self.per_channel:
+            return f"{self.rule}: S_c from {float(self.hi.min()):.3g} to {float(self.hi.max()):.3g}"
+        return f"[{format_value(float(self.lo))}, {format_value(float(self.hi))}] {self.rule}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleSpec:
+    """One parsed `--scale` value."""
+
+    layer: str | None
+    mode: str  # "auto" | "channel" | "fixed"
+    lo: float = 0.0
+    hi: float = 0.0
+
+
+def format_value(v: float) -> str:
+    if v == 0:
+        return "0"
+    text = f"{v:+.3g}" if v > 0 else f"{v:.3g}"
+    return text.replace("e-0", "e-").replace("e+0", "e")
+
+
+def parse_scale(text: str) -> ScaleSpec:
+    layer, sep, value = text.rpartition("=")
+    layer = layer if sep else None
+    value = value.strip().lower()
+    usage = (f"bad --scale {text!r}: expected [LAYER=]VALUE with VALUE a positive number S (for [-S, S]), "
+             "LO:HI, 'channel' or 'auto'")
+    if value in ("auto", "channel"):
+        return ScaleSpec(layer, value)
+    try:
+        if ":" in value:
+            lo, hi = (float(v) for v in value.split(":"))
+        else:
+            hi = float(value)
+            lo = -hi
+    except ValueError:
+        raise ValueError(usage) from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ValueError(usage + f"; got an empty or non-finite range [{lo}, {hi}]")
+    return ScaleSpec(layer, "fixed", lo, hi)
+
+
+def spec_for(layer: str, specs: Sequence[ScaleSpec], layers: Sequence[str]) -> ScaleSpec:
+    """The last spec naming `layer`, else the last spec without a layer, else auto."""
+    for s in specs:
+        if s.layer is not None and s.layer not in layers:
+            raise ValueError(f"--scale names layer {s.layer!r}, which is not in the run; layers: {', '.join(layers)}")
+    named = [s for s in specs if s.layer == layer]
+    general = [s for s in specs if s.layer is None]
+    return (named or general or [ScaleSpec(None, "auto")])[-1]
+
+
+class TopAbs:
+    """Streams chunks of activations and keeps, per channel or overall, the k largest |a| seen.
+
+    That is exactly what a high percentile needs: the nearest-rank q-th percentile of N values is the
+    smallest of the N − ceil(q N / 100) + 1 largest ones.
+    """
+
+    def __init__(self, per_channel: bool):
+        self.per_channel = per_channel
+        self.count = 0
+        self._top: np.ndarray | None = None  # [k] or [k, C] sorted descending is not needed
+
+    def add(self, chunk: np.ndarray) -> None:  # [..., C]
+        c = chunk.shape[-1]
+        a = np.abs(chunk.reshape(-1, c) if self.per_channel else chunk.reshape(-1, 1)).astype(np.float32)
+        a = np.nan_to_num(a, nan=0.0)
+        self.count += a.shape[0]
+        keep = self._needed(self.count)
+        merged = a if self._top is None else np.concatenate([self._top, a])
+        if merged.shape[0] > keep:
+            merged = -np.partition(-merged, keep - 1, axis=0)[:keep]
+        self._top = merged
+
+    @staticmethod
+    def _needed(n: int) -> int:
+        return n - math.ceil(PERCENTILE / 100.0 * n) + 1
+
+    def percentile(self) -> np.ndarray:
+        """[C] or [] the nearest-rank PERCENTILE of |a|."""
+        if self._top is None:
+            raise ValueError("no values to take a percentile of")
+        k = self._needed(self.count)
+        top = -np.partition(-self._top, k - 1, axis=0)[:k]
+        p = top.min(axis=0)
+        return p if self.per_channel else p[0]
+
+
+def resolve_scale(
+    activation: str, spec: ScaleSpec, chunks: Iterable[np.ndarray] | None, num_frames: int
+) -> Scale:
+    """The scale of one layer. `chunks` ([t, P, H, W, C] over all recorded frames) is read only if needed."""
+    if spec.mode == "fixed":
+        kind = "diverging" if spec.lo == -spec.hi else "sequential"
+        return Scale(np.float32(spec.lo), np.float32(spec.hi), kind, "fixed by --scale", "fixed by --scale")
+    if spec.mode == "auto" and activation in BOUNDED:
+        lo, hi, kind = BOUNDED[activation]
+        return Scale(np.float32(lo), np.float32(hi), kind, f"fixed ({activation} range)", f"fixed: {activation} range")
+    top = TopAbs(per_channel=spec.mode == "channel")
+    for chunk in chunks or ():
+        top.add(chunk)
+    s = np.asarray(top.percentile(), np.float32)
+    zero = s <= 0
+    s = np.where(zero, np.float32(1.0), s)  # an all-zero layer: any scale shows it white
+    where = "per channel" if top.per_channel else "per layer"
+    rule = f"fixed {where}: S = p{PERCENTILE:g} of |a| over all {num_frames} recorded steps, clipped beyond"
+    if zero.all():
+        rule += " (all zero: S set to 1)"
+    short = f"p{PERCENTILE:g} |a|, all steps{', per ch' if top.per_channel else ''}; clipped"
+    return Scale(-s, s, "diverging", rule, short)
