@@ -1,4 +1,4 @@
-"""`emergence record | info`: parses arguments and calls importable functions; nothing else."""
+"""`emergence record | info | replay`: parses arguments and calls importable functions; nothing else."""
 
 from __future__ import annotations
 
@@ -35,6 +35,34 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from replay.render import ReplayOptions, replay
+    from replay.scales import parse_scale
+    from replay.selection import StepRange, parse_step_range
+
+    options = ReplayOptions(
+        layers=tuple(args.layers.split(",")) if args.layers else None,
+        every=args.every,
+        steps=parse_step_range(args.steps) if args.steps else StepRange(),
+        channels=args.channels,
+        probes=args.probes,
+        zoom=args.zoom,
+        fps=args.fps,
+        max_mb=args.max_mb,
+        transpose=args.transpose,
+        scales=tuple(parse_scale(s) for s in args.scale or ()),
+        metrics_stamp=not args.no_metrics,
+        mp4=args.mp4,
+        snapshot_steps=tuple(args.step or ()),
+    )
+    out = Path(args.out) if args.out else Path(args.run).with_suffix("")
+    report = replay(args.run, out, options, log=lambda line: print(f"  {line}"))
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"{report.index}  ({len(report.animations)} animations, {len(report.pictures)} pictures, {report.seconds:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from experiments import EXPERIMENTS
 
@@ -67,6 +95,35 @@ def build_parser() -> argparse.ArgumentParser:
                           "final metrics and status. Works on runs still recording and on killed runs.")
     info.add_argument("runs", nargs="+", metavar="RUN.h5")
     info.set_defaults(func=_info)
+
+    rep = sub.add_parser(
+        "replay", help="render a run file: one GIF per layer, curves, filters, snapshots and index.html",
+        description="Render RUN.h5 into OUT (default: the run file's path without .h5): one animated GIF per "
+        "recorded layer (probe images on top, one tile per channel and probe, the true step stamped on every "
+        "frame), loss/accuracy curves, the recorded kernels, optional snapshots, and index.html showing them all. "
+        "Colour scales are fixed for the whole run: tanh [-1, 1], sigmoid [0, 1], unbounded activations "
+        "[-S, S] with S the 99.9th percentile of |a| over all recorded steps of the layer (see replay/scales.py). "
+        "Works on runs still recording and on killed runs.")
+    rep.add_argument("run", metavar="RUN.h5")
+    rep.add_argument("--out", help="output folder (default: RUN without .h5)")
+    rep.add_argument("--layers", help="comma-separated layers (default: all recorded)")
+    rep.add_argument("--every", type=int, default=1, metavar="K", help="every K-th selected frame (the last always kept)")
+    rep.add_argument("--steps", metavar="A:B", help="only recorded steps A to B, inclusive (either may be left out)")
+    rep.add_argument("--channels", metavar="LIST", help="channels to show, e.g. 0:8 or 0,3,5 (each layer shows those it has)")
+    rep.add_argument("--probes", metavar="LIST", help="probes to show, by position, e.g. 0,3 or 0:5")
+    rep.add_argument("--zoom", type=int, default=1, help="integer enlargement of every tile (default 1: input size)")
+    rep.add_argument("--fps", type=float, default=20.0, help="frames per second (default 20; browsers cap near 50)")
+    rep.add_argument("--max-mb", type=float, metavar="MB", help="largest size of each animation; frames are thinned "
+                     "evenly to fit and the drop is reported")
+    rep.add_argument("--transpose", action="store_true", help="one row per probe, one column per channel")
+    rep.add_argument("--scale", action="append", metavar="[LAYER=]VALUE", help="colour scale override (repeatable): "
+                     "S for [-S, S], LO:HI, 'channel' (per-channel percentile rule) or 'auto'")
+    rep.add_argument("--step", type=int, action="append", metavar="N", help="also write snapshot PNGs of every "
+                     "layer at recorded step N, and of each probe's feature maps (repeatable)")
+    rep.add_argument("--no-metrics", action="store_true", help="stamp only the step, not the accuracies")
+    rep.add_argument("--mp4", action="store_true", help="also write MP4s (needs imageio's ffmpeg plugin: "
+                     "pip install 'emergence[video]')")
+    rep.set_defaults(func=_replay)
     return parser
 
 

@@ -77,17 +77,18 @@ class LayerFrames(Frames):
 
     def __init__(self, run: Run, layer: str, probes: Sequence[int] | None = None, channels: Sequence[int] | None = None,
                  scale_spec: ScaleSpec = ScaleSpec(None, "auto"), style: GridStyle = GridStyle(),
-                 metrics_stamp: bool = True, title: str | None = None):
+                 metrics_stamp: bool = True, title: str | None = None, scale: Scale | None = None):
         super().__init__(run, metrics_stamp)
         p, h, w, c = run.layer_shape(layer)
         self.layer = layer
         self.probes = list(range(p)) if probes is None else list(probes)
         self.channels = list(range(c)) if channels is None else list(channels)
         activation = run.activation_name(layer)
-        all_frames = np.arange(run.num_frames)
-        chunks = (run.read_frames(layer, all_frames[i : i + READ_BLOCK]) for i in range(0, len(all_frames), READ_BLOCK))
-        scale = resolve_scale(activation, scale_spec, chunks, run.num_frames)
-        self.scale = scale
+        if scale is None:
+            all_frames = np.arange(run.num_frames)
+            chunks = (run.read_frames(layer, all_frames[i : i + READ_BLOCK]) for i in range(0, len(all_frames), READ_BLOCK))
+            scale = resolve_scale(activation, scale_spec, chunks, (p, h, w, c), run.num_frames)
+        self.scale = scale  # of all channels; the grid gets the shown ones
         if scale.per_channel:
             scale = dataclasses.replace(scale, lo=scale.lo[self.channels], hi=scale.hi[self.channels])
         images, labels, _ = run.probes()

@@ -158,6 +158,14 @@ class LayerGrid:
         tiles = area[:, oy : oy + hm * fy, :, ox : ox + wm * fx]
         return tiles.reshape(n_rows, hm, fy, n_cols, wm, fx)
 
+    def tile_box(self, probe: int, channel: int) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1) of the tile of the `probe`-th shown probe and `channel`-th shown channel."""
+        row, col = (probe, channel) if self.style.transpose else (channel, probe)
+        y0 = self._grid_at[0] + row * self._pitch[0] + self._tile_off[0]
+        x0 = self._grid_at[1] + col * self._pitch[1] + self._tile_off[1]
+        (hm, wm), (fy, fx) = self._map_shape, self._f
+        return y0, y0 + hm * fy, x0, x0 + wm * fx
+
     def indices(self, acts: np.ndarray) -> np.ndarray:
         """Palette indices uint8 [..., P, H, W, C] of activations on this grid's fixed scale."""
         return value_to_index(acts, self.scale.lo, self.scale.hi)

@@ -104,17 +104,21 @@ class TopAbs:
     smallest of the N − ceil(q N / 100) + 1 largest ones.
     """
 
-    def __init__(self, per_channel: bool):
+    def __init__(self, per_channel: bool, total: int):
+        """`total`: how many values (per channel, if per_channel) will be added; it fixes how many to keep."""
         self.per_channel = per_channel
+        self.total = total
         self.count = 0
-        self._top: np.ndarray | None = None  # [k] or [k, C] sorted descending is not needed
+        self._top: np.ndarray | None = None  # [k, C] or [k, 1], in no particular order
 
     def add(self, chunk: np.ndarray) -> None:  # [..., C]
         c = chunk.shape[-1]
         a = np.abs(chunk.reshape(-1, c) if self.per_channel else chunk.reshape(-1, 1)).astype(np.float32)
         a = np.nan_to_num(a, nan=0.0)
         self.count += a.shape[0]
-        keep = self._needed(self.count)
+        if self.count > self.total:
+            raise ValueError(f"got {self.count} values, more than the {self.total} announced")
+        keep = self._needed(self.total)
         merged = a if self._top is None else np.concatenate([self._top, a])
         if merged.shape[0] > keep:
             merged = -np.partition(-merged, keep - 1, axis=0)[:keep]
@@ -135,16 +139,19 @@ class TopAbs:
 
 
 def resolve_scale(
-    activation: str, spec: ScaleSpec, chunks: Iterable[np.ndarray] | None, num_frames: int
+    activation: str, spec: ScaleSpec, chunks: Iterable[np.ndarray] | None, frame_shape: Sequence[int], num_frames: int
 ) -> Scale:
-    """The scale of one layer. `chunks` ([t, P, H, W, C] over all recorded frames) is read only if needed."""
+    """The scale of one layer. `chunks` ([t, P, H, W, C] covering all `num_frames` recorded frames of shape
+    `frame_shape`) is read only if the rule needs the values."""
     if spec.mode == "fixed":
         kind = "diverging" if spec.lo == -spec.hi else "sequential"
         return Scale(np.float32(spec.lo), np.float32(spec.hi), kind, "fixed by --scale", "fixed by --scale")
     if spec.mode == "auto" and activation in BOUNDED:
         lo, hi, kind = BOUNDED[activation]
         return Scale(np.float32(lo), np.float32(hi), kind, f"fixed ({activation} range)", f"fixed: {activation} range")
-    top = TopAbs(per_channel=spec.mode == "channel")
+    per_channel = spec.mode == "channel"
+    values = num_frames * math.prod(frame_shape[:-1]) * (1 if per_channel else frame_shape[-1])
+    top = TopAbs(per_channel, values)
     for chunk in chunks or ():
         top.add(chunk)
     s = np.asarray(top.percentile(), np.float32)

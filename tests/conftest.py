@@ -60,3 +60,50 @@ def tiny_config(**changes):
 
     base = ["synthetic_size=256", "batch_size=32", "steps=6", "eval_every=3", "eval_size=40"]
     return apply_overrides(get_experiment("tiny"), base + [f"{k}={v}" for k, v in changes.items()])
+
+
+def write_run(path: Path, layers: dict, steps=None, activation="tanh", status="completed", close=True,
+              train_steps=None, probe_images=None):
+    """A run file holding exactly `layers` ({name: [T, P, H, W, C]}), written with the recorder's own writer.
+
+    With close=False the writer is returned still open (the file is then a run that is still recording).
+    """
+    import json
+
+    from recorder.writer import H5RunWriter, LayerSpec, RunLayout
+
+    first = next(iter(layers.values()))
+    t, p = first.shape[:2]
+    steps = list(range(t)) if steps is None else list(steps)
+    if probe_images is None:
+        probe_images = (np.arange(p * 16 * 16) % 256).astype(np.uint8).reshape(p, 16, 16, 1)
+    config = {"model": "handmade", "activation": activation, "dataset": "synthetic", "optimizer": "adam",
+              "learning_rate": 0.001, "batch_size": 8, "seed": 0}
+    layout = RunLayout(
+        layers=tuple(LayerSpec(n, a.shape[2:], activation) for n, a in layers.items()),
+        num_classes=10,
+        probe_images=probe_images,
+        probe_labels=np.arange(p) % 10,
+        probe_indices=np.arange(p),
+        probe_dataset="synthetic",
+        attrs={"experiment": "handmade", "config_json": json.dumps(config), "versions_json": "{}",
+               "summary_json": "{}", "class_names_json": json.dumps([f"class {i}" for i in range(10)]),
+               "planned_steps": steps[-1], "record_schedule": "every"},
+        dtype="float32",
+        eval_count=100,
+    )
+    writer = H5RunWriter(path, layout)
+    for i, s in enumerate(steps):
+        frame = {n: a[i] for n, a in layers.items()}
+        frame["logits"] = np.zeros((p, 10), np.float32)
+        writer.write_frame(s, float(i), frame)
+    train = np.arange(1, steps[-1] + 1) if train_steps is None else np.asarray(train_steps)
+    if len(train):
+        writer.write_train(train, 1.0 / train, np.minimum(train / 100.0, 1.0), train.astype(np.float64))
+    writer.write_eval(steps[-1], 0.5, 0.75)
+    if not close:
+        writer.flush()
+        return writer
+    writer.set_status(status)
+    writer.close()
+    return None

@@ -1,0 +1,61 @@
+"""Loss and accuracy over training, labelled for exactly what each series is (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from replay.images import atomic_path
+from replay.run_file import Run
+
+SMOOTHING = 0.9  # EMA decay of the smoothed train line, bias-corrected at the start
+
+
+def ema(values: np.ndarray, decay: float = SMOOTHING) -> np.ndarray:
+    """Bias-corrected exponential moving average (the first point is the first value, not decay × 0)."""
+    out = np.empty(len(values), np.float64)
+    acc = 0.0
+    for i, v in enumerate(np.asarray(values, np.float64)):
+        acc = decay * acc + (1 - decay) * v
+        out[i] = acc / (1 - decay ** (i + 1))
+    return out
+
+
+def write_curves(run: Run, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, ev = run.train_metrics(), run.eval_metrics()
+    test_loss, test_acc, test_count = run.test_metrics()
+    c = run.config
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for ax, what in zip(axes, ("loss", "accuracy")):
+        t = getattr(train, what)
+        if len(t):
+            ax.plot(train.step, t, color="tab:blue", alpha=0.25, lw=0.8, label="train batch (parameters before its update)")
+            ax.plot(train.step, ema(t), color="tab:blue", lw=1.8, label=f"train, smoothed (EMA {SMOOTHING})")
+        e = getattr(ev, what)
+        if len(e):
+            ax.plot(ev.step, e, "o-", color="tab:orange", ms=3.5, lw=1.4,
+                    label=f"eval: {run.eval_count} held-out test images")
+        final = test_loss if what == "loss" else test_acc
+        if test_count and np.isfinite(final):
+            last = int(train.step[-1]) if len(train.step) else 0
+            ax.plot([last], [final], "*", color="tab:red", ms=11, label=f"test: all {test_count} test images, end")
+        ax.set_xlabel("step (parameter updates)")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+        if what == "accuracy":
+            ax.set_ylim(0, 1)
+        ax.legend(fontsize=8, loc="upper right" if what == "loss" else "lower right")
+    status = "" if run.status == "completed" else f" [{run.describe_status()}]"
+    fig.suptitle(f"{run.experiment}: {c['model']} ({c['activation']}) on {c['dataset']}, batch {c['batch_size']}, "
+                 f"{c['optimizer']} lr {c['learning_rate']}, seed {c['seed']}{status}", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

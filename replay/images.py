@@ -1,0 +1,32 @@
+"""Still pictures: palette-index frames to PNG, written under a temporary name and renamed when complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; renames it to `path` if the block succeeds, else deletes it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_png(path: Path, frame: np.ndarray, palette: np.ndarray) -> Path:
+    """A palette PNG of `frame` (uint8 [H, W] indices into `palette` [256, 3]); the colours are exact."""
+    im = Image.fromarray(np.ascontiguousarray(frame, np.uint8), "P")
+    im.putpalette(np.asarray(palette, np.uint8).reshape(-1).tolist())
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG", optimize=False)
+    return path

@@ -1,0 +1,205 @@
+"""`emergence replay`: every picture of one run file into one folder, with an index.html.
+
+    from replay.render import ReplayOptions, replay
+    report = replay("runs/learn_to_see.h5", "runs/learn_to_see", ReplayOptions(every=2))
+
+Outputs (names relative to the output folder):
+
+    <layer>.gif                   one per recorded layer (activations on the probes, every selected step)
+    curves.png                    train / eval / test loss and accuracy
+    <layer>_kernels.png / .gif    the recorded kernels at the last selected step / over the selected steps
+    snapshots/step<N>_<layer>.png                 with --step N: the layer's grid at step N
+    snapshots/step<N>_<layer>_probe<k>.png        ... and its response to each selected probe, enlarged
+    index.html                    all of the above with captions
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from replay.animate import Animation, Frames, KernelFrames, LayerFrames, write_animation
+from replay.curves import write_curves
+from replay.gif import BROWSER_MAX_FPS, frame_duration_ms
+from replay.grid import GridStyle
+from replay.images import save_png
+from replay.index_page import Entry, write_index
+from replay.run_file import Run, open_run
+from replay.scales import ScaleSpec, spec_for
+from replay.selection import StepRange, parse_indices, select_frames
+
+SNAPSHOT_PROBE_ZOOM = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayOptions:
+    layers: tuple[str, ...] | None = None  # None: every recorded layer
+    every: int = 1
+    steps: StepRange = StepRange()
+    channels: str | None = None  # e.g. "0:8" or "0,3"; applied to every layer, as far as it has them
+    probes: str | None = None  # positions among the run's probes
+    zoom: int = 1
+    fps: float = 20.0
+    max_mb: float | None = None  # per animation
+    transpose: bool = False
+    scales: tuple[ScaleSpec, ...] = ()
+    metrics_stamp: bool = True
+    mp4: bool = False
+    snapshot_steps: tuple[int, ...] = ()
+    kernels: bool = True
+    curves: bool = True
+
+
+@dataclasses.dataclass
+class ReplayReport:
+    out: Path
+    index: Path | None = None
+    animations: list[tuple[str, Animation, str]] = dataclasses.field(default_factory=list)  # (layer, result, scale)
+    pictures: list[Path] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _channels(options: ReplayOptions, run: Run, layer: str) -> list[int] | None:
+    if options.channels is None:
+        return None
+    c = run.layer_shape(layer)[-1]
+    widest = max(run.layer_shape(n)[-1] for n in run.layers)
+    picked = [i for i in parse_indices(options.channels, widest, "channels") if i < c]
+    if not picked:
+        raise ValueError(f"--channels {options.channels} selects none of {layer}'s {c} channels (0 to {c - 1})")
+    return picked
+
+
+def _validate(options: ReplayOptions, run: Run) -> list[str]:
+    if options.zoom < 1:
+        raise ValueError(f"--zoom must be a whole number of at least 1, got {options.zoom}")
+    if options.max_mb is not None and options.max_mb <= 0:
+        raise ValueError(f"--max-mb must be positive, got {options.max_mb}")
+    layers = list(options.layers) if options.layers else list(run.layers)
+    unknown = [n for n in layers if n not in run.layers]
+    if unknown:
+        raise ValueError(f"no layer {', '.join(unknown)} in {run.path}; layers: {', '.join(run.layers)}")
+    spec_for(layers[0], options.scales, run.layers)  # raises if a --scale names a layer the run lacks
+    missing = [s for s in options.snapshot_steps if s not in set(run.steps.tolist())]
+    if missing:
+        steps = run.steps
+        raise ValueError(f"--step {missing[0]} was not recorded; recorded steps: {steps[0]} … {steps[-1]} "
+                         f"({len(steps)} frames, schedule {run.schedule})")
+    return layers
+
+
+def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOptions(),
+           log: Callable[[str], None] = lambda s: None) -> ReplayReport:
+    """Renders the run at `path` into the folder `out` (created if needed)."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    with open_run(path) as run:
+        if run.num_frames == 0:
+            raise ValueError(f"{path} holds no complete frame yet (status: {run.describe_status()}); nothing to render")
+        layers = _validate(options, run)
+        out.mkdir(parents=True, exist_ok=True)
+        report = ReplayReport(out)
+        if run.status != "completed":
+            report.notes.append(f"run status: {run.describe_status()}; rendered the {run.num_frames} frames written so far")
+        if options.fps > BROWSER_MAX_FPS:
+            report.notes.append(f"--fps {options.fps:g}: browsers play GIFs at most at about {BROWSER_MAX_FPS} fps")
+        positions = select_frames(run.steps, options.steps, options.every)
+        probes = parse_indices(options.probes, run.layer_shape(layers[0])[0], "probes") if options.probes else None
+        style = GridStyle(zoom=options.zoom, transpose=options.transpose)
+        duration = frame_duration_ms(options.fps)
+        max_bytes = int(options.max_mb * 1e6) if options.max_mb else None
+        entries: list[Entry] = []
+        sizes: dict[str, tuple[int, int]] = {}
+
+        def animate(name: str, frames: Frames, section: str, caption: str) -> Animation:
+            result = write_animation(frames, positions, out / f"{name}.gif", duration, max_bytes, options.mp4)
+            sizes[f"{name}.gif"] = frames.grid.shape[::-1]
+            dropped = (f"; --max-mb kept every {result.stride}th of {result.selected} selected frames (+ the last), "
+                       f"dropped {result.dropped}") if result.dropped else ""
+            steps = run.steps[positions]
+            entries.append(Entry(section, f"{name}.gif", f"{name}.gif",
+                                 f"{caption} {result.frames} frames, steps {steps[0]}–{steps[-1]}, "
+                                 f"{duration} ms each; {result.bytes / 1e6:.2f} MB{dropped}."))
+            log(f"{name}.gif  {result.frames} frames  {result.bytes / 1e6:.2f} MB{dropped}")
+            return result
+
+        layer_frames: dict[str, LayerFrames] = {}
+        for layer in layers:
+            frames = LayerFrames(run, layer, probes, _channels(options, run, layer),
+                                 spec_for(layer, options.scales, run.layers), style, options.metrics_stamp)
+            layer_frames[layer] = frames
+            scale = frames.scale.describe()
+            result = animate(layer, frames, "Layers",
+                             f"{layer} after {run.activation_name(layer)}; rows: "
+                             f"{'probes' if options.transpose else 'channels'}; colour scale {scale}.")
+            report.animations.append((layer, result, scale))
+
+        if options.curves:
+            report.pictures.append(write_curves(run, out / "curves.png"))
+            entries.append(Entry("Curves", "curves.png", "curves.png",
+                                 "train: each batch's loss/accuracy with the parameters before its update (light) "
+                                 "and smoothed; eval: the held-out subset at its own steps; test: the full split "
+                                 "at the end.", display_zoom=1))
+
+        if options.kernels:
+            for layer in (n for n in run.kernel_layers if n in layers):
+                frames = KernelFrames(run, layer, GridStyle(zoom=options.zoom), options.metrics_stamp)
+                name = f"{layer}_kernels"
+                last = next(iter(frames(positions[-1:])))
+                report.pictures.append(save_png(out / f"{name}.png", last, frames.palette))
+                sizes[f"{name}.png"] = last.shape[::-1]
+                entries.append(Entry("Filters", f"{name}.png", f"{name}.png",
+                                     f"{layer} weights at step {run.steps[positions[-1]]}, one column per filter; "
+                                     f"colour scale {frames.scale.describe()}."))
+                report.animations.append((name, animate(name, frames, "Filters", f"{layer} weights over training."),
+                                          frames.scale.describe()))
+
+        for step in options.snapshot_steps:
+            report.pictures += _snapshots(run, layer_frames, step, probes, style, options, out, entries, sizes)
+
+        facts = [("run file", str(Path(path).resolve())), ("experiment", run.experiment),
+                 ("model", f"{run.config['model']} ({run.config['activation']}) on {run.config['dataset']}"),
+                 ("status", run.describe_status()),
+                 ("frames", f"{run.num_frames} recorded, {len(positions)} selected (--every {options.every}, "
+                            f"--steps {options.steps})"),
+                 ("probes", ", ".join(f"{k}: {run.class_names[int(l)]}" for k, l in enumerate(run.probes()[1])))]
+        test_loss, test_acc, count = run.test_metrics()
+        if count:
+            facts.append(("test", f"accuracy {test_acc:.4f}, loss {test_loss:.4f} on {count} images"))
+        facts.append(("stamps", "STEP = updates applied before the frame (0 = initialisation); TRAIN ACC = mean of "
+                                "the last 10 training batches at or before it; EVAL ACC = latest evaluation at or "
+                                "before it"))
+        facts += [(f"note", n) for n in report.notes]
+        report.index = write_index(out, f"{Path(path).name}: {run.experiment}", facts, entries, sizes)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _snapshots(run: Run, layer_frames: dict[str, LayerFrames], step: int, probes: Sequence[int] | None,
+               style: GridStyle, options: ReplayOptions, out: Path, entries: list[Entry],
+               sizes: dict[str, tuple[int, int]]) -> list[Path]:
+    """The grid of every layer at `step`, and each selected probe's feature maps, enlarged."""
+    folder = out / "snapshots"
+    folder.mkdir(exist_ok=True)
+    position = int(np.searchsorted(run.steps, step))
+    written = []
+    for layer, frames in layer_frames.items():
+        views = [(f"step{step}_{layer}", frames, f"{layer} at step {step}, all selected probes.")]
+        for k in frames.probes:
+            one = LayerFrames(run, layer, [k], frames.channels, style=dataclasses.replace(
+                style, transpose=True, zoom=max(style.zoom, SNAPSHOT_PROBE_ZOOM), text_scale=2), metrics_stamp=options.metrics_stamp,
+                scale=frames.scale)
+            label = run.class_names[int(run.probes()[1][k])]
+            views.append((f"step{step}_{layer}_probe{k}", one, f"{layer}'s response to probe {k} ({label}) at step {step}."))
+        for name, f, caption in views:
+            frame = next(iter(f(np.array([position]))))  # one frame, rendered exactly like the GIFs' frames
+            written.append(save_png(folder / f"{name}.png", frame, f.palette))
+            sizes[f"snapshots/{name}.png"] = frame.shape[::-1]
+            entries.append(Entry(f"Snapshots at step {step}", name, f"snapshots/{name}.png",
+                                 caption + f" Colour scale {f.scale.describe()}.", display_zoom=1 if "probe" in name else 2))
+    return written

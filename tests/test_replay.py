@@ -1,0 +1,223 @@
+"""Replay: pixel colours of known values, stamps read back, frame selection, size limits, partial runs."""
+
+import numpy as np
+import pytest
+from matplotlib import colormaps
+from PIL import Image
+
+from conftest import write_run
+from replay import font
+from replay.animate import LayerFrames
+from replay.gif import GifWriter
+from replay.palette import INK, build_palette
+from replay.render import ReplayOptions, replay
+from replay.scales import ScaleSpec, TopAbs, parse_scale, resolve_scale
+from replay.selection import StepRange, parse_indices, parse_step_range, select_frames
+
+
+def gif_frames(path):
+    """Every frame of a GIF as composited RGB [H, W, 3]."""
+    out = []
+    with Image.open(path) as im:
+        for k in range(im.n_frames):
+            im.seek(k)
+            out.append(np.asarray(im.convert("RGB")))
+    return out
+
+
+def to_index(rgb, palette):
+    """RGB pixels back to palette indices (first match); the palettes used here have unique colours."""
+    codes = palette.astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
+    lookup = {int(c): i for i, c in reversed(list(enumerate(codes)))}
+    flat = rgb.reshape(-1, 3).astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
+    return np.array([lookup[int(c)] for c in flat], np.uint8).reshape(rgb.shape[:2])
+
+
+def read_step(rgb, frames: LayerFrames):
+    stamp = frames.grid.stamp
+    ink = (rgb == 0).all(axis=-1)  # INK is pure black
+    canvas = np.where(ink, INK, 0).astype(np.uint8)
+    text = font.read_text(canvas, stamp.y, stamp.x, len(stamp.step_text(0)), INK, stamp.scale)
+    assert text.startswith("STEP "), text
+    return int(text[5:])
+
+
+def test_tanh_zero_is_white_and_the_ends_are_the_colour_map_ends(tmp_path):
+    acts = np.zeros((2, 3, 4, 4, 3), np.float32)
+    acts[:, :, :, :, 1] = -1.0
+    acts[:, :, :, :, 2] = 1.0
+    write_run(tmp_path / "r.h5", {"conv1": acts})
+    report = replay(tmp_path / "r.h5", tmp_path / "out", ReplayOptions(kernels=False, curves=False))
+    assert [a.frames for _, a, _ in report.animations] == [2]
+    from replay.run_file import open_run
+
+    with open_run(tmp_path / "r.h5") as run:
+        frames = LayerFrames(run, "conv1")
+    ends = np.rint(np.array([colormaps["seismic_r"](0.0)[:3], colormaps["seismic_r"](1.0)[:3]]) * 255)
+    for rgb in gif_frames(tmp_path / "out" / "conv1.gif"):
+        for probe in range(3):
+            for channel, colour in ((0, (255, 255, 255)), (1, ends[0]), (2, ends[1])):
+                y0, y1, x0, x1 = frames.grid.tile_box(probe, channel)
+                tile = rgb[y0:y1, x0:x1]
+                assert tile.shape == (16, 16, 3)  # 4x4 maps replicated to the 16x16 input size
+                assert (tile == np.asarray(colour, np.uint8)).all(), (probe, channel, tile[0, 0])
+
+
+def test_unbounded_scale_is_the_percentile_of_all_steps_and_fixed(tmp_path):
+    rng = np.random.default_rng(0)
+    acts = np.maximum(rng.normal(0, 1, (12, 2, 4, 4, 2)), 0).astype(np.float32) * np.arange(1, 13)[:, None, None, None, None]
+    write_run(tmp_path / "r.h5", {"conv1": acts}, activation="relu")
+    expected = np.percentile(np.abs(acts), 99.9, method="inverted_cdf")  # nearest rank
+    chunks = [acts[i : i + 5] for i in range(0, 12, 5)]
+    scale = resolve_scale("relu", ScaleSpec(None, "auto"), chunks, (2, 4, 4, 2), 12)
+    assert float(scale.hi) == pytest.approx(expected) and float(scale.lo) == -float(scale.hi)
+    per_channel = resolve_scale("relu", ScaleSpec(None, "channel"), chunks, (2, 4, 4, 2), 12)
+    for c in range(2):
+        assert per_channel.hi[c] == pytest.approx(np.percentile(acts[..., c], 99.9, method="inverted_cdf"))
+    # the same scale on every frame: a value of S/2 is the same colour in the first and last frame
+    from replay.run_file import open_run
+
+    with open_run(tmp_path / "r.h5") as run:
+        frames = LayerFrames(run, "conv1")
+    assert float(frames.scale.hi) == pytest.approx(expected)
+    index = frames.grid.indices(np.full((2, 2, 4, 4, 2), float(scale.hi) / 2, np.float32))
+    assert (index == index.flat[0]).all()
+
+
+def test_top_abs_streams_the_exact_percentile():
+    rng = np.random.default_rng(1)
+    values = rng.standard_cauchy((5000, 3)).astype(np.float32)
+    top = TopAbs(per_channel=False, total=values.size)
+    for i in range(0, 5000, 700):
+        top.add(values[i : i + 700])
+    assert float(top.percentile()) == np.percentile(np.abs(values), 99.9, method="inverted_cdf")
+
+
+def test_scale_overrides():
+    assert parse_scale("2.5") == ScaleSpec(None, "fixed", -2.5, 2.5)
+    assert parse_scale("conv3=0:4") == ScaleSpec("conv3", "fixed", 0.0, 4.0)
+    assert parse_scale("conv2=channel").mode == "channel"
+    fixed = resolve_scale("relu", parse_scale("conv3=0:4"), None, (1, 2, 2, 1), 5)
+    assert fixed.kind == "sequential" and float(fixed.hi) == 4.0
+    with pytest.raises(ValueError, match="LO:HI"):
+        parse_scale("conv1=wide")
+    with pytest.raises(ValueError, match="empty or non-finite"):
+        parse_scale("3:1")
+
+
+def test_stamp_reads_back_as_the_stored_step(tmp_path):
+    steps = [0, 1, 3, 7, 20, 150, 1234]
+    acts = np.linspace(-1, 1, len(steps) * 2 * 4 * 4 * 2, dtype=np.float32).reshape(len(steps), 2, 4, 4, 2)
+    write_run(tmp_path / "r.h5", {"conv1": acts}, steps=steps)
+    replay(tmp_path / "r.h5", tmp_path / "out", ReplayOptions(kernels=False, curves=False))
+    from replay.run_file import open_run
+
+    with open_run(tmp_path / "r.h5") as run:
+        frames = LayerFrames(run, "conv1")
+    assert [read_step(rgb, frames) for rgb in gif_frames(tmp_path / "out" / "conv1.gif")] == steps
+
+
+def test_frame_selection_follows_every_and_steps(tmp_path):
+    acts = np.random.default_rng(2).uniform(-1, 1, (21, 2, 4, 4, 2)).astype(np.float32)
+    write_run(tmp_path / "r.h5", {"conv1": acts})
+    options = ReplayOptions(every=3, steps=parse_step_range("2:15"), kernels=False, curves=False)
+    report = replay(tmp_path / "r.h5", tmp_path / "out", options)
+    from replay.run_file import open_run
+
+    with open_run(tmp_path / "r.h5") as run:
+        frames = LayerFrames(run, "conv1")
+    got = [read_step(rgb, frames) for rgb in gif_frames(tmp_path / "out" / "conv1.gif")]
+    assert got == [2, 5, 8, 11, 14, 15]  # every 3rd from the first, and the last
+    assert report.animations[0][1].frames == 6
+    assert select_frames(np.arange(10), StepRange(), 3).tolist() == [0, 3, 6, 9]
+    assert select_frames(np.arange(0, 100, 10), StepRange(25, None), 1).tolist() == [3, 4, 5, 6, 7, 8, 9]
+    with pytest.raises(ValueError, match="selects no recorded step"):
+        select_frames(np.arange(10), StepRange(50, 60))
+    assert parse_indices("0:3,7", 10, "probes") == [0, 1, 2, 7]
+    with pytest.raises(ValueError, match="valid probes: 0 to 9"):
+        parse_indices("12", 10, "probes")
+
+
+def test_max_mb_is_respected_and_the_drop_reported(tmp_path):
+    acts = np.random.default_rng(3).uniform(-1, 1, (60, 4, 8, 8, 4)).astype(np.float32)  # noise: compresses badly
+    write_run(tmp_path / "r.h5", {"conv1": acts})
+    full = replay(tmp_path / "r.h5", tmp_path / "full", ReplayOptions(kernels=False, curves=False))
+    full_bytes = full.animations[0][1].bytes
+    limit_mb = full_bytes / 3 / 1e6
+    report = replay(tmp_path / "r.h5", tmp_path / "out", ReplayOptions(max_mb=limit_mb, kernels=False, curves=False))
+    result = report.animations[0][1]
+    size = (tmp_path / "out" / "conv1.gif").stat().st_size
+    assert size <= limit_mb * 1e6 and size == result.bytes
+    assert result.selected == 60 and 2 <= result.frames < 60 and result.dropped == 60 - result.frames
+    assert len(gif_frames(tmp_path / "out" / "conv1.gif")) == result.frames
+    assert "dropped" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_a_run_still_recording_renders_what_is_written(tmp_path):
+    acts = np.random.default_rng(4).uniform(-1, 1, (5, 2, 4, 4, 2)).astype(np.float32)
+    writer = write_run(tmp_path / "live.h5", {"conv1": acts}, close=False)
+    try:
+        report = replay(tmp_path / "live.h5", tmp_path / "out", ReplayOptions(kernels=False))
+        assert report.animations[0][1].frames == 5
+        assert any("running" in note for note in report.notes)
+        assert (tmp_path / "out" / "curves.png").is_file()
+        # a frame half written (one layer one row longer, as a killed writer leaves it) is not rendered
+        writer._append(writer._file["layers/conv1/activations"], acts[:1])
+        writer.flush()
+        report = replay(tmp_path / "live.h5", tmp_path / "out2", ReplayOptions(kernels=False, curves=False))
+        assert report.animations[0][1].frames == 5
+    finally:
+        writer.close()
+
+
+def test_gif_frames_decode_to_exactly_the_rendered_frames(tmp_path):
+    rng = np.random.default_rng(5)
+    palette = build_palette("diverging")
+    frames = [rng.integers(0, 255, (30, 50), dtype=np.uint8)]
+    for k in range(6):
+        f = frames[-1].copy()
+        f[k : k + 4, 10 : 10 + 3 * k] = rng.integers(0, 111, (4, 3 * k))
+        frames.append(f)
+    frames.append(frames[-1].copy())  # an identical frame stays a frame
+    with GifWriter(tmp_path / "x.gif", palette, 50) as gif:
+        for f in frames:
+            gif.add(f)
+    decoded = gif_frames(tmp_path / "x.gif")
+    assert len(decoded) == len(frames)
+    for f, rgb in zip(frames, decoded):
+        np.testing.assert_array_equal(rgb, palette[f])
+    with Image.open(tmp_path / "x.gif") as im:
+        assert im.info["loop"] == 0 and im.info["duration"] == 50
+
+
+def test_font_glyphs_are_distinct_and_read_back():
+    glyphs = list(font.GLYPHS.values())
+    assert len({g.tobytes() for g in glyphs}) == len(glyphs)
+    canvas = np.zeros((30, 200), np.uint8)
+    font.draw_text(canvas, "Step 0123456789", 3, 2, 7, scale=2)
+    assert font.read_text(canvas, 3, 2, 15, 7, scale=2) == "STEP 0123456789"
+
+
+def test_replay_cli_on_a_recorded_run(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import tiny_config
+    from recorder.run import record
+
+    record(tiny_config(steps=4), tmp_path / "tiny.h5", show_progress=False)
+    out = subprocess.run([sys.executable, "-m", "emergence", "replay", str(tmp_path / "tiny.h5"), "--step", "2",
+                          "--probes", "0,1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "tiny"
+    names = {p.name for p in folder.iterdir()}
+    assert {"conv1.gif", "conv2.gif", "curves.png", "conv1_kernels.png", "conv1_kernels.gif", "index.html"} <= names
+    assert len(gif_frames(folder / "conv1.gif")) == 5
+    assert (folder / "snapshots" / "step2_conv1_probe1.png").is_file()
+    page = (folder / "index.html").read_text()
+    for name in ("conv1.gif", "conv2.gif", "curves.png", "conv1_kernels.gif", "snapshots/step2_conv2.png"):
+        assert f'src="{name}"' in page
+    bad = subprocess.run([sys.executable, "-m", "emergence", "replay", str(tmp_path / "tiny.h5"), "--step", "99"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--step 99 was not recorded" in bad.stderr
+    assert bad.stderr.count("\n") == 1
