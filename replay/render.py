@@ -122,9 +122,10 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
             dropped = (f"; --max-mb kept every {result.stride}th of {result.selected} selected frames (+ the last), "
                        f"dropped {result.dropped}") if result.dropped else ""
             steps = run.steps[positions]
+            video = f" Also as {result.mp4.name}." if result.mp4 else ""
             entries.append(Entry(section, f"{name}.gif", f"{name}.gif",
                                  f"{caption} {result.frames} frames, steps {steps[0]}–{steps[-1]}, "
-                                 f"{duration} ms each; {result.bytes / 1e6:.2f} MB{dropped}."))
+                                 f"{duration} ms each; {result.bytes / 1e6:.2f} MB{dropped}.{video}"))
             log(f"{name}.gif  {result.frames} frames  {result.bytes / 1e6:.2f} MB{dropped}")
             return result
 

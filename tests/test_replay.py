@@ -221,3 +221,20 @@ def test_replay_cli_on_a_recorded_run(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--step 99 was not recorded" in bad.stderr
     assert bad.stderr.count("\n") == 1
+
+
+def test_mp4_has_the_gif_frames(tmp_path):
+    ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="MP4 output is optional: pip install 'emergence[video]'")
+    import subprocess
+
+    acts = np.random.default_rng(6).uniform(-1, 1, (9, 2, 4, 4, 2)).astype(np.float32)
+    write_run(tmp_path / "r.h5", {"conv1": acts})
+    report = replay(tmp_path / "r.h5", tmp_path / "out", ReplayOptions(every=2, mp4=True, kernels=False, curves=False))
+    animation = report.animations[0][1]
+    gif = gif_frames(animation.path)[-1]
+    h, w = gif.shape[:2]
+    decoded = subprocess.run([ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(animation.mp4), "-f", "rawvideo",
+                              "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    frames = np.frombuffer(decoded, np.uint8).reshape(-1, h + h % 2, w + w % 2, 3)
+    assert len(frames) == animation.frames == 5
+    assert np.abs(frames[-1][:h, :w].astype(int) - gif).mean() < 8  # lossy codec, same picture
