@@ -47,6 +47,7 @@ class RunConfig:
     kernels: str = "first"  # record the kernel of the first tapped layer, all, or none
     eval_every: int = 50  # steps between held-out evaluations; 0 = only at the end
     eval_size: int = 1000  # held-out images (the first ones of the test split)
+    analysis_probes: int = 128  # held-out images for similarity statistics (recorder/analysis.py); 0 = none
 
     def validate(self) -> "RunConfig":
         """Raises ConfigError naming the bad field and the valid options; returns self."""
@@ -60,9 +61,11 @@ class RunConfig:
         for key in ("batch_size", "synthetic_size", "eval_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("epochs", "steps", "eval_every"):
+        for key in ("epochs", "steps", "eval_every", "analysis_probes"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if 0 < self.analysis_probes < 4:
+            raise ConfigError(f"analysis_probes must be 0 (off) or >= 4 (the debiased estimator needs n > 3), got {self.analysis_probes}")
         if self.steps == 0 and self.epochs == 0:
             raise ConfigError("nothing to train: set epochs >= 1 or steps >= 1")
         if not self.learning_rate > 0:

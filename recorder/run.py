@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recorder.analysis import (ANALYSIS_FRAMES, STAT_DOCS, STAT_NAMES, analysis_steps, choose_analysis_probes,
+                                probe_set_hash)
 from recorder.async_writer import AsyncRunWriter
 from recorder.config import ConfigError, RunConfig
 from recorder.data import Dataset, load_dataset
@@ -28,7 +30,7 @@ from recorder.progress import Progress
 from recorder.schedule import recorded_steps
 from recorder.summary import format_summary, summarize
 from recorder.train import StepFunctions, evaluate, make_optimizer, make_step_functions, to_inputs
-from recorder.writer import H5RunWriter, LayerSpec, RunLayout
+from recorder.writer import AnalysisLayout, H5RunWriter, LayerSpec, RunLayout
 
 LARGE_FILE_BYTES = 2 * 1024**3
 
@@ -124,6 +126,20 @@ def record(
     )
     frame_steps = recorded_steps(config.schedule, total)
     eval_count = min(config.eval_size, len(dataset.test_labels))
+    analysis = None
+    if config.analysis_probes:
+        n_analysis = min(config.analysis_probes, len(dataset.test_labels))
+        if n_analysis < config.analysis_probes:
+            log(f"note: analysis_probes={config.analysis_probes} but the {dataset.name} test split has "
+                f"{n_analysis} images; analysing all {n_analysis}")
+        a_idx = choose_analysis_probes(dataset.test_labels, n_analysis, len(dataset.class_names))
+        analysis = AnalysisLayout(
+            indices=a_idx, labels=dataset.test_labels[a_idx],
+            sha256=probe_set_hash(dataset.name, a_idx, dataset.test_images[a_idx]),
+            steps=analysis_steps(frame_steps, len(a_idx)),
+            rule=f"every K-th frame step from 0 plus the last, K = ceil((frames - 1) / {ANALYSIS_FRAMES})",
+            stat_names=STAT_NAMES, stat_docs=STAT_DOCS,
+        )
     layout = RunLayout(
         layers=layer_specs(summary, config.activation, kernel_layers),
         num_classes=len(dataset.class_names),
@@ -144,15 +160,22 @@ def record(
         dtype=config.dtype,
         compression=config.compression,
         eval_count=eval_count,
+        analysis=analysis,
     )
 
     projected = len(frame_steps) * _frame_bytes(layout)
+    if analysis is not None:
+        n = len(analysis.indices)
+        projected += len(analysis.steps) * len(layout.layers) * 4 * (n * (n + 1) // 2 + len(STAT_NAMES))
     log(format_summary(summary))
     log(
         f"{config.experiment}: {config.model} ({config.activation}) on {dataset.name} [{dataset.origin}], "
         f"{total} steps ({per_epoch}/epoch, batch {config.batch_size}), {len(frame_steps)} frames "
         f"({config.schedule}) on {len(probe_idx)} probes -> {path}"
     )
+    if analysis is not None:
+        log(f"analysis: {len(analysis.indices)} held-out test images at {len(analysis.steps)} steps (centred Grams "
+            f"and activity statistics per layer, float32)")
     log(f"projected file size: at most {projected / 1e6:.1f} MB before compression ({config.dtype})")
     if projected > LARGE_FILE_BYTES:
         log(
@@ -163,7 +186,8 @@ def record(
         path.unlink()  # --overwrite: only now that everything above has been validated
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = AsyncRunWriter(H5RunWriter(path, layout))
-    return _train(config, dataset, fns, writer, probe_idx, frame_steps, per_epoch, total, eval_count, show_progress, log)
+    return _train(config, dataset, fns, writer, probe_idx, frame_steps, analysis, per_epoch, total, eval_count,
+                  show_progress, log)
 
 
 def _train(
@@ -173,6 +197,7 @@ def _train(
     writer: AsyncRunWriter,
     probe_idx: np.ndarray,
     frame_steps: np.ndarray,
+    analysis: AnalysisLayout | None,
     per_epoch: int,
     total: int,
     eval_count: int,
@@ -205,18 +230,23 @@ def _train(
     test_y = jax.device_put(dataset.test_labels.astype(np.int32))
     probe_x = to_inputs(jax.device_put(dataset.test_images[probe_idx]))
     record_at = set(frame_steps.tolist())
+    analyse_at = set(analysis.steps.tolist()) if analysis is not None else set()
+    analysis_x = to_inputs(jax.device_put(dataset.test_images[analysis.indices])) if analysis is not None else None
     progress = Progress(total, enabled=show_progress)
     state = fns.init_state
     step = 0
     perm = epoch_permutation(config.seed, 0, len(dataset.train_labels))
     try:
-        writer.submit(write_frame(0), fns.probe_frame(state.params, probe_x))
+        writer.submit(write_frame(0), fns.probe_frame(state.params, probe_x, analysis_x))
         for step in range(1, total + 1):
             epoch, i = divmod(step - 1, per_epoch)
             if i == 0 and epoch > 0:
                 perm = epoch_permutation(config.seed, epoch, len(dataset.train_labels))
             idx = perm[i * config.batch_size:(i + 1) * config.batch_size]  # [B] int32, copied in at dispatch
-            if step in record_at:  # two executables, each compiled once (the test suite checks)
+            if step in analyse_at:  # three executables, each compiled once (the test suite checks)
+                state, metrics, frame = fns.analysed_step(state, train_x, train_y, idx, probe_x, analysis_x)
+                writer.submit(write_frame(step), frame)
+            elif step in record_at:
                 state, metrics, frame = fns.recorded_step(state, train_x, train_y, idx, probe_x)
                 writer.submit(write_frame(step), frame)
             else:

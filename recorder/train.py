@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from recorder.analysis import gram_and_stats
 from recorder.taps import Tap, TapKernel, flatten_taps
 
 
@@ -23,7 +24,9 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
 
 
-Frame = dict[str, jax.Array]  # layer -> [P, H, W, C]; "logits" -> [P, K]; "kernel/<layer>" -> kernel
+# layer -> [P, H, W, C]; "logits" -> [P, K]; "kernel/<layer>" -> kernel; with analysis also
+# "analysis/gram/<layer>" -> [n, n] float32 and "analysis/stats/<layer>" -> [len(STAT_NAMES)] float32
+Frame = dict[str, jax.Array]
 
 
 def make_optimizer(name: str, learning_rate: float, momentum: float) -> optax.GradientTransformation:
@@ -46,7 +49,8 @@ class StepFunctions:
     init_state: TrainState
     train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
     recorded_step: Callable[..., tuple[TrainState, dict[str, jax.Array], Frame]]
-    probe_frame: Callable[[nnx.State, jax.Array], Frame]
+    analysed_step: Callable[..., tuple[TrainState, dict[str, jax.Array], Frame]]  # + analysis/* entries
+    probe_frame: Callable[..., Frame]  # (params, probe_x[, analysis_x]): step 0
     eval_chunk: Callable[..., tuple[jax.Array, jax.Array]]
     traces: dict[str, int]
 
@@ -62,7 +66,7 @@ def make_step_functions(
     The training state is donated: callers must not reuse a state after passing it in.
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    traces = {"train_step": 0, "recorded_step": 0, "probe_frame": 0, "eval_chunk": 0}
+    traces = {"train_step": 0, "recorded_step": 0, "analysed_step": 0, "probe_frame": 0, "eval_chunk": 0}
 
     def forward(params: nnx.State, x: jax.Array) -> tuple[jax.Array, nnx.State, nnx.State]:
         return nnx.capture(nnx.merge(graphdef, params, rest), Tap, TapKernel)(x)
@@ -78,13 +82,19 @@ def make_step_functions(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state), {"loss": loss, "accuracy": acc}
 
-    def frame_of(params: nnx.State, probe_x: jax.Array) -> Frame:
-        logits, taps, kernels = forward(params, probe_x)
-        frame: Frame = {name: a.astype(dtype) for name, a in flatten_taps(taps).items()}
+    def frame_of(params: nnx.State, probe_x: jax.Array, analysis_x: jax.Array | None = None) -> Frame:
+        p = probe_x.shape[0]
+        x = probe_x if analysis_x is None else jnp.concatenate([probe_x, analysis_x])  # one forward for both sets
+        logits, taps, kernels = forward(params, x)
+        frame: Frame = {}
+        for name, a in flatten_taps(taps).items():
+            frame[name] = a[:p].astype(dtype)
+            if analysis_x is not None:  # float32 activations, before any storage rounding
+                frame[f"analysis/gram/{name}"], frame[f"analysis/stats/{name}"] = gram_and_stats(a[p:])
         flat_kernels = flatten_taps(kernels)
         for name in kernel_layers:
             frame[f"kernel/{name}"] = flat_kernels[name].astype(jnp.float32)
-        frame["logits"] = logits.astype(jnp.float32)
+        frame["logits"] = logits[:p].astype(jnp.float32)
         return frame
 
     def train_step(state, images, labels, idx):
@@ -96,9 +106,14 @@ def make_step_functions(
         state, metrics = update(state, images, labels, idx)
         return state, metrics, frame_of(state.params, probe_x)  # the frame sees the updated parameters
 
-    def probe_frame(params, probe_x):
+    def analysed_step(state, images, labels, idx, probe_x, analysis_x):
+        traces["analysed_step"] += 1
+        state, metrics = update(state, images, labels, idx)
+        return state, metrics, frame_of(state.params, probe_x, analysis_x)
+
+    def probe_frame(params, probe_x, analysis_x=None):
         traces["probe_frame"] += 1
-        return frame_of(params, probe_x)
+        return frame_of(params, probe_x, analysis_x)
 
     def eval_chunk(params, images, labels, mask):
         """Summed loss and correct count over the rows where mask is true (chunks are padded)."""
@@ -112,6 +127,7 @@ def make_step_functions(
         init_state=TrainState(params, tx.init(params)),
         train_step=jax.jit(train_step, donate_argnums=0),
         recorded_step=jax.jit(recorded_step, donate_argnums=0),
+        analysed_step=jax.jit(analysed_step, donate_argnums=0),
         probe_frame=jax.jit(probe_frame),
         eval_chunk=jax.jit(eval_chunk),
         traces=traces,

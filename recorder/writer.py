@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 SCHEMA = "emergence.run"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUS_BYTES = 16
 MESSAGE_BYTES = 4096
 COMPRESSIONS = ("none", "gzip", "lzf")
@@ -29,6 +29,19 @@ class LayerSpec:
     shape: tuple[int, int, int]  # (H, W, C) of one probe's activation
     activation: str
     kernel_shape: tuple[int, ...] | None = None  # (kh, kw, C_in, C_out) when the kernel is recorded
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisLayout:
+    """The analysis probe set (recorder/analysis.py) and when it is analysed."""
+
+    indices: np.ndarray  # [n] test-split indices
+    labels: np.ndarray  # [n]
+    sha256: str  # probe_set_hash(dataset, indices, images)
+    steps: np.ndarray  # the frame steps that carry analysis
+    rule: str  # the schedule rule, in words
+    stat_names: tuple[str, ...]
+    stat_docs: Mapping[str, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +59,7 @@ class RunLayout:
     compression: str = "gzip"
     eval_split: str = "test"
     eval_count: int = 0
+    analysis: AnalysisLayout | None = None
 
 
 def _compression_kwargs(name: str) -> dict[str, Any]:
@@ -73,6 +87,8 @@ class H5RunWriter:
             raise
         self._layers = [spec.name for spec in layout.layers]
         self._kernels = [spec.name for spec in layout.layers if spec.kernel_shape is not None]
+        n = len(layout.analysis.indices) if layout.analysis is not None else 0
+        self._triu = np.triu_indices(n)
 
     @staticmethod
     def _create(f: h5py.File, layout: RunLayout) -> None:
@@ -112,6 +128,21 @@ class H5RunWriter:
             if spec.kernel_shape is not None:
                 growing(g, "kernel", tuple(spec.kernel_shape), "f4")
 
+        if layout.analysis is not None:
+            a = layout.analysis
+            n = len(a.indices)
+            group = f.create_group("analysis")
+            group.attrs.update(dataset=layout.probe_dataset, split="test", sha256=a.sha256, count=n, rule=a.rule,
+                               stats_json=json.dumps(list(a.stat_names)), stat_docs_json=json.dumps(dict(a.stat_docs)),
+                               planned_steps_json=json.dumps([int(x) for x in a.steps]))
+            group.create_dataset("indices", data=np.asarray(a.indices, np.int64))
+            group.create_dataset("labels", data=np.asarray(a.labels, np.int64))
+            growing(group, "step", (), "i8")
+            for spec in layout.layers:
+                g = group.create_group(spec.name)
+                growing(g, "gram", (n * (n + 1) // 2,), "f4", **comp)
+                growing(g, "stats", (len(a.stat_names),), "f4")
+
         train = f.create_group("train")
         for name, dtype in (("step", "i8"), ("loss", "f4"), ("accuracy", "f4"), ("wall_time", "f8")):
             growing(train, name, (), dtype)
@@ -141,6 +172,11 @@ class H5RunWriter:
             self._append(f["layers"][name]["kernel"], frame[f"kernel/{name}"][None])
         self._append(f["frames/logits"], frame["logits"][None])
         self._append(f["frames/wall_time"], np.array([wall_time]))
+        if f"analysis/gram/{self._layers[0]}" in frame:
+            for name in self._layers:
+                self._append(f["analysis"][name]["gram"], frame[f"analysis/gram/{name}"][self._triu][None])
+                self._append(f["analysis"][name]["stats"], frame[f"analysis/stats/{name}"][None])
+            self._append(f["analysis/step"], np.array([step]))  # last in the analysis group
         self._append(f["frames/step"], np.array([step]))  # last: its length counts complete frames
 
     def write_train(self, steps: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, wall_time: np.ndarray) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (1, 2)  # 2 added /analysis
 
 
 class RunFileError(ValueError):
@@ -77,6 +77,10 @@ class Run:
             ds.refresh()
         for group in ("train", "eval"):
             for ds in self._f[group].values():
+                ds.refresh()
+        if self.has_analysis:
+            g = self._f["analysis"]
+            for ds in [g["step"], *(g[n][k] for n in self.layers for k in ("gram", "stats"))]:
                 ds.refresh()
         for name in ("status", "status_message", "updated_unix", "test/loss", "test/accuracy", "test/count"):
             self._f[name].refresh()
@@ -146,14 +150,7 @@ class Run:
     def read_frames(self, layer: str, positions: np.ndarray, kernel: bool = False) -> np.ndarray:
         """Frames at increasing `positions` (indices into `steps`), as stored: [len, P, H, W, C] activations,
         or [len, kh, kw, C_in, C_out] kernels. Nearby positions are read as one slice."""
-        ds = self._f["layers"][layer]["kernel"] if kernel else self._dataset(layer)
-        positions = np.asarray(positions)
-        if len(positions) == 0:
-            return np.zeros((0, *ds.shape[1:]), ds.dtype)
-        first, last = int(positions[0]), int(positions[-1])
-        if last - first + 1 <= 4 * len(positions):
-            return ds[first : last + 1][positions - first]
-        return ds[positions]
+        return _read_rows(self._f["layers"][layer]["kernel"] if kernel else self._dataset(layer), positions)
 
     def kernels(self, layer: str, steps: Sequence[int] | None = None) -> np.ndarray:
         """[len(steps), kh, kw, C_in, C_out] of `layer` (only for layers in `kernel_layers`)."""
@@ -191,6 +188,51 @@ class Run:
         t = self._f["test"]
         return float(t["loss"][()]), float(t["accuracy"][()]), int(t["count"][()])
 
+    # -- analysis (schema 2) ----------------------------------------------------------------------
+    @property
+    def has_analysis(self) -> bool:
+        return "analysis" in self._f
+
+    def _analysis(self) -> h5py.Group:
+        if not self.has_analysis:
+            raise RunFileError(f"{self.path} holds no analysis probe set (recorded with analysis_probes=0 or by "
+                               "schema 1); record it again to get similarity statistics")
+        return self._f["analysis"]
+
+    @property
+    def analysis_steps(self) -> np.ndarray:  # [A] steps with Grams, complete rows only
+        g = self._analysis()
+        n = min([g["step"].shape[0], *(g[n][k].shape[0] for n in self.layers for k in ("gram", "stats"))])
+        return g["step"][:n]
+
+    def analysis_probe_set(self) -> dict[str, Any]:
+        """dataset, split, indices [n], labels [n] and sha256 of the analysis images."""
+        g = self._analysis()
+        return {"dataset": str(g.attrs["dataset"]), "split": str(g.attrs["split"]), "sha256": str(g.attrs["sha256"]),
+                "indices": g["indices"][()], "labels": g["labels"][()], "rule": str(g.attrs["rule"])}
+
+    def grams(self, layer: str, positions: Sequence[int] | None = None) -> np.ndarray:
+        """Centred Gram matrices [len, n, n] float64 of `layer` at analysis positions (all if None)."""
+        g = self._analysis()
+        if layer not in self.layers:
+            raise KeyError(f"no layer {layer!r} in {self.path}; layers: {', '.join(self.layers)}")
+        count = len(self.analysis_steps)
+        idx = np.arange(count) if positions is None else np.asarray(positions)
+        packed = _read_rows(g[layer]["gram"], idx)
+        n = int(g.attrs["count"])
+        out = np.zeros((len(idx), n, n), np.float64)
+        iu = np.triu_indices(n)
+        out[:, iu[0], iu[1]] = packed
+        out[:, iu[1], iu[0]] = packed
+        return out
+
+    def activity(self, layer: str) -> dict[str, np.ndarray]:
+        """Per analysis step: name -> [A] (see the file's analysis/stat_docs_json)."""
+        g = self._analysis()
+        names = json.loads(g.attrs["stats_json"])
+        stats = g[layer]["stats"][: len(self.analysis_steps)]
+        return {name: stats[:, i].astype(np.float64) for i, name in enumerate(names)}
+
     def close(self) -> None:
         self._f.close()
 
@@ -204,6 +246,17 @@ class Run:
 def open_run(path: str | Path) -> Run:
     """Opens a run file for reading (works while the recorder is still writing it)."""
     return Run(path)
+
+
+def _read_rows(ds: h5py.Dataset, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Rows at increasing `positions` of a dataset; nearby positions are read as one slice, far ones one by one."""
+    positions = np.asarray(positions, np.int64)
+    if len(positions) == 0:
+        return np.zeros((0, *ds.shape[1:]), ds.dtype)
+    first, last = int(positions[0]), int(positions[-1])
+    if last - first + 1 <= 4 * len(positions):
+        return ds[first : last + 1][positions - first]
+    return np.stack([ds[int(p)] for p in positions])
 
 
 def _ranges(steps: np.ndarray) -> str:

@@ -58,7 +58,7 @@ def tiny_config(**changes):
     from experiments import get_experiment
     from recorder.config import apply_overrides
 
-    base = ["synthetic_size=256", "batch_size=32", "steps=6", "eval_every=3", "eval_size=40"]
+    base = ["synthetic_size=256", "batch_size=32", "steps=6", "eval_every=3", "eval_size=40", "analysis_probes=32"]
     return apply_overrides(get_experiment("tiny"), base + [f"{k}={v}" for k, v in changes.items()])
 
 

@@ -27,7 +27,7 @@ def tiny_run(tmp_path_factory):
 def test_schema_and_shapes(tiny_run):
     path, result = tiny_run
     with h5py.File(path, "r") as f:
-        assert f.attrs["schema"] == "emergence.run" and f.attrs["schema_version"] == 1
+        assert f.attrs["schema"] == "emergence.run" and f.attrs["schema_version"] == 2
         assert f["frames/step"][()].tolist() == list(range(7))  # step 0 (initial model) .. 6
         acts = f["layers/conv1/activations"]
         assert acts.shape == (7, 10, 26, 26, 8) and acts.dtype == np.float16 and acts.chunks[0] == 1
@@ -40,7 +40,11 @@ def test_schema_and_shapes(tiny_run):
         assert json.loads(f.attrs["config_json"])["steps"] == 6
         assert f["test/count"][()] == 64 and f["test/accuracy"][()] == pytest.approx(result.test_accuracy)
         assert np.all(np.diff(f["frames/wall_time"][()]) >= 0)
-    assert result.traces == {"train_step": 0, "recorded_step": 1, "probe_frame": 1, "eval_chunk": 1}
+        assert f["analysis/step"][()].tolist() == list(range(7))  # a short run: analysis at every frame
+        assert f["analysis/conv1/gram"].shape == (7, 32 * 33 // 2) and f["analysis/conv2/stats"].shape == (7, 5)
+        assert f["analysis/indices"].shape == (32,) and len(f["analysis"].attrs["sha256"]) == 64
+        assert np.bincount(f["analysis/labels"][()], minlength=10).max() <= 4  # class-balanced
+    assert result.traces == {"train_step": 0, "recorded_step": 0, "analysed_step": 1, "probe_frame": 1, "eval_chunk": 1}
 
 
 def test_step0_frame_is_the_initial_model_on_the_probes(tiny_run):
@@ -73,7 +77,13 @@ def test_schedule_every_k_compiles_each_step_kind_once(tmp_path):
     with open_run(result.path) as run:
         assert run.steps.tolist() == [0, 4, 8, 9]
         assert run.train_metrics().step.tolist() == list(range(1, 10))
-    assert result.traces["train_step"] == 1 and result.traces["recorded_step"] == 1
+    assert result.traces["train_step"] == 1 and result.traces["analysed_step"] == 1
+    # 51 frames: analysis on every 2nd frame (K = ceil(50 / 48)); three step kinds, each compiled once
+    result = record(tiny_config(steps=100, schedule="every:2"), tmp_path / "a.h5", show_progress=False, log=lambda s: None)
+    with open_run(result.path) as run:
+        assert run.analysis_steps.tolist() == list(range(0, 101, 4))
+    assert {k: result.traces[k] for k in ("train_step", "recorded_step", "analysed_step")} == dict.fromkeys(
+        ("train_step", "recorded_step", "analysed_step"), 1)
 
 
 def test_refuses_to_overwrite_and_keeps_the_file(tiny_run):
@@ -90,3 +100,23 @@ def test_float32_storage_and_all_kernels(tmp_path):
     with h5py.File(result.path, "r") as f:
         assert f["layers/conv1/activations"].dtype == np.float32
         assert f["layers/conv2/kernel"].shape == (3, 3, 3, 8, 16)
+
+
+def test_analysis_grams_are_the_centred_grams_of_the_model(tiny_run):
+    path, _ = tiny_run
+    config = tiny_config()
+    ds = load_dataset("synthetic", synthetic_size=config.synthetic_size)
+    model = build_model(config.model, ds.input_shape, 10, config.activation, config.seed)
+    with open_run(path) as run:
+        probe_set = run.analysis_probe_set()
+        x = jnp.asarray(ds.test_images[probe_set["indices"]], jnp.float32) / 255
+        _, taps = nnx.capture(lambda m, x: m(x), Tap)(model, x)
+        for layer, a in flatten_taps(taps).items():
+            feats = np.asarray(a, np.float64).reshape(len(x), -1)
+            feats -= feats.mean(axis=0)
+            expected = feats @ feats.T
+            got = run.grams(layer, [0])[0]
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+            stats = run.activity(layer)
+            assert stats["saturated_fraction"][0] == np.mean(np.abs(np.asarray(a)) > 0.99)
+            assert stats["std"][0] == pytest.approx(np.asarray(a).std(), rel=1e-4)

@@ -1,0 +1,91 @@
+"""What layer-similarity statistics need, computed inside the jitted step on a larger analysis probe set.
+
+Ten picture probes are far too few for similarity (with n = 10 images, plain linear CKA of unrelated layers
+is ≈ 1, and the debiased estimator's noise is large). So every conv layer is also run on `n` held-out
+analysis images (default 128) and, for each, the step returns:
+
+* the centred Gram matrix K = Xc Xcᵀ (n × n; X is [n, H·W·C], Xc its columns minus their mean over the n
+  images), in float32 with precision "highest" (GPUs and TPUs otherwise use reduced-precision matmuls).
+  Everything in the linear-CKA family is a function of these Grams, and they do not grow with H·W·C;
+* activity statistics (STAT_NAMES), over all n images, positions and channels.
+
+Which images: a class-balanced set from the test split (round-robin over the classes in test-split order),
+identified in the file by dataset, indices and a SHA-256 of the images and indices, so that two runs can be
+checked to have used the very same set before they are compared.
+
+When: see `analysis_steps` — a subset of the frame steps, at most ANALYSIS_FRAMES + 1 per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ANALYSIS_FRAMES = 48
+SATURATION = 0.99  # |a| above this counts as saturated (tanh)
+STAT_NAMES = ("saturated_fraction", "dead_fraction", "zero_fraction", "mean", "std")
+STAT_DOCS = {
+    "saturated_fraction": f"fraction of values with |a| > {SATURATION}",
+    "dead_fraction": "fraction of units (position, channel) that are exactly 0 on every analysis image",
+    "zero_fraction": "fraction of values exactly 0 (sparsity)",
+    "mean": "mean of all values",
+    "std": "standard deviation of all values",
+}
+
+
+def choose_analysis_probes(labels: np.ndarray, n: int, num_classes: int) -> np.ndarray:
+    """Test-split indices of `n` images, class-balanced: round-robin over the classes in test-split order."""
+    if n > len(labels):
+        raise ValueError(f"analysis_probes={n} but the test split has only {len(labels)} images; lower analysis_probes")
+    queues = [list(np.flatnonzero(labels == c)) for c in range(num_classes)]
+    chosen: list[int] = []
+    while len(chosen) < n:
+        for q in queues:
+            if q and len(chosen) < n:
+                chosen.append(int(q.pop(0)))
+    return np.sort(np.asarray(chosen, np.int64))
+
+
+def probe_set_hash(dataset: str, indices: np.ndarray, images: np.ndarray) -> str:
+    """SHA-256 over the dataset name, the indices and the image bytes: equal hashes, same analysis set."""
+    h = hashlib.sha256()
+    h.update(dataset.encode())
+    h.update(np.asarray(indices, np.int64).tobytes())
+    h.update(np.ascontiguousarray(images, np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def analysis_steps(frame_steps: np.ndarray, n_analysis: int) -> np.ndarray:
+    """The frame steps that also get analysis: every K-th frame step from step 0, plus the last, with
+    K = ceil((frames − 1) / ANALYSIS_FRAMES), so every frame for short runs and about 49 for long ones."""
+    if n_analysis == 0:
+        return np.zeros((0,), np.int64)
+    k = max(1, math.ceil((len(frame_steps) - 1) / ANALYSIS_FRAMES))
+    picked = frame_steps[::k]
+    if picked[-1] != frame_steps[-1]:
+        picked = np.append(picked, frame_steps[-1])
+    return picked.astype(np.int64)
+
+
+def gram_and_stats(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """[n, H, W, C] activations -> (centred Gram [n, n] float32, stats [len(STAT_NAMES)] float32)."""
+    x = a.reshape(a.shape[0], -1).astype(jnp.float32)  # [n, d]
+    xc = x - jnp.mean(x, axis=0, keepdims=True)
+    gram = jnp.matmul(xc, xc.T, precision=jax.lax.Precision.HIGHEST)  # [n, n]
+    stats = jnp.stack([
+        jnp.mean(jnp.abs(x) > SATURATION),
+        jnp.mean(jnp.all(x == 0, axis=0)),
+        jnp.mean(x == 0),
+        jnp.mean(x),
+        jnp.std(x),
+    ]).astype(jnp.float32)
+    return gram, stats
+
+
+def pack_gram(gram: np.ndarray) -> np.ndarray:
+    """[n, n] symmetric -> [n (n + 1) / 2], the upper triangle row by row (how the file stores it)."""
+    return gram[np.triu_indices(gram.shape[0])]
