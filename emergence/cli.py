@@ -1,4 +1,4 @@
-"""`emergence record | info | replay`: parses arguments and calls importable functions; nothing else."""
+"""`emergence record | info | replay | compare`: parses arguments and calls importable functions; nothing else."""
 
 from __future__ import annotations
 
@@ -63,6 +63,25 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from compare import CompareOptions, compare
+
+    runs = [args.run_a] + ([args.run_b] if args.run_b else [])
+    options = CompareOptions(force=args.force, layers=tuple(args.layers.split(",")) if args.layers else None,
+                             every=args.every, zoom=args.zoom, fps=args.fps, max_mb=args.max_mb, gifs=not args.no_gifs)
+    if args.out:
+        out = Path(args.out)
+    elif args.run_b:
+        out = Path(args.run_a).parent / f"{Path(args.run_a).stem}_vs_{Path(args.run_b).stem}"
+    else:
+        out = Path(args.run_a).with_suffix("") / "dynamics"
+    report = compare(runs, out, options, log=lambda line: print(f"  {line}"))
+    for note in report.notes:
+        print(f"note: {note}")
+    print(report.report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from experiments import EXPERIMENTS
 
@@ -124,6 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--mp4", action="store_true", help="also write MP4s (needs imageio's ffmpeg plugin: "
                      "pip install 'emergence[video]')")
     rep.set_defaults(func=_replay)
+
+    cmp = sub.add_parser(
+        "compare", help="one run's layer dynamics, or two runs' layers side by side and measured",
+        description="With one run: per-layer drift to the final step, progress, t50/t90 (when each layer "
+        "settled) and activity over time. With two runs: also one side-by-side GIF per shared layer (frames at "
+        "the steps recorded in both), the same-layer similarity between the runs over time, and the A x B layer "
+        "map at the last shared analysed step. Similarity is debiased linear CKA on the runs' analysis probe "
+        "set; runs whose sets differ are refused unless --force (which skips the similarity between them). "
+        "Writes report.md, metrics.json and PNG plots.")
+    cmp.add_argument("run_a", metavar="A.h5")
+    cmp.add_argument("run_b", metavar="B.h5", nargs="?")
+    cmp.add_argument("--out", help="output folder (default: A_vs_B beside A, or A/dynamics for one run)")
+    cmp.add_argument("--force", action="store_true", help="compare runs with different analysis probe sets: "
+                     "pictures and per-run dynamics only")
+    cmp.add_argument("--layers", help="comma-separated layers (default: all layers both runs have)")
+    cmp.add_argument("--every", type=int, default=1, metavar="K", help="every K-th shared frame in the GIFs")
+    cmp.add_argument("--zoom", type=int, default=1)
+    cmp.add_argument("--fps", type=float, default=20.0)
+    cmp.add_argument("--max-mb", type=float, metavar="MB", help="largest size of each side-by-side GIF")
+    cmp.add_argument("--no-gifs", action="store_true", help="measurements and plots only")
+    cmp.set_defaults(func=_compare)
     return parser
 
 

@@ -27,10 +27,11 @@ import numpy as np
 
 ANALYSIS_FRAMES = 48
 SATURATION = 0.99  # |a| above this counts as saturated (tanh)
-STAT_NAMES = ("saturated_fraction", "dead_fraction", "zero_fraction", "mean", "std")
+STAT_NAMES = ("saturated_fraction", "dead_fraction", "constant_fraction", "zero_fraction", "mean", "std")
 STAT_DOCS = {
     "saturated_fraction": f"fraction of values with |a| > {SATURATION}",
     "dead_fraction": "fraction of units (position, channel) that are exactly 0 on every analysis image",
+    "constant_fraction": "fraction of units with the same value on every analysis image (1: the layer ignores its input)",
     "zero_fraction": "fraction of values exactly 0 (sparsity)",
     "mean": "mean of all values",
     "std": "standard deviation of all values",
@@ -79,6 +80,7 @@ def gram_and_stats(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     stats = jnp.stack([
         jnp.mean(jnp.abs(x) > SATURATION),
         jnp.mean(jnp.all(x == 0, axis=0)),
+        jnp.mean(jnp.all(x == x[:1], axis=0)),
         jnp.mean(x == 0),
         jnp.mean(x),
         jnp.std(x),

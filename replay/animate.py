@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -46,6 +46,14 @@ def stamp_texts(run: Run, steps: Sequence[int], step_text: Callable[[int], str],
         e = f"{ev.accuracy[j - 1]:.3f}" if j else "  -  "
         out.append(f"{step_text(int(s))}  TRAIN ACC {tr}  EVAL ACC {e}")
     return out
+
+
+class FrameSource(Protocol):
+    """Anything that renders palette-index frames at frame positions, with one palette for all of them."""
+
+    palette: np.ndarray  # [256, 3] uint8
+
+    def __call__(self, positions: np.ndarray) -> Iterator[np.ndarray]: ...
 
 
 class Frames:
@@ -141,7 +149,7 @@ class Animation:
         return self.selected - self.frames
 
 
-def write_animation(frames: Frames, positions: np.ndarray, path: Path, duration_ms: int,
+def write_animation(frames: FrameSource, positions: np.ndarray, path: Path, duration_ms: int,
                     max_bytes: int | None = None, mp4: bool = False) -> Animation:
     """Writes the frames at `positions` as a GIF; with `max_bytes`, thins them until the GIF fits.
 

@@ -1,0 +1,263 @@
+"""`emergence compare`: one run's dynamics dashboard, or two runs side by side and measured.
+
+    from compare import CompareOptions, compare
+    compare(["runs/learn_to_see-tanh.h5", "runs/learn_to_see-relu.h5"], "runs/relu_vs_tanh")
+
+Writes into the output folder: `report.md`, `metrics.json`, `dynamics_A.png` (and `_B`), `activity.png`, and
+for two runs `cross_similarity.png`, `layer_map.png` and one `<layer>_side_by_side.gif` per layer both runs
+have. Similarity between two runs is computed only when both recorded the very same analysis probe set
+(equal SHA-256); otherwise the comparison is refused, and `--force` keeps only the pictures and the per-run
+dynamics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from compare import plots
+from compare.dynamics import LayerDynamics, run_dynamics
+from compare.side_by_side import PairFrames, shared_steps
+from compare.similarity import cka_matrix, debiased_cka
+from replay.animate import write_animation
+from replay.gif import frame_duration_ms
+from replay.grid import GridStyle
+from replay.images import atomic_path
+from replay.run_file import Run, open_run
+from replay.selection import StepRange, select_frames
+
+SATURATING = ("tanh", "sigmoid")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareOptions:
+    force: bool = False  # compare runs whose analysis probe sets differ: pictures only, no similarity
+    layers: tuple[str, ...] | None = None
+    every: int = 1
+    zoom: int = 1
+    fps: float = 20.0
+    max_mb: float | None = None
+    gifs: bool = True
+
+
+@dataclasses.dataclass
+class CompareReport:
+    out: Path
+    report: Path
+    metrics: dict[str, Any]
+    files: list[Path]
+    notes: list[str]
+
+
+def probe_set_mismatch(a: Run, b: Run) -> str | None:
+    """Why the two runs' analysis probe sets cannot be compared, or None if they are the same set."""
+    for tag, run in (("A", a), ("B", b)):
+        if not run.has_analysis:
+            return f"run {tag} ({run.path.name}) has no analysis probe set (recorded with analysis_probes=0 or an older version)"
+    pa, pb = a.analysis_probe_set(), b.analysis_probe_set()
+    if pa["sha256"] != pb["sha256"]:
+        return (f"the analysis probe sets differ: A used {len(pa['indices'])} {pa['dataset']} images "
+                f"(sha256 {pa['sha256'][:12]}), B used {len(pb['indices'])} {pb['dataset']} images "
+                f"(sha256 {pb['sha256'][:12]})")
+    return None
+
+
+def activity_summary(d: LayerDynamics) -> tuple[str, float]:
+    """The activity figure that matters for this activation: saturation for tanh/sigmoid, dead units otherwise."""
+    if d.activation in SATURATING:
+        return "saturated", d.final_activity("saturated_fraction")
+    return "dead", d.final_activity("dead_fraction")
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "NaN" if not math.isfinite(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _dynamics_json(dyn: dict[str, LayerDynamics]) -> dict[str, Any]:
+    out = {}
+    for name, d in dyn.items():
+        kind, value = activity_summary(d)
+        out[name] = {
+            "activation": d.activation, "t50": d.t50, "t90": d.t90, "init_vs_final": _num(d.init_vs_final),
+            f"final_{kind}_fraction": _num(value), "flags": d.flags,
+            "steps": d.steps.tolist(), "drift": [_num(v) for v in d.drift], "progress": [_num(v) for v in d.progress],
+            "shuffled_null": [_num(v) for v in d.null],
+            "activity": {k: [_num(x) for x in v] for k, v in d.activity.items()},
+        }
+    return out
+
+
+def _num(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None  # JSON has no NaN: null, with the reason in "flags"
+
+
+def _run_facts(tag: str, run: Run) -> str:
+    c = run.config
+    _, acc, count = run.test_metrics()
+    probe = run.analysis_probe_set() if run.has_analysis else None
+    analysed = f"{len(run.analysis_steps)} analysed steps, {len(probe['indices'])} analysis images (sha256 " \
+               f"{probe['sha256'][:12]})" if probe else "no analysis probe set"
+    test = f"test accuracy {acc:.4f} ({count} images)" if count else f"status {run.describe_status()}"
+    return (f"| {tag} | `{run.path.name}` | {c['model']} | {c['activation']} | {c['dataset']}, seed {c['seed']} | "
+            f"{test} | {run.num_frames} frames; {analysed} |")
+
+
+RULES = """## Definitions
+
+- **Similarity** is debiased linear CKA (unbiased HSIC estimator) between centred Gram matrices of the
+  layer's activations on the analysis images, computed in float32 with precision "highest" inside the
+  training step and in float64 here. ≈ 0 means unrelated, 1 identical up to rotation and scale.
+- **drift(t)** = CKA(layer at t, same layer at the run's last analysed step). **progress(t)** =
+  (drift(t) − drift(0)) / (1 − drift(0)).
+- **t50 / t90**: the first analysed step from which progress stays ≥ 0.5 / ≥ 0.9 until the end (the layer
+  "settled"). Resolution: the spacing of the analysed steps. "-" = undefined (the layer did not change, or its
+  Gram is zero).
+- **Baselines** on the dynamics plots: the dotted line is CKA(init, final); the thin line is CKA(t, final) with
+  the images of the final step shuffled (what no correspondence looks like at this n).
+- **saturated**: fraction of activations with |a| > 0.99 (tanh, sigmoid); **dead**: fraction of units
+  (position, channel) exactly 0 on every analysis image (relu and other activations), at the last analysed step.
+"""
+
+
+def compare(paths: list[str | Path], out: str | Path, options: CompareOptions = CompareOptions(),
+            log: Callable[[str], None] = lambda s: None) -> CompareReport:
+    if len(paths) not in (1, 2):
+        raise ValueError(f"compare takes one run (its dynamics) or two runs, got {len(paths)}")
+    out = Path(out)
+    runs = [open_run(p) for p in paths]
+    try:
+        if len(runs) == 1:
+            return _dashboard(runs[0], out, options, log)
+        return _two_runs(runs[0], runs[1], out, options, log)
+    finally:
+        for r in runs:
+            r.close()
+
+
+def _layers(options: CompareOptions, available: list[str]) -> list[str]:
+    if not options.layers:
+        return available
+    missing = [n for n in options.layers if n not in available]
+    if missing:
+        raise ValueError(f"--layers {', '.join(missing)}: not in both runs; available: {', '.join(available)}")
+    return list(options.layers)
+
+
+def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str], None]) -> CompareReport:
+    if not run.has_analysis:
+        raise ValueError(f"{run.path} has no analysis probe set (recorded with analysis_probes=0 or an older "
+                         "version); record it again to see its dynamics")
+    out.mkdir(parents=True, exist_ok=True)
+    layers = _layers(options, run.layers)
+    dyn = run_dynamics(run, layers)
+    files = [plots.plot_dynamics(dyn, f"{run.path.name}: {run.config['activation']}", out / "dynamics_A.png"),
+             plots.plot_activity({"A": dyn}, out / "activity.png")]
+    metrics = {"runs": {"A": str(run.path)}, "dynamics": {"A": _dynamics_json(dyn)}}
+    lines = [f"# Dynamics of `{run.path.name}`", "", "| run | file | model | activation | data | result | recorded |",
+             "|---|---|---|---|---|---|---|", _run_facts("A", run), "",
+             "| layer | t50 | t90 | CKA(init, final) | final activity | flags |", "|---|---|---|---|---|---|"]
+    for name, d in dyn.items():
+        kind, value = activity_summary(d)
+        lines.append(f"| {name} | {_fmt(d.t50)} | {_fmt(d.t90)} | {_fmt(d.init_vs_final)} | {kind} {_fmt(value)} | "
+                     f"{'; '.join(d.flags) or ''} |")
+    lines += ["", "![dynamics](dynamics_A.png)", "", "![activity](activity.png)", "", RULES]
+    return _finish(out, lines, metrics, files, [], log)
+
+
+def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[[str], None]) -> CompareReport:
+    mismatch = probe_set_mismatch(a, b)
+    if mismatch and not options.force:
+        raise ValueError(f"{mismatch}; refusing to compare their layers. --force renders the side-by-side GIFs "
+                         "and each run's own dynamics, and skips every similarity between the runs")
+    notes = [f"similarity between the runs skipped (--force): {mismatch}"] if mismatch else []
+    shared = [n for n in a.layers if n in b.layers]
+    if not shared:
+        raise ValueError(f"the runs have no layer name in common (A: {', '.join(a.layers)}; B: {', '.join(b.layers)})")
+    layers = _layers(options, shared)
+    out.mkdir(parents=True, exist_ok=True)
+    names = (a.path.stem, b.path.stem)
+    files: list[Path] = []
+    metrics: dict[str, Any] = {"runs": {"A": str(a.path), "B": str(b.path)}}
+
+    frame_steps = shared_steps(a, b)
+    metrics["alignment"] = (f"frames at the {len(frame_steps)} steps recorded in both runs (the intersection of "
+                            "their frame steps); each half of a side-by-side GIF shows its run after the same "
+                            "number of updates")
+    if options.gifs:
+        positions = select_frames(frame_steps, StepRange(), options.every)
+        style = GridStyle(zoom=options.zoom)
+        for layer in layers:
+            pair = PairFrames(a, b, layer, frame_steps, names, style)
+            anim = write_animation(pair, positions, out / f"{layer}_side_by_side.gif", frame_duration_ms(options.fps),
+                                   int(options.max_mb * 1e6) if options.max_mb else None)
+            files.append(anim.path)
+            log(f"{anim.path.name}  {anim.frames} frames  {anim.bytes / 1e6:.2f} MB"
+                + (f"  (dropped {anim.dropped} to fit --max-mb)" if anim.dropped else ""))
+
+    dyn = {tag: run_dynamics(r, layers) for tag, r in (("A", a), ("B", b)) if r.has_analysis}
+    for tag, d in dyn.items():
+        files.append(plots.plot_dynamics(d, f"{tag}: {names[tag == 'B']}", out / f"dynamics_{tag}.png"))
+        metrics.setdefault("dynamics", {})[tag] = _dynamics_json(d)
+    if dyn:
+        files.append(plots.plot_activity(dyn, out / "activity.png"))
+
+    final_cka: dict[str, float] = {}
+    if not mismatch:
+        steps = np.intersect1d(a.analysis_steps, b.analysis_steps)
+        pa, pb = np.searchsorted(a.analysis_steps, steps), np.searchsorted(b.analysis_steps, steps)
+        series = {}
+        for layer in layers:
+            ga, gb = a.grams(layer, pa), b.grams(layer, pb)
+            series[layer] = np.array([debiased_cka(k, l).value for k, l in zip(ga, gb)])
+            final_cka[layer] = float(series[layer][-1])
+        files.append(plots.plot_cross(steps, series, f"same layer, A ({names[0]}) vs B ({names[1]})",
+                                      out / "cross_similarity.png"))
+        matrix, flags = cka_matrix([a.grams(n, [pa[-1]])[0] for n in a.layers],
+                                   [b.grams(n, [pb[-1]])[0] for n in b.layers])
+        files.append(plots.plot_layer_map(matrix, [f"A {n}" for n in a.layers], [f"B {n}" for n in b.layers],
+                                          f"debiased CKA at step {steps[-1]}", out / "layer_map.png"))
+        metrics["cross"] = {"steps": steps.tolist(), "same_layer": {k: [_num(x) for x in v] for k, v in series.items()},
+                            "layer_map": {"step": int(steps[-1]), "rows": a.layers, "cols": b.layers,
+                                          "matrix": [[_num(x) for x in row] for row in matrix], "flags": flags}}
+
+    lines = [f"# `{names[0]}` (A) vs `{names[1]}` (B)", "", "| run | file | model | activation | data | result | recorded |",
+             "|---|---|---|---|---|---|---|", _run_facts("A", a), _run_facts("B", b), "",
+             f"Alignment: {metrics['alignment']}.", ""]
+    lines += [f"Note: {n}" for n in notes]
+    head = "| layer | t50 A | t50 B | t90 A | t90 B | final CKA(A, B) | activity A | activity B |"
+    lines += [head, "|---|---|---|---|---|---|---|---|"]
+    for layer in layers:
+        da, db = dyn.get("A", {}).get(layer), dyn.get("B", {}).get(layer)
+        acts = []
+        for d in (da, db):
+            kind, value = activity_summary(d) if d else ("", float("nan"))
+            acts.append(f"{kind} {_fmt(value)}" if d else "-")
+        lines.append(f"| {layer} | {_fmt(da.t50 if da else None)} | {_fmt(db.t50 if db else None)} | "
+                     f"{_fmt(da.t90 if da else None)} | {_fmt(db.t90 if db else None)} | "
+                     f"{_fmt(final_cka.get(layer)) if not mismatch else 'skipped'} | {acts[0]} | {acts[1]} |")
+    flagged = [f"- {tag} {n}: {'; '.join(d.flags)}" for tag, dd in dyn.items() for n, d in dd.items() if d.flags]
+    if flagged:
+        lines += ["", "Flags:", *flagged]
+    lines += [""] + [f"![{f.stem}]({f.name})" for f in files if f.suffix in (".png", ".gif")] + ["", RULES]
+    metrics["notes"] = notes
+    return _finish(out, lines, metrics, files, notes, log)
+
+
+def _finish(out: Path, lines: list[str], metrics: dict[str, Any], files: list[Path], notes: list[str],
+            log: Callable[[str], None]) -> CompareReport:
+    report = out / "report.md"
+    with atomic_path(report) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1))
+    log(str(report))
+    return CompareReport(out, report, metrics, files + [report, out / "metrics.json"], notes)

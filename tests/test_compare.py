@@ -1,0 +1,112 @@
+"""Compare: dynamics, two-run reports, refusal of different analysis probe sets, the relu-vs-tanh experiment."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from compare import CompareOptions, compare
+from compare.dynamics import layer_dynamics, settled_at
+from conftest import tiny_config
+from recorder.run import record
+from replay import open_run
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cmp")
+    paths = {}
+    for act in ("tanh", "relu"):
+        paths[act] = folder / f"tiny-{act}.h5"
+        record(tiny_config(activation=act, steps=30), paths[act], show_progress=False, log=lambda s: None)
+    return paths
+
+
+def test_settled_at_is_the_first_step_from_which_progress_stays_above():
+    steps = np.array([0, 10, 20, 30, 40])
+    assert settled_at(steps, np.array([0.0, 0.6, 0.4, 0.7, 1.0]), 0.5) == 30  # dipped at 20: not settled at 10
+    assert settled_at(steps, np.array([0.0, 0.95, 0.97, 0.99, 1.0]), 0.9) == 10
+    assert settled_at(steps, np.array([0.0, np.nan, 0.5, 0.7, 1.0]), 0.5) is None
+
+
+def test_dynamics_of_a_recorded_run(two_runs):
+    with open_run(two_runs["tanh"]) as run:
+        d = layer_dynamics(run, "conv2")
+        assert d.steps.tolist() == list(range(31))  # short run: every frame analysed
+        assert d.drift[-1] == pytest.approx(1.0)  # the final step against itself
+        assert d.progress[-1] == pytest.approx(1.0) and d.progress[0] == pytest.approx(0.0)
+        assert abs(d.null[-1]) < 0.3  # shuffled images: no correspondence
+        assert set(d.activity) >= {"saturated_fraction", "dead_fraction", "constant_fraction", "mean", "std"}
+
+
+def test_two_runs_report(two_runs, tmp_path):
+    report = compare([two_runs["tanh"], two_runs["relu"]], tmp_path / "out")
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"report.md", "metrics.json", "dynamics_A.png", "dynamics_B.png", "activity.png", "cross_similarity.png",
+            "layer_map.png", "conv1_side_by_side.gif", "conv2_side_by_side.gif"} <= names
+    text = report.report.read_text()
+    assert "| layer | t50 A | t50 B | t90 A | t90 B | final CKA(A, B) | activity A | activity B |" in text
+    assert "| conv1 |" in text and "saturated" in text and "dead" in text
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    cka = metrics["cross"]["same_layer"]["conv1"]
+    assert len(cka) == 31 and all(v is None or -1.0 <= v <= 1.0 + 1e-9 for v in cka)
+    assert cka[0] > 0.9  # same seed: tanh and relu of the very same initial pre-activations are closely related
+    assert np.array(metrics["cross"]["layer_map"]["matrix"]).shape == (2, 2)
+    with Image.open(tmp_path / "out" / "conv1_side_by_side.gif") as gif:
+        assert gif.n_frames == 31
+        with open_run(two_runs["tanh"]) as run:
+            from replay.animate import LayerFrames
+
+            single = LayerFrames(run, "conv1").grid.shape
+        assert gif.size[0] > 2 * single[1]  # two halves side by side
+
+
+def test_a_run_against_itself_is_identical(two_runs, tmp_path):
+    report = compare([two_runs["relu"], two_runs["relu"]], tmp_path / "self", CompareOptions(gifs=False))
+    for values in report.metrics["cross"]["same_layer"].values():
+        assert values == pytest.approx([1.0] * len(values))
+    matrix = np.array(report.metrics["cross"]["layer_map"]["matrix"], dtype=float)
+    assert np.diag(matrix) == pytest.approx([1.0, 1.0]) and matrix[0, 1] < 1.0
+    a, b = report.metrics["dynamics"]["A"]["conv1"], report.metrics["dynamics"]["B"]["conv1"]
+    assert (a["t50"], a["t90"]) == (b["t50"], b["t90"])
+
+
+def test_different_analysis_sets_are_refused_unless_forced(two_runs, tmp_path):
+    other = tmp_path / "other.h5"
+    record(tiny_config(analysis_probes=24, steps=30), other, show_progress=False, log=lambda s: None)
+    with pytest.raises(ValueError, match="analysis probe sets differ"):
+        compare([two_runs["tanh"], other], tmp_path / "refused")
+    cli = subprocess.run([sys.executable, "-m", "emergence", "compare", str(two_runs["tanh"]), str(other),
+                          "--out", str(tmp_path / "cli")], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 2 and "refusing to compare" in cli.stderr and cli.stderr.count("\n") == 1
+    report = compare([two_runs["tanh"], other], tmp_path / "forced", CompareOptions(force=True))
+    text = report.report.read_text()
+    assert "skipped" in text and "cross" not in report.metrics
+    assert not (tmp_path / "forced" / "layer_map.png").exists()
+    assert (tmp_path / "forced" / "conv1_side_by_side.gif").exists()
+
+
+def test_one_run_dashboard_from_the_cli(two_runs, tmp_path):
+    cli = subprocess.run([sys.executable, "-m", "emergence", "compare", str(two_runs["relu"]), "--out",
+                          str(tmp_path / "dash")], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    text = (tmp_path / "dash" / "report.md").read_text()
+    assert "| layer | t50 | t90 | CKA(init, final) | final activity | flags |" in text and "dead" in text
+
+
+def test_relu_vs_tanh_experiment_end_to_end(tmp_path):
+    from experiments import relu_vs_tanh
+
+    sets = ["dataset=synthetic", "synthetic_size=256", "batch_size=32", "steps=4", "eval_every=2", "eval_size=40",
+            "analysis_probes=32"]
+    argv = ["--out", str(tmp_path), "--no-progress"] + [x for s in sets for x in ("--set", s)]
+    assert relu_vs_tanh.main(argv) == 0
+    text = (tmp_path / "relu_vs_tanh" / "report.md").read_text()
+    assert "learn_to_see-tanh" in text and "learn_to_see-relu" in text
+    for layer in ("conv1", "conv6"):
+        assert f"| {layer} |" in text
+    assert relu_vs_tanh.main(argv) == 0  # second time: reuses the complete runs
+    assert relu_vs_tanh.main(argv + ["--set", "activation=gelu"]) == 2
