@@ -9,7 +9,9 @@ noisy; alternating cancels slow drifts), and the table reports medians and their
 - probe frame, no writer: the jitted step that also computes the probe frame, frames discarded
   (separates the cost of the extra forward pass from the cost of getting frames to disk).
 - recorded:   the jitted step that also computes the probe frame, every step, with the frame and the
-              training metrics handed to the background HDF5 writer (a real run file in a temp folder).
+              training metrics handed to the background HDF5 writer (a real run file in a temp folder),
+              and the analysis Grams on the recorder's own analysis schedule (every 7th step for
+              learn_to_see, every 98th for keras_fashion), exactly as `emergence record` does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,15 +32,19 @@ from recorder.async_writer import AsyncRunWriter
 from recorder.data import load_dataset
 from recorder.models import build_model
 from recorder.probes import choose_probes
-from recorder.run import epoch_permutation, kernel_layers_of, layer_specs
+from recorder.run import analysis_layout, epoch_permutation, kernel_layers_of, layer_specs, plan
+from recorder.schedule import recorded_steps
 from recorder.summary import summarize
 from recorder.train import make_optimizer, make_step_functions, to_inputs
 from recorder.writer import H5RunWriter, RunLayout
 
 CASES = (("learn_to_see", 8), ("keras_fashion", 60))  # (experiment, steps per trial)
+PAUSE_S = 0.5
 
 
-def bench(experiment: str, steps: int, trials: int, folder: Path, compression: str = "gzip") -> dict:
+def bench(experiment: str, steps: int, trials: int, folder: Path, compression: str = "gzip",
+          others: dict[str, Callable[[int], float]] | None = None) -> dict:
+    """Medians of alternating trials; `others` (name -> run(steps) -> steps/s) join every trial's rotation."""
     config = get_experiment(experiment)
     ds = load_dataset(config.dataset)
     model = build_model(config.model, ds.input_shape, 10, config.activation, config.seed)
@@ -45,6 +52,9 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
     kernels = kernel_layers_of(config, summary)
     fns = make_step_functions(model, make_optimizer(config.optimizer, config.learning_rate, config.momentum), kernels, jnp.float16)
     probe_idx = choose_probes(ds)
+    # recording every step, the recorder analyses every K-th step (K = 7 for learn_to_see, 98 for keras_fashion)
+    analysis = analysis_layout(config, ds, recorded_steps("every", plan(config, ds)[1]))
+    every_k = int(analysis.steps[1] - analysis.steps[0]) if analysis is not None else 0
     layout = RunLayout(
         layers=layer_specs(summary, config.activation, kernels),
         num_classes=10, probe_images=ds.test_images[probe_idx], probe_labels=ds.test_labels[probe_idx],
@@ -52,6 +62,7 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
         attrs={"experiment": experiment, "config_json": config.to_json(), "versions_json": "{}",
                "summary_json": "{}", "class_names_json": "[]", "planned_steps": 0, "record_schedule": "every"},
         compression=compression,
+        analysis=analysis,
     )
     train_x = jax.device_put(ds.train_images)
     train_y = jax.device_put(ds.train_labels.astype(np.int32))
@@ -73,9 +84,18 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
         jax.block_until_ready((state, metrics, frame))
         return state
 
+    analysis_x = to_inputs(jax.device_put(ds.test_images[analysis.indices])) if analysis is not None else None
+
+    done = [0]  # steps recorded so far, across trials, so that the analysis rate is the recorder's
+
     def recorded(state, writer):
-        for step, idx in enumerate(batches, 1):
-            state, metrics, frame = fns.recorded_step(state, train_x, train_y, idx, probe_x)
+        for idx in batches:
+            done[0] += 1
+            step = done[0]
+            if every_k and step % every_k == 0:
+                state, metrics, frame = fns.analysed_step(state, train_x, train_y, idx, probe_x, analysis_x)
+            else:
+                state, metrics, frame = fns.recorded_step(state, train_x, train_y, idx, probe_x)
             writer.submit(lambda w, f, s=step: w.write_frame(s, 0.0, f), frame)
             writer.submit(lambda w, m, s=step: w.write_train(np.array([s]), m["loss"], m["accuracy"], np.array([0.0])), metrics)
         writer.wait()  # everything on disk (flushed at least once a second) before the clock stops
@@ -84,18 +104,28 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
 
     writer = AsyncRunWriter(H5RunWriter(folder / f"{experiment}.h5", layout))
     state = recorded(unrecorded(state), writer)  # compile both and warm the writer
+    if analysis is not None:  # compile the analysed step too, outside the timed loops
+        state = jax.block_until_ready(fns.analysed_step(state, train_x, train_y, batches[0], probe_x, analysis_x))[0]
     state = probes_only(state)
     loops = {"unrecorded": unrecorded, "probes": probes_only, "recorded": lambda s: recorded(s, writer)}
-    times: dict[str, list[float]] = {name: [] for name in loops}
-    for _ in range(trials):
-        for name, loop in loops.items():
-            t = time.perf_counter()
-            state = loop(state)
-            times[name].append(steps / (time.perf_counter() - t))
+    times: dict[str, list[float]] = {name: [] for name in [*loops, *(others or {})]}
+    order = [*loops, *(others or {})]
+    for trial in range(trials):
+        # rotate the order every trial, and pause between loops: PyTorch's OpenMP threads spin for a while
+        # after their work, which would otherwise slow whichever loop comes next
+        for name in order[trial % len(order):] + order[: trial % len(order)]:
+            time.sleep(PAUSE_S)
+            if name in loops:
+                t = time.perf_counter()
+                state = loops[name](state)
+                times[name].append(steps / (time.perf_counter() - t))
+            else:
+                times[name].append(others[name](steps))
     writer.close("completed")
     un, pr, rec = (statistics.median(times[k]) for k in ("unrecorded", "probes", "recorded"))
     return {"experiment": experiment, "batch": b, "unrecorded": un, "probes": pr, "recorded": rec, "ratio": rec / un,
-            "spread": (min(times["recorded"]) / max(times["unrecorded"]), max(times["recorded"]) / min(times["unrecorded"]))}
+            "spread": (min(times["recorded"]) / max(times["unrecorded"]), max(times["recorded"]) / min(times["unrecorded"])),
+            "others": {name: statistics.median(times[name]) for name in others or {}}, "times": times}
 
 
 def main() -> None:

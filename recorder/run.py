@@ -93,6 +93,25 @@ def layer_specs(summary: dict[str, Any], activation: str, kernel_layers: tuple[s
     )
 
 
+def analysis_layout(config: RunConfig, dataset: Dataset, frame_steps: np.ndarray,
+                    log: Callable[[str], None] = lambda s: None) -> AnalysisLayout | None:
+    """The analysis probe set and steps of a run (recorder/analysis.py), or None with analysis_probes=0."""
+    if not config.analysis_probes:
+        return None
+    n_analysis = min(config.analysis_probes, len(dataset.test_labels))
+    if n_analysis < config.analysis_probes:
+        log(f"note: analysis_probes={config.analysis_probes} but the {dataset.name} test split has "
+            f"{n_analysis} images; analysing all {n_analysis}")
+    a_idx = choose_analysis_probes(dataset.test_labels, n_analysis, len(dataset.class_names))
+    return AnalysisLayout(
+        indices=a_idx, labels=dataset.test_labels[a_idx],
+        sha256=probe_set_hash(dataset.name, a_idx, dataset.test_images[a_idx]),
+        steps=analysis_steps(frame_steps, len(a_idx)),
+        rule=f"every K-th frame step from 0 plus the last, K = ceil((frames - 1) / {ANALYSIS_FRAMES})",
+        stat_names=STAT_NAMES, stat_docs=STAT_DOCS,
+    )
+
+
 def _frame_bytes(layout: RunLayout) -> int:
     p = len(layout.probe_labels)
     item = np.dtype(layout.dtype).itemsize
@@ -126,20 +145,7 @@ def record(
     )
     frame_steps = recorded_steps(config.schedule, total)
     eval_count = min(config.eval_size, len(dataset.test_labels))
-    analysis = None
-    if config.analysis_probes:
-        n_analysis = min(config.analysis_probes, len(dataset.test_labels))
-        if n_analysis < config.analysis_probes:
-            log(f"note: analysis_probes={config.analysis_probes} but the {dataset.name} test split has "
-                f"{n_analysis} images; analysing all {n_analysis}")
-        a_idx = choose_analysis_probes(dataset.test_labels, n_analysis, len(dataset.class_names))
-        analysis = AnalysisLayout(
-            indices=a_idx, labels=dataset.test_labels[a_idx],
-            sha256=probe_set_hash(dataset.name, a_idx, dataset.test_images[a_idx]),
-            steps=analysis_steps(frame_steps, len(a_idx)),
-            rule=f"every K-th frame step from 0 plus the last, K = ceil((frames - 1) / {ANALYSIS_FRAMES})",
-            stat_names=STAT_NAMES, stat_docs=STAT_DOCS,
-        )
+    analysis = analysis_layout(config, dataset, frame_steps, log)
     layout = RunLayout(
         layers=layer_specs(summary, config.activation, kernel_layers),
         num_classes=len(dataset.class_names),
