@@ -131,7 +131,7 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--compression", default="gzip", help="run-file compression: gzip (default), lzf, none")
+    parser.add_argument("--compression", default="gzip", help="run-file compression: gzip (default), lzf, zstd, none")
     args = parser.parse_args()
     print(f"JAX {jax.__version__}, backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
           f"{args.trials} alternating trials per loop, medians; run-file compression {args.compression}")

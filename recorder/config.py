@@ -43,7 +43,7 @@ class RunConfig:
     probes: tuple[int, ...] = ()  # test-set indices of the probe images; empty = one per class
     schedule: str = "every"  # frames: every | every:K | log:N
     dtype: str = "float16"  # stored activations
-    compression: str = "gzip"  # none | gzip | lzf
+    compression: str = "gzip"  # none | gzip | lzf | zstd (needs hdf5plugin, also to read)
     kernels: str = "first"  # record the kernel of the first tapped layer, all, or none
     eval_every: int = 50  # steps between held-out evaluations; 0 = only at the end
     eval_size: int = 1000  # held-out images (the first ones of the test split)

@@ -20,7 +20,7 @@ SCHEMA = "emergence.run"
 SCHEMA_VERSION = 2
 STATUS_BYTES = 16
 MESSAGE_BYTES = 4096
-COMPRESSIONS = ("none", "gzip", "lzf")
+COMPRESSIONS = ("none", "gzip", "lzf", "zstd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +69,13 @@ def _compression_kwargs(name: str) -> dict[str, Any]:
         return {"compression": "gzip", "compression_opts": 1, "shuffle": True}  # level 1: 3% larger than 4, faster
     if name == "lzf":
         return {"compression": "lzf", "shuffle": True}
+    if name == "zstd":  # 2x faster to write than gzip 1 at the same size; every reader then needs hdf5plugin
+        try:
+            import hdf5plugin
+        except ImportError:
+            raise ValueError("compression zstd needs the hdf5plugin package (pip install hdf5plugin), in the "
+                             "recorder and in every program that reads the file; or use gzip") from None
+        return {**hdf5plugin.Zstd(clevel=3), "shuffle": True}
     raise ValueError(f"unknown compression {name!r}; expected one of: {', '.join(COMPRESSIONS)}")
 
 

@@ -17,6 +17,11 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
+try:  # registers the zstd/lz4/... HDF5 filters, for run files recorded with compression=zstd
+    import hdf5plugin  # noqa: F401
+except ImportError:
+    pass
+
 SUPPORTED_VERSIONS = (1, 2)  # 2 added /analysis
 
 

@@ -120,3 +120,15 @@ def test_analysis_grams_are_the_centred_grams_of_the_model(tiny_run):
             stats = run.activity(layer)
             assert stats["saturated_fraction"][0] == np.mean(np.abs(np.asarray(a)) > 0.99)
             assert stats["std"][0] == pytest.approx(np.asarray(a).std(), rel=1e-4)
+
+
+def test_zstd_compression_stores_the_same_values(tiny_run, tmp_path):
+    pytest.importorskip("hdf5plugin")
+    path, _ = tiny_run
+    other = record(tiny_config(compression="zstd"), tmp_path / "z.h5", show_progress=False, log=lambda s: None).path
+    with open_run(path) as a, open_run(other) as b:
+        for layer in a.layers:
+            np.testing.assert_array_equal(a.activations(layer), b.activations(layer))
+    with h5py.File(other, "r") as f:
+        plist = f["layers/conv1/activations"].id.get_create_plist()
+        assert 32015 in [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]  # HDF5's zstd filter id
