@@ -87,7 +87,3 @@ def gram_and_stats(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     ]).astype(jnp.float32)
     return gram, stats
 
-
-def pack_gram(gram: np.ndarray) -> np.ndarray:
-    """[n, n] symmetric -> [n (n + 1) / 2], the upper triangle row by row (how the file stores it)."""
-    return gram[np.triu_indices(gram.shape[0])]

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import GifImagePlugin, Image
 
+from replay.images import temp_beside
 from replay.palette import TRANSPARENT
 
 BROWSER_MAX_FPS = 50  # browsers play GIF frames shorter than 20 ms at about 10 fps, not faster
@@ -40,7 +40,7 @@ class GifWriter:
         self.duration_ms = int(duration_ms)
         self.comment = comment
         self.frames = 0
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._tmp = temp_beside(self.path)
         self._fp = open(self._tmp, "wb")
         self._prev: np.ndarray | None = None
 
@@ -106,14 +106,6 @@ class GifWriter:
             self.close()
         else:
             self.abort()
-
-
-def write_gif(path: str | Path, frames: Iterable[np.ndarray], palette: np.ndarray, duration_ms: int) -> int:
-    """Writes all `frames`; returns the file size in bytes."""
-    with GifWriter(path, palette, duration_ms) as gif:
-        for frame in frames:
-            gif.add(frame)
-    return Path(path).stat().st_size
 
 
 def _blocks(data: bytes) -> list[bytes]:

@@ -141,12 +141,11 @@ class LayerGrid:
         draw_colour_bar(canvas, scale, bar_y, x0 if x0 + bar_w + MARGIN <= width else MARGIN, ts)
         self.template = canvas
 
-        # the tile area as a [rows, pitch_h, cols, pitch_w] view, then the tiles inside their cells
-        area = canvas[grid_at[0] : grid_at[0] + grid_h, grid_at[1] : grid_at[1] + grid_w]
+        # where the tiles go: see _tile_view
         self._grid_at, self._grid_hw, self._pitch, self._cell = grid_at, (grid_h, grid_w), pitch, cell
         self._rows_cols = (n_rows, n_cols)
         self._map_shape = (hm, wm)
-        assert np.shares_memory(self._tile_view(canvas), canvas) and area.size
+        assert np.shares_memory(self._tile_view(canvas), canvas)  # a view: writes reach the canvas
 
     def _tile_view(self, canvas: np.ndarray) -> np.ndarray:
         """[rows, H, fy, cols, W, fx] view of `canvas` onto the tile pixels (writes go to the canvas)."""

@@ -11,11 +11,16 @@ import numpy as np
 from PIL import Image
 
 
+def temp_beside(path: Path) -> Path:
+    """The hidden temporary name an output is written under before it is renamed to `path`."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yields a temporary path beside `path`; renames it to `path` if the block succeeds, else deletes it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_beside(path)
     try:
         yield tmp
         os.replace(tmp, path)

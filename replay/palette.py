@@ -91,11 +91,6 @@ def value_to_index(values: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | 
     return out
 
 
-def level_values(lo: float, hi: float) -> np.ndarray:
-    """[N_LEVELS] the value each data level stands for (its centre)."""
-    return np.linspace(lo, hi, N_LEVELS)
-
-
 def probe_to_index(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(indices uint8 [P, H, W], colours [64, 3]) for probe images uint8 [P, H, W, 1 or 3].
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from replay.images import temp_beside
+
 
 def ffmpeg_exe() -> str | None:
     try:
@@ -33,7 +35,7 @@ class Mp4Writer:
         self.fps = fps
         self._exe = exe
         self._proc: subprocess.Popen | None = None
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # renamed when complete
+        self._tmp = temp_beside(self.path)  # renamed when complete
 
     def add(self, frame: np.ndarray) -> None:
         h, w = frame.shape

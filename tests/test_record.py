@@ -47,11 +47,16 @@ def test_schema_and_shapes(tiny_run):
     assert result.traces == {"train_step": 0, "recorded_step": 0, "analysed_step": 1, "probe_frame": 1, "eval_chunk": 1}
 
 
-def test_step0_frame_is_the_initial_model_on_the_probes(tiny_run):
-    path, _ = tiny_run
+def initial_model():
+    """The tiny run's dataset and its model as initialised, before any update."""
     config = tiny_config()
     ds = load_dataset("synthetic", synthetic_size=config.synthetic_size)
-    model = build_model(config.model, ds.input_shape, 10, config.activation, config.seed)
+    return ds, build_model(config.model, ds.input_shape, 10, config.activation, config.seed)
+
+
+def test_step0_frame_is_the_initial_model_on_the_probes(tiny_run):
+    path, _ = tiny_run
+    ds, model = initial_model()
     with open_run(path) as run:
         images, labels, indices = run.probes()
         np.testing.assert_array_equal(images, ds.test_images[indices])
@@ -104,9 +109,7 @@ def test_float32_storage_and_all_kernels(tmp_path):
 
 def test_analysis_grams_are_the_centred_grams_of_the_model(tiny_run):
     path, _ = tiny_run
-    config = tiny_config()
-    ds = load_dataset("synthetic", synthetic_size=config.synthetic_size)
-    model = build_model(config.model, ds.input_shape, 10, config.activation, config.seed)
+    ds, model = initial_model()
     with open_run(path) as run:
         probe_set = run.analysis_probe_set()
         x = jnp.asarray(ds.test_images[probe_set["indices"]], jnp.float32) / 255
