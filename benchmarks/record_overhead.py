@@ -17,6 +17,7 @@ noisy; alternating cancels slow drifts), and the table reports medians and their
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -109,6 +110,7 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
     state = probes_only(state)
     loops = {"unrecorded": unrecorded, "probes": probes_only, "recorded": lambda s: recorded(s, writer)}
     times: dict[str, list[float]] = {name: [] for name in [*loops, *(others or {})]}
+    cpu: dict[str, list[float]] = {name: [] for name in loops}  # process CPU seconds per step, all threads
     order = [*loops, *(others or {})]
     for trial in range(trials):
         # rotate the order every trial, and pause between loops: PyTorch's OpenMP threads spin for a while
@@ -116,16 +118,27 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
         for name in order[trial % len(order):] + order[: trial % len(order)]:
             time.sleep(PAUSE_S)
             if name in loops:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), _cpu_seconds()
                 state = loops[name](state)
                 times[name].append(steps / (time.perf_counter() - t))
+                cpu[name].append((_cpu_seconds() - c) / steps)
             else:
                 times[name].append(others[name](steps))
     writer.close("completed")
     un, pr, rec = (statistics.median(times[k]) for k in ("unrecorded", "probes", "recorded"))
+    cpu_un, cpu_rec = statistics.median(cpu["unrecorded"]), statistics.median(cpu["recorded"])
     return {"experiment": experiment, "batch": b, "unrecorded": un, "probes": pr, "recorded": rec, "ratio": rec / un,
+            "paired_ratio": statistics.median(r / u for r, u in zip(times["recorded"], times["unrecorded"])),
+            "cpu_unrecorded": cpu_un, "cpu_recorded": cpu_rec, "cpu_ratio": cpu_un / cpu_rec,
             "spread": (min(times["recorded"]) / max(times["unrecorded"]), max(times["recorded"]) / min(times["unrecorded"])),
             "others": {name: statistics.median(times[name]) for name in others or {}}, "times": times}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (every thread): the work done, which a busy neighbour on a
+    shared machine slows down far less than it slows down wall-clock time."""
+    t = os.times()
+    return t.user + t.system
 
 
 def main() -> None:
@@ -137,13 +150,15 @@ def main() -> None:
           f"{args.trials} alternating trials per loop, medians; run-file compression {args.compression}")
     print()
     print("| model | batch | unrecorded steps/s | step with probe frame, no writer | recorded every step, steps/s | "
-          "ratio recorded/unrecorded | ratio range |")
-    print("|---|---|---|---|---|---|---|")
+          "ratio recorded/unrecorded | median of paired trial ratios | ratio range | CPU ms per step, unrecorded / "
+          "recorded | CPU ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for experiment, steps in CASES:
             r = bench(experiment, steps, args.trials, Path(folder), args.compression)
             print(f"| {r['experiment']} | {r['batch']} | {r['unrecorded']:.2f} | {r['probes']:.2f} | {r['recorded']:.2f} | "
-                  f"{r['ratio']:.3f} | {r['spread'][0]:.2f}–{r['spread'][1]:.2f} |", flush=True)
+                  f"{r['ratio']:.3f} | {r['paired_ratio']:.3f} | {r['spread'][0]:.2f}–{r['spread'][1]:.2f} | "
+                  f"{1000 * r['cpu_unrecorded']:.1f} / {1000 * r['cpu_recorded']:.1f} | {r['cpu_ratio']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,17 @@
-"""Synchronous HDF5 writer of the run file described in `docs/run_schema.md` (schema version 1).
+"""Synchronous HDF5 writer of the run file described in `docs/run_schema.md` (`SCHEMA_VERSION`).
 
 All datasets are created up front, then the file switches to SWMR mode, so another process can read it
 while it grows and a killed run leaves a readable file. This class does no threading and accepts host
 arrays only; `AsyncRunWriter` (async_writer.py) wraps it for use from the training loop.
+
+Cost per frame matters (it runs beside training on the same cores), so:
+- a frame's activations and Grams, one HDF5 chunk per row, are encoded here (byte shuffle + zlib level 1,
+  exactly what HDF5's shuffle and deflate filters produce, so every HDF5 reader decodes them as usual)
+  and written with H5Dwrite_chunk, bypassing HDF5's filter pipeline; zlib runs without holding Python's
+  GIL, so the training loop keeps dispatching meanwhile;
+- the small rows (steps, wall times, logits, kernels, metrics) are staged and written at `flush()`,
+  which `AsyncRunWriter` calls at least once a second and `close()` calls last. Each group's `step`
+  column is written after the rows it indexes, so its length always counts complete rows.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -62,6 +72,58 @@ class RunLayout:
     analysis: AnalysisLayout | None = None
 
 
+def _shuffle_deflate(row: np.ndarray) -> bytes:
+    """One chunk as HDF5's shuffle filter followed by its deflate filter (level 1) store it."""
+    planes = np.ascontiguousarray(row).reshape(-1).view(np.uint8).reshape(-1, row.dtype.itemsize)
+    return zlib.compress(planes.T.tobytes(), 1)
+
+
+def _raw(row: np.ndarray) -> bytes:
+    return np.ascontiguousarray(row).tobytes()
+
+
+_ENCODERS = {"gzip": _shuffle_deflate, "none": _raw}  # others go through HDF5's own filter pipeline
+
+
+class _Column:
+    """One growing dataset (rows along axis 0), with its length tracked here.
+
+    `append` writes now; with an `encode`, each row is one whole chunk, encoded here and written directly.
+    `stage` keeps rows until `commit`.
+    """
+
+    def __init__(self, ds: h5py.Dataset, encode: Any = None):
+        self.ds, self.n, self.row, self.dtype = ds, ds.shape[0], ds.shape[1:], ds.dtype
+        self.encode = encode if ds.chunks == (1, *self.row) else None
+        self._staged: list[np.ndarray] = []
+
+    def _rows(self, rows: Any) -> np.ndarray:
+        rows = np.asarray(rows, self.dtype)
+        if rows.shape[1:] != self.row:
+            raise ValueError(f"{self.ds.name}: expected rows of shape {self.row}, got {rows.shape[1:]}")
+        return rows
+
+    def append(self, rows: Any) -> None:
+        rows = self._rows(rows)
+        k = rows.shape[0]
+        self.ds.id.set_extent((self.n + k, *self.row))
+        if self.encode is not None:
+            zeros = (0,) * len(self.row)
+            for i in range(k):
+                self.ds.id.write_direct_chunk((self.n + i, *zeros), self.encode(rows[i]))
+        else:
+            self.ds[self.n:] = rows
+        self.n += k
+
+    def stage(self, rows: Any) -> None:
+        self._staged.append(self._rows(rows))
+
+    def commit(self) -> None:
+        if self._staged:
+            rows, self._staged = np.concatenate(self._staged), []
+            self.append(rows)
+
+
 def _compression_kwargs(name: str) -> dict[str, Any]:
     if name == "none":
         return {}
@@ -96,6 +158,18 @@ class H5RunWriter:
         self._kernels = [spec.name for spec in layout.layers if spec.kernel_shape is not None]
         n = len(layout.analysis.indices) if layout.analysis is not None else 0
         self._triu = np.triu_indices(n)
+        encode = _ENCODERS.get(layout.compression)
+        big = {f"layers/{name}/activations" for name in self._layers} | {f"analysis/{name}/gram" for name in self._layers}
+        self._col: dict[str, _Column] = {}
+        f.visititems(lambda name, obj: self._col.__setitem__(name, _Column(obj, encode if name in big else None))
+                     if isinstance(obj, h5py.Dataset) and obj.maxshape[:1] == (None,) else None)
+        # commit order at flush: every group's step column after the rows it indexes
+        small = [f"layers/{name}/kernel" for name in self._kernels] + ["frames/logits", "frames/wall_time"]
+        small += [f"analysis/{name}/stats" for name in self._layers if layout.analysis is not None]
+        small += ["analysis/step"] if layout.analysis is not None else []
+        small += ["frames/step", "train/loss", "train/accuracy", "train/wall_time", "train/step",
+                  "eval/loss", "eval/accuracy", "eval/step"]
+        self._commit_order = [self._col[name] for name in small]
 
     @staticmethod
     def _create(f: h5py.File, layout: RunLayout) -> None:
@@ -163,42 +237,37 @@ class H5RunWriter:
         test.create_dataset("accuracy", data=np.nan, dtype="f8")
         test.create_dataset("count", data=0, dtype="i8")
 
-    @staticmethod
-    def _append(ds: h5py.Dataset, rows: np.ndarray) -> None:
-        n = ds.shape[0]
-        ds.resize(n + rows.shape[0], axis=0)
-        ds[n:] = rows
-
     def write_frame(self, step: int, wall_time: float, frame: Mapping[str, np.ndarray]) -> None:
         """Appends one frame. `frame` maps layer names to [P, H, W, C], `logits` to [P, K] and
-        `kernel/<layer>` to the kernel of each layer whose kernel is recorded."""
-        f = self._file
+        `kernel/<layer>` to the kernel of each layer whose kernel is recorded. The activations (and Grams)
+        are written now; the rest, and the step that makes the frame count, at the next `flush()`."""
+        c = self._col
         for name in self._layers:
-            self._append(f["layers"][name]["activations"], frame[name][None])
+            c[f"layers/{name}/activations"].append(frame[name][None])
         for name in self._kernels:
-            self._append(f["layers"][name]["kernel"], frame[f"kernel/{name}"][None])
-        self._append(f["frames/logits"], frame["logits"][None])
-        self._append(f["frames/wall_time"], np.array([wall_time]))
+            c[f"layers/{name}/kernel"].stage(frame[f"kernel/{name}"][None])
+        c["frames/logits"].stage(frame["logits"][None])
+        c["frames/wall_time"].stage([wall_time])
         if f"analysis/gram/{self._layers[0]}" in frame:
             for name in self._layers:
-                self._append(f["analysis"][name]["gram"], frame[f"analysis/gram/{name}"][self._triu][None])
-                self._append(f["analysis"][name]["stats"], frame[f"analysis/stats/{name}"][None])
-            self._append(f["analysis/step"], np.array([step]))  # last in the analysis group
-        self._append(f["frames/step"], np.array([step]))  # last: its length counts complete frames
+                c[f"analysis/{name}/gram"].append(frame[f"analysis/gram/{name}"][self._triu][None])
+                c[f"analysis/{name}/stats"].stage(frame[f"analysis/stats/{name}"][None])
+            c["analysis/step"].stage([step])
+        c["frames/step"].stage([step])
 
     def write_train(self, steps: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, wall_time: np.ndarray) -> None:
-        """Appends training metrics for one or more consecutive steps."""
-        f = self._file
-        self._append(f["train/loss"], np.asarray(loss, np.float32).reshape(-1))
-        self._append(f["train/accuracy"], np.asarray(accuracy, np.float32).reshape(-1))
-        self._append(f["train/wall_time"], np.asarray(wall_time, np.float64).reshape(-1))
-        self._append(f["train/step"], np.asarray(steps, np.int64).reshape(-1))
+        """Appends training metrics for one or more consecutive steps (written at the next `flush()`)."""
+        c = self._col
+        c["train/loss"].stage(np.reshape(loss, -1))
+        c["train/accuracy"].stage(np.reshape(accuracy, -1))
+        c["train/wall_time"].stage(np.reshape(wall_time, -1))
+        c["train/step"].stage(np.reshape(steps, -1))
 
     def write_eval(self, step: int, loss: float, accuracy: float) -> None:
-        f = self._file
-        self._append(f["eval/loss"], np.array([loss], np.float32))
-        self._append(f["eval/accuracy"], np.array([accuracy], np.float32))
-        self._append(f["eval/step"], np.array([step], np.int64))
+        c = self._col
+        c["eval/loss"].stage([loss])
+        c["eval/accuracy"].stage([accuracy])
+        c["eval/step"].stage([step])
 
     def write_test(self, loss: float, accuracy: float, count: int) -> None:
         f = self._file
@@ -213,6 +282,9 @@ class H5RunWriter:
         self._file["status_message"][()] = np.bytes_(message.encode()[:MESSAGE_BYTES])
 
     def flush(self) -> None:
+        """Writes the staged rows (each step column last) and flushes the file to disk."""
+        for column in self._commit_order:
+            column.commit()
         self._file["updated_unix"][()] = time.time()
         self._file.flush()
 

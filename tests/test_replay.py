@@ -162,7 +162,7 @@ def test_a_run_still_recording_renders_what_is_written(tmp_path):
         assert any("running" in note for note in report.notes)
         assert (tmp_path / "out" / "curves.png").is_file()
         # a frame half written (one layer one row longer, as a killed writer leaves it) is not rendered
-        writer._append(writer._file["layers/conv1/activations"], acts[:1])
+        writer._col["layers/conv1/activations"].append(acts[:1])
         writer.flush()
         report = replay(tmp_path / "live.h5", tmp_path / "out2", ReplayOptions(kernels=False, curves=False))
         assert report.animations[0][1].frames == 5

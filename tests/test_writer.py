@@ -103,3 +103,36 @@ def test_live_reading_and_sigkill(tmp_path):
             acts = run.activations(layer)
             assert acts.shape[0] == len(steps) and np.isfinite(acts).all()
         assert len(run.train_metrics().step) >= len(steps) - 2
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none", "lzf"])
+def test_chunks_written_directly_decode_through_hdf5s_own_filters(tmp_path, compression):
+    """gzip and none rows are encoded by the writer itself (shuffle + zlib, H5Dwrite_chunk); h5py's
+    ordinary read path, i.e. HDF5's filter pipeline, must give back exactly the values written."""
+    import dataclasses
+
+    import h5py
+
+    path = tmp_path / "r.h5"
+    layout = dataclasses.replace(_layout(), compression=compression, dtype="float16")
+    rng = np.random.default_rng(0)
+    values = [rng.normal(size=(2, 4, 4, 2)).astype(np.float16) for _ in range(3)]
+    values[1][0] = 0.0  # a run of zeros, which deflate shortens a lot
+    writer = H5RunWriter(path, layout)
+    for step, v in enumerate(values):
+        writer.write_frame(step, 0.1 * step, {"conv1": v, "logits": np.full((2, 3), step, np.float32)})
+        writer.write_train(np.array([step]), np.float32(step), np.float32(0.5), np.array([0.0]))
+    with h5py.File(path, "r", swmr=True) as f:  # nothing flushed yet: activations are there, steps are not
+        assert f["layers/conv1/activations"].shape[0] == 3 and f["frames/step"].shape[0] == 0
+    writer.close()
+    with h5py.File(path, "r") as f:
+        ds = f["layers/conv1/activations"]
+        np.testing.assert_array_equal(ds[...], np.stack(values))
+        filters = [ds.id.get_create_plist().get_filter(i)[0] for i in range(ds.id.get_create_plist().get_nfilters())]
+        expected = {"gzip": [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE], "none": [],
+                    "lzf": [h5py.h5z.FILTER_SHUFFLE, 32000]}[compression]
+        assert filters == expected
+        assert f["frames/step"][...].tolist() == [0, 1, 2] and f["train/loss"][...].tolist() == [0.0, 1.0, 2.0]
+        assert f["frames/logits"][:, 0, 0].tolist() == [0.0, 1.0, 2.0]
+        if compression == "gzip":
+            assert ds.id.get_storage_size() < np.stack(values).nbytes
