@@ -4,10 +4,16 @@ The training loop hands over device arrays; this thread is where they are copied
 (`np.asarray` blocks until the step that produced them has finished), so the loop never waits for a
 transfer and can dispatch the next step at once. The queue is bounded: when the disk or the device falls
 behind, `submit` blocks, which keeps host memory flat however long the run.
+
+The thread runs at a low scheduling priority (Linux nice 19 for this thread only): compressing frames then
+uses the cycles that XLA's compute threads leave idle between and inside steps instead of taking cycles
+from them. It cannot starve: when the queue is full the training loop waits in `submit`, the compute threads
+go idle, and the writer catches up (benchmarks/README.md has the measurements).
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -36,8 +42,9 @@ class AsyncRunWriter:
     The worker flushes the file at least every `flush_seconds` while data is arriving or pending.
     """
 
-    def __init__(self, writer: H5RunWriter, max_pending: int = 8, flush_seconds: float = 1.0):
+    def __init__(self, writer: H5RunWriter, max_pending: int = 8, flush_seconds: float = 1.0, nice: int = 19):
         self.writer = writer
+        self._nice = nice
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._flush_seconds = flush_seconds
         self._error: BaseException | None = None
@@ -46,6 +53,10 @@ class AsyncRunWriter:
         self._thread.start()
 
     def _work(self) -> None:
+        try:  # Linux: a thread id names just this thread; raising one's own nice needs no privileges
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+        except (AttributeError, OSError):
+            pass  # elsewhere the writer keeps the process's priority
         last_flush = time.monotonic()
         dirty = False
         while True:

