@@ -46,3 +46,39 @@ def test_recorded_values_come_after_the_nonlinearity(activation):
                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + model.conv_a.bias[...]
     np.testing.assert_allclose(flatten_taps(taps)["conv1"], ACTIVATIONS[activation](pre), atol=1e-5)
     np.testing.assert_array_equal(flatten_taps(kernels)["conv1"], model.conv_a.kernel[...])
+
+
+def _params(model):
+    return {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_built_parameters_are_the_eager_initialisers_draws():
+    """build_model draws in one program compiled at optimisation level 0: same random bits as the eager
+    initialisers, so uniform draws are equal and normal ones agree to the last bit of float32."""
+    from recorder.models import MODELS
+
+    built = _params(build_model("learn_to_see", (28, 28, 1), 10, "tanh", 3))
+    eager = _params(MODELS["learn_to_see"]((28, 28, 1), 10, "tanh", nnx.Rngs(params=3)))
+    assert built.keys() == eager.keys()
+    for path, value in eager.items():
+        if path[-1] == "kernel" and path[0] == "convs":  # Normal(0, 0.01)
+            np.testing.assert_allclose(built[path], value, rtol=5e-7, atol=0)
+        else:  # glorot-uniform dense kernels and zero biases
+            np.testing.assert_array_equal(built[path], value)
+
+
+def test_a_constructor_that_reads_concrete_values_is_built_eagerly():
+    from recorder.models import MODELS, register_model
+
+    class Reads(nnx.Module):
+        def __init__(self, input_shape, num_classes, activation, rngs):
+            w = nnx.initializers.normal(1.0)(rngs.params(), (4,))
+            self.scale = float(jnp.abs(w).max())  # needs a concrete value: cannot be traced
+            self.w = nnx.Param(w)
+
+    register_model("reads_concrete", Reads)
+    try:
+        model = build_model("reads_concrete", (28, 28, 1), 10, "tanh", 0)
+        assert model.scale == pytest.approx(float(np.abs(np.asarray(model.w[...])).max()))
+    finally:
+        del MODELS["reads_concrete"]
