@@ -5,9 +5,8 @@ The training loop hands over device arrays; this thread is where they are copied
 transfer and can dispatch the next step at once. The queue is bounded: when the disk or the device falls
 behind, `submit` blocks, which keeps host memory flat however long the run.
 
-The thread runs at a low scheduling priority (Linux nice 19 for this thread only): compressing frames then
-uses the cycles that XLA's compute threads leave idle between and inside steps instead of taking cycles
-from them. It cannot starve: when the queue is full the training loop waits in `submit`, the compute threads
+The thread runs at a low scheduling priority (Linux nice 19 for this thread only), so compressing frames
+yields to XLA's compute threads and uses the cycles they leave idle. It cannot starve: when the queue is full the training loop waits in `submit`, the compute threads
 go idle, and the writer catches up (benchmarks/README.md has the measurements).
 """
 

@@ -5,9 +5,10 @@ while it grows and a killed run leaves a readable file. This class does no threa
 arrays only; `AsyncRunWriter` (async_writer.py) wraps it for use from the training loop.
 
 Cost per frame matters (it runs beside training on the same cores), so:
-- a frame's activations and Grams, one HDF5 chunk per row, are encoded here (byte shuffle, then a zlib
-  stream: the format HDF5's shuffle and deflate filters store, so every HDF5 reader decodes them as usual)
-  and written with H5Dwrite_chunk, bypassing HDF5's filter pipeline. The deflate encoder is ISA-L's
+- a dataset stored one row per chunk (activations, Grams, logits, kernels) has its chunks encoded here,
+  in the format its filter pipeline stores (for `gzip`: byte shuffle, then a zlib stream; unfiltered:
+  the raw bytes), so every HDF5 reader decodes them as usual, and written with H5Dwrite_chunk,
+  bypassing HDF5's filter pipeline (`_encoder` reads the pipeline from the dataset itself). The deflate encoder is ISA-L's
   (`isal`) at level 1: 4× faster than zlib's level 1 on activations, for a 2% larger file; it runs
   without holding Python's GIL, so the training loop keeps dispatching meanwhile;
 - the small rows (steps, wall times, logits, kernels, metrics) are staged and written at `flush()`,
@@ -83,19 +84,29 @@ def _raw(row: np.ndarray) -> bytes:
     return np.ascontiguousarray(row).tobytes()
 
 
-_ENCODERS = {"gzip": _shuffle_deflate, "none": _raw}  # others go through HDF5's own filter pipeline
+# filter pipeline of a dataset -> the encoder that stores a whole chunk as that pipeline would (the deflate
+# level is not part of the format); datasets with other pipelines (lzf, zstd) go through HDF5's filters
+_ENCODERS = {(): _raw, (h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE): _shuffle_deflate}
+
+
+def _encoder(ds: h5py.Dataset) -> Any:
+    """The encoder for `ds`'s chunks when each row is one chunk and its filter pipeline is one we encode."""
+    if ds.chunks != (1, *ds.shape[1:]):
+        return None
+    plist = ds.id.get_create_plist()
+    return _ENCODERS.get(tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters())))
 
 
 class _Column:
     """One growing dataset (rows along axis 0), with its length tracked here.
 
-    `append` writes now; with an `encode`, each row is one whole chunk, encoded here and written directly.
-    `stage` keeps rows until `commit`.
+    `append` writes now; where `_encoder` has one, each row (one whole chunk) is encoded here and written
+    directly. `stage` keeps rows until `commit`.
     """
 
-    def __init__(self, ds: h5py.Dataset, encode: Any = None):
+    def __init__(self, ds: h5py.Dataset):
         self.ds, self.n, self.row, self.dtype = ds, ds.shape[0], ds.shape[1:], ds.dtype
-        self.encode = encode if ds.chunks == (1, *self.row) else None
+        self.encode = _encoder(ds)
         self._staged: list[np.ndarray] = []
 
     def _rows(self, rows: Any) -> np.ndarray:
@@ -159,11 +170,13 @@ class H5RunWriter:
         self._kernels = [spec.name for spec in layout.layers if spec.kernel_shape is not None]
         n = len(layout.analysis.indices) if layout.analysis is not None else 0
         self._triu = np.triu_indices(n)
-        encode = _ENCODERS.get(layout.compression)
-        big = {f"layers/{name}/activations" for name in self._layers} | {f"analysis/{name}/gram" for name in self._layers}
         self._col: dict[str, _Column] = {}
-        f.visititems(lambda name, obj: self._col.__setitem__(name, _Column(obj, encode if name in big else None))
-                     if isinstance(obj, h5py.Dataset) and obj.maxshape[:1] == (None,) else None)
+
+        def add_growing(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset) and obj.maxshape[:1] == (None,):
+                self._col[name] = _Column(obj)
+
+        f.visititems(add_growing)
         # commit order at flush: every group's step column after the rows it indexes
         small = [f"layers/{name}/kernel" for name in self._kernels] + ["frames/logits", "frames/wall_time"]
         small += [f"analysis/{name}/stats" for name in self._layers if layout.analysis is not None]
