@@ -23,7 +23,7 @@ import numpy as np
 from compare import plots
 from compare.dynamics import LayerDynamics, run_dynamics
 from compare.side_by_side import PairFrames, shared_steps
-from compare.similarity import cka_matrix, debiased_cka
+from compare.cross import cross_similarity, probe_set_mismatch
 from replay.animate import write_animation
 from replay.gif import frame_duration_ms
 from replay.grid import GridStyle
@@ -52,19 +52,6 @@ class CompareReport:
     metrics: dict[str, Any]
     files: list[Path]
     notes: list[str]
-
-
-def probe_set_mismatch(a: Run, b: Run) -> str | None:
-    """Why the two runs' analysis probe sets cannot be compared, or None if they are the same set."""
-    for tag, run in (("A", a), ("B", b)):
-        if not run.has_analysis:
-            return f"run {tag} ({run.path.name}) has no analysis probe set (recorded with analysis_probes=0 or an older version)"
-    pa, pb = a.analysis_probe_set(), b.analysis_probe_set()
-    if pa["sha256"] != pb["sha256"]:
-        return (f"the analysis probe sets differ: A used {len(pa['indices'])} {pa['dataset']} images "
-                f"(sha256 {pa['sha256'][:12]}), B used {len(pb['indices'])} {pb['dataset']} images "
-                f"(sha256 {pb['sha256'][:12]})")
-    return None
 
 
 def activity_summary(d: LayerDynamics) -> tuple[str, float]:
@@ -212,22 +199,18 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
 
     final_cka: dict[str, float] = {}
     if not mismatch:
-        steps = np.intersect1d(a.analysis_steps, b.analysis_steps)
-        pa, pb = np.searchsorted(a.analysis_steps, steps), np.searchsorted(b.analysis_steps, steps)
-        series = {}
-        for layer in layers:
-            ga, gb = a.grams(layer, pa), b.grams(layer, pb)
-            series[layer] = np.array([debiased_cka(k, l).value for k, l in zip(ga, gb)])
-            final_cka[layer] = float(series[layer][-1])
-        files.append(plots.plot_cross(steps, series, f"same layer, A ({names[0]}) vs B ({names[1]})",
+        cross = cross_similarity(a, b, layers)
+        final_cka = {layer: float(v[-1]) for layer, v in cross.same_layer.items()}
+        files.append(plots.plot_cross(cross.steps, cross.same_layer, f"same layer, A ({names[0]}) vs B ({names[1]})",
                                       out / "cross_similarity.png"))
-        matrix, flags = cka_matrix([a.grams(n, [pa[-1]])[0] for n in a.layers],
-                                   [b.grams(n, [pb[-1]])[0] for n in b.layers])
-        files.append(plots.plot_layer_map(matrix, [f"A {n}" for n in a.layers], [f"B {n}" for n in b.layers],
-                                          f"debiased CKA at step {steps[-1]}", out / "layer_map.png"))
-        metrics["cross"] = {"steps": steps.tolist(), "same_layer": {k: [_num(x) for x in v] for k, v in series.items()},
-                            "layer_map": {"step": int(steps[-1]), "rows": a.layers, "cols": b.layers,
-                                          "matrix": [[_num(x) for x in row] for row in matrix], "flags": flags}}
+        files.append(plots.plot_layer_map(cross.layer_map, [f"A {n}" for n in cross.map_rows],
+                                          [f"B {n}" for n in cross.map_cols], f"debiased CKA at step {cross.map_step}",
+                                          out / "layer_map.png"))
+        metrics["cross"] = {"steps": cross.steps.tolist(),
+                            "same_layer": {k: [_num(x) for x in v] for k, v in cross.same_layer.items()},
+                            "layer_map": {"step": cross.map_step, "rows": cross.map_rows, "cols": cross.map_cols,
+                                          "matrix": [[_num(x) for x in row] for row in cross.layer_map],
+                                          "flags": cross.map_flags}}
 
     lines = [f"# `{names[0]}` (A) vs `{names[1]}` (B)", "", "| run | file | model | activation | data | result | recorded |",
              "|---|---|---|---|---|---|---|", _run_facts("A", a), _run_facts("B", b), "",

@@ -1,4 +1,4 @@
-"""`emergence record | info | replay | compare`: parses arguments and calls importable functions; nothing else."""
+"""`emergence record | info | replay | compare | serve`: parses arguments and calls importable functions; nothing else."""
 
 from __future__ import annotations
 
@@ -96,6 +96,13 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from viewer import serve
+
+    serve(args.runs_dir, args.host, args.port, args.open)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from experiments import EXPERIMENTS
 
@@ -178,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--max-mb", type=float, metavar="MB", help="largest size of each side-by-side GIF")
     cmp.add_argument("--no-gifs", action="store_true", help="measurements and plots only")
     cmp.set_defaults(func=_compare)
+
+    srv = sub.add_parser(
+        "serve", help="a live browser viewer of every run under a folder",
+        description="Serve every run file under RUNS_DIR to a browser: the run list, every layer at one step "
+        "cursor (every recorded step reachable), curves, kernels, and two runs side by side. Runs being recorded "
+        "appear and grow live. Binds 127.0.0.1 by default.")
+    srv.add_argument("runs_dir", metavar="RUNS_DIR", nargs="?", default="runs", help="folder of run files (default: runs)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else is "
+                     "reachable by other machines and prints a warning)")
+    srv.add_argument("--port", type=int, default=8421, help="port (default 8421; 0 picks a free one)")
+    srv.add_argument("--open", action="store_true", help="open the viewer in the default browser")
+    srv.set_defaults(func=_serve)
     return parser
 
 

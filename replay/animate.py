@@ -119,10 +119,7 @@ class KernelFrames(Frames):
         super().__init__(run, metrics_stamp)
         self.layer = layer
         k = run.read_frames(layer, np.arange(run.num_frames), kernel=True)  # [T, kh, kw, Cin, Cout]
-        s = np.float32(np.nanmax(np.abs(k))) if k.size else np.float32(0)
-        s = s if s > 0 else np.float32(1)
-        self.scale = Scale(-s, s, "diverging", f"fixed: max |w| over all {run.num_frames} recorded steps",
-                           "fixed: max |w|, all steps")
+        self.scale = kernel_scale(float(np.nanmax(np.abs(k))) if k.size else 0.0, run.num_frames)
         _, kh, kw, cin, cout = k.shape
         self.palette = build_palette("diverging")
         style = dataclasses.replace(style, transpose=True)
@@ -133,6 +130,12 @@ class KernelFrames(Frames):
     def values(self, positions: np.ndarray) -> np.ndarray:
         k = self.run.read_frames(self.layer, positions, kernel=True)  # [len, kh, kw, Cin, Cout]
         return k.transpose(0, 3, 1, 2, 4).astype(np.float32)  # [len, Cin, kh, kw, Cout]
+
+
+def kernel_scale(max_abs: float, num_frames: int) -> Scale:
+    """Kernels' fixed scale [−m, m], m = max |w| over every recorded step (1 if all are zero)."""
+    s = np.float32(max_abs) if max_abs > 0 else np.float32(1)
+    return Scale(-s, s, "diverging", f"fixed: max |w| over all {num_frames} recorded steps", "fixed: max |w|, all steps")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from pathlib import Path
 from typing import Iterator
@@ -28,10 +29,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def save_png(path: Path, frame: np.ndarray, palette: np.ndarray) -> Path:
-    """A palette PNG of `frame` (uint8 [H, W] indices into `palette` [256, 3]); the colours are exact."""
+def _palette_image(frame: np.ndarray, palette: np.ndarray) -> Image.Image:
     im = Image.fromarray(np.ascontiguousarray(frame, np.uint8), "P")
     im.putpalette(np.asarray(palette, np.uint8).reshape(-1).tolist())
+    return im
+
+
+def save_png(path: Path, frame: np.ndarray, palette: np.ndarray) -> Path:
+    """A palette PNG of `frame` (uint8 [H, W] indices into `palette` [256, 3]); the colours are exact."""
     with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG", optimize=False)
+        _palette_image(frame, palette).save(tmp, format="PNG", optimize=False)
     return path
+
+
+def png_bytes(frame: np.ndarray, palette: np.ndarray) -> bytes:
+    """The bytes `save_png` would write."""
+    buffer = io.BytesIO()
+    _palette_image(frame, palette).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()

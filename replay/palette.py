@@ -91,6 +91,43 @@ def value_to_index(values: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | 
     return out
 
 
+def level_thresholds(lo: float | np.ndarray, hi: float | np.ndarray) -> np.ndarray:
+    """[..., N_LEVELS − 1] float32: entry k−1 is the smallest float32 value that `value_to_index` puts at level
+    k or above, for each of the scales [lo, hi] (broadcast shapes [...]).
+
+    `value_to_index` is monotone in the value, so for every non-NaN v, its level is exactly the number of
+    thresholds ≤ v. That is how the browser viewer colours frames with this module's own rule: it counts
+    thresholds computed here, and never restates the rule. Found by bisection over the ordered float32 bit
+    patterns (33 rounds of `value_to_index` itself), so the result is exact, rounding included.
+    """
+    lo = np.asarray(lo, np.float32)
+    hi = np.asarray(hi, np.float32)
+    shape = np.broadcast_shapes(lo.shape, hi.shape) + (N_LEVELS - 1,)
+    want = np.broadcast_to(np.arange(1, N_LEVELS), shape)
+    lo_b, hi_b = np.broadcast_to(lo[..., None], shape), np.broadcast_to(hi[..., None], shape)
+    below = np.full(shape, _order_key(np.float32(-np.inf)), np.int64)  # level(value of key) < want
+    above = np.full(shape, _order_key(np.float32(np.inf)), np.int64)  # level(value of key) >= want
+    with np.errstate(over="ignore", invalid="ignore"):
+        while np.any(above - below > 1):
+            mid = (below + above) // 2
+            reached = value_to_index(_from_order_key(mid), lo_b, hi_b) >= want
+            above = np.where(reached, mid, above)
+            below = np.where(reached, below, mid)
+    return _from_order_key(above)
+
+
+def _order_key(v: np.ndarray) -> np.ndarray:
+    """float32 -> int64 keys in the same order as the values (−0 just below +0; NaN excluded)."""
+    i = np.asarray(v, np.float32).view(np.int32).astype(np.int64)
+    return np.where(i < 0, -(i & 0x7FFFFFFF) - 1, i)
+
+
+def _from_order_key(k: np.ndarray) -> np.ndarray:
+    k = np.asarray(k, np.int64)
+    bits = np.where(k < 0, (-(k + 1)) | 0x80000000, k)
+    return bits.astype(np.uint32).view(np.float32)
+
+
 def probe_to_index(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(indices uint8 [P, H, W], colours [64, 3]) for probe images uint8 [P, H, W, 1 or 3].
 

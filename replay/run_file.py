@@ -17,12 +17,16 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
+from replay.preflight import superblock_problem
+
 try:  # registers the zstd/lz4/... HDF5 filters, for run files recorded with compression=zstd
     import hdf5plugin  # noqa: F401
 except ImportError:
     pass
 
 SUPPORTED_VERSIONS = (1, 2)  # 2 added /analysis
+STALE_SECONDS = 60.0  # a `running` file with no flush for this long was left by a recorder that is gone
+STATES = ("recording", "completed", "failed", "killed")
 
 
 class RunFileError(ValueError):
@@ -43,6 +47,9 @@ class Run:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no run file at {self.path}")
+        problem = superblock_problem(self.path)
+        if problem:
+            raise RunFileError(f"{self.path}: {problem}")
         try:
             self._f = h5py.File(self.path, "r", libver="latest", swmr=True)
         except OSError as e:
@@ -65,6 +72,7 @@ class Run:
         self.experiment: str = str(attrs["experiment"])
         self.planned_steps: int = int(attrs["planned_steps"])
         self.schedule: str = str(attrs["record_schedule"])
+        self.created_unix: float = float(attrs.get("created_unix", 0.0))
         self.layers: list[str] = json.loads(self._f["layers"].attrs["order_json"])
         self.kernel_layers: list[str] = json.loads(self._f["layers"].attrs["kernels_json"])
 
@@ -115,19 +123,38 @@ class Run:
     def updated_unix(self) -> float:
         return float(self._f["updated_unix"][()])
 
-    def describe_status(self, stale_seconds: float = 60.0) -> str:
+    def state(self, stale_seconds: float = STALE_SECONDS) -> tuple[str, str]:
+        """(one of STATES, a reason or ""): `killed` is a `running` file whose writer stopped flushing."""
         status = self.status
-        if status == "running" and time.time() - self.updated_unix > stale_seconds:
+        if status == "running":
             age = time.time() - self.updated_unix
-            return f"running? (no write for {age:.0f} s: the recorder was probably killed; the file holds what it flushed)"
+            if age > stale_seconds:
+                return "killed", f"no write for {age:.0f} s: the recorder was probably killed; the file holds what it flushed"
+            return "recording", ""
         if status == "failed":
-            return f"failed: {self.status_message}"
-        return status
+            return "failed", self.status_message
+        return status, ""
+
+    def describe_status(self, stale_seconds: float = STALE_SECONDS) -> str:
+        state, reason = self.state(stale_seconds)
+        if state == "killed":
+            return f"running? ({reason})"
+        return f"{state}: {reason}" if reason else ("running" if state == "recording" else state)
 
     # -- data ---------------------------------------------------------------------------------------
     def layer_shape(self, layer: str) -> tuple[int, ...]:
         """(P, H, W, C) of one frame of `layer`."""
         return tuple(self._dataset(layer).shape[1:])
+
+    def layer_dtype(self, layer: str) -> np.dtype:
+        """The stored dtype of `layer`'s activations (float16 or float32)."""
+        return self._dataset(layer).dtype
+
+    def kernel_shape(self, layer: str) -> tuple[int, ...]:
+        """(kh, kw, C_in, C_out) of one recorded kernel of `layer`."""
+        if layer not in self.kernel_layers:
+            raise KeyError(f"kernel of {layer!r} was not recorded; recorded kernels: {self.kernel_layers}")
+        return tuple(self._f["layers"][layer]["kernel"].shape[1:])
 
     def activation_name(self, layer: str) -> str:
         return str(self._dataset(layer).attrs["activation"])
@@ -183,6 +210,16 @@ class Run:
     def eval_metrics(self) -> Metrics:
         """On the held-out subset (`eval_count` test images), with the parameters after each step."""
         return self._metrics("eval")
+
+    @property
+    def train_count(self) -> int:
+        """Training rows written so far."""
+        return int(self._f["train/step"].shape[0])
+
+    @property
+    def eval_count_written(self) -> int:
+        """Evaluations written so far."""
+        return int(self._f["eval/step"].shape[0])
 
     @property
     def eval_count(self) -> int:

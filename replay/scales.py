@@ -143,17 +143,36 @@ def resolve_scale(
 ) -> Scale:
     """The scale of one layer. `chunks` ([t, P, H, W, C] covering all `num_frames` recorded frames of shape
     `frame_shape`) is read only if the rule needs the values."""
+    fixed = fixed_scale(activation, spec)
+    if fixed is not None:
+        return fixed
+    top = TopAbs(spec.mode == "channel", values_per_frame(frame_shape, spec.mode == "channel") * num_frames)
+    for chunk in chunks or ():
+        top.add(chunk)
+    return percentile_scale(top, num_frames)
+
+
+def fixed_scale(activation: str, spec: ScaleSpec) -> Scale | None:
+    """The scale when the rule needs no values (a --scale range, or a bounded activation), else None."""
     if spec.mode == "fixed":
         kind = "diverging" if spec.lo == -spec.hi else "sequential"
         return Scale(np.float32(spec.lo), np.float32(spec.hi), kind, "fixed by --scale", "fixed by --scale")
     if spec.mode == "auto" and activation in BOUNDED:
         lo, hi, kind = BOUNDED[activation]
         return Scale(np.float32(lo), np.float32(hi), kind, f"fixed ({activation} range)", f"fixed: {activation} range")
-    per_channel = spec.mode == "channel"
-    values = num_frames * math.prod(frame_shape[:-1]) * (1 if per_channel else frame_shape[-1])
-    top = TopAbs(per_channel, values)
-    for chunk in chunks or ():
-        top.add(chunk)
+    return None
+
+
+def values_per_frame(frame_shape: Sequence[int], per_channel: bool) -> int:
+    """How many values one frame of `frame_shape` ([P, H, W, C]) adds to a `TopAbs` (per channel, if so)."""
+    return math.prod(frame_shape[:-1]) * (1 if per_channel else frame_shape[-1])
+
+
+def percentile_scale(top: TopAbs, num_frames: int) -> Scale:
+    """The percentile rule's scale [−S, S] from the values streamed into `top` (all `num_frames` frames).
+
+    `top` may have been announced more values than it got (a run still recording): the percentile is taken
+    over the values it holds, exactly."""
     s = np.asarray(top.percentile(), np.float32)
     zero = s <= 0
     s = np.where(zero, np.float32(1.0), s)  # an all-zero layer: any scale shows it white

@@ -62,6 +62,19 @@ def tiny_config(**changes):
     return apply_overrides(get_experiment("tiny"), base + [f"{k}={v}" for k, v in changes.items()])
 
 
+@pytest.fixture(scope="session")
+def two_runs(tmp_path_factory):
+    """Two recorded tiny runs (30 steps), tanh and relu, same seed and analysis images: {activation: path}."""
+    from recorder.run import record
+
+    folder = tmp_path_factory.mktemp("cmp")
+    paths = {}
+    for act in ("tanh", "relu"):
+        paths[act] = folder / f"tiny-{act}.h5"
+        record(tiny_config(activation=act, steps=30), paths[act], show_progress=False, log=lambda s: None)
+    return paths
+
+
 def write_run(path: Path, layers: dict, steps=None, activation="tanh", status="completed", close=True,
               train_steps=None, probe_images=None):
     """A run file holding exactly `layers` ({name: [T, P, H, W, C]}), written with the recorder's own writer.

@@ -15,16 +15,6 @@ from recorder.run import record
 from replay import open_run
 
 
-@pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cmp")
-    paths = {}
-    for act in ("tanh", "relu"):
-        paths[act] = folder / f"tiny-{act}.h5"
-        record(tiny_config(activation=act, steps=30), paths[act], show_progress=False, log=lambda s: None)
-    return paths
-
-
 def test_settled_at_is_the_first_step_from_which_progress_stays_above():
     steps = np.array([0, 10, 20, 30, 40])
     assert settled_at(steps, np.array([0.0, 0.6, 0.4, 0.7, 1.0]), 0.5) == 30  # dipped at 20: not settled at 10

@@ -1,0 +1,301 @@
+"""`emergence serve`'s API: bytes and numbers equal to what replay reads, security, live runs, bad files."""
+
+import http.client
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import write_run
+from replay import open_run
+from replay.animate import LayerFrames
+from replay.curves import ema
+from replay.palette import DIVERGING, SEQUENTIAL, colour_map, level_thresholds, value_to_index
+from replay.render import ReplayOptions, replay
+from replay.scales import ScaleSpec, resolve_scale
+from viewer.catalog import run_id
+from viewer.server import is_loopback_host, start_in_thread
+
+
+def request(server, path, method="GET", host=None):
+    """(status, headers, body) of one raw request: the path bytes are sent exactly as given."""
+    port = server.server_address[1]
+    host = f"127.0.0.1:{port}" if host is None else host
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode("latin-1"))
+        response = http.client.HTTPResponse(sock, method=method)
+        response.begin()
+        body = response.read()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+
+
+def get_json(server, path):
+    status, _, body = request(server, path)
+    assert status == 200, body
+    return json.loads(body)
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    tanh = np.tanh(rng.normal(size=(5, 3, 4, 4, 2))).astype(np.float32)
+    tanh[:, 0, 0, 0, 0] = 0.0
+    tanh[:, 0, 0, 1, 0] = 1.0
+    write_run(folder / "tanh.h5", {"conv1": tanh, "conv2": tanh[:, :, :2, :2]})
+    relu = np.maximum(rng.normal(size=(7, 3, 4, 4, 3)) * 3, 0).astype(np.float32)
+    (folder / "sub").mkdir()
+    write_run(folder / "sub" / "relu.h5", {"conv1": relu}, activation="relu", steps=[0, 1, 2, 4, 8, 16, 32])
+    return folder
+
+
+@pytest.fixture
+def server(runs_dir):
+    srv = start_in_thread(runs_dir, idle_seconds=0.3)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def ids(server):
+    return {r["name"]: r for r in get_json(server, "/api/runs")["runs"]}
+
+
+def test_frames_are_the_stored_bytes_and_the_numbers_are_replays(server, runs_dir):
+    rows = ids(server)
+    assert set(rows) == {"tanh", "sub/relu"} and rows["sub/relu"]["id"] == run_id("sub/relu.h5")
+    rid = rows["sub/relu"]["id"]
+    status, headers, body = request(server, f"/api/runs/{rid}/frames?layer=conv1&start=2&count=4")
+    assert status == 200 and headers["x-frame-dtype"] == "float32" and headers["x-frame-shape"] == "4,3,4,4,3"
+    with h5py.File(runs_dir / "sub" / "relu.h5", "r") as f:
+        assert body == f["layers/conv1/activations"][2:6].astype("<f4").tobytes()
+        kernel_less = "kernel" not in f["layers/conv1"]
+    meta = get_json(server, f"/api/runs/{rid}")
+    with open_run(runs_dir / "sub" / "relu.h5") as run:
+        assert meta["steps"] == run.steps.tolist() == [0, 1, 2, 4, 8, 16, 32]
+        scale = LayerFrames(run, "conv1").scale  # what replay draws the GIF with
+        train = run.train_metrics()
+    layer = meta["layers"][0]
+    assert layer["scale"]["hi"] == float(scale.hi) and layer["scale"]["lo"] == float(scale.lo)
+    assert layer["scale"]["thresholds"] == level_thresholds(scale.lo, scale.hi).astype(float).tolist()
+    assert meta["palettes"]["diverging"] == colour_map(DIVERGING).tolist()
+    assert meta["palettes"]["sequential"] == colour_map(SEQUENTIAL).tolist()
+    assert kernel_less and meta["kernels"] == []
+    metrics = get_json(server, f"/api/runs/{rid}/metrics")
+    assert metrics["train"]["step"] == train.step.tolist()
+    assert metrics["train"]["loss"] == train.loss.astype(float).tolist()
+    assert metrics["train"]["loss_smoothed"] == ema(train.loss).tolist()
+    assert metrics["eval"]["accuracy"] == [0.75]
+
+
+def test_thresholds_give_replays_level_for_every_half_and_random_floats():
+    halves = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+    halves = halves[~np.isnan(halves)]
+    rng = np.random.default_rng(1)
+    for lo, hi in [(-1.0, 1.0), (0.0, 1.0), (-0.0371, 0.0371), (-2.5e-3, 2.5e-3), (-7.0, 3.0)]:
+        t = level_thresholds(lo, hi)
+        x = np.concatenate([halves, rng.normal(size=20000).astype(np.float32) * hi, t, np.nextafter(t, np.float32(-np.inf))])
+        counted = np.searchsorted(t, x, side="right")  # the number of thresholds <= x: what the page computes
+        assert np.array_equal(counted, value_to_index(x, lo, hi))
+
+
+def test_the_scale_of_a_growing_run_is_the_rule_over_the_frames_so_far(tmp_path):
+    from viewer.scales import ScaleBook
+
+    rng = np.random.default_rng(2)
+    acts = (rng.standard_exponential(size=(9, 2, 3, 3, 2)) * np.arange(1, 10)[:, None, None, None, None]).astype(np.float32)
+    writer = write_run(tmp_path / "live.h5", {"conv1": acts[:4]}, activation="relu", close=False)
+    book = ScaleBook()
+    with open_run(tmp_path / "live.h5") as run:
+        first = book.layer_scale("x", run, "conv1")
+        for i in range(4, 9):
+            writer.write_frame(i, float(i), {"conv1": acts[i], "logits": np.zeros((2, 10), np.float32)})
+        writer.flush()
+        run.refresh()
+        grown = book.layer_scale("x", run, "conv1")
+    writer.close()
+    for scale, n in ((first, 4), (grown, 9)):
+        expected = resolve_scale("relu", ScaleSpec(None, "auto"), [acts[:n]], (2, 3, 3, 2), n)
+        assert float(scale.hi) == float(expected.hi)
+    assert float(grown.hi) > float(first.hi)
+
+
+def test_png_export_is_the_gifs_frame(server, runs_dir, tmp_path):
+    rid = ids(server)["sub/relu"]["id"]
+    status, headers, body = request(server, f"/api/runs/{rid}/frame.png?layer=conv1&step=8")
+    assert status == 200 and headers["content-type"] == "image/png"
+    (tmp_path / "f.png").write_bytes(body)
+    replay(runs_dir / "sub" / "relu.h5", tmp_path / "out", ReplayOptions(kernels=False, curves=False))
+    with Image.open(tmp_path / "out" / "conv1.gif") as gif:
+        gif.seek(4)  # steps 0, 1, 2, 4, 8: the fifth frame
+        expected = np.asarray(gif.convert("RGB"))
+    with Image.open(tmp_path / "f.png") as png:
+        assert np.array_equal(np.asarray(png.convert("RGB")), expected)
+    assert request(server, f"/api/runs/{rid}/frame.png?layer=conv1&step=5")[0] == 404  # not recorded
+
+
+@pytest.mark.parametrize("path", [
+    "/static/..%2f..%2f..%2fetc%2fpasswd", "/static/%2e%2e/%2e%2e/etc/passwd", "/../../../../etc/passwd",
+    "/static/../../../../etc/passwd", "/etc/passwd", "//etc/passwd", "/static/..\\..\\..\\etc\\passwd",
+    "/static/app.js%00.html", "/static/app.js\x00", "/static/%2fetc%2fpasswd", "/api/runs/..%2f..%2fetc%2fpasswd",
+    "/api/runs/%2e%2e%2f%2e%2e", "/static/style.css/../../tanh.h5", "/tanh.h5", "/sub/relu.h5",
+    "/static/", "/static/.", "/api/runs/0123456789abcdef",
+])
+def test_traversal_attempts_never_reach_the_filesystem(server, path):
+    status, _, body = request(server, path)
+    assert 400 <= status < 500, (path, status)
+    assert b"root:" not in body and b"HDF" not in body
+
+
+def test_a_symlink_out_of_the_folder_is_not_served(server, runs_dir, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write_run(outside / "secret.h5", {"conv1": np.zeros((2, 1, 2, 2, 1), np.float32)})
+    os.symlink(outside / "secret.h5", runs_dir / "link.h5")
+    os.symlink(outside, runs_dir / "linked_folder")
+    os.symlink(runs_dir / "tanh.h5", runs_dir / "inside_link.h5")  # inside the folder: served
+    names = set(ids(server))
+    assert "link" not in names and not any(n.startswith("linked_folder") for n in names)
+    assert "inside_link" in names
+    assert request(server, f"/api/runs/{run_id('link.h5')}")[0] == 404
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8421", "127.0.0.1.nip.io", "localhost.evil.com",
+                                  "10.0.0.1", "", "[::2]:80"])
+def test_a_foreign_host_header_is_refused(server, host):
+    status, _, body = request(server, "/api/runs", host=host)
+    assert status == 403 and b"Host" in body
+
+
+def test_loopback_host_headers_are_accepted():
+    for host in ("localhost", "localhost:8421", "127.0.0.1:1", "127.5.6.7", "[::1]:8421", "::1"):
+        assert is_loopback_host(host, set())
+    assert is_loopback_host("myhost:8421", {"myhost"}) and not is_loopback_host("other:8421", {"myhost"})
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_only_get_and_head(server, method):
+    status, headers, _ = request(server, "/api/runs", method=method)
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+    status, _, body = request(server, "/api/runs", method="HEAD")
+    assert status == 200 and body == b""
+
+
+def test_ranges_are_bounded(server):
+    rid = ids(server)["tanh"]["id"]
+    assert request(server, f"/api/runs/{rid}/frames?layer=conv1&start=0&count=100000")[0] == 400
+    assert request(server, f"/api/runs/{rid}/frames?layer=conv1&start=0&count=0")[0] == 400
+    assert request(server, f"/api/runs/{rid}/frames?layer=conv1&start=5&count=1")[0] == 416
+    assert request(server, f"/api/runs/{rid}/frames?layer=conv1&start=x")[0] == 400
+    assert request(server, f"/api/runs/{rid}/frames?layer=nope&start=0")[0] == 404
+    assert request(server, "/api/runs?" + "a=1&" * 5000)[0] == 400  # request target too long
+    status, headers, _ = request(server, f"/api/runs/{rid}/frames?layer=conv1&start=3&count=64")
+    assert status == 200 and headers["x-frame-count"] == "2"  # clipped to what is recorded
+
+
+def test_every_answer_carries_the_security_headers(server):
+    for path in ("/", "/static/app.js", "/api/runs", "/nope"):
+        _, headers, _ = request(server, path)
+        csp = headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
+        assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_unreadable_files_are_listed_with_their_reason_and_break_nothing(server, runs_dir):
+    (runs_dir / "garbage.h5").write_bytes(b"this is not hdf5" * 100)
+    whole = (runs_dir / "tanh.h5").read_bytes()
+    (runs_dir / "cut.h5").write_bytes(whole[: len(whole) // 2])
+    with h5py.File(runs_dir / "foreign.h5", "w") as f:
+        f["x"] = np.arange(3)
+    t0 = time.monotonic()
+    rows = ids(server)
+    assert time.monotonic() - t0 < 5
+    assert rows["tanh"]["readable"] and rows["sub/relu"]["readable"]
+    assert not rows["garbage"]["readable"] and "not an HDF5 file" in rows["garbage"]["reason"]
+    assert not rows["cut"]["readable"] and "cut short" in rows["cut"]["reason"]
+    assert not rows["foreign"]["readable"] and "not an emergence run" in rows["foreign"]["reason"]
+    status, _, body = request(server, f"/api/runs/{rows['cut']['id']}")
+    assert status == 422 and b"cut short" in body
+
+
+def test_default_bind_is_loopback_and_the_url_is_printed(tmp_path):
+    from emergence.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
+    (tmp_path / "runs").mkdir()
+    with subprocess.Popen([sys.executable, "-m", "emergence.cli", "serve", str(tmp_path / "runs"), "--port", "0"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            line = proc.stdout.readline()
+            url = re.search(r"http://([0-9.]+):(\d+)/", line)
+            assert url and url.group(1) == "127.0.0.1", line
+            conn = http.client.HTTPConnection("127.0.0.1", int(url.group(2)), timeout=5)
+            conn.request("GET", "/api/runs")
+            assert conn.getresponse().status == 200
+            conn.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_a_missing_folder_is_one_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "emergence.cli", "serve", str(tmp_path / "nope"), "--port", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no folder" in r.stderr and "Traceback" not in r.stderr
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from conftest import write_run
+    writer = write_run(__import__("pathlib").Path({path!r}), {{"conv1": np.zeros((1, 2, 3, 3, 1), np.float32)}},
+                       close=False)
+    for step in range(1, 13):
+        time.sleep(0.15)
+        writer.write_frame(step, float(step), {{"conv1": np.full((2, 3, 3, 1), step / 12, np.float32),
+                                              "logits": np.zeros((2, 10), np.float32)}})
+        writer.flush()
+    writer.set_status("completed")
+    writer.close()
+""")
+
+
+def test_a_run_being_written_grows_live_and_can_be_reopened_after(server, runs_dir):
+    path = runs_dir / "live.h5"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(tests=str(Path(__file__).parent), path=str(path))])
+    seen, states = [], set()
+    rid = run_id("live.h5")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if path.exists() and rid in {r["id"] for r in get_json(server, "/api/runs")["runs"]}:
+                try:
+                    meta = get_json(server, f"/api/runs/{rid}")
+                except AssertionError:
+                    continue  # the file exists but its layout is not written yet
+                seen.append(len(meta["steps"]))
+                states.add(meta["state"])
+                if meta["state"] == "completed":
+                    break
+            time.sleep(0.1)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert "recording" in states and "completed" in states
+    assert seen[-1] == 13 and len(set(seen)) >= 3 and seen == sorted(seen)  # frame count rose while served
+    time.sleep(1.0)  # longer than the server's idle time (0.3 s): its handle is closed
+    assert server.catalog.open_count == 0
+    with h5py.File(path, "r+") as f:  # the recorder (or anyone) can reopen the file for writing
+        f["status"][()] = np.bytes_(b"completed")

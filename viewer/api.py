@@ -1,0 +1,216 @@
+"""The viewer's JSON and binary API. Every answer is computed from a run file through `replay`'s reader.
+
+    GET /api/runs                                       the run list (catalog rows)
+    GET /api/runs/<id>                                  one run: layers, shapes, dtypes, steps, scales, palette
+    GET /api/runs/<id>/frames?layer=L&start=i&count=n   frames at positions i … i+n−1, as stored (little-endian
+                                                        float16/float32 bytes, [n, P, H, W, C])
+    GET /api/runs/<id>/kernels?layer=L&start=i&count=n  kernels as stored (float32 [n, kh, kw, Cin, Cout])
+    GET /api/runs/<id>/probes                           probe pixels as stored (uint8 [P, H, W, C])
+    GET /api/runs/<id>/metrics                          train (raw and the curves' EMA), eval, test
+    GET /api/runs/<id>/frame.png?layer=L&step=s         the frame at recorded step s, rendered by replay's own
+                                                        renderer (the GIF's frame, pixel for pixel)
+    GET /api/compare?a=<id>&b=<id>                      shared steps, and (when both runs analysed the same
+                                                        images) same-layer similarity and the layer map
+
+Positions index the run's recorded steps (`steps` in the run's answer). A frame range holds at most
+`max_frames` frames (in the run's answer, per layer: at most MAX_RANGE frames and MAX_BYTES bytes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from compare.cross import cross_similarity, probe_set_mismatch
+from replay.animate import LayerFrames
+from replay.curves import SMOOTHING, ema
+from replay.images import png_bytes
+from replay.palette import DIVERGING, NAN_RGB, SEQUENTIAL, colour_map, level_thresholds
+from replay.run_file import Run
+from viewer.catalog import Catalog
+from viewer.scales import ScaleBook, scale_json
+
+MAX_RANGE = 64  # frames per request
+MAX_BYTES = 16 << 20  # bytes per frame or kernel request
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    status: int
+    content_type: str
+    body: bytes
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def json_reply(obj: Any, status: int = 200) -> Reply:
+    return Reply(status, "application/json; charset=utf-8", json.dumps(obj, allow_nan=False).encode())
+
+
+def _num(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None  # JSON has no NaN
+
+
+class Api:
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.scales = ScaleBook()
+        self._metrics: dict[tuple[str, float, int, int], dict[str, Any]] = {}
+
+    # -- run list and one run -----------------------------------------------------------------------
+    def runs(self) -> Reply:
+        rows = self.catalog.rows()
+        return json_reply({"root": str(self.catalog.root), "runs": rows, "truncated": self.catalog.truncated})
+
+    def run(self, rid: str) -> Reply:
+        entry = self.catalog.file(rid)
+        with self.catalog.open(rid) as run:
+            state, reason = run.state()
+            layers = []
+            for name in run.layers:
+                shape = run.layer_shape(name)
+                frame_bytes = math.prod(shape) * run.layer_dtype(name).itemsize
+                layers.append({
+                    "name": name, "shape": list(shape), "activation": run.activation_name(name),
+                    "dtype": run.layer_dtype(name).name, "scale": scale_json(self.scales.layer_scale(rid, run, name)),
+                    "max_frames": max(1, min(MAX_RANGE, MAX_BYTES // frame_bytes)),
+                })
+            kernels = []
+            for name in run.kernel_layers:
+                shape = run.kernel_shape(name)
+                kernels.append({"name": name, "shape": list(shape), "dtype": "float32",
+                                "scale": scale_json(self.scales.kernel_scale(rid, run, name)),
+                                "max_frames": max(1, min(MAX_RANGE, MAX_BYTES // (4 * math.prod(shape))))})
+            images, labels, indices = run.probes()
+            return json_reply({
+                "id": rid, "name": entry.name, "experiment": run.experiment, "config": run.config,
+                "state": state, "reason": reason, "planned_steps": run.planned_steps, "schedule": run.schedule,
+                "steps": run.steps.tolist(), "layers": layers, "kernels": kernels,
+                "probes": {"shape": list(images.shape), "labels": labels.tolist(), "indices": indices.tolist()},
+                "class_names": run.class_names, "has_analysis": run.has_analysis,
+                "counts": {"train": run.train_count, "eval": run.eval_count_written},
+                "test": _test(run), "palettes": palettes(),
+            })
+
+    def frames(self, rid: str, query: Mapping[str, str], kernel: bool = False) -> Reply:
+        with self.catalog.open(rid) as run:
+            layer = _layer(run, query, kernel)
+            total = run.num_frames
+            start, count = _int(query, "start", 0), _int(query, "count", 1)
+            shape = run.kernel_shape(layer) if kernel else run.layer_shape(layer)
+            itemsize = 4 if kernel else run.layer_dtype(layer).itemsize
+            cap = max(1, min(MAX_RANGE, MAX_BYTES // (itemsize * math.prod(shape))))
+            if count < 1 or count > cap:
+                raise ApiError(400, f"count must be 1 to {cap} frames of {layer} per request, got {count}")
+            if not 0 <= start < total:
+                raise ApiError(416, f"start {start} is outside the {total} recorded frames (positions 0 to {total - 1})")
+            stop = min(start + count, total)
+            data = run.read_frames(layer, np.arange(start, stop), kernel=kernel)
+        body = np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
+        return Reply(200, "application/octet-stream", body, {
+            "X-Frame-Start": str(start), "X-Frame-Count": str(stop - start), "X-Frame-Dtype": data.dtype.name,
+            "X-Frame-Shape": ",".join(str(d) for d in data.shape), "X-Frames-Total": str(total)})
+
+    def probes(self, rid: str) -> Reply:
+        with self.catalog.open(rid) as run:
+            images = run.probes()[0]
+        return Reply(200, "application/octet-stream", np.ascontiguousarray(images, np.uint8).tobytes(),
+                     {"X-Frame-Shape": ",".join(str(d) for d in images.shape)})
+
+    def metrics(self, rid: str) -> Reply:
+        with self.catalog.open(rid) as run:
+            train, ev = run.train_metrics(), run.eval_metrics()
+            key = (rid, run.created_unix, len(train.step), len(ev.step))
+            cached = self._metrics.get(key)
+            if cached is None:
+                cached = {
+                    "train": {"step": train.step.tolist(), "loss": [_num(v) for v in train.loss],
+                              "accuracy": [_num(v) for v in train.accuracy],
+                              "loss_smoothed": [_num(v) for v in ema(train.loss)],
+                              "accuracy_smoothed": [_num(v) for v in ema(train.accuracy)],
+                              "smoothing": f"EMA {SMOOTHING}, bias-corrected"},
+                    "eval": {"step": ev.step.tolist(), "loss": [_num(v) for v in ev.loss],
+                             "accuracy": [_num(v) for v in ev.accuracy], "count": run.eval_count},
+                    "test": _test(run),
+                }
+                self._metrics = {k: v for k, v in self._metrics.items() if k[0] != rid}
+                self._metrics[key] = cached
+        return json_reply(cached)
+
+    def png(self, rid: str, query: Mapping[str, str]) -> Reply:
+        entry = self.catalog.file(rid)
+        with self.catalog.open(rid) as run:
+            layer = _layer(run, query, kernel=False)
+            step = _int(query, "step", -1)
+            steps = run.steps
+            position = int(np.searchsorted(steps, step))
+            if position >= len(steps) or steps[position] != step:
+                raise ApiError(404, f"step {step} was not recorded in {entry.name}")
+            frames = LayerFrames(run, layer, scale=self.scales.layer_scale(rid, run, layer))
+            picture = next(iter(frames(np.array([position]))))
+            body = png_bytes(picture, frames.palette)
+        name = f"{entry.name.replace('/', '_')}_{layer}_step{step}.png"
+        return Reply(200, "image/png", body, {"Content-Disposition": f'inline; filename="{name}"'})
+
+    # -- two runs -----------------------------------------------------------------------------------
+    def compare(self, query: Mapping[str, str]) -> Reply:
+        ra, rb = query.get("a", ""), query.get("b", "")
+        names = (self.catalog.file(ra).name, self.catalog.file(rb).name)
+        with self.catalog.lock, self.catalog.open(ra) as a, self.catalog.open(rb) as b:
+            steps = np.intersect1d(a.steps, b.steps)
+            shared = [n for n in a.layers if n in b.layers]
+            out: dict[str, Any] = {"a": ra, "b": rb, "names": names, "steps": steps.tolist(), "layers": shared,
+                                   "alignment": "frames at the steps recorded in both runs"}
+            mismatch = probe_set_mismatch(a, b)
+            out["similarity"] = None
+            out["mismatch"] = mismatch
+            if mismatch is None and shared and len(np.intersect1d(a.analysis_steps, b.analysis_steps)):
+                cross = cross_similarity(a, b, shared)
+                out["similarity"] = {
+                    "measure": "debiased linear CKA on the runs' shared analysis images",
+                    "steps": cross.steps.tolist(),
+                    "same_layer": {k: [_num(x) for x in v] for k, v in cross.same_layer.items()},
+                    "map": {"step": cross.map_step, "rows": cross.map_rows, "cols": cross.map_cols,
+                            "matrix": [[_num(x) for x in row] for row in cross.layer_map], "flags": cross.map_flags,
+                            "thresholds": level_thresholds(0.0, 1.0).astype(np.float64).tolist()},
+                }
+        return json_reply(out)
+
+
+def palettes() -> dict[str, Any]:
+    """The data colours of each scale kind (replay/palette.py) and the NaN colour."""
+    return {"diverging": colour_map(DIVERGING).tolist(), "sequential": colour_map(SEQUENTIAL).tolist(),
+            "nan": list(NAN_RGB)}
+
+
+def _test(run: Run) -> dict[str, Any] | None:
+    loss, acc, count = run.test_metrics()
+    return {"loss": _num(loss), "accuracy": _num(acc), "count": count} if count else None
+
+
+def _layer(run: Run, query: Mapping[str, str], kernel: bool) -> str:
+    layer = query.get("layer", "")
+    valid = run.kernel_layers if kernel else run.layers
+    if layer not in valid:
+        what = "recorded kernels" if kernel else "layers"
+        raise ApiError(404, f"no {'kernel of ' if kernel else ''}layer {layer!r}; {what}: {', '.join(valid) or 'none'}")
+    return layer
+
+
+def _int(query: Mapping[str, str], name: str, default: int) -> int:
+    text = query.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a whole number, got {text[:40]!r}") from None

@@ -1,0 +1,221 @@
+"""The runs under one folder: found by the server's own scan, addressed by opaque ids, opened under one lock.
+
+* Ids are the first 16 hex digits of the SHA-256 of the run's path relative to RUNS_DIR: stable across
+  restarts (so links keep working) and never parsed. A request's id is looked up in the last scan; nothing a
+  request carries is ever joined to a path.
+* A file is listed only if its real path (symlinks resolved) lies inside RUNS_DIR; symlinked folders are not
+  followed. Hidden names (the recorder's and replay's temporary files start with '.') are skipped.
+* h5py serialises its calls and concurrent threaded reads have crashed it, so every HDF5 access in the server
+  runs under `Catalog.lock`.
+* Open handles are kept while a run is being looked at and closed after `idle_seconds` without use (a
+  reader's handle can stop a recorder from reopening the file); a file replaced on disk (a new inode) gets a
+  new handle. A handle whose file was written since its last use is refreshed (SWMR) before it is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from replay.run_file import Run, RunFileError
+
+MAX_RUNS = 2000  # files listed at most; a folder with more is cut and says so
+MAX_DEPTH = 6  # folder levels below RUNS_DIR that are scanned
+
+
+class UnknownRun(KeyError):
+    """No run with that id in the last scan of RUNS_DIR."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFile:
+    id: str
+    name: str  # path relative to RUNS_DIR, without .h5 (display only)
+    path: Path
+    identity: tuple[int, int, int, int]  # (device, inode, mtime_ns, size): changes when the file does
+
+
+@dataclasses.dataclass
+class _Handle:
+    run: Run
+    inode: tuple[int, int]
+    used: float
+    stamp: tuple[int, int]  # (mtime_ns, size) of the file at the last refresh
+
+
+def run_id(relative: str) -> str:
+    return hashlib.sha256(relative.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+class Catalog:
+    def __init__(self, root: str | Path, idle_seconds: float = 3.0):
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"no folder {root}: record a run first (emergence record learn_to_see writes "
+                                    "runs/learn_to_see.h5) or pass the folder that holds your run files")
+        self.idle_seconds = idle_seconds
+        self.lock = threading.RLock()  # every HDF5 call of the server runs under it
+        self._files: dict[str, RunFile] = {}
+        self._handles: dict[str, _Handle] = {}
+        self._rows: dict[str, tuple[tuple[int, int, int, int], dict[str, Any]]] = {}  # id -> (identity, row)
+        self.truncated = False
+
+    # -- scanning -----------------------------------------------------------------------------------
+    def scan(self) -> list[RunFile]:
+        """The run files under the root now, sorted by name; also the table that ids are looked up in."""
+        found: dict[str, RunFile] = {}
+        self.truncated = False
+        for folder, dirs, files in os.walk(self.root, followlinks=False):
+            depth = len(Path(folder).relative_to(self.root).parts)
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and depth < MAX_DEPTH)
+            for name in sorted(files):
+                if name.startswith(".") or not name.endswith(".h5"):
+                    continue
+                entry = self._entry(Path(folder) / name)
+                if entry is not None:
+                    found[entry.id] = entry
+                if len(found) >= MAX_RUNS:
+                    self.truncated = True
+                    break
+            if self.truncated:
+                break
+        self._files = found
+        return sorted(found.values(), key=lambda f: f.name)
+
+    def _entry(self, path: Path) -> RunFile | None:
+        try:
+            real = path.resolve(strict=True)
+            st = real.stat()
+        except (OSError, RuntimeError):  # vanished, or a symlink loop
+            return None
+        if not real.is_relative_to(self.root) or not real.is_file():
+            return None  # a symlink that leaves RUNS_DIR is not served
+        relative = path.relative_to(self.root).as_posix()
+        return RunFile(run_id(relative), relative[: -len(".h5")], real, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+
+    def file(self, rid: str) -> RunFile:
+        entry = self._files.get(rid)
+        if entry is None:
+            self.scan()
+            entry = self._files.get(rid)
+        if entry is None:
+            raise UnknownRun(f"no run {rid!r} in {self.root} (it may have been deleted or renamed)")
+        return entry
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The run list: one row per file of a fresh scan. A file is read again only when it changed on disk
+        or is still recording; it is opened just for that (an open handle is used if there is one), so the
+        list never keeps a file open. An unreadable file gets a row with its reason."""
+        rows = []
+        for entry in self.scan():
+            cached = self._rows.get(entry.id)
+            if cached is not None and cached[0] == entry.identity and cached[1].get("state") != "recording":
+                rows.append(cached[1])
+                continue
+            with self.lock:
+                try:
+                    if entry.id in self._handles:
+                        with self.open(entry.id) as run:
+                            row = summarise(entry, run)
+                    else:
+                        with Run(entry.path) as run:
+                            row = summarise(entry, run)
+                except Exception as e:  # noqa: BLE001 - any unreadable file is listed with its reason
+                    row = {"id": entry.id, "name": entry.name, "readable": False, "state": "unreadable",
+                           "reason": read_error(e), "bytes": entry.identity[3]}
+            self._rows[entry.id] = (entry.identity, row)
+            rows.append(row)
+        for gone in set(self._rows) - set(self._files):
+            del self._rows[gone]
+        return rows
+
+    # -- handles ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def open(self, rid: str) -> Iterator[Run]:
+        """The open run `rid`, under the lock, refreshed if its file was written since the last use."""
+        entry = self.file(rid)
+        with self.lock:
+            now = time.monotonic()
+            try:
+                st = entry.path.stat()
+            except OSError:
+                self._close(rid)
+                raise UnknownRun(f"run {entry.name} is gone from {self.root}") from None
+            inode = (st.st_dev, st.st_ino)
+            handle = self._handles.get(rid)
+            if handle is not None and handle.inode != inode:  # the file was replaced: a new run
+                self._close(rid)
+                handle = None
+            stamp = (st.st_mtime_ns, st.st_size)
+            if handle is None:
+                handle = _Handle(Run(entry.path), inode, now, stamp)
+                self._handles[rid] = handle
+            elif handle.stamp != stamp:  # written since: see the new rows (SWMR)
+                handle.run.refresh()  # a few dataset refreshes: well under a millisecond
+                handle.stamp = stamp
+            handle.used = now
+            try:
+                yield handle.run
+            except (OSError, RuntimeError):  # the file changed under a handle: drop it, the next request reopens
+                self._close(rid)
+                raise
+            handle.used = time.monotonic()
+
+    def close_idle(self, now: float | None = None) -> int:
+        """Closes the handles not used for `idle_seconds`; returns how many are still open."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            for rid in [r for r, h in self._handles.items() if now - h.used >= self.idle_seconds]:
+                self._close(rid)
+            return len(self._handles)
+
+    def _close(self, rid: str) -> None:
+        handle = self._handles.pop(rid, None)
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                handle.run.close()
+
+    def close(self) -> None:
+        with self.lock:
+            for rid in list(self._handles):
+                self._close(rid)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._handles)
+
+
+def read_error(exc: BaseException) -> str:
+    """One line saying why a run file could not be read."""
+    if isinstance(exc, RunFileError):
+        return str(exc).split(": ", 1)[-1] if ": " in str(exc) else str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def summarise(entry: RunFile, run: Run) -> dict[str, Any]:
+    """The run list's row for one readable run."""
+    c = run.config
+    state, reason = run.state()
+    steps = run.steps
+    ev, train = run.eval_metrics(), run.train_metrics()
+    last_acc: dict[str, Any] | None = None
+    if len(ev.step):
+        last_acc = {"kind": "eval", "step": int(ev.step[-1]), "value": float(ev.accuracy[-1])}
+    elif len(train.step):
+        last_acc = {"kind": "train", "step": int(train.step[-1]), "value": float(train.accuracy[-1])}
+    _, test_acc, count = run.test_metrics()
+    return {
+        "id": entry.id, "name": entry.name, "readable": True, "experiment": run.experiment,
+        "model": str(c.get("model", "")), "activation": str(c.get("activation", "")),
+        "dataset": str(c.get("dataset", "")), "state": state, "reason": reason,
+        "frames": int(len(steps)), "last_step": int(steps[-1]) if len(steps) else None,
+        "planned_steps": run.planned_steps, "last_accuracy": last_acc,
+        "test_accuracy": float(test_acc) if count else None, "has_analysis": run.has_analysis,
+        "bytes": entry.identity[3],
+    }

@@ -1,0 +1,468 @@
+// The viewer's three views: the run list, one run at a step cursor, and two runs side by side at one step.
+// The view state lives in the URL's hash (#/run/<id>?step=120&layers=conv1,conv3&probes=0:5&channels=0:4),
+// so a link reproduces a view. Names, config strings and class names are untrusted: textContent only.
+
+import { Colourer, levelOf } from "./colour.js";
+import { Curves, legend } from "./curves.js";
+import { getBytes, getJSON } from "./data.js";
+import { LayerPanel, el, parseList, tip } from "./panel.js";
+import { similarityPlot, layerMap } from "./similarity.js";
+
+const app = document.getElementById("app");
+const where = document.getElementById("where");
+const conn = document.getElementById("conn");
+// what tests and benchmarks read: the browser's own clock
+const stats = (window.__emergence = { view: null, ready: false, firstFramesMs: null, advanced: 0, playStarted: null, errors: [] });
+window.__emergence.levelOf = levelOf;
+window.__emergence.Colourer = Colourer;
+
+let current = null;
+
+function parseHash() {
+  const [path, query] = location.hash.replace(/^#\/?/, "").split("?");
+  return { path: path.split("/").filter(Boolean), params: new URLSearchParams(query || "") };
+}
+
+function route() {
+  if (current) current.stop();
+  tip(null);
+  const { path, params } = parseHash();
+  const id = /^[0-9a-f]{16}$/;
+  if (path[0] === "run" && id.test(path[1] || "")) current = new RunView(path[1], params);
+  else if (path[0] === "compare" && id.test(path[1] || "") && id.test(path[2] || "")) current = new CompareView(path[1], path[2], params);
+  else current = new ListView();
+}
+
+function fail(e) {
+  stats.errors.push(String(e.message || e));
+  conn.textContent = `error: ${e.message || e}`;
+}
+
+function fmt(v, digits = 3) {
+  return v === null || v === undefined ? "–" : Number(v).toFixed(digits);
+}
+
+function nearest(steps, step) {
+  let lo = 0, hi = steps.length - 1;
+  if (hi < 0) return -1;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (steps[mid] < step) lo = mid + 1; else hi = mid;
+  }
+  if (lo > 0 && step - steps[lo - 1] <= steps[lo] - step) return lo - 1;
+  return lo;
+}
+
+// ---------------------------------------------------------------------------------------------- run list
+class ListView {
+  constructor() {
+    stats.view = "list";
+    where.textContent = "runs";
+    this.selected = new Set();
+    this.body = el("tbody");
+    this.root = el("p", { class: "muted" });
+    this.compareLink = el("a", { class: "button disabled", id: "compare-link", text: "compare the two selected runs" });
+    const head = el("tr", {}, ...["", "run", "experiment", "model", "activation", "dataset", "status", "steps", "accuracy", "size"].map((t) => el("th", { text: t })));
+    app.replaceChildren(el("h2", { text: "Runs" }), this.root,
+      el("table", { class: "runs", id: "runs" }, el("thead", {}, head), this.body),
+      el("p", {}, this.compareLink, el("span", { class: "muted", text: " tick two runs to see them side by side at the same step" })));
+    this.refresh();
+    this.timer = setInterval(() => this.refresh(), 1000);
+  }
+
+  stop() { clearInterval(this.timer); }
+
+  async refresh() {
+    let answer;
+    try { answer = await getJSON("/api/runs"); conn.textContent = ""; } catch (e) { fail(e); return; }
+    this.root.textContent = `${answer.runs.length} run files under ${answer.root}${answer.truncated ? " (list cut short)" : ""}; updates every second.`;
+    const rows = answer.runs.map((r) => this.row(r));
+    this.body.replaceChildren(...rows);
+    if (!answer.runs.length) this.body.append(el("tr", {}, el("td", { colspan: "10", class: "muted", text: "no run files yet: emergence record learn_to_see writes runs/learn_to_see.h5" })));
+    for (const id of [...this.selected]) if (!answer.runs.some((r) => r.id === id && r.readable)) this.selected.delete(id);
+    this.updateCompare();
+    stats.ready = true;
+  }
+
+  row(r) {
+    const tick = el("input", { type: "checkbox", "aria-label": "select for comparison" });
+    tick.checked = this.selected.has(r.id);
+    tick.disabled = !r.readable;
+    tick.addEventListener("change", () => {
+      if (tick.checked) this.selected.add(r.id); else this.selected.delete(r.id);
+      this.updateCompare();
+    });
+    const name = r.readable ? el("a", { href: `#/run/${r.id}`, text: r.name }) : el("span", { text: r.name });
+    const status = el("td", { class: `state ${r.state}` }, el("span", { text: r.state }));
+    if (r.reason) status.append(el("div", { class: "reason", text: r.reason }));
+    const mb = `${(r.bytes / 1e6).toFixed(1)} MB`;
+    if (!r.readable) {
+      return el("tr", { "data-id": r.id, class: "unreadable" }, el("td", {}, tick), el("td", {}, name),
+        el("td", { colspan: "4", class: "muted", text: "cannot be read" }), status, el("td"), el("td"), el("td", { text: mb }));
+    }
+    const acc = r.test_accuracy !== null ? `test ${fmt(r.test_accuracy)}`
+      : r.last_accuracy ? `${r.last_accuracy.kind} ${fmt(r.last_accuracy.value)} @${r.last_accuracy.step}` : "–";
+    const steps = `${r.last_step ?? "–"} of ${r.planned_steps} (${r.frames} frames)`;
+    return el("tr", { "data-id": r.id }, el("td", {}, tick), el("td", {}, name), el("td", { text: r.experiment }),
+      el("td", { text: r.model }), el("td", { text: r.activation }), el("td", { text: r.dataset }), status,
+      el("td", { text: steps }), el("td", { text: acc }), el("td", { text: mb }));
+  }
+
+  updateCompare() {
+    const ids = [...this.selected];
+    const ok = ids.length === 2;
+    this.compareLink.classList.toggle("disabled", !ok);
+    if (ok) this.compareLink.setAttribute("href", `#/compare/${ids[0]}/${ids[1]}`); else this.compareLink.removeAttribute("href");
+  }
+}
+
+// ------------------------------------------------------------------------------------- step controls
+// One step cursor: slider over recorded frames, exact-step box, play/pause with fps, follow live, keyboard.
+class Controls {
+  constructor(view, params) {
+    this.view = view;
+    this.slider = el("input", { type: "range", min: "0", max: "0", value: "0", id: "slider", "aria-label": "recorded frame" });
+    this.box = el("input", { type: "number", id: "step-box", min: "0", "aria-label": "step" });
+    this.total = el("span", { class: "muted" });
+    this.play = el("button", { id: "play", text: "▶ play" });
+    this.fps = el("input", { type: "number", id: "fps", min: "1", max: "60", value: params.get("fps") || "10", "aria-label": "frames per second" });
+    this.follow = el("input", { type: "checkbox", id: "follow" });
+    this.notice = el("div", { class: "notice", id: "notice" });
+    const b = (label, title, fn) => { const x = el("button", { text: label, title }); x.addEventListener("click", fn); return x; };
+    this.root = el("div", { class: "controls" },
+      el("div", { class: "row" },
+        b("|◀", "first frame (Home)", () => view.move("first")), b("◀", "previous frame (←)", () => view.move(-1)),
+        this.slider, b("▶", "next frame (→)", () => view.move(1)), b("▶|", "last frame (End)", () => view.move("last")),
+        el("label", {}, "step ", this.box), this.total),
+      el("div", { class: "row" }, this.play, el("label", {}, " fps ", this.fps),
+        el("label", { class: "follow" }, this.follow, " follow live"),
+        el("span", { class: "muted", text: " keys: ← → one frame, PgUp/PgDn ten, Home/End, space plays" })),
+      this.notice);
+    this.slider.addEventListener("input", () => view.gotoPosition(Number(this.slider.value), true));
+    this.box.addEventListener("change", () => { if (this.box.value !== "") view.goto(Number(this.box.value), true); });
+    this.play.addEventListener("click", () => view.togglePlay());
+    this.fps.addEventListener("change", () => view.saveUrl());
+    this.follow.addEventListener("change", () => { view.following = this.follow.checked; if (view.following) view.move("last", false); view.saveUrl(); });
+    this.keys = (e) => {
+      if (e.target instanceof HTMLInputElement && e.target.type !== "range" && e.target.type !== "checkbox") return;
+      const moves = { ArrowLeft: -1, ArrowRight: 1, PageUp: -10, PageDown: 10, Home: "first", End: "last" };
+      if (e.key in moves) { e.preventDefault(); view.move(moves[e.key]); } else if (e.key === " ") { e.preventDefault(); view.togglePlay(); }
+    };
+    document.addEventListener("keydown", this.keys);
+  }
+
+  get fpsValue() { return Math.min(60, Math.max(1, Number(this.fps.value) || 10)); }
+
+  update(steps, pos, requested) {
+    this.slider.max = String(Math.max(0, steps.length - 1));
+    this.slider.value = String(pos);
+    if (document.activeElement !== this.box) this.box.value = String(steps[pos]);
+    this.total.textContent = ` frame ${pos + 1} of ${steps.length} recorded (steps ${steps[0]}–${steps[steps.length - 1]})`;
+    this.notice.textContent = requested !== null && requested !== steps[pos]
+      ? `step ${requested} was not recorded: showing the nearest recorded step ${steps[pos]}` : "";
+  }
+
+  stop() { document.removeEventListener("keydown", this.keys); }
+}
+
+// ------------------------------------------------------------------------------------ shared stepping
+// A view with panels that show frames at positions of `steps` (its own steps, or the steps two runs share).
+class SteppedView {
+  init(params) {
+    this.params = params;
+    this.zoom = Math.min(8, Math.max(1, Number(params.get("zoom")) || 2));
+    this.probes = parseList(params.get("probes"));
+    this.channels = parseList(params.get("channels"));
+    this.layerFilter = params.get("layers") ? params.get("layers").split(",") : null;
+    this.requested = params.has("step") && params.get("step") !== "" ? Number(params.get("step")) : null;
+    this.following = params.get("follow") === "1";
+    this.playing = false;
+    this.pos = 0;
+    this.timers = [];
+    this.started = performance.now();
+  }
+
+  stop() {
+    this.stopped = true;
+    this.playing = false;
+    this.timers.forEach(clearInterval);
+    if (this.controls) this.controls.stop();
+  }
+
+  move(delta, user = true) {
+    const n = this.steps.length;
+    const pos = delta === "first" ? 0 : delta === "last" ? n - 1 : Math.min(n - 1, Math.max(0, this.pos + delta));
+    this.gotoPosition(pos, user);
+  }
+
+  gotoPosition(pos, user) { this.goto(this.steps[pos], user, true); }
+
+  // shows recorded step `step`, or the nearest recorded one with a notice; user moves end "follow live"
+  goto(step, user = true, exact = false) {
+    if (user) this.setFollow(false);
+    if (!this.steps.length) return;
+    this.requested = exact ? null : step;
+    this.pos = nearest(this.steps, step);
+    this.controls.update(this.steps, this.pos, this.requested);
+    this.render();
+    this.saveUrl();
+  }
+
+  setFollow(on) {
+    this.following = on;
+    this.controls.follow.checked = on;
+  }
+
+  render() {
+    const pos = this.pos;
+    const step = this.steps[pos];
+    document.body.dataset.step = String(step);
+    let drawn = 0;
+    for (const [panel, p] of this.panelPositions(pos)) {
+      if (panel.show(p, step)) { drawn++; continue; }
+      panel.store.ensure(p).then(() => { if (this.pos === pos && !this.stopped) { panel.show(p, step); this.checkReady(); } }, fail);
+    }
+    this.afterRender(step);
+    this.checkReady();
+    return drawn;
+  }
+
+  checkReady() {
+    const panels = this.panelPositions(this.pos);
+    if (stats.firstFramesMs === null && panels.length && panels.every(([p]) => p.drawnStep !== null)) {
+      stats.firstFramesMs = performance.now() - this.started;
+      stats.firstFramesSinceNavigation = performance.now();
+      stats.ready = true;
+    }
+  }
+
+  togglePlay() {
+    this.playing = !this.playing;
+    this.controls.play.textContent = this.playing ? "❚❚ pause" : "▶ play";
+    if (!this.playing) return;
+    if (this.pos >= this.steps.length - 1) this.gotoPosition(0, false);
+    this.setFollow(false);
+    stats.advanced = 0;
+    stats.playStarted = performance.now();
+    let last = performance.now();
+    const tick = (now) => {
+      if (!this.playing || this.stopped) return;
+      const next = this.pos + 1;
+      if (next >= this.steps.length) { this.togglePlay(); return; }
+      const due = now - last >= 1000 / this.controls.fpsValue - 1;
+      const pairs = this.panelPositions(next);
+      const ready = pairs.every(([panel, p]) => panel.store.get(p) !== null);
+      if (!ready) pairs.forEach(([panel, p]) => panel.store.ensure(p).catch(fail));
+      if (due && ready) {
+        last = now;
+        this.pos = next;
+        this.requested = null;
+        this.controls.update(this.steps, this.pos, null);
+        this.render();
+        stats.advanced++;
+        stats.playElapsed = performance.now() - stats.playStarted;
+        // fetch the next block before it is needed
+        for (const [panel, p] of this.panelPositions(Math.min(this.steps.length - 1, next + 16))) panel.store.ensure(p).catch(() => {});
+      }
+      requestAnimationFrame(tick);
+    };
+    requestAnimationFrame(tick);
+  }
+
+  saveUrl() {
+    clearTimeout(this.urlTimer);
+    this.urlTimer = setTimeout(() => {
+      const p = new URLSearchParams();
+      if (this.steps.length) p.set("step", String(this.requested ?? this.steps[this.pos]));
+      if (this.layerFilter) p.set("layers", this.layerFilter.join(","));
+      for (const key of ["probes", "channels"]) if (this.params.get(key)) p.set(key, this.params.get(key));
+      if (this.zoom !== 2) p.set("zoom", String(this.zoom));
+      if (this.controls.fpsValue !== 10) p.set("fps", String(this.controls.fpsValue));
+      if (this.following) p.set("follow", "1");
+      history.replaceState(null, "", `#/${this.urlPath()}?${p}`);
+    }, 150);
+  }
+
+  selectionInputs() {
+    const input = (key, label, placeholder) => {
+      const box = el("input", { type: "text", id: `pick-${key}`, placeholder, size: "8" });
+      box.value = this.params.get(key) || "";
+      box.addEventListener("change", () => {
+        const p = new URLSearchParams(this.params);
+        if (box.value.trim()) p.set(key, box.value.trim()); else p.delete(key);
+        if (this.steps.length) p.set("step", String(this.steps[this.pos]));
+        location.hash = `#/${this.urlPath()}?${p}`;
+      });
+      return el("label", {}, ` ${label} `, box);
+    };
+    const zoom = el("select", { id: "zoom" }, ...[1, 2, 3, 4, 6, 8].map((z) => {
+      const o = el("option", { value: String(z), text: `×${z}` });
+      if (z === this.zoom) o.selected = true;
+      return o;
+    }));
+    zoom.addEventListener("change", () => {
+      const p = new URLSearchParams(this.params);
+      p.set("zoom", zoom.value);
+      if (this.steps.length) p.set("step", String(this.steps[this.pos]));
+      location.hash = `#/${this.urlPath()}?${p}`;
+    });
+    return el("div", { class: "row selection" }, el("label", {}, "zoom ", zoom), input("layers", "layers", "all"),
+      input("probes", "probes", "all, or 0:5"), input("channels", "channels", "all, or 0:4"));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- one run
+class RunView extends SteppedView {
+  constructor(id, params) {
+    super();
+    stats.view = "run";
+    this.id = id;
+    this.init(params);
+    this.load().catch(fail);
+  }
+
+  urlPath() { return `run/${this.id}`; }
+
+  async load() {
+    const [run, probes, metrics] = await Promise.all([
+      getJSON(`/api/runs/${this.id}`), getBytes(`/api/runs/${this.id}/probes`), getJSON(`/api/runs/${this.id}/metrics`)]);
+    if (this.stopped) return;
+    this.run = run;
+    this.steps = run.steps;
+    this.probeBytes = new Uint8Array(probes.buffer);
+    where.textContent = run.name;
+    document.title = `${run.name} · emergence`;
+    this.facts = el("div", { class: "facts" });
+    this.controls = new Controls(this, this.params);
+    this.curves = new Curves((step) => this.goto(step, true));
+    this.curveLegend = el("p", { class: "legend" });
+    const layers = run.layers.filter((l) => !this.layerFilter || this.layerFilter.includes(l.name));
+    const opts = { zoom: this.zoom, probes: this.probes, channels: this.channels, probeBytes: this.probeBytes };
+    this.panels = layers.map((l) => new LayerPanel(run, l, opts));
+    this.kernelPanels = run.kernels.slice(0, 1).map((k) => new LayerPanel(run, k, { zoom: this.zoom, kernels: true }));
+    for (const p of this.panels) {
+      const link = el("a", { class: "export", target: "_blank", rel: "noopener", text: "PNG" });
+      link.title = "this frame rendered by replay's own renderer (the GIF's frame)";
+      p.exportLink = link;
+      p.root.querySelector(".panel-head").append(link);
+    }
+    app.replaceChildren(this.facts, this.controls.root, this.selectionInputs(), this.curves.canvas, this.curveLegend,
+      el("div", { class: "panels" }, ...this.panels.map((p) => p.root)),
+      ...(this.kernelPanels.length ? [el("h3", { text: "first layer's kernels over training" }), el("div", { class: "panels" }, ...this.kernelPanels.map((p) => p.root))] : []));
+    this.setMetrics(metrics);
+    this.showFacts();
+    if (!this.steps.length) { this.controls.notice.textContent = "no frame recorded yet"; }
+    else if (this.requested !== null) this.goto(this.requested, false);
+    else { this.setFollow(this.following || run.state === "recording"); this.move("last", false); }
+    this.controls.follow.checked = this.following;
+    this.timers.push(setInterval(() => this.poll().catch(fail), 1000));
+  }
+
+  setMetrics(metrics) {
+    this.metrics = metrics;
+    this.curves.set(metrics, Math.max(this.run.planned_steps, this.steps[this.steps.length - 1] || 0));
+    this.curveLegend.textContent = legend(metrics);
+  }
+
+  showFacts() {
+    const r = this.run, c = r.config;
+    const test = r.test ? `test accuracy ${fmt(r.test.accuracy, 4)} on ${r.test.count} images` : "no test result yet";
+    const state = el("span", { class: `state ${r.state}`, id: "run-state", text: r.state + (r.reason ? `: ${r.reason}` : "") });
+    this.facts.replaceChildren(el("h2", { text: r.name }), el("p", {},
+      state, el("span", { text: ` · ${r.experiment}: ${c.model} (${c.activation}) on ${c.dataset}, ${c.optimizer} lr ${c.learning_rate}, batch ${c.batch_size}, seed ${c.seed} · ${r.steps.length} frames of ${r.planned_steps} steps (${r.schedule}) · ${test}` })));
+  }
+
+  panelPositions(pos) {
+    return [...this.panels, ...this.kernelPanels].map((p) => [p, pos]);
+  }
+
+  afterRender(step) {
+    this.curves.setCursor(step);
+    for (const p of this.panels) p.exportLink.setAttribute("href", `/api/runs/${this.id}/frame.png?layer=${encodeURIComponent(p.info.name)}&step=${step}`);
+  }
+
+  async poll() {
+    const run = await getJSON(`/api/runs/${this.id}`);
+    if (this.stopped) return;
+    conn.textContent = "";
+    const grown = run.steps.length !== this.steps.length;
+    const counts = JSON.stringify(run.counts) !== JSON.stringify(this.run.counts) || JSON.stringify(run.test) !== JSON.stringify(this.run.test);
+    this.run = { ...this.run, ...run };
+    this.steps = run.steps;
+    for (const p of [...this.panels, ...this.kernelPanels]) {
+      const info = (p.kernels ? run.kernels : run.layers).find((l) => l.name === p.info.name);
+      p.run = this.run;
+      p.store.setTotal(run.steps.length);
+      if (info && JSON.stringify(info.scale.thresholds) !== p.scaleKey) { p.setScale(info.scale); p.drawnStep = null; }
+    }
+    this.showFacts();
+    if (counts) this.setMetrics(await getJSON(`/api/runs/${this.id}/metrics`));
+    if (!this.steps.length) return;
+    if (this.following && !this.playing) this.move("last", false);
+    else if (grown || this.panels.some((p) => p.drawnStep === null)) {
+      // the user's cursor stays where it is: the same requested step, shown exactly once it is recorded
+      if (this.requested !== null) this.goto(this.requested, false); else this.controls.update(this.steps, this.pos, null);
+      if (this.panels.some((p) => p.drawnStep === null)) this.render();
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------- two runs
+class CompareView extends SteppedView {
+  constructor(a, b, params) {
+    super();
+    stats.view = "compare";
+    this.ids = [a, b];
+    this.init(params);
+    this.load().catch(fail);
+  }
+
+  urlPath() { return `compare/${this.ids[0]}/${this.ids[1]}`; }
+
+  async load() {
+    const [cmp, ra, rb, pa, pb] = await Promise.all([
+      getJSON(`/api/compare?a=${this.ids[0]}&b=${this.ids[1]}`), getJSON(`/api/runs/${this.ids[0]}`), getJSON(`/api/runs/${this.ids[1]}`),
+      getBytes(`/api/runs/${this.ids[0]}/probes`), getBytes(`/api/runs/${this.ids[1]}/probes`)]);
+    if (this.stopped) return;
+    this.runs = [ra, rb];
+    this.cmp = cmp;
+    this.steps = cmp.steps;
+    where.textContent = `${ra.name} vs ${rb.name}`;
+    this.controls = new Controls(this, this.params);
+    this.controls.follow.disabled = true;
+    const layers = cmp.layers.filter((l) => !this.layerFilter || this.layerFilter.includes(l));
+    this.pairs = layers.map((name) => [0, 1].map((k) => {
+      const run = this.runs[k];
+      return new LayerPanel(run, run.layers.find((l) => l.name === name), {
+        zoom: this.zoom, probes: this.probes, channels: this.channels,
+        probeBytes: new Uint8Array((k ? pb : pa).buffer), tag: k ? "B" : "A" });
+    }));
+    const head = el("div", { class: "facts" }, el("h2", { text: "Two runs at the same step" }),
+      ...[0, 1].map((k) => el("p", {}, el("b", { text: k ? "B " : "A " }), el("a", { href: `#/run/${this.runs[k].id}`, text: this.runs[k].name }),
+        el("span", { text: ` · ${this.runs[k].config.activation}, seed ${this.runs[k].config.seed} · ${this.runs[k].state}` }))),
+      el("p", { class: "muted", text: `Aligned by step: ${cmp.steps.length} steps recorded in both runs; each side keeps its own fixed colour scale.` }));
+    this.sim = el("div", { class: "similarity" });
+    if (cmp.similarity) {
+      this.simPlot = similarityPlot(cmp.similarity, layers);
+      this.sim.append(el("h3", { text: `same-layer similarity over training (${cmp.similarity.measure})` }), this.simPlot.canvas,
+        el("h3", { text: `layer map at step ${cmp.similarity.map.step}: rows A, columns B` }), layerMap(cmp.similarity.map, this.runs[0].palettes));
+    } else {
+      this.sim.append(el("p", { class: "notice", text: `no similarity between the runs: ${cmp.mismatch || "no analysed step in common"}` }));
+    }
+    app.replaceChildren(head, this.controls.root, this.selectionInputs(),
+      el("div", { class: "pairs" }, ...this.pairs.map(([a, b]) => el("div", { class: "pair" }, a.root, b.root))), this.sim);
+    if (!this.steps.length) { this.controls.notice.textContent = "the runs have no recorded step in common"; return; }
+    if (this.requested !== null) this.goto(this.requested, false); else this.move("last", false);
+  }
+
+  panelPositions(pos) {
+    const step = this.steps[pos];
+    const posA = this.runs[0].steps.indexOf(step), posB = this.runs[1].steps.indexOf(step);
+    return this.pairs.flatMap(([a, b]) => [[a, posA], [b, posB]]);
+  }
+
+  afterRender(step) { if (this.simPlot) this.simPlot.setCursor(step); }
+}
+
+window.addEventListener("hashchange", route);
+route();

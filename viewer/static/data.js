@@ -1,0 +1,82 @@
+// Talking to the server: JSON, and frame ranges kept in blocks (one request per block, never per frame).
+
+import { decode } from "./colour.js";
+
+export async function getJSON(url) {
+  const r = await fetch(url, { cache: "no-store" });
+  const body = await r.json().catch(() => ({ error: `${r.status} ${r.statusText}` }));
+  if (!r.ok) throw new Error(body.error || `${r.status}`);
+  return body;
+}
+
+export async function getBytes(url) {
+  const r = await fetch(url, { cache: "no-store" });
+  if (!r.ok) {
+    const body = await r.json().catch(() => ({ error: `${r.status} ${r.statusText}` }));
+    throw new Error(body.error || `${r.status}`);
+  }
+  return { buffer: await r.arrayBuffer(), headers: r.headers };
+}
+
+const MAX_BYTES = 48 << 20; // per store: older blocks are dropped beyond this
+
+// Frames of one layer (or its kernels) of one run, fetched `block` frames at a time.
+export class FrameStore {
+  constructor(runId, layer, { dtype, shape, maxFrames, kernels = false }) {
+    this.url = `/api/runs/${runId}/${kernels ? "kernels" : "frames"}?layer=${encodeURIComponent(layer)}`;
+    this.dtype = dtype;
+    this.frameSize = shape.reduce((a, b) => a * b, 1);
+    this.block = Math.max(1, Math.min(32, maxFrames));
+    this.blocks = new Map(); // block number -> {start, count, values, bits} or a pending promise
+    this.total = 0; // frames the run has (updated by the caller as the run grows)
+    this.bytes = 0;
+  }
+
+  setTotal(total) {
+    this.total = total;
+    // a block fetched while it was the run's incomplete last block is fetched again when asked for
+    for (const [k, b] of this.blocks) {
+      if (!(b instanceof Promise) && b.count < this.block && b.start + b.count < total) this._drop(k);
+    }
+  }
+
+  _drop(k) {
+    const b = this.blocks.get(k);
+    if (b && !(b instanceof Promise)) this.bytes -= b.values.byteLength;
+    this.blocks.delete(k);
+  }
+
+  // {values, bits, offset} of frame `pos` if loaded, else null
+  get(pos) {
+    const b = this.blocks.get(Math.floor(pos / this.block));
+    if (!b || b instanceof Promise || pos >= b.start + b.count) return null;
+    this.blocks.delete(Math.floor(pos / this.block)); // move to the end: most recently used
+    this.blocks.set(Math.floor(pos / this.block), b);
+    const o = (pos - b.start) * this.frameSize;
+    return { values: b.values.subarray(o, o + this.frameSize), bits: b.bits ? b.bits.subarray(o, o + this.frameSize) : null };
+  }
+
+  // resolves when frame `pos` is loaded (or rejects with the server's reason)
+  ensure(pos) {
+    if (pos < 0 || pos >= this.total) return Promise.reject(new Error(`frame ${pos} is not recorded yet`));
+    const k = Math.floor(pos / this.block);
+    const have = this.blocks.get(k);
+    if (have instanceof Promise) return have;
+    if (have && pos < have.start + have.count) return Promise.resolve();
+    const start = k * this.block;
+    const count = Math.min(this.block, this.total - start);
+    const p = getBytes(`${this.url}&start=${start}&count=${count}`).then(({ buffer, headers }) => {
+      const got = Number(headers.get("X-Frame-Count"));
+      const values = decode(buffer, this.dtype);
+      const bits = this.dtype === "float16" ? new Uint16Array(buffer) : null;
+      this.blocks.set(k, { start, count: got, values, bits });
+      this.bytes += values.byteLength;
+      for (const key of this.blocks.keys()) {
+        if (this.bytes <= MAX_BYTES) break;
+        if (key !== k) this._drop(key);
+      }
+    }, (e) => { this.blocks.delete(k); throw e; });
+    this.blocks.set(k, p);
+    return p;
+  }
+}

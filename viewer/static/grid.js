@@ -1,0 +1,172 @@
+// One picture of a layer at one step, laid out as replay's GIF frames: the probe images on top, then one row
+// per channel and one column per probe; each map is enlarged by whole-pixel replication (never interpolated).
+// Tiles are written once per value into a small canvas at the map's own resolution and copied to the
+// visible canvas with image smoothing off, so a value covers an exact factor × factor block.
+
+import { packRGBA, unpackRGBA } from "./colour.js";
+
+const GAP = 2;
+const PROBE_GAP = 6;
+const LABEL_W = 34;
+const HEAD_H = 14;
+const FONT = "10px sans-serif";
+
+export class GridView {
+  // spec: {rows, cols, H, W, cellH, cellW, zoom, rowLabels, colLabels, header (ImageData | null),
+  //        value(frame, r, c, y, x) -> number, describe(r, c, y, x, v) -> string}
+  constructor(spec) {
+    this.spec = spec;
+    const z = spec.zoom;
+    this.fy = Math.max(1, Math.floor(spec.cellH / spec.H)) * z;
+    this.fx = Math.max(1, Math.floor(spec.cellW / spec.W)) * z;
+    this.cellH = Math.max(spec.cellH * z, spec.H * this.fy);
+    this.cellW = Math.max(spec.cellW * z, spec.W * this.fx);
+    this.top = HEAD_H + (spec.header ? this.cellH + PROBE_GAP : 0);
+    const width = LABEL_W + spec.cols * (this.cellW + GAP);
+    const height = this.top + spec.rows * (this.cellH + GAP);
+    this.canvas = document.createElement("canvas");
+    this.canvas.width = width;
+    this.canvas.height = height;
+    this.canvas.className = "grid";
+    this.ctx = this.canvas.getContext("2d", { willReadFrequently: false });
+    this.ctx.imageSmoothingEnabled = false;
+    // the maps at their own resolution: tile (r, c) at (c * W, r * H)
+    this.small = document.createElement("canvas");
+    this.small.width = spec.cols * spec.W;
+    this.small.height = spec.rows * spec.H;
+    this.smallCtx = this.small.getContext("2d");
+    this.image = this.smallCtx.createImageData(this.small.width, this.small.height);
+    this.pixels = new Uint32Array(this.image.data.buffer);
+    this._drawFrame();
+  }
+
+  tileOrigin(r, c) {
+    const x = LABEL_W + c * (this.cellW + GAP) + Math.floor((this.cellW - this.spec.W * this.fx) / 2);
+    const y = this.top + r * (this.cellH + GAP) + Math.floor((this.cellH - this.spec.H * this.fy) / 2);
+    return [x, y];
+  }
+
+  // centre pixel (canvas coordinates) of map position (y, x) of tile (r, c): what tests sample
+  pixelOf(r, c, y, x) {
+    const [ox, oy] = this.tileOrigin(r, c);
+    return [ox + x * this.fx + (this.fx >> 1), oy + y * this.fy + (this.fy >> 1)];
+  }
+
+  _drawFrame() {
+    const { ctx, spec } = this;
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
+    ctx.fillStyle = "#c8c8c8"; // rules between tiles, as in the GIFs
+    ctx.fillRect(LABEL_W - 1, this.top - 1, spec.cols * (this.cellW + GAP), spec.rows * (this.cellH + GAP));
+    ctx.fillStyle = "#000";
+    ctx.font = FONT;
+    ctx.textBaseline = "top";
+    spec.colLabels.forEach((t, c) => ctx.fillText(fit(ctx, t, this.cellW), LABEL_W + c * (this.cellW + GAP), 1));
+    spec.rowLabels.forEach((t, r) => {
+      const y = this.top + r * (this.cellH + GAP) + this.cellH / 2 - 5;
+      ctx.fillText(fit(ctx, t, LABEL_W - 3), 1, y);
+    });
+    if (spec.header) {
+      const tmp = document.createElement("canvas");
+      tmp.width = spec.header.width;
+      tmp.height = spec.header.height;
+      tmp.getContext("2d").putImageData(spec.header, 0, 0);
+      const ph = spec.header.height, pw = spec.header.width / spec.cols;
+      for (let c = 0; c < spec.cols; c++) {
+        const x = LABEL_W + c * (this.cellW + GAP) + Math.floor((this.cellW - pw * spec.zoom) / 2);
+        ctx.drawImage(tmp, c * pw, 0, pw, ph, x, HEAD_H + Math.floor((this.cellH - ph * spec.zoom) / 2),
+          pw * spec.zoom, ph * spec.zoom);
+      }
+    }
+  }
+
+  // frame: the stored values of one step; colourer: a Colourer; bits: the raw float16 bits (or null)
+  draw(frame, colourer, bits) {
+    const { spec, pixels } = this;
+    const Wt = spec.cols * spec.W;
+    const half = bits ? colourer.halfTable() : null;
+    let clipped = 0, nan = 0;
+    const lo = colourer.lo, hi = colourer.hi;
+    for (let r = 0; r < spec.rows; r++) {
+      for (let c = 0; c < spec.cols; c++) {
+        for (let y = 0; y < spec.H; y++) {
+          let o = (r * spec.H + y) * Wt + c * spec.W;
+          for (let x = 0; x < spec.W; x++, o++) {
+            const i = spec.index(r, c, y, x);
+            const v = frame[i];
+            pixels[o] = half ? half[bits[i]] : colourer.rgba(v);
+            if (v !== v) nan++;
+            else if (v < lo || v > hi) clipped++;
+          }
+        }
+      }
+    }
+    this.smallCtx.putImageData(this.image, 0, 0);
+    const ctx = this.ctx;
+    for (let r = 0; r < spec.rows; r++) {
+      for (let c = 0; c < spec.cols; c++) {
+        const [x, y] = this.tileOrigin(r, c);
+        ctx.drawImage(this.small, c * spec.W, r * spec.H, spec.W, spec.H, x, y, spec.W * this.fx, spec.H * this.fy);
+      }
+    }
+    return { clipped, nan, shown: spec.rows * spec.cols * spec.H * spec.W };
+  }
+
+  // canvas pixel -> {r, c, y, x} of a tile, {header: c} for a probe image, or null
+  locate(px, py) {
+    const { spec } = this;
+    const c = Math.floor((px - LABEL_W) / (this.cellW + GAP));
+    if (c < 0 || c >= spec.cols) return null;
+    if (spec.header && py >= HEAD_H && py < HEAD_H + this.cellH) return { header: c };
+    const r = Math.floor((py - this.top) / (this.cellH + GAP));
+    if (r < 0 || r >= spec.rows) return null;
+    const [ox, oy] = this.tileOrigin(r, c);
+    const x = Math.floor((px - ox) / this.fx), y = Math.floor((py - oy) / this.fy);
+    if (x < 0 || y < 0 || x >= spec.W || y >= spec.H) return null;
+    return { r, c, y, x };
+  }
+}
+
+function fit(ctx, text, width) {
+  if (ctx.measureText(text).width <= width) return text;
+  let t = text;
+  while (t.length > 1 && ctx.measureText(t + "…").width > width) t = t.slice(0, -1);
+  return t + "…";
+}
+
+// probe pixels (uint8 [P, H, W, C]) of the chosen probes as one ImageData strip, probes side by side
+export function probeStrip(bytes, shape, probes) {
+  const [, H, W, C] = shape;
+  const img = new ImageData(W * probes.length, H);
+  const out = new Uint32Array(img.data.buffer);
+  probes.forEach((p, k) => {
+    for (let y = 0; y < H; y++) {
+      for (let x = 0; x < W; x++) {
+        const i = ((p * H + y) * W + x) * C;
+        const [r, g, b] = C === 1 ? [bytes[i], bytes[i], bytes[i]] : [bytes[i], bytes[i + 1], bytes[i + 2]];
+        out[y * W * probes.length + k * W + x] = packRGBA(r, g, b);
+      }
+    }
+  });
+  return img;
+}
+
+// a horizontal colour bar of the scale's levels, 2 px per level
+export function colourBar(colourer) {
+  const levels = colourer.levels;
+  const canvas = document.createElement("canvas");
+  canvas.width = levels.length * 2;
+  canvas.height = 10;
+  canvas.className = "bar";
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(canvas.width, canvas.height);
+  const px = new Uint32Array(img.data.buffer);
+  for (let y = 0; y < canvas.height; y++) for (let x = 0; x < canvas.width; x++) px[y * canvas.width + x] = levels[x >> 1];
+  ctx.putImageData(img, 0, 0);
+  return canvas;
+}
+
+export function cssColour(packed) {
+  const [r, g, b] = unpackRGBA(packed);
+  return `rgb(${r},${g},${b})`;
+}
