@@ -31,6 +31,7 @@ function route() {
   if (path[0] === "run" && id.test(path[1] || "")) current = new RunView(path[1], params);
   else if (path[0] === "compare" && id.test(path[1] || "") && id.test(path[2] || "")) current = new CompareView(path[1], path[2], params);
   else current = new ListView();
+  stats.current = current;
 }
 
 function fail(e) {

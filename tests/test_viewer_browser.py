@@ -1,0 +1,192 @@
+"""The viewer in a real browser: Debian's chromium driven by Playwright (both installed by setup.sh).
+
+Pixels are read back from the page's canvases with getImageData and compared with replay's palette.
+"""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_run
+from replay import open_run
+from replay.palette import DIVERGING, colour_map, value_to_index
+from test_viewer_api import WRITER, get_json
+from viewer.catalog import run_id
+from viewer.server import start_in_thread
+
+CHROMIUM = "/usr/bin/chromium"
+XSS = "<img src=x onerror=alert(1)>"
+STEPS = [0, 1, 2, 3, 5, 8]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: ./setup.sh installs Debian's chromium package for these tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, two_runs):
+    folder = tmp_path_factory.mktemp("served")
+    acts = np.tile(np.linspace(-0.5, 0.5, 3 * 4 * 4 * 2, dtype=np.float32).reshape(1, 3, 4, 4, 2), (len(STEPS), 1, 1, 1, 1))
+    acts[:, 0, 0, 0, 0] = 0.0
+    acts[:, 0, 0, 1, 0] = 1.0
+    acts[:, 0, 0, 2, 0] = -1.0
+    acts[:, 1] *= np.array(STEPS, np.float32)[:, None, None, None] / 8  # probe 1 changes with the step
+    write_run(folder / "known.h5", {"conv1": acts, "conv2": acts[:, :, :2, :2]}, steps=STEPS)
+    write_run(folder / f"{XSS}.h5", {"conv1": acts[:2]})
+    for act, path in two_runs.items():
+        shutil.copy(path, folder / path.name)
+    server = start_in_thread(folder, idle_seconds=0.5)
+    yield server, folder
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def page(browser, served):
+    server, _ = served
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    pg = context.new_page()
+    pg.dialogs, pg.errors = [], []
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.base = f"http://127.0.0.1:{server.server_address[1]}/"
+    yield pg
+    context.close()
+    assert pg.dialogs == [] and pg.errors == []
+
+
+def open_view(page, hash_):
+    page.goto(page.base + hash_)
+    page.wait_for_function("() => window.__emergence && window.__emergence.ready === true", timeout=20000)
+
+
+def shown_steps(page):
+    return page.evaluate("[document.body.dataset.step, ...[...document.querySelectorAll('.panel')].map(p => p.dataset.step)]")
+
+
+def test_run_list_shows_every_run_and_untrusted_names_as_text(page):
+    open_view(page, "")
+    page.wait_for_selector("#runs tbody tr[data-id]")
+    names = page.eval_on_selector_all("#runs tbody td:nth-child(2)", "cells => cells.map(c => c.textContent)")
+    assert sorted(names) == sorted(["known", XSS, "tiny-relu", "tiny-tanh"])
+    assert page.locator("#runs img").count() == 0  # the name stayed text
+    states = page.eval_on_selector_all("#runs tbody td.state > span", "s => s.map(x => x.textContent)")
+    assert set(states) == {"completed"}
+
+
+def test_a_stored_zero_is_white_and_one_is_the_scales_end_colour(page):
+    open_view(page, f"#/run/{run_id('known.h5')}?step=3")
+    colours = page.evaluate("""() => {
+        const g = window.__emergence.current.panels[0].grid;
+        const ctx = g.canvas.getContext('2d');
+        return [1, 0, 2].map(x => { const [px, py] = g.pixelOf(0, 0, 0, x); return [...ctx.getImageData(px, py, 1, 1).data]; });
+    }""")
+    ends = colour_map(DIVERGING)
+    assert colours[1] == [255, 255, 255, 255]  # tanh 0: exactly white
+    assert colours[0] == [*ends[-1].tolist(), 255]  # +1: the last level of seismic_r
+    assert colours[2] == [*ends[0].tolist(), 255]  # -1: the first
+
+
+def test_keyboard_steps_through_recorded_frames_and_a_missing_step_says_so(page):
+    open_view(page, f"#/run/{run_id('known.h5')}")
+    assert set(shown_steps(page)) == {"8"}  # a completed run opens at its last frame
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function("() => document.body.dataset.step === '5'")
+    page.keyboard.press("Home")
+    page.wait_for_function("() => document.body.dataset.step === '0'")
+    page.keyboard.press("PageDown")
+    page.wait_for_function("() => document.body.dataset.step === '8'")
+    page.wait_for_function("() => document.querySelectorAll('.panel[data-step=\"8\"]').length === 2")
+    page.wait_for_function("() => location.hash.includes('step=8')")  # the view lives in the URL
+    page.fill("#step-box", "4")
+    page.press("#step-box", "Enter")
+    page.wait_for_function("() => document.body.dataset.step === '3'")
+    assert "step 4 was not recorded: showing the nearest recorded step 3" in page.text_content("#notice")
+    page.wait_for_function("() => document.querySelectorAll('.panel[data-step=\"3\"]').length === 2")
+
+
+def test_hover_shows_the_exact_stored_value(page, served):
+    open_view(page, f"#/run/{run_id('known.h5')}?step=5")
+    box = page.evaluate("""() => {
+        const g = window.__emergence.current.panels[0].grid, r = g.canvas.getBoundingClientRect();
+        const [px, py] = g.pixelOf(1, 1, 2, 3);  // channel 1, probe 1, y 2, x 3
+        return [r.left + px * r.width / g.canvas.width, r.top + py * r.height / g.canvas.height];
+    }""")
+    page.mouse.move(*box)
+    text = page.text_content("#tip")
+    with open_run(served[1] / "known.h5") as run:
+        stored = run.activations("conv1", [5])[0, 1, 2, 3, 1]
+    assert "probe 1" in text and "channel 1" in text and "y 2, x 3" in text
+    assert f"value {float(stored)!r} (stored float32)" in text
+
+
+def test_play_advances_to_the_last_frame(page):
+    open_view(page, f"#/run/{run_id('known.h5')}?step=0&fps=30")
+    page.click("#play")
+    page.wait_for_function("() => document.body.dataset.step === '8'", timeout=10000)
+    assert page.evaluate("window.__emergence.advanced") == len(STEPS) - 1
+
+
+def test_compare_shows_both_runs_at_the_same_step(page, served):
+    a, b = run_id("tiny-tanh.h5"), run_id("tiny-relu.h5")
+    open_view(page, f"#/compare/{a}/{b}?step=10")
+    steps = shown_steps(page)
+    assert set(steps) == {"10"} and len(steps) == 1 + 2 * 2  # two layers, A and B each
+    assert page.locator("canvas.simplot").count() == 1 and page.locator("table.layermap td").count() == 4
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => document.querySelectorAll('.panel[data-step=\"11\"]').length === 4")
+    tags = page.eval_on_selector_all(".panel h3", "hs => hs.map(h => h.textContent)")
+    assert tags[0].startswith("A conv1 · tanh") and tags[1].startswith("B conv1 · relu")
+
+
+def test_the_page_colours_every_half_exactly_as_replay(page, served):
+    server, folder = served
+    rid = run_id("tiny-relu.h5")
+    open_view(page, f"#/run/{rid}")
+    scale = get_json(server, f"/api/runs/{rid}")["layers"][1]["scale"]  # conv2, relu: a percentile scale
+    levels = page.evaluate("""(scale) => {
+        const c = new window.__emergence.Colourer(scale, window.__emergence.current.run.palettes);
+        const halves = new Float16Array(new Uint16Array(65536).map((_, i) => i).buffer);
+        return Array.from(halves, v => c.level(v));
+    }""", scale)
+    with np.errstate(invalid="ignore"):  # the signalling NaN patterns
+        values = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+        expected = value_to_index(values, scale["lo"], scale["hi"]).astype(int)
+    expected[np.isnan(values)] = -1
+    assert np.array_equal(np.array(levels), expected)
+
+
+def test_a_run_being_recorded_appears_grows_and_keeps_a_set_cursor(browser, page, served):
+    server, folder = served
+    path = folder / "live.h5"
+    rid = run_id("live.h5")
+    open_view(page, "")
+    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(tests=str(Path(__file__).parent), path=str(path))])
+    try:
+        page.wait_for_selector(f"#runs tr[data-id='{rid}']", timeout=20000)
+        page.wait_for_function("() => document.body.dataset.step === undefined")  # still the list
+        page.goto(page.base + f"#/run/{rid}")  # a recording run opens following live
+        other = page.context.new_page()
+        other.goto(page.base + f"#/run/{rid}?step=2")  # a cursor the user set
+        page.wait_for_function("() => document.body.dataset.step === '12'", timeout=30000)
+        other.wait_for_function("() => document.body.dataset.step === '2'", timeout=10000)
+    finally:
+        proc.wait(timeout=60)
+    other.wait_for_function("() => document.querySelector('#run-state').textContent.startsWith('completed')", timeout=10000)
+    assert other.evaluate("document.body.dataset.step") == "2"
+    assert other.evaluate("window.__emergence.current.steps.length") == 13
+    other.close()
