@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Sets up everything emergence needs on a fresh Debian/Ubuntu machine: the Fashion-MNIST package
-# (when apt is available) and a virtual environment in .venv with the project and its test tools.
+# Sets up everything emergence needs on a fresh Debian/Ubuntu machine: the Fashion-MNIST package and the
+# chromium browser that the viewer's tests drive (when apt is available), and a virtual environment in .venv
+# with the project and its test tools.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
+MISSING=()
+[ -d /usr/share/datasets/fashion-mnist ] || MISSING+=(dataset-fashion-mnist)
+[ -x /usr/bin/chromium ] || MISSING+=(chromium)  # tests/test_viewer_browser.py; never downloaded by Playwright
+if [ ${#MISSING[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "installing Debian package dataset-fashion-mnist" >&2
-  $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
-    || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST will be downloaded on first use" >&2
+  echo "installing Debian packages: ${MISSING[*]}" >&2
+  $SUDO apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${MISSING[@]}" >/dev/null \
+    || echo "warning: could not install ${MISSING[*]}; Fashion-MNIST will be downloaded on first use, and the browser tests need /usr/bin/chromium" >&2
 fi
 
 PYTHON="${PYTHON:-python3}"

@@ -65,6 +65,7 @@ class Api:
         self.catalog = catalog
         self.scales = ScaleBook()
         self._metrics: dict[tuple[str, float, int, int], dict[str, Any]] = {}
+        self.palettes = palettes()  # at start-up: it imports matplotlib's colour maps, which takes a while
 
     # -- run list and one run -----------------------------------------------------------------------
     def runs(self) -> Reply:
@@ -98,7 +99,7 @@ class Api:
                 "probes": {"shape": list(images.shape), "labels": labels.tolist(), "indices": indices.tolist()},
                 "class_names": run.class_names, "has_analysis": run.has_analysis,
                 "counts": {"train": run.train_count, "eval": run.eval_count_written},
-                "test": _test(run), "palettes": palettes(),
+                "test": _test(run), "palettes": self.palettes,
             })
 
     def frames(self, rid: str, query: Mapping[str, str], kernel: bool = False) -> Reply:

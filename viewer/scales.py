@@ -89,6 +89,18 @@ def _created(run: Run) -> float:
 
 def scale_json(scale: Scale) -> dict[str, Any]:
     """What the page needs to colour and label one scale."""
+    key = (scale.lo.tobytes(), scale.hi.tobytes(), scale.kind, scale.rule, scale.short)
+    if key not in _JSON:
+        if len(_JSON) > 4096:
+            _JSON.clear()
+        _JSON[key] = _scale_json(scale)
+    return _JSON[key]
+
+
+_JSON: dict[tuple, dict[str, Any]] = {}  # the thresholds take a few milliseconds per scale: kept
+
+
+def _scale_json(scale: Scale) -> dict[str, Any]:
     return {
         "lo": _floats(scale.lo), "hi": _floats(scale.hi), "kind": scale.kind, "rule": scale.rule,
         "short": scale.short, "describe": scale.describe(), "per_channel": scale.per_channel,

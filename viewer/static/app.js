@@ -4,7 +4,7 @@
 
 import { Colourer, levelOf } from "./colour.js";
 import { Curves, legend } from "./curves.js";
-import { getBytes, getJSON } from "./data.js";
+import { FrameStore, getBytes, getJSON } from "./data.js";
 import { LayerPanel, el, parseList, tip } from "./panel.js";
 import { similarityPlot, layerMap } from "./similarity.js";
 
@@ -234,6 +234,7 @@ class SteppedView {
       stats.firstFramesMs = performance.now() - this.started;
       stats.firstFramesSinceNavigation = performance.now();
       stats.ready = true;
+      for (const [panel, p] of panels) panel.store.ensure(p).catch(() => {}); // then the blocks around them
     }
   }
 
@@ -250,12 +251,13 @@ class SteppedView {
       if (!this.playing || this.stopped) return;
       const next = this.pos + 1;
       if (next >= this.steps.length) { this.togglePlay(); return; }
-      const due = now - last >= 1000 / this.controls.fpsValue - 1;
+      const interval = 1000 / this.controls.fpsValue;
+      const due = now - last >= interval - 1;
       const pairs = this.panelPositions(next);
       const ready = pairs.every(([panel, p]) => panel.store.get(p) !== null);
       if (!ready) pairs.forEach(([panel, p]) => panel.store.ensure(p).catch(fail));
       if (due && ready) {
-        last = now;
+        last = now - last > 2 * interval ? now : last + interval; // the asked rate on average, not "at most"
         this.pos = next;
         this.requested = null;
         this.controls.update(this.steps, this.pos, null);
@@ -325,11 +327,15 @@ class RunView extends SteppedView {
   urlPath() { return `run/${this.id}`; }
 
   async load() {
-    const [run, probes, metrics] = await Promise.all([
-      getJSON(`/api/runs/${this.id}`), getBytes(`/api/runs/${this.id}/probes`), getJSON(`/api/runs/${this.id}/metrics`)]);
+    // the run, its probes and metrics are asked for at once; the first frames (one per layer) as soon as the
+    // run's steps are known, and the page is built while they travel
+    const metrics = getJSON(`/api/runs/${this.id}/metrics`);
+    const [run, probes] = await Promise.all([getJSON(`/api/runs/${this.id}`), getBytes(`/api/runs/${this.id}/probes`)]);
     if (this.stopped) return;
     this.run = run;
     this.steps = run.steps;
+    this.stores = new Map();
+    if (this.steps.length) this.firstFetches(run, nearest(this.steps, this.requested ?? this.steps[this.steps.length - 1]));
     this.probeBytes = new Uint8Array(probes.buffer);
     where.textContent = run.name;
     document.title = `${run.name} · emergence`;
@@ -337,10 +343,9 @@ class RunView extends SteppedView {
     this.controls = new Controls(this, this.params);
     this.curves = new Curves((step) => this.goto(step, true));
     this.curveLegend = el("p", { class: "legend" });
-    const layers = run.layers.filter((l) => !this.layerFilter || this.layerFilter.includes(l.name));
     const opts = { zoom: this.zoom, probes: this.probes, channels: this.channels, probeBytes: this.probeBytes };
-    this.panels = layers.map((l) => new LayerPanel(run, l, opts));
-    this.kernelPanels = run.kernels.slice(0, 1).map((k) => new LayerPanel(run, k, { zoom: this.zoom, kernels: true }));
+    this.panels = this.shownLayers(run).map((l) => new LayerPanel(run, l, opts, this.stores.get(l.name)));
+    this.kernelPanels = run.kernels.slice(0, 1).map((k) => new LayerPanel(run, k, { zoom: this.zoom, kernels: true }, this.stores.get(`kernel ${k.name}`)));
     for (const p of this.panels) {
       const link = el("a", { class: "export", target: "_blank", rel: "noopener", text: "PNG" });
       link.title = "this frame rendered by replay's own renderer (the GIF's frame)";
@@ -350,13 +355,28 @@ class RunView extends SteppedView {
     app.replaceChildren(this.facts, this.controls.root, this.selectionInputs(), this.curves.canvas, this.curveLegend,
       el("div", { class: "panels" }, ...this.panels.map((p) => p.root)),
       ...(this.kernelPanels.length ? [el("h3", { text: "first layer's kernels over training" }), el("div", { class: "panels" }, ...this.kernelPanels.map((p) => p.root))] : []));
-    this.setMetrics(metrics);
     this.showFacts();
     if (!this.steps.length) { this.controls.notice.textContent = "no frame recorded yet"; }
     else if (this.requested !== null) this.goto(this.requested, false);
     else { this.setFollow(this.following || run.state === "recording"); this.move("last", false); }
     this.controls.follow.checked = this.following;
+    this.setMetrics(await metrics);
     this.timers.push(setInterval(() => this.poll().catch(fail), 1000));
+  }
+
+  shownLayers(run) {
+    return run.layers.filter((l) => !this.layerFilter || this.layerFilter.includes(l.name));
+  }
+
+  // stores for the shown layers and the first kernel layer, each asked for frame `pos` alone
+  firstFetches(run, pos) {
+    const items = [...this.shownLayers(run).map((l) => [l.name, l, false]), ...run.kernels.slice(0, 1).map((k) => [`kernel ${k.name}`, k, true])];
+    for (const [key, info, kernels] of items) {
+      const store = new FrameStore(run.id, info.name, { dtype: info.dtype, shape: info.shape, maxFrames: info.max_frames, kernels });
+      store.setTotal(run.steps.length);
+      this.stores.set(key, store);
+      store.ensureOne(pos).catch(fail);
+    }
   }
 
   setMetrics(metrics) {

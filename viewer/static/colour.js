@@ -23,14 +23,18 @@ function halfToNumber(h) {
   return s * (1 + m / 1024) * 2 ** (e - 15);
 }
 
-let allHalves = null; // [65536] every float16 value, in bit order
+let allHalves = null; // [65536] every float16 value, in bit order (decoded once: element reads of a
+// Float16Array are far slower than of a Float64Array, so hot loops index tables by the stored bits instead)
+const halfTables = new Map(); // scale -> {colours, flags} for every float16 bit pattern: one per distinct scale
 function halves() {
   if (!allHalves) {
     const bits = new Uint16Array(65536).map((_, i) => i);
-    allHalves = typeof Float16Array === "function" ? new Float16Array(bits.buffer) : Float64Array.from(bits, halfToNumber);
+    allHalves = typeof Float16Array === "function" ? new Float64Array(new Float16Array(bits.buffer)) : Float64Array.from(bits, halfToNumber);
   }
   return allHalves;
 }
+
+export const NORMAL = 0, CLIPPED = 1, NOT_A_NUMBER = 2;
 
 // The values of a frame block as stored: a typed array over the response bytes (little-endian on the wire).
 export function decode(buffer, dtype) {
@@ -70,13 +74,26 @@ export class Colourer {
 
   rgba(v) { return Number.isNaN(v) ? this.nan : this.levels[levelOf(v, this.thresholds)]; }
 
-  // [65536] packed colour of every float16 bit pattern: one lookup per stored half
+  // {colours: [65536] packed colour, flags: [65536] NORMAL | CLIPPED | NOT_A_NUMBER} of every float16 bit
+  // pattern: one lookup per stored half
   halfTable() {
     if (!this._half) {
-      const h = halves();
-      this._half = new Uint32Array(65536);
-      for (let i = 0; i < 65536; i++) this._half[i] = this.rgba(h[i]);
+      const key = `${this.scale.kind} ${this.lo} ${this.hi} ${this.scale.thresholds.join(",")}`;
+      this._half = halfTables.get(key);
+      if (!this._half) {
+        const h = halves();
+        const colours = new Uint32Array(65536), flags = new Uint8Array(65536);
+        for (let i = 0; i < 65536; i++) {
+          colours[i] = this.rgba(h[i]);
+          flags[i] = this.flag(h[i]);
+        }
+        this._half = { colours, flags };
+        halfTables.set(key, this._half);
+      }
     }
     return this._half;
   }
+
+  // whether a value lies beyond the scale (drawn in an end colour) or is NaN
+  flag(v) { return Number.isNaN(v) ? NOT_A_NUMBER : v < this.lo || v > this.hi ? CLIPPED : NORMAL; }
 }

@@ -28,6 +28,7 @@ export class FrameStore {
     this.frameSize = shape.reduce((a, b) => a * b, 1);
     this.block = Math.max(1, Math.min(32, maxFrames));
     this.blocks = new Map(); // block number -> {start, count, values, bits} or a pending promise
+    this.singles = new Map(); // position -> one frame fetched on its own (the first frame a view shows)
     this.total = 0; // frames the run has (updated by the caller as the run grows)
     this.bytes = 0;
   }
@@ -46,14 +47,29 @@ export class FrameStore {
     this.blocks.delete(k);
   }
 
-  // {values, bits, offset} of frame `pos` if loaded, else null
+  // {values, bits} of frame `pos` if loaded, else null
   get(pos) {
     const b = this.blocks.get(Math.floor(pos / this.block));
-    if (!b || b instanceof Promise || pos >= b.start + b.count) return null;
+    if (!b || b instanceof Promise || pos >= b.start + b.count) {
+      const one = this.singles.get(pos);
+      return one && !(one instanceof Promise) ? one : null;
+    }
     this.blocks.delete(Math.floor(pos / this.block)); // move to the end: most recently used
     this.blocks.set(Math.floor(pos / this.block), b);
     const o = (pos - b.start) * this.frameSize;
     return { values: b.values.subarray(o, o + this.frameSize), bits: b.bits ? b.bits.subarray(o, o + this.frameSize) : null };
+  }
+
+  // resolves when frame `pos` alone is loaded: the quickest way to a first picture (its block is fetched
+  // when asked for, after the first pictures are up)
+  ensureOne(pos) {
+    if (this.get(pos)) return Promise.resolve();
+    if (this.singles.get(pos) instanceof Promise) return this.singles.get(pos);
+    const p = getBytes(`${this.url}&start=${pos}&count=1`).then(({ buffer }) => {
+      this.singles.set(pos, { values: decode(buffer, this.dtype), bits: this.dtype === "float16" ? new Uint16Array(buffer) : null });
+    }, (e) => { this.singles.delete(pos); throw e; });
+    this.singles.set(pos, p);
+    return p;
   }
 
   // resolves when frame `pos` is loaded (or rejects with the server's reason)
@@ -63,6 +79,8 @@ export class FrameStore {
     const have = this.blocks.get(k);
     if (have instanceof Promise) return have;
     if (have && pos < have.start + have.count) return Promise.resolve();
+    const single = this.singles.get(pos);
+    if (single instanceof Promise) return single; // the first frame is on its way alone
     const start = k * this.block;
     const count = Math.min(this.block, this.total - start);
     const p = getBytes(`${this.url}&start=${start}&count=${count}`).then(({ buffer, headers }) => {

@@ -12,8 +12,8 @@ const HEAD_H = 14;
 const FONT = "10px sans-serif";
 
 export class GridView {
-  // spec: {rows, cols, H, W, cellH, cellW, zoom, rowLabels, colLabels, header (ImageData | null),
-  //        value(frame, r, c, y, x) -> number, describe(r, c, y, x, v) -> string}
+  // spec: {rows, cols, H, W, cellH, cellW, zoom, rowLabels, colLabels, header (a probeStrip canvas | null),
+  //        index(r, c, y, x) -> position of that value in a frame's array}
   constructor(spec) {
     this.spec = spec;
     const z = spec.zoom;
@@ -67,14 +67,10 @@ export class GridView {
       ctx.fillText(fit(ctx, t, LABEL_W - 3), 1, y);
     });
     if (spec.header) {
-      const tmp = document.createElement("canvas");
-      tmp.width = spec.header.width;
-      tmp.height = spec.header.height;
-      tmp.getContext("2d").putImageData(spec.header, 0, 0);
-      const ph = spec.header.height, pw = spec.header.width / spec.cols;
+      const strip = spec.header, ph = strip.height, pw = strip.width / spec.cols;
       for (let c = 0; c < spec.cols; c++) {
         const x = LABEL_W + c * (this.cellW + GAP) + Math.floor((this.cellW - pw * spec.zoom) / 2);
-        ctx.drawImage(tmp, c * pw, 0, pw, ph, x, HEAD_H + Math.floor((this.cellH - ph * spec.zoom) / 2),
+        ctx.drawImage(strip, c * pw, 0, pw, ph, x, HEAD_H + Math.floor((this.cellH - ph * spec.zoom) / 2),
           pw * spec.zoom, ph * spec.zoom);
       }
     }
@@ -84,23 +80,28 @@ export class GridView {
   draw(frame, colourer, bits) {
     const { spec, pixels } = this;
     const Wt = spec.cols * spec.W;
+    const counts = [0, 0, 0]; // NORMAL, CLIPPED, NOT_A_NUMBER
     const half = bits ? colourer.halfTable() : null;
-    let clipped = 0, nan = 0;
-    const lo = colourer.lo, hi = colourer.hi;
     for (let r = 0; r < spec.rows; r++) {
       for (let c = 0; c < spec.cols; c++) {
         for (let y = 0; y < spec.H; y++) {
           let o = (r * spec.H + y) * Wt + c * spec.W;
           for (let x = 0; x < spec.W; x++, o++) {
             const i = spec.index(r, c, y, x);
-            const v = frame[i];
-            pixels[o] = half ? half[bits[i]] : colourer.rgba(v);
-            if (v !== v) nan++;
-            else if (v < lo || v > hi) clipped++;
+            if (half) {
+              const b = bits[i];
+              pixels[o] = half.colours[b];
+              counts[half.flags[b]]++;
+            } else {
+              const v = frame[i];
+              pixels[o] = colourer.rgba(v);
+              counts[colourer.flag(v)]++;
+            }
           }
         }
       }
     }
+    const clipped = counts[1], nan = counts[2];
     this.smallCtx.putImageData(this.image, 0, 0);
     const ctx = this.ctx;
     for (let r = 0; r < spec.rows; r++) {
@@ -127,15 +128,27 @@ export class GridView {
   }
 }
 
+const fitted = new Map(); // "width text" -> the text shortened to fit, measured once
+
 function fit(ctx, text, width) {
-  if (ctx.measureText(text).width <= width) return text;
+  const key = `${width} ${text}`;
+  if (fitted.has(key)) return fitted.get(key);
   let t = text;
-  while (t.length > 1 && ctx.measureText(t + "…").width > width) t = t.slice(0, -1);
-  return t + "…";
+  if (ctx.measureText(t).width > width) {
+    while (t.length > 1 && ctx.measureText(t + "…").width > width) t = t.slice(0, -1);
+    t += "…";
+  }
+  fitted.set(key, t);
+  return t;
 }
 
-// probe pixels (uint8 [P, H, W, C]) of the chosen probes as one ImageData strip, probes side by side
+const strips = new WeakMap(); // probe bytes -> Map(probes key -> canvas): drawn once, shared by every panel
+
+// probe pixels (uint8 [P, H, W, C]) of the chosen probes as one canvas strip, probes side by side
 export function probeStrip(bytes, shape, probes) {
+  if (!strips.has(bytes)) strips.set(bytes, new Map());
+  const cache = strips.get(bytes), key = probes.join(",");
+  if (cache.has(key)) return cache.get(key);
   const [, H, W, C] = shape;
   const img = new ImageData(W * probes.length, H);
   const out = new Uint32Array(img.data.buffer);
@@ -148,7 +161,12 @@ export function probeStrip(bytes, shape, probes) {
       }
     }
   });
-  return img;
+  const canvas = document.createElement("canvas");
+  canvas.width = img.width;
+  canvas.height = img.height;
+  canvas.getContext("2d").putImageData(img, 0, 0);
+  cache.set(key, canvas);
+  return canvas;
 }
 
 // a horizontal colour bar of the scale's levels, 2 px per level

@@ -25,11 +25,12 @@ function formatTick(v) {
 export class LayerPanel {
   // run: the run's answer; info: one of run.layers or run.kernels; opts: {zoom, probes, channels, probeBytes,
   // tag (a label before the title, e.g. "A"), kernels}
-  constructor(run, info, opts) {
+  // store: a FrameStore already made for this layer, or none
+  constructor(run, info, opts, store = null) {
     this.run = run;
     this.info = info;
     this.kernels = !!opts.kernels;
-    this.store = new FrameStore(run.id, info.name, { dtype: info.dtype, shape: info.shape, maxFrames: info.max_frames, kernels: this.kernels });
+    this.store = store || new FrameStore(run.id, info.name, { dtype: info.dtype, shape: info.shape, maxFrames: info.max_frames, kernels: this.kernels });
     this.store.setTotal(run.steps.length);
     this.opts = opts;
     this.drawnStep = null;

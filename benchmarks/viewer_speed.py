@@ -1,0 +1,178 @@
+"""The live viewer's speed, measured in headless Chromium with the browser's own clock.
+
+    .venv/bin/python benchmarks/viewer_speed.py [--run runs/learn_to_see.h5] [--trials 5]
+
+Prints one table:
+* open: from the run view's first request to the first frame of every layer drawn (the page's own
+  `performance.now()`), and from navigation; median of `--trials` fresh pages (target ≤ 300 ms);
+* play: frames shown per second while playing with every layer on screen, asked for 30 and for 60 fps
+  (target ≥ 30);
+* memory: the server's resident memory (VmRSS of its process) while a page plays a 1,000-step run with
+  learn_to_see's layer shapes, written for the purpose, start to end (target: flat).
+
+The server runs as `emergence serve` in its own process, as a user starts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+class Server:
+    """`emergence serve FOLDER --port 0` in a subprocess."""
+
+    def __init__(self, folder: Path):
+        self.proc = subprocess.Popen([sys.executable, "-m", "emergence.cli", "serve", str(folder), "--port", "0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+        line = self.proc.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        if not match:
+            self.proc.kill()
+            raise RuntimeError(f"the server did not start: {line!r}")
+        self.url = match.group(1)
+
+    def runs(self) -> dict[str, str]:
+        with urllib.request.urlopen(self.url + "api/runs") as r:
+            return {row["name"]: row["id"] for row in json.load(r)["runs"]}
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+
+
+def open_and_wait(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_function("() => window.__emergence && window.__emergence.firstFramesMs !== null", timeout=60000)
+
+
+def measure_open(browser, url: str, trials: int) -> tuple[list[float], list[float]]:
+    view, nav = [], []
+    for _ in range(trials):
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        open_and_wait(page, url)
+        view.append(page.evaluate("window.__emergence.firstFramesMs"))
+        nav.append(page.evaluate("window.__emergence.firstFramesSinceNavigation"))
+        page.close()
+    return view, nav
+
+
+def measure_play(browser, url: str, fps: int, seconds: float) -> float:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    open_and_wait(page, f"{url}?step=0&fps={fps}")
+    time.sleep(1.0)  # let the first blocks arrive
+    page.click("#play")
+    time.sleep(seconds)
+    advanced, elapsed = page.evaluate("[window.__emergence.advanced, window.__emergence.playElapsed]")
+    page.close()
+    return advanced / (elapsed / 1000.0) if elapsed else float("nan")
+
+
+def write_long_run(path: Path, steps: int) -> None:
+    """A run of `steps` + 1 frames with learn_to_see's six layers (float16, tanh values), via the recorder's writer."""
+    from tests.conftest import write_run  # the recorder's own writer, with a schema-complete layout
+
+    rng = np.random.default_rng(0)
+    shapes = {"conv1": (28, 28, 4), "conv2": (28, 28, 4), "conv3": (14, 14, 8), "conv4": (14, 14, 8),
+              "conv5": (7, 7, 16), "conv6": (7, 7, 16)}
+    first = {n: np.tanh(rng.normal(size=(1, 10, *s))).astype(np.float32) for n, s in shapes.items()}
+    writer = write_run(path, first, close=False, probe_images=rng.integers(0, 256, (10, 28, 28, 1), dtype=np.uint8))
+    for step in range(1, steps + 1):
+        frame = {n: np.tanh(a[0] + 0.02 * step + rng.normal(scale=0.1, size=a.shape[1:])).astype(np.float32)
+                 for n, a in first.items()}
+        frame["logits"] = np.zeros((10, 10), np.float32)
+        writer.write_frame(step, float(step), frame)
+        if step % 100 == 0:
+            writer.flush()
+    writer.set_status("completed")
+    writer.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", default=str(ROOT / "runs" / "learn_to_see.h5"), help="a recorded learn_to_see run")
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--play-seconds", type=float, default=6.0)
+    parser.add_argument("--memory-steps", type=int, default=1000)
+    args = parser.parse_args()
+    run = Path(args.run)
+    if not run.is_file():
+        sys.exit(f"no run at {run}: record one first (.venv/bin/emergence record learn_to_see)")
+    from playwright.sync_api import sync_playwright
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        server = Server(run.parent)
+        try:
+            url = f"{server.url}#/run/{server.runs()[run.stem]}"
+            mid = f"{url}?step=145"
+            measure_open(browser, mid, 1)  # the server's first open of the file, and the browser's caches
+            view, nav = measure_open(browser, mid, args.trials)
+            rows.append(("open a run view: first frame of every layer drawn, from the view's first request",
+                         f"{statistics.median(view):.0f} ms", f"min {min(view):.0f}, max {max(view):.0f}", "≤ 300 ms"))
+            rows.append(("open a run view: the same, from navigation (page load included)",
+                         f"{statistics.median(nav):.0f} ms", f"min {min(nav):.0f}, max {max(nav):.0f}", ""))
+            for fps in (30, 60):
+                shown = measure_play(browser, url, fps, args.play_seconds)
+                rows.append((f"play all six layers + kernels, asked for {fps} fps", f"{shown:.1f} frames/s",
+                             f"{shown / fps:.2f} of asked", "≥ 30 frames/s" if fps == 30 else ""))
+        finally:
+            server.close()
+
+        long_folder = Path(tmp) / "long"
+        long_folder.mkdir()
+        t0 = time.perf_counter()
+        write_long_run(long_folder / "long.h5", args.memory_steps)
+        written = time.perf_counter() - t0
+        server = Server(long_folder)
+        try:
+            url = f"{server.url}#/run/{server.runs()['long']}?step=0&fps=60"
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            open_and_wait(page, url)
+            start = server.rss_mb()
+            page.click("#play")
+            samples = [start]
+            while page.evaluate("document.body.dataset.step") != str(args.memory_steps):
+                time.sleep(1.0)
+                samples.append(server.rss_mb())
+            shown = page.evaluate("window.__emergence.advanced / (window.__emergence.playElapsed / 1000)")
+            page.close()
+            rows.append((f"server RSS while a page plays all {args.memory_steps + 1} frames of a long run "
+                         f"(written in {written:.0f} s), start -> peak -> end",
+                         f"{start:.0f} -> {max(samples):.0f} -> {samples[-1]:.0f} MB", f"peak/start {max(samples) / start:.2f}; "
+                         f"played at {shown:.1f} frames/s", "flat"))
+        finally:
+            server.close()
+        browser.close()
+
+    print("| measured | value | detail | target |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
