@@ -49,7 +49,7 @@ class Run:
             raise FileNotFoundError(f"no run file at {self.path}")
         problem = superblock_problem(self.path)
         if problem:
-            raise RunFileError(f"{self.path}: {problem}")
+            raise RunFileError(f"{self.path} is not a readable HDF5 run file: {problem}")
         try:
             self._f = h5py.File(self.path, "r", libver="latest", swmr=True)
         except OSError as e:

@@ -128,7 +128,7 @@ class Catalog:
                             row = summarise(entry, run)
                 except Exception as e:  # noqa: BLE001 - any unreadable file is listed with its reason
                     row = {"id": entry.id, "name": entry.name, "readable": False, "state": "unreadable",
-                           "reason": read_error(e), "bytes": entry.identity[3]}
+                           "reason": read_error(e, entry), "bytes": entry.identity[3]}
             self._rows[entry.id] = (entry.identity, row)
             rows.append(row)
         for gone in set(self._rows) - set(self._files):
@@ -191,11 +191,10 @@ class Catalog:
         return len(self._handles)
 
 
-def read_error(exc: BaseException) -> str:
-    """One line saying why a run file could not be read."""
-    if isinstance(exc, RunFileError):
-        return str(exc).split(": ", 1)[-1] if ": " in str(exc) else str(exc)
-    return f"{type(exc).__name__}: {exc}"
+def read_error(exc: BaseException, entry: RunFile) -> str:
+    """One line saying why a run file could not be read, naming it by its place under the folder."""
+    text = str(exc) if isinstance(exc, (RunFileError, OSError)) else f"{type(exc).__name__}: {exc}"
+    return text.replace(str(entry.path), f"{entry.name}.h5")
 
 
 def summarise(entry: RunFile, run: Run) -> dict[str, Any]:
