@@ -33,6 +33,7 @@ export class Curves {
   set(metrics, maxStep) {
     this.metrics = metrics;
     this.maxStep = Math.max(1, maxStep);
+    this.base = null; // the curves are drawn once per metrics update; moving the cursor only copies them
     this.draw();
   }
 
@@ -42,7 +43,30 @@ export class Curves {
   }
 
   draw() {
-    const { ctx, canvas, metrics } = this;
+    const { ctx, canvas } = this;
+    if (!this.base) {
+      this.base = document.createElement("canvas");
+      this.base.width = canvas.width;
+      this.base.height = canvas.height;
+      this._drawCurves(this.base.getContext("2d"));
+    }
+    ctx.drawImage(this.base, 0, 0);
+    if (this.cursor === null || !this.metrics) return;
+    const y0 = PAD.t, y1 = canvas.height - PAD.b;
+    ctx.strokeStyle = COLOURS.cursor;
+    ctx.setLineDash([3, 3]);
+    for (const p of this._panels()) {
+      const x = p.x0 + (this.cursor / this.maxStep) * (p.x1 - p.x0);
+      ctx.beginPath();
+      ctx.moveTo(x + 0.5, y0);
+      ctx.lineTo(x + 0.5, y1);
+      ctx.stroke();
+    }
+    ctx.setLineDash([]);
+  }
+
+  _drawCurves(ctx) {
+    const { canvas, metrics } = this;
     ctx.fillStyle = "#fff";
     ctx.fillRect(0, 0, canvas.width, canvas.height);
     if (!metrics) return;
@@ -72,15 +96,6 @@ export class Curves {
         ctx.beginPath();
         ctx.arc(X(last), Y(t[p.what]), 4, 0, 2 * Math.PI);
         ctx.fill();
-      }
-      if (this.cursor !== null) {
-        ctx.strokeStyle = COLOURS.cursor;
-        ctx.setLineDash([3, 3]);
-        ctx.beginPath();
-        ctx.moveTo(X(this.cursor) + 0.5, y0);
-        ctx.lineTo(X(this.cursor) + 0.5, y1);
-        ctx.stroke();
-        ctx.setLineDash([]);
       }
     }
   }
