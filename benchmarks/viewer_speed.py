@@ -104,7 +104,7 @@ def write_long_run(path: Path, steps: int) -> None:
         frame = {n: np.tanh(a[0] + 0.02 * step + rng.normal(scale=0.1, size=a.shape[1:])).astype(np.float32)
                  for n, a in first.items()}
         frame["logits"] = np.zeros((10, 10), np.float32)
-        writer.write_frame(step, float(step), frame)
+        writer.write_frame(step, frame, float(step))
         if step % 100 == 0:
             writer.flush()
     writer.set_status("completed")

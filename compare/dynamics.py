@@ -88,7 +88,7 @@ def layer_dynamics(run: Run, layer: str, positions: np.ndarray | None = None) ->
     if "constant_fraction" in activity and len(positions) and activity["constant_fraction"][-1] == 1.0:
         flags.add("constant at the final step: every unit ignores its input")
     step_list = steps[positions]
-    return LayerDynamics(layer, run.activation_name(layer), step_list, drift, null, progress,
+    return LayerDynamics(layer, run.activation_label(layer), step_list, drift, null, progress,
                          settled_at(step_list, progress, 0.5), settled_at(step_list, progress, 0.9),
                          activity, sorted(flags))
 

@@ -32,8 +32,8 @@ class PairFrames:
 
     def __init__(self, a: Run, b: Run, layer: str, steps: np.ndarray, names: tuple[str, str],
                  style: GridStyle = GridStyle()):
-        self.left = LayerFrames(a, layer, style=style, title=f"A {names[0]}: {layer} {a.activation_name(layer)}")
-        self.right = LayerFrames(b, layer, style=style, title=f"B {names[1]}: {layer} {b.activation_name(layer)}")
+        self.left = LayerFrames(a, layer, style=style, title=f"A {names[0]}: {layer} {a.activation_label(layer)}")
+        self.right = LayerFrames(b, layer, style=style, title=f"B {names[1]}: {layer} {b.activation_label(layer)}")
         if not np.array_equal(self.left.palette, self.right.palette):
             raise ValueError(
                 f"{layer}: the two runs need different colour palettes (a {self.left.scale.kind} and a "

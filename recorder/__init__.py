@@ -1,19 +1,24 @@
-"""Recorder: a jitted Flax NNX + Optax training loop that records every tapped conv layer on fixed
-probe images at every step into one HDF5 file per run (schema: docs/run_schema.md).
+"""Recorder: records how the conv layers of a model respond to fixed probe images during training, into one
+HDF5 file per run (schema: docs/run_schema.md).
 
-To record your own NNX model, call `tap(self, "name", y)` right after each nonlinearity you want to see
-and register a builder in `recorder.models.MODELS` (see the README).
+Two ways in:
+* your own JAX loop: `Capture` (inside your jitted step) + `Recorder` (the file, the writer, the schedule);
+  see the README's "Record your own training loop";
+* `emergence record` / `record(config, path)`: the built-in loop, itself a client of the same `Recorder`.
 """
 
 from recorder.activations import ACTIVATIONS, get_activation
+from recorder.capture import AFTER_NONLINEARITY, PRE_ACTIVATION, Capture, CaptureError
 from recorder.config import ConfigError, RunConfig, apply_overrides
 from recorder.data import DATASETS, Dataset, DatasetNotFoundError, load_dataset
 from recorder.models import MODELS, build_model, register_model
+from recorder.recorder import Probes, Recorder, RecorderError
 from recorder.run import RunResult, record
 from recorder.taps import Tap, TapKernel, tap
 
 __all__ = [
-    "ACTIVATIONS", "ConfigError", "DATASETS", "Dataset", "DatasetNotFoundError", "MODELS", "RunConfig",
-    "RunResult", "Tap", "TapKernel", "apply_overrides", "build_model", "get_activation", "load_dataset",
-    "record", "register_model", "tap",
+    "ACTIVATIONS", "AFTER_NONLINEARITY", "Capture", "CaptureError", "ConfigError", "DATASETS", "Dataset",
+    "DatasetNotFoundError", "MODELS", "PRE_ACTIVATION", "Probes", "Recorder", "RecorderError", "RunConfig",
+    "RunResult", "Tap", "TapKernel", "apply_overrides", "build_model", "get_activation", "load_dataset", "record",
+    "register_model", "tap",
 ]

@@ -1,6 +1,8 @@
-"""Runs a writer's calls on one background thread: ordered, bounded, errors re-raised on the caller.
+"""Runs a `RunWriter`'s calls on one background thread: ordered, bounded, errors re-raised on the caller.
 
-The training loop hands over device arrays; this thread is where they are copied to the host
+`AsyncRunWriter` has the writer's own typed methods (write_frame, write_train, write_eval, write_test,
+write_scalars); each queues the call. The training loop hands over device arrays; this thread is where they
+are copied to the host
 (`np.asarray` blocks until the step that produced them has finished), so the loop never waits for a
 transfer and can dispatch the next step at once. The queue is bounded: when the disk or the device falls
 behind, `submit` blocks, which keeps host memory flat however long the run.
@@ -16,12 +18,12 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 
-from recorder.writer import H5RunWriter
+from recorder.writer import RunWriter
 
 _STOP = object()
 
@@ -36,13 +38,15 @@ def to_host(tree: Any) -> Any:
 
 
 class AsyncRunWriter:
-    """Wraps an `H5RunWriter`; each `submit` runs `fn(writer, *host_args)` on the worker in order.
-
-    The worker flushes the file at least every `flush_seconds` while data is arriving or pending.
+    """Wraps a `RunWriter`: each write method queues the call, which the worker runs in order on host copies
+    of its arguments. Wall times left as None are stamped when the values reach the host (the step that
+    produced them has finished). The worker flushes at least every `flush_seconds` while data arrives.
     """
 
-    def __init__(self, writer: H5RunWriter, max_pending: int = 8, flush_seconds: float = 1.0, nice: int = 19):
+    def __init__(self, writer: RunWriter, max_pending: int = 8, flush_seconds: float = 1.0, nice: int = 19):
         self.writer = writer
+        self.path = writer.path
+        self.latest_train: dict[str, float] = {}
         self._nice = nice
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._flush_seconds = flush_seconds
@@ -68,8 +72,12 @@ class AsyncRunWriter:
                 if item is _STOP:
                     return
                 if item is not None and self._error is None:
-                    fn, args = item
-                    fn(self.writer, *to_host(args))
+                    method, args = item
+                    host = to_host(args)
+                    getattr(self.writer, method)(*host)
+                    if method == "write_train":  # for progress bars: read without touching a device value
+                        self.latest_train = {"step": int(np.max(host[0])), "loss": float(np.ravel(host[1])[-1]),
+                                             "accuracy": float(np.ravel(host[2])[-1])}
                     dirty = True
                 if dirty and time.monotonic() - last_flush >= self._flush_seconds:
                     self.writer.flush()
@@ -88,12 +96,27 @@ class AsyncRunWriter:
                 "the file keeps every frame written before the failure."
             ) from self._error
 
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        """Queues `fn(writer, *args)`; args may hold device arrays. Blocks while the queue is full."""
+    def _submit(self, method: str, *args: Any) -> None:
+        """Queues `writer.method(*args)`; args may hold device arrays. Blocks while the queue is full."""
         if self._closed:
-            raise RuntimeError("submit() after close()")
+            raise RuntimeError(f"{method}() after the writer of {self.path} was closed")
         self._raise_if_failed()
-        self._queue.put((fn, args))
+        self._queue.put((method, args))
+
+    def write_frame(self, step: int, frame: Any, wall_time: float | None = None) -> None:
+        self._submit("write_frame", step, frame, wall_time)
+
+    def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None) -> None:
+        self._submit("write_train", step, loss, accuracy, wall_time)
+
+    def write_eval(self, step: int, loss: Any, accuracy: Any) -> None:
+        self._submit("write_eval", step, loss, accuracy)
+
+    def write_test(self, loss: Any, accuracy: Any, count: int) -> None:
+        self._submit("write_test", loss, accuracy, count)
+
+    def write_scalars(self, step: int, values: Any) -> None:
+        self._submit("write_scalars", step, values)
 
     def wait(self) -> None:
         """Blocks until everything submitted so far is written; re-raises a background failure."""

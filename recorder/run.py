@@ -1,7 +1,8 @@
-"""The recording loop: builds everything from a `RunConfig`, trains, and streams frames to the run file.
+"""`emergence record`: config -> a plan (data, model, compiled steps, capture) -> the public `Recorder` -> the loop.
 
-The host touches device values at one boundary only, the writer thread (async_writer.py). The loop
-itself dispatches steps without waiting; the bounded writer queue is what paces it.
+The loop (`TrainingLoop`) is the recorder API's first client: it calls `Recorder.write` with the frames its
+own jitted steps capture, exactly as a user's loop does. The host touches device values at one boundary
+only, the writer thread; the loop dispatches steps without waiting, paced by the writer's bounded queue.
 """
 
 from __future__ import annotations
@@ -16,23 +17,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from recorder.analysis import (ANALYSIS_FRAMES, STAT_DOCS, STAT_NAMES, analysis_steps, choose_analysis_probes,
-                                probe_set_hash)
-from recorder.async_writer import AsyncRunWriter
+from recorder.analysis import choose_analysis_probes
+from recorder.capture import Capture
 from recorder.config import ConfigError, RunConfig
 from recorder.data import Dataset, load_dataset
 from recorder.models import build_model
 from recorder.probes import choose_probes
 from recorder.progress import Progress
-from recorder.schedule import recorded_steps
-from recorder.summary import format_summary, summarize
+from recorder.recorder import Probes, Recorder
+from recorder.summary import format_summary
 from recorder.train import StepFunctions, evaluate, make_optimizer, make_step_functions, to_inputs
-from recorder.writer import AnalysisLayout, H5RunWriter, LayerSpec, RunLayout
 
 LARGE_FILE_BYTES = 2 * 1024**3
+WRITER = "emergence record"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +62,7 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
 
 
-def plan(config: RunConfig, dataset: Dataset) -> tuple[int, int]:
+def steps_of(config: RunConfig, dataset: Dataset) -> tuple[int, int]:
     """(steps per epoch, total steps). The remainder batch of each epoch is dropped."""
     per_epoch = len(dataset.train_labels) // config.batch_size
     if per_epoch == 0:
@@ -74,50 +73,140 @@ def plan(config: RunConfig, dataset: Dataset) -> tuple[int, int]:
     return per_epoch, config.steps or config.epochs * per_epoch
 
 
-def kernel_layers_of(config: RunConfig, summary: dict[str, Any]) -> tuple[str, ...]:
-    """The tapped layers whose kernel is recorded, per `config.kernels`."""
-    with_kernel = [t["name"] for t in summary["taps"] if t["name"] in summary["kernels"]]
-    if config.kernels == "all":
-        return tuple(with_kernel)
-    if config.kernels == "first" and with_kernel:
-        return (with_kernel[0],)
-    return ()
+@dataclasses.dataclass
+class RunPlan:
+    """Everything decided before the first step: data, model, compiled steps, what is recorded."""
+
+    config: RunConfig
+    dataset: Dataset
+    capture: Capture
+    fns: StepFunctions
+    per_epoch: int
+    total: int
+    probe_idx: np.ndarray  # test-split indices of the picture probes
+    analysis_idx: np.ndarray | None  # test-split indices of the analysis images, or None
+    eval_count: int
+
+    def probes(self) -> Probes:
+        d = self.dataset
+        return Probes(d.test_images[self.probe_idx], d.test_labels[self.probe_idx], tuple(d.class_names),
+                      self.probe_idx, d.name)
+
+    def analysis(self) -> Probes | None:
+        if self.analysis_idx is None:
+            return None
+        d = self.dataset
+        return Probes(d.test_images[self.analysis_idx], d.test_labels[self.analysis_idx], tuple(d.class_names),
+                      self.analysis_idx, d.name)
+
+    def recorder(self, path: str | Path, overwrite: bool = False, **kwargs: Any) -> Recorder:
+        c = self.config
+        return Recorder(path, self.probes(), self.capture, planned_steps=self.total, schedule=c.schedule,
+                        analysis=self.analysis(), config=json_config(c), experiment=c.experiment,
+                        activation=c.activation, compression=c.compression, eval_count=self.eval_count,
+                        data_origin=self.dataset.origin, overwrite=overwrite, versions=versions(), writer=WRITER,
+                        **kwargs)
 
 
-def layer_specs(summary: dict[str, Any], activation: str, kernel_layers: tuple[str, ...]) -> tuple[LayerSpec, ...]:
-    """One `LayerSpec` per tapped layer of `summary`, in call order."""
-    return tuple(
-        LayerSpec(t["name"], tuple(t["shape"]), activation,
-                  tuple(summary["kernels"][t["name"]]) if t["name"] in kernel_layers else None)
-        for t in summary["taps"]
-    )
+def json_config(config: RunConfig) -> dict[str, Any]:
+    return json.loads(config.to_json())
 
 
-def analysis_layout(config: RunConfig, dataset: Dataset, frame_steps: np.ndarray,
-                    log: Callable[[str], None] = lambda s: None) -> AnalysisLayout | None:
-    """The analysis probe set and steps of a run (recorder/analysis.py), or None with analysis_probes=0."""
-    if not config.analysis_probes:
-        return None
-    n_analysis = min(config.analysis_probes, len(dataset.test_labels))
-    if n_analysis < config.analysis_probes:
-        log(f"note: analysis_probes={config.analysis_probes} but the {dataset.name} test split has "
-            f"{n_analysis} images; analysing all {n_analysis}")
-    a_idx = choose_analysis_probes(dataset.test_labels, n_analysis, len(dataset.class_names))
-    return AnalysisLayout(
-        indices=a_idx, labels=dataset.test_labels[a_idx],
-        sha256=probe_set_hash(dataset.name, a_idx, dataset.test_images[a_idx]),
-        steps=analysis_steps(frame_steps, len(a_idx)),
-        rule=f"every K-th frame step from 0 plus the last, K = ceil((frames - 1) / {ANALYSIS_FRAMES})",
-        stat_names=STAT_NAMES, stat_docs=STAT_DOCS,
-    )
+def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) -> RunPlan:
+    """Validates `config`, loads the data, builds and compiles-to-be the model's steps."""
+    config.validate()
+    dataset = load_dataset(config.dataset, config.data_dir, config.synthetic_size)
+    per_epoch, total = steps_of(config, dataset)
+    probe_idx = choose_probes(dataset, config.probes)
+    model = build_model(config.model, dataset.input_shape, len(dataset.class_names), config.activation, config.seed)
+    capture = Capture.nnx(model, np.zeros((1, *dataset.input_shape), np.float32), kernels=config.kernels,
+                          dtype=config.dtype)
+    if not capture.summary["taps"]:
+        raise ConfigError(f"model {config.model!r} marks no layer with tap(); nothing would be recorded")
+    fns = make_step_functions(model, make_optimizer(config.optimizer, config.learning_rate, config.momentum), capture)
+    analysis_idx = None
+    if config.analysis_probes:
+        n = min(config.analysis_probes, len(dataset.test_labels))
+        if n < config.analysis_probes:
+            log(f"note: analysis_probes={config.analysis_probes} but the {dataset.name} test split has {n} images; "
+                f"analysing all {n}")
+        analysis_idx = choose_analysis_probes(dataset.test_labels, n, len(dataset.class_names))
+    return RunPlan(config, dataset, capture, fns, per_epoch, total, probe_idx, analysis_idx,
+                   min(config.eval_size, len(dataset.test_labels)))
 
 
-def _frame_bytes(layout: RunLayout) -> int:
+def projected_bytes(rec: Recorder) -> int:
+    """An upper bound of the run file's size before compression."""
+    layout = rec.layout
     p = len(layout.probe_labels)
     item = np.dtype(layout.dtype).itemsize
-    total = sum(p * int(np.prod(s.shape)) * item for s in layout.layers)
-    total += sum(4 * int(np.prod(s.kernel_shape)) for s in layout.layers if s.kernel_shape)
-    return total + 4 * p * layout.num_classes + 16
+    frame = sum(p * int(np.prod(s.shape)) * item for s in layout.layers)
+    frame += sum(4 * int(np.prod(s.kernel_shape)) for s in layout.layers if s.kernel_shape)
+    frame += 4 * p * layout.num_classes + 16
+    total = len(rec.frame_steps) * frame
+    if layout.analysis is not None:
+        n = len(layout.analysis.indices)
+        total += len(rec.analysis_steps) * len(layout.layers) * 4 * (n * (n + 1) // 2 + len(layout.analysis.stat_names))
+    return total
+
+
+class TrainingLoop:
+    """The built-in loop over a plan, advanced with `run(until)`. With a `Recorder` it records on the
+    recorder's schedule; without one it only trains (`frames=True` still computes the frames, and drops
+    them: what the benchmarks use to separate the probe forward from the writer)."""
+
+    def __init__(self, plan: RunPlan, rec: Recorder | None, frames: bool = False):
+        self.plan, self.rec, self.frames = plan, rec, frames
+        d, fns = plan.dataset, plan.fns
+        self.train_x = jax.device_put(d.train_images)  # uint8 on the device; batches are gathered there
+        self.train_y = jax.device_put(d.train_labels.astype(np.int32))
+        self.test_x = jax.device_put(d.test_images)
+        self.test_y = jax.device_put(d.test_labels.astype(np.int32))
+        self.probe_x = to_inputs(jax.device_put(d.test_images[plan.probe_idx]))
+        self.analysis_x = None if plan.analysis_idx is None else to_inputs(jax.device_put(d.test_images[plan.analysis_idx]))
+        self.state = fns.init_state
+        self.step = 0
+        self._perm = epoch_permutation(plan.config.seed, 0, len(d.train_labels))
+
+    def start(self) -> None:
+        """Step 0: the initial model's frame."""
+        if self.rec is not None:
+            analysis_x = self.analysis_x if self.rec.should_analyse(0) else None
+            self.rec.write(0, self.plan.fns.probe_frame(self.state.params, self.probe_x, analysis_x))
+
+    def run(self, until: int, progress: Progress | None = None) -> None:
+        """Trains (and records) steps step+1 .. until."""
+        plan, fns, rec, c = self.plan, self.plan.fns, self.rec, self.plan.config
+        data = (self.train_x, self.train_y)
+        for step in range(self.step + 1, until + 1):
+            epoch, i = divmod(step - 1, plan.per_epoch)
+            if i == 0 and epoch > 0:
+                self._perm = epoch_permutation(c.seed, epoch, len(plan.dataset.train_labels))
+            idx = self._perm[i * c.batch_size:(i + 1) * c.batch_size]  # [B] int32, copied in at dispatch
+            frame = None
+            if rec is not None and rec.should_analyse(step):  # three executables, each compiled once
+                self.state, metrics, frame = fns.analysed_step(self.state, *data, idx, self.probe_x, self.analysis_x)
+            elif (rec is not None and rec.should_record(step)) or (rec is None and self.frames):
+                self.state, metrics, frame = fns.recorded_step(self.state, *data, idx, self.probe_x)
+            else:
+                self.state, metrics = fns.train_step(self.state, *data, idx)
+            self.step = step
+            if rec is None:
+                continue
+            rec.write(step, frame, metrics)
+            if c.eval_every and step % c.eval_every == 0 or step == plan.total:
+                loss, acc = evaluate(fns, self.state.params, self.test_x[:plan.eval_count], self.test_y[:plan.eval_count])
+                rec.log_eval(step, loss=loss, accuracy=acc)
+            if progress is not None:
+                latest = rec.latest_train
+                progress.update(latest.get("step", 0), latest.get("loss"), latest.get("accuracy"))
+
+    def test(self) -> tuple[float, float]:
+        """The full test split (syncs: the end of the run)."""
+        loss, acc = (float(v) for v in evaluate(self.plan.fns, self.state.params, self.test_x, self.test_y))
+        if self.rec is not None:
+            self.rec.log_test(loss=loss, accuracy=acc, count=len(self.plan.dataset.test_labels))
+        return loss, acc
 
 
 def record(
@@ -128,153 +217,38 @@ def record(
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
 ) -> RunResult:
     """Trains `config` and records it to `path` (HDF5, see docs/run_schema.md)."""
-    config.validate()
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, or pick another --name")
-    dataset = load_dataset(config.dataset, config.data_dir, config.synthetic_size)
-    per_epoch, total = plan(config, dataset)
-    probe_idx = choose_probes(dataset, config.probes)
-    model = build_model(config.model, dataset.input_shape, len(dataset.class_names), config.activation, config.seed)
-    summary = summarize(model, dataset.input_shape)
-    if not summary["taps"]:
-        raise ConfigError(f"model {config.model!r} marks no layer with tap(); nothing would be recorded")
-    kernel_layers = kernel_layers_of(config, summary)
-    fns = make_step_functions(
-        model, make_optimizer(config.optimizer, config.learning_rate, config.momentum), kernel_layers, jnp.dtype(config.dtype)
-    )
-    frame_steps = recorded_steps(config.schedule, total)
-    eval_count = min(config.eval_size, len(dataset.test_labels))
-    analysis = analysis_layout(config, dataset, frame_steps, log)
-    layout = RunLayout(
-        layers=layer_specs(summary, config.activation, kernel_layers),
-        num_classes=len(dataset.class_names),
-        probe_images=dataset.test_images[probe_idx],
-        probe_labels=dataset.test_labels[probe_idx],
-        probe_indices=probe_idx,
-        probe_dataset=dataset.name,
-        attrs={
-            "experiment": config.experiment,
-            "config_json": config.to_json(),
-            "versions_json": json.dumps(versions()),
-            "summary_json": json.dumps(summary),
-            "class_names_json": json.dumps(list(dataset.class_names)),
-            "planned_steps": total,
-            "record_schedule": config.schedule,
-            "data_origin": dataset.origin,
-        },
-        dtype=config.dtype,
-        compression=config.compression,
-        eval_count=eval_count,
-        analysis=analysis,
-    )
-
-    projected = len(frame_steps) * _frame_bytes(layout)
-    if analysis is not None:
-        n = len(analysis.indices)
-        projected += len(analysis.steps) * len(layout.layers) * 4 * (n * (n + 1) // 2 + len(STAT_NAMES))
-    log(format_summary(summary))
-    log(
-        f"{config.experiment}: {config.model} ({config.activation}) on {dataset.name} [{dataset.origin}], "
-        f"{total} steps ({per_epoch}/epoch, batch {config.batch_size}), {len(frame_steps)} frames "
-        f"({config.schedule}) on {len(probe_idx)} probes -> {path}"
-    )
-    if analysis is not None:
-        log(f"analysis: {len(analysis.indices)} held-out test images at {len(analysis.steps)} steps (centred Grams "
-            f"and activity statistics per layer, float32)")
-    log(f"projected file size: at most {projected / 1e6:.1f} MB before compression ({config.dtype})")
-    if projected > LARGE_FILE_BYTES:
-        log(
-            f"warning: this run will write up to {projected / 1e9:.1f} GB; consider --set schedule=log:300 "
-            "or schedule=every:K, or fewer probes"
-        )
-    if path.exists():
-        path.unlink()  # --overwrite: only now that everything above has been validated
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = AsyncRunWriter(H5RunWriter(path, layout))
-    return _train(config, dataset, fns, writer, probe_idx, frame_steps, analysis, per_epoch, total, eval_count,
-                  show_progress, log)
-
-
-def _train(
-    config: RunConfig,
-    dataset: Dataset,
-    fns: StepFunctions,
-    writer: AsyncRunWriter,
-    probe_idx: np.ndarray,
-    frame_steps: np.ndarray,
-    analysis: AnalysisLayout | None,
-    per_epoch: int,
-    total: int,
-    eval_count: int,
-    show_progress: bool,
-    log: Callable[[str], None],
-) -> RunResult:
-    t0 = time.perf_counter()
-    latest: dict[str, float] = {}
-
-    def write_frame(step: int) -> Callable[..., None]:
-        def fn(w: H5RunWriter, frame: dict[str, np.ndarray]) -> None:
-            w.write_frame(step, time.perf_counter() - t0, frame)
-        return fn
-
-    def write_train(step: int) -> Callable[..., None]:
-        def fn(w: H5RunWriter, metrics: dict[str, np.ndarray]) -> None:
-            wall = time.perf_counter() - t0  # when the step's results reached the host
-            w.write_train(np.array([step]), metrics["loss"], metrics["accuracy"], np.array([wall]))
-            latest.update(step=step, loss=float(metrics["loss"]), accuracy=float(metrics["accuracy"]))
-        return fn
-
-    def write_eval(step: int) -> Callable[..., None]:
-        def fn(w: H5RunWriter, loss: np.ndarray, accuracy: np.ndarray) -> None:
-            w.write_eval(step, float(loss), float(accuracy))
-        return fn
-
-    train_x = jax.device_put(dataset.train_images)  # uint8 on the device; batches are gathered there
-    train_y = jax.device_put(dataset.train_labels.astype(np.int32))
-    test_x = jax.device_put(dataset.test_images)
-    test_y = jax.device_put(dataset.test_labels.astype(np.int32))
-    probe_x = to_inputs(jax.device_put(dataset.test_images[probe_idx]))
-    record_at = set(frame_steps.tolist())
-    analyse_at = set(analysis.steps.tolist()) if analysis is not None else set()
-    analysis_x = to_inputs(jax.device_put(dataset.test_images[analysis.indices])) if analysis is not None else None
-    progress = Progress(total, enabled=show_progress)
-    state = fns.init_state
-    step = 0
-    perm = epoch_permutation(config.seed, 0, len(dataset.train_labels))
-    try:
-        writer.submit(write_frame(0), fns.probe_frame(state.params, probe_x, analysis_x))
-        for step in range(1, total + 1):
-            epoch, i = divmod(step - 1, per_epoch)
-            if i == 0 and epoch > 0:
-                perm = epoch_permutation(config.seed, epoch, len(dataset.train_labels))
-            idx = perm[i * config.batch_size:(i + 1) * config.batch_size]  # [B] int32, copied in at dispatch
-            if step in analyse_at:  # three executables, each compiled once (the test suite checks)
-                state, metrics, frame = fns.analysed_step(state, train_x, train_y, idx, probe_x, analysis_x)
-                writer.submit(write_frame(step), frame)
-            elif step in record_at:
-                state, metrics, frame = fns.recorded_step(state, train_x, train_y, idx, probe_x)
-                writer.submit(write_frame(step), frame)
-            else:
-                state, metrics = fns.train_step(state, train_x, train_y, idx)
-            writer.submit(write_train(step), metrics)
-            if config.eval_every and step % config.eval_every == 0 or step == total:
-                writer.submit(write_eval(step), *evaluate(fns, state.params, test_x[:eval_count], test_y[:eval_count]))
-            progress.update(latest.get("step", 0), latest.get("loss"), latest.get("accuracy"))
-        test_loss, test_acc = (float(v) for v in evaluate(fns, state.params, test_x, test_y))  # syncs: run end
-        writer.submit(lambda w: w.write_test(test_loss, test_acc, len(dataset.test_labels)))
-        writer.wait()
-        progress.update(total, latest.get("loss"), latest.get("accuracy"), force=True)
-    except BaseException as e:
-        progress.close()
-        reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-        writer.close("failed", f"{reason} at step {step}")
-        raise
-    progress.close()
-    writer.close("completed")
+    plan = make_plan(config, log)
+    d = plan.dataset
+    log(format_summary(plan.capture.summary))
+    rec = plan.recorder(path, overwrite=overwrite)
+    with rec:
+        log(f"{config.experiment}: {config.model} ({config.activation}) on {d.name} [{d.origin}], {plan.total} steps "
+            f"({plan.per_epoch}/epoch, batch {config.batch_size}), {len(rec.frame_steps)} frames ({config.schedule}) "
+            f"on {len(plan.probe_idx)} probes -> {path}")
+        if plan.analysis_idx is not None:
+            log(f"analysis: {len(plan.analysis_idx)} held-out test images at {len(rec.analysis_steps)} steps (centred "
+                "Grams and activity statistics per layer, float32)")
+        projected = projected_bytes(rec)
+        log(f"projected file size: at most {projected / 1e6:.1f} MB before compression ({config.dtype})")
+        if projected > LARGE_FILE_BYTES:
+            log(f"warning: this run will write up to {projected / 1e9:.1f} GB; consider --set schedule=log:300 "
+                "or schedule=every:K, or fewer probes")
+        t0 = time.perf_counter()
+        loop = TrainingLoop(plan, rec)
+        progress = Progress(plan.total, enabled=show_progress)
+        try:
+            loop.start()
+            loop.run(plan.total, progress)
+            test_loss, test_acc = loop.test()
+            rec.wait()
+            latest = rec.latest_train
+            progress.update(plan.total, latest.get("loss"), latest.get("accuracy"), force=True)
+        finally:
+            progress.close()
     seconds = time.perf_counter() - t0
-    log(
-        f"done: {total} steps, {len(frame_steps)} frames in {seconds:.1f} s; "
-        f"test accuracy {test_acc:.4f} (loss {test_loss:.4f}, {len(dataset.test_labels)} images) -> {writer.writer.path}"
-    )
-    return RunResult(writer.writer.path, total, len(frame_steps), test_loss, test_acc, seconds, dict(fns.traces))
+    log(f"done: {plan.total} steps, {len(rec.frame_steps)} frames in {seconds:.1f} s; test accuracy {test_acc:.4f} "
+        f"(loss {test_loss:.4f}, {len(d.test_labels)} images) -> {path}")
+    return RunResult(path, plan.total, len(rec.frame_steps), test_loss, test_acc, seconds, dict(plan.fns.traces))

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from recorder.analysis import gram_and_stats
-from recorder.taps import Tap, TapKernel, flatten_taps
+from recorder.capture import Capture
+from recorder.taps import Tap, TapKernel
 
 
 class TrainState(NamedTuple):
@@ -55,13 +55,9 @@ class StepFunctions:
     traces: dict[str, int]
 
 
-def make_step_functions(
-    model: nnx.Module,
-    tx: optax.GradientTransformation,
-    kernel_layers: tuple[str, ...],
-    dtype: jnp.dtype,
-) -> StepFunctions:
-    """Builds the jitted functions for `model` (whose conv outputs are marked with `tap`).
+def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, capture: Capture) -> StepFunctions:
+    """Builds the jitted functions for `model`; frames come from `capture` (the public recorder API's capture,
+    called inside these steps as a user's step calls it).
 
     The training state is donated: callers must not reuse a state after passing it in.
     """
@@ -83,19 +79,7 @@ def make_step_functions(
         return TrainState(optax.apply_updates(state.params, updates), opt_state), {"loss": loss, "accuracy": acc}
 
     def frame_of(params: nnx.State, probe_x: jax.Array, analysis_x: jax.Array | None = None) -> Frame:
-        p = probe_x.shape[0]
-        x = probe_x if analysis_x is None else jnp.concatenate([probe_x, analysis_x])  # one forward for both sets
-        logits, taps, kernels = forward(params, x)
-        frame: Frame = {}
-        for name, a in flatten_taps(taps).items():
-            frame[name] = a[:p].astype(dtype)
-            if analysis_x is not None:  # float32 activations, before any storage rounding
-                frame[f"analysis/gram/{name}"], frame[f"analysis/stats/{name}"] = gram_and_stats(a[p:])
-        flat_kernels = flatten_taps(kernels)
-        for name in kernel_layers:
-            frame[f"kernel/{name}"] = flat_kernels[name].astype(jnp.float32)
-        frame["logits"] = logits[:p].astype(jnp.float32)
-        return frame
+        return capture(nnx.merge(graphdef, params, rest), probe_x, analysis_x)
 
     def train_step(state, images, labels, idx):
         traces["train_step"] += 1  # runs only while tracing

@@ -1,8 +1,12 @@
 """Synchronous HDF5 writer of the run file described in `docs/run_schema.md` (`SCHEMA_VERSION`).
 
+`RunWriter` is the interface: typed methods for a frame, a training row, an evaluation, the test result,
+extra scalar series and the status. `H5RunWriter` implements it; `AsyncRunWriter` (async_writer.py) wraps any
+`RunWriter` and runs its calls on one background thread.
+
 All datasets are created up front, then the file switches to SWMR mode, so another process can read it
 while it grows and a killed run leaves a readable file. This class does no threading and accepts host
-arrays only; `AsyncRunWriter` (async_writer.py) wraps it for use from the training loop.
+arrays only.
 
 Cost per frame matters (it runs beside training on the same cores), so:
 - a dataset stored one row per chunk (activations, Grams, logits, kernels) has its chunks encoded here,
@@ -22,17 +26,36 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import h5py
 import numpy as np
 from isal import isal_zlib
 
 SCHEMA = "emergence.run"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUS_BYTES = 16
 MESSAGE_BYTES = 4096
+STATUSES = ("running", "completed", "failed", "interrupted")
 COMPRESSIONS = ("none", "gzip", "lzf", "zstd")
+MAX_SCALARS = 256  # names of extra scalar series a run can log
+SCALAR_NAME_BYTES = 64
+
+
+class RunWriter(Protocol):
+    """What the training side writes. Steps are those of docs/run_schema.md; a `wall_time` of None means
+    "seconds since the writer started, now" (the async writer stamps it when the values reach the host)."""
+
+    path: Path
+
+    def write_frame(self, step: int, frame: Mapping[str, Any], wall_time: float | None = None) -> None: ...
+    def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None) -> None: ...
+    def write_eval(self, step: int, loss: Any, accuracy: Any) -> None: ...
+    def write_test(self, loss: Any, accuracy: Any, count: int) -> None: ...
+    def write_scalars(self, step: int, values: Mapping[str, Any]) -> None: ...
+    def set_status(self, status: str, message: str = "") -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +64,7 @@ class LayerSpec:
     shape: tuple[int, int, int]  # (H, W, C) of one probe's activation
     activation: str
     kernel_shape: tuple[int, ...] | None = None  # (kh, kw, C_in, C_out) when the kernel is recorded
+    stage: str = "after the nonlinearity"  # or "pre-activation": a conv's own output (recorder/capture.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +183,8 @@ class H5RunWriter:
     def __init__(self, path: str | Path, layout: RunLayout):
         self.path = Path(path)
         self._t0 = time.time()
+        self._clock = time.perf_counter()
+        self._scalar_names: list[str] = []
         f = self._file = h5py.File(self.path, "w", libver="latest")
         try:
             self._create(f, layout)
@@ -182,7 +208,7 @@ class H5RunWriter:
         small += [f"analysis/{name}/stats" for name in self._layers if layout.analysis is not None]
         small += ["analysis/step"] if layout.analysis is not None else []
         small += ["frames/step", "train/loss", "train/accuracy", "train/wall_time", "train/step",
-                  "eval/loss", "eval/accuracy", "eval/step"]
+                  "eval/loss", "eval/accuracy", "eval/step", "scalars/series", "scalars/value", "scalars/step"]
         self._commit_order = [self._col[name] for name in small]
 
     @staticmethod
@@ -219,6 +245,7 @@ class H5RunWriter:
             g = layers.create_group(spec.name)
             growing(g, "activations", (p, *spec.shape), layout.dtype, **comp)
             g["activations"].attrs["activation"] = spec.activation
+            g["activations"].attrs["stage"] = spec.stage
             g["activations"].attrs["order"] = order
             if spec.kernel_shape is not None:
                 growing(g, "kernel", tuple(spec.kernel_shape), "f4")
@@ -246,22 +273,31 @@ class H5RunWriter:
         ev.attrs["count"] = layout.eval_count
         for name, dtype in (("step", "i8"), ("loss", "f4"), ("accuracy", "f4")):
             growing(ev, name, (), dtype)
+        scalars = f.create_group("scalars")
+        scalars.create_dataset("names", data=np.zeros(MAX_SCALARS, f"S{SCALAR_NAME_BYTES}"))
+        for name, dtype in (("step", "i8"), ("series", "i2"), ("value", "f8")):
+            growing(scalars, name, (), dtype)
         test = f.create_group("test")
         test.create_dataset("loss", data=np.nan, dtype="f8")
         test.create_dataset("accuracy", data=np.nan, dtype="f8")
         test.create_dataset("count", data=0, dtype="i8")
 
-    def write_frame(self, step: int, wall_time: float, frame: Mapping[str, np.ndarray]) -> None:
-        """Appends one frame. `frame` maps layer names to [P, H, W, C], `logits` to [P, K] and
-        `kernel/<layer>` to the kernel of each layer whose kernel is recorded. The activations (and Grams)
-        are written now; the rest, and the step that makes the frame count, at the next `flush()`."""
+    def _now(self, wall_time: float | None) -> float:
+        return time.perf_counter() - self._clock if wall_time is None else wall_time
+
+    def write_frame(self, step: int, frame: Mapping[str, np.ndarray], wall_time: float | None = None) -> None:
+        """Appends one frame. `frame` maps layer names to [P, H, W, C], `logits` to [P, K] (zeros of width 0
+        when the model has no logits) and `kernel/<layer>` to the kernel of each layer whose kernel is
+        recorded. The activations (and Grams) are written now; the rest, and the step that makes the frame
+        count, at the next `flush()`."""
         c = self._col
         for name in self._layers:
             c[f"layers/{name}/activations"].append(frame[name][None])
         for name in self._kernels:
             c[f"layers/{name}/kernel"].stage(frame[f"kernel/{name}"][None])
-        c["frames/logits"].stage(frame["logits"][None])
-        c["frames/wall_time"].stage([wall_time])
+        logits = frame["logits"][None] if "logits" in frame else np.zeros((1, *c["frames/logits"].row), np.float32)
+        c["frames/logits"].stage(logits)
+        c["frames/wall_time"].stage([self._now(wall_time)])
         if f"analysis/gram/{self._layers[0]}" in frame:
             for name in self._layers:
                 c[f"analysis/{name}/gram"].append(frame[f"analysis/gram/{name}"][self._triu][None])
@@ -269,29 +305,45 @@ class H5RunWriter:
             c["analysis/step"].stage([step])
         c["frames/step"].stage([step])
 
-    def write_train(self, steps: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, wall_time: np.ndarray) -> None:
-        """Appends training metrics for one or more consecutive steps (written at the next `flush()`)."""
+    def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None) -> None:
+        """Appends the training metrics of one step, or of several (equal-length arrays); written at the next
+        `flush()`."""
         c = self._col
+        steps = np.reshape(step, -1)
         c["train/loss"].stage(np.reshape(loss, -1))
         c["train/accuracy"].stage(np.reshape(accuracy, -1))
-        c["train/wall_time"].stage(np.reshape(wall_time, -1))
-        c["train/step"].stage(np.reshape(steps, -1))
+        c["train/wall_time"].stage(np.full(len(steps), self._now(None)) if wall_time is None else np.reshape(wall_time, -1))
+        c["train/step"].stage(steps)
 
-    def write_eval(self, step: int, loss: float, accuracy: float) -> None:
+    def write_eval(self, step: int, loss: Any, accuracy: Any) -> None:
         c = self._col
-        c["eval/loss"].stage([loss])
-        c["eval/accuracy"].stage([accuracy])
+        c["eval/loss"].stage(np.reshape(loss, 1))
+        c["eval/accuracy"].stage(np.reshape(accuracy, 1))
         c["eval/step"].stage([step])
 
-    def write_test(self, loss: float, accuracy: float, count: int) -> None:
+    def write_test(self, loss: Any, accuracy: Any, count: int) -> None:
         f = self._file
-        f["test/loss"][()] = loss
-        f["test/accuracy"][()] = accuracy
-        f["test/count"][()] = count
+        f["test/loss"][()] = float(loss)
+        f["test/accuracy"][()] = float(accuracy)
+        f["test/count"][()] = int(count)
+
+    def write_scalars(self, step: int, values: Mapping[str, Any]) -> None:
+        """Appends one value of each named series at `step` (a name is registered when it first appears)."""
+        c = self._col
+        for name, value in values.items():
+            if name not in self._scalar_names:
+                if len(self._scalar_names) >= MAX_SCALARS or not 0 < len(name.encode()) <= SCALAR_NAME_BYTES:
+                    raise ValueError(f"scalar series {name!r}: at most {MAX_SCALARS} series, names of 1 to "
+                                     f"{SCALAR_NAME_BYTES} bytes")
+                self._file["scalars/names"][len(self._scalar_names)] = np.bytes_(name.encode())
+                self._scalar_names.append(name)
+            c["scalars/series"].stage([self._scalar_names.index(name)])
+            c["scalars/value"].stage(np.reshape(np.asarray(value, np.float64), 1))
+            c["scalars/step"].stage([step])
 
     def set_status(self, status: str, message: str = "") -> None:
-        if status not in ("running", "completed", "failed"):
-            raise ValueError(f"status must be running, completed or failed, got {status!r}")
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
         self._file["status"][()] = np.bytes_(status.encode())
         self._file["status_message"][()] = np.bytes_(message.encode()[:MESSAGE_BYTES])
 

@@ -91,7 +91,7 @@ class LayerFrames(Frames):
         self.layer = layer
         self.probes = list(range(p)) if probes is None else list(probes)
         self.channels = list(range(c)) if channels is None else list(channels)
-        activation = run.activation_name(layer)
+        activation = run.activation_label(layer)
         if scale is None:
             all_frames = np.arange(run.num_frames)
             chunks = (run.read_frames(layer, all_frames[i : i + READ_BLOCK]) for i in range(0, len(all_frames), READ_BLOCK))

@@ -17,11 +17,11 @@ def describe(run: Run) -> str:
         f"status      {run.describe_status()}",
         f"frames      {len(steps)} of steps {_ranges(steps)} (schedule {run.schedule}, {run.planned_steps} steps planned)",
         f"probes      {len(run.probes()[1])} test images, indices {list(map(int, run.probes()[2]))}",
-        "layers (after the nonlinearity; [T, P, H, W, C]):",
+        "layers ([T, P, H, W, C]; values after the nonlinearity unless marked pre-activation):",
     ]
     for name in run.layers:
         kernel = "  + kernel" if name in run.kernel_layers else ""
-        lines.append(f"  {name:<12} {[len(steps), *run.layer_shape(name)]}  {run.activation_name(name)}{kernel}")
+        lines.append(f"  {name:<12} {[len(steps), *run.layer_shape(name)]}  {run.activation_label(name)}{kernel}")
     train = run.train_metrics()
     if len(train.step):
         k = min(len(train.step), 10)

@@ -136,7 +136,7 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
             layer_frames[layer] = frames
             scale = frames.scale.describe()
             result = animate(layer, frames, "Layers",
-                             f"{layer} after {run.activation_name(layer)}; rows: "
+                             f"{layer} ({run.activation_label(layer)}); rows: "
                              f"{'probes' if options.transpose else 'channels'}; colour scale {scale}.")
             report.animations.append((layer, result, scale))
 

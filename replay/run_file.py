@@ -24,9 +24,10 @@ try:  # registers the zstd/lz4/... HDF5 filters, for run files recorded with com
 except ImportError:
     pass
 
-SUPPORTED_VERSIONS = (1, 2)  # 2 added /analysis
+SUPPORTED_VERSIONS = (1, 2, 3)  # 2 added /analysis; 3 /scalars, the layers' stage, status interrupted
 STALE_SECONDS = 60.0  # a `running` file with no flush for this long was left by a recorder that is gone
-STATES = ("recording", "completed", "failed", "killed")
+STATES = ("recording", "completed", "failed", "interrupted", "killed")
+AFTER_NONLINEARITY = "after the nonlinearity"  # the stage of every layer of a version 1 or 2 file
 
 
 class RunFileError(ValueError):
@@ -131,8 +132,8 @@ class Run:
             if age > stale_seconds:
                 return "killed", f"no write for {age:.0f} s: the recorder was probably killed; the file holds what it flushed"
             return "recording", ""
-        if status == "failed":
-            return "failed", self.status_message
+        if status in ("failed", "interrupted"):
+            return status, self.status_message
         return status, ""
 
     def describe_status(self, stale_seconds: float = STALE_SECONDS) -> str:
@@ -155,6 +156,27 @@ class Run:
         if layer not in self.kernel_layers:
             raise KeyError(f"kernel of {layer!r} was not recorded; recorded kernels: {self.kernel_layers}")
         return tuple(self._f["layers"][layer]["kernel"].shape[1:])
+
+    def layer_stage(self, layer: str) -> str:
+        """What the values are: "after the nonlinearity", or "pre-activation" (a conv's own output)."""
+        return str(self._dataset(layer).attrs.get("stage", AFTER_NONLINEARITY))
+
+    def activation_label(self, layer: str) -> str:
+        """The nonlinearity's name, or "pre-activation": what pictures of the layer are titled with."""
+        stage = self.layer_stage(layer)
+        return self.activation_name(layer) if stage == AFTER_NONLINEARITY else stage
+
+    def scalars(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Extra scalar series (schema 3): name -> (steps [n], values [n] float64); empty for older files."""
+        if "scalars" not in self._f:
+            return {}
+        g = self._f["scalars"]
+        for name in ("step", "series", "value"):
+            g[name].refresh()
+        n = min(g[k].shape[0] for k in ("step", "series", "value"))
+        steps, series, values = g["step"][:n], g["series"][:n], g["value"][:n]
+        names = [b.decode() for b in g["names"][()] if b]
+        return {name: (steps[series == i], values[series == i]) for i, name in enumerate(names)}
 
     def activation_name(self, layer: str) -> str:
         return str(self._dataset(layer).attrs["activation"])

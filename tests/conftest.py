@@ -109,7 +109,7 @@ def write_run(path: Path, layers: dict, steps=None, activation="tanh", status="c
     for i, s in enumerate(steps):
         frame = {n: a[i] for n, a in layers.items()}
         frame["logits"] = np.zeros((p, 10), np.float32)
-        writer.write_frame(s, float(i), frame)
+        writer.write_frame(s, frame, float(i))
     train = np.arange(1, steps[-1] + 1) if train_steps is None else np.asarray(train_steps)
     if len(train):
         writer.write_train(train, 1.0 / train, np.minimum(train / 100.0, 1.0), train.astype(np.float64))

@@ -120,7 +120,7 @@ def test_the_scale_of_a_growing_run_is_the_rule_over_the_frames_so_far(tmp_path)
     with open_run(tmp_path / "live.h5") as run:
         first = book.layer_scale("x", run, "conv1")
         for i in range(4, 9):
-            writer.write_frame(i, float(i), {"conv1": acts[i], "logits": np.zeros((2, 10), np.float32)})
+            writer.write_frame(i, {"conv1": acts[i], "logits": np.zeros((2, 10), np.float32)}, float(i))
         writer.flush()
         run.refresh()
         grown = book.layer_scale("x", run, "conv1")
@@ -264,8 +264,8 @@ WRITER = textwrap.dedent("""
                        close=False)
     for step in range(1, 13):
         time.sleep(0.15)
-        writer.write_frame(step, float(step), {{"conv1": np.full((2, 3, 3, 1), step / 12, np.float32),
-                                              "logits": np.zeros((2, 10), np.float32)}})
+        writer.write_frame(step, {{"conv1": np.full((2, 3, 3, 1), step / 12, np.float32),
+                                  "logits": np.zeros((2, 10), np.float32)}}, float(step))
         writer.flush()
     writer.set_status("completed")
     writer.close()

@@ -34,8 +34,8 @@ def _frame(value):
 def test_background_error_reaches_the_caller_and_marks_the_file_failed(tmp_path):
     path = tmp_path / "r.h5"
     writer = AsyncRunWriter(H5RunWriter(path, _layout()))
-    writer.submit(lambda w, f: w.write_frame(0, 0.0, f), _frame(0.5))
-    writer.submit(lambda w, f: w.write_frame(1, 0.1, f), {"conv1": np.zeros((9, 9))})  # wrong shape
+    writer.write_frame(0, _frame(0.5))
+    writer.write_frame(1, {"conv1": np.zeros((9, 9))})  # wrong shape
     with pytest.raises(WriterError, match="keeps every frame written before the failure"):
         writer.wait()
     with pytest.raises(WriterError):
@@ -50,7 +50,7 @@ def test_values_are_stored_unnormalised(tmp_path):
     path = tmp_path / "r.h5"
     with AsyncRunWriter(H5RunWriter(path, _layout())) as writer:
         for step, value in enumerate((-1.0, 0.0, 3.5)):
-            writer.submit(lambda w, f, s=step: w.write_frame(s, 0.0, f), _frame(value))
+            writer.write_frame(step, _frame(value))
     with open_run(path) as run:
         assert run.activations("conv1")[:, 0, 0, 0, 0].tolist() == [-1.0, 0.0, 3.5]
         assert run.activations("conv1", [2]).shape == (1, 2, 4, 4, 2)
@@ -120,8 +120,8 @@ def test_chunks_written_directly_decode_through_hdf5s_own_filters(tmp_path, comp
     values[1][0] = 0.0  # a run of zeros, which deflate shortens a lot
     writer = H5RunWriter(path, layout)
     for step, v in enumerate(values):
-        writer.write_frame(step, 0.1 * step, {"conv1": v, "logits": np.full((2, 3), step, np.float32)})
-        writer.write_train(np.array([step]), np.float32(step), np.float32(0.5), np.array([0.0]))
+        writer.write_frame(step, {"conv1": v, "logits": np.full((2, 3), step, np.float32)}, 0.1 * step)
+        writer.write_train(step, np.float32(step), np.float32(0.5), 0.0)
     with h5py.File(path, "r", swmr=True) as f:  # nothing flushed yet: activations are there, steps are not
         assert f["layers/conv1/activations"].shape[0] == 3 and f["frames/step"].shape[0] == 0
     writer.close()

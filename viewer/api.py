@@ -91,7 +91,7 @@ class Api:
             shape = run.layer_shape(name)
             frame_bytes = math.prod(shape) * run.layer_dtype(name).itemsize
             layers.append({
-                "name": name, "shape": list(shape), "activation": run.activation_name(name),
+                "name": name, "shape": list(shape), "activation": run.activation_label(name),
                 "dtype": run.layer_dtype(name).name, "scale": scale_json(self.scales.layer_scale(rid, run, name)),
                 "max_frames": max(1, min(MAX_RANGE, MAX_BYTES // frame_bytes)),
             })

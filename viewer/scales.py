@@ -41,7 +41,7 @@ class ScaleBook:
         self._streams: dict[tuple[str, float, str, bool], _Stream] = {}
 
     def layer_scale(self, rid: str, run: Run, layer: str) -> Scale:
-        fixed = fixed_scale(run.activation_name(layer), AUTO)
+        fixed = fixed_scale(run.activation_label(layer), AUTO)
         if fixed is not None:
             return fixed
         total = run.num_frames

@@ -1,0 +1,260 @@
+"""The frame of one step, computed inside the caller's own jitted function: `Capture`.
+
+A `Capture` is made once, outside any jit, from the model and an example input: it traces the model
+abstractly (`jax.eval_shape`, no FLOPs) to learn the recorded layers, their shapes, and what they are. Calling
+it inside a jitted step returns the frame as a dict of device arrays, with no host callback:
+
+    layer -> [P, H, W, C] (stored dtype)       "logits" -> [P, K] float32 (when the model returns logits)
+    "kernel/<layer>" -> the layer's kernel     with an analysis batch also, per layer:
+    "analysis/gram/<layer>" -> [n, n] float32  "analysis/stats/<layer>" -> [len(STAT_NAMES)] float32
+
+Three kinds of model:
+* Flax NNX (`Capture.nnx`): the values marked with `tap(...)` (after the nonlinearity); a model without taps
+  gets every `nnx.Conv` output recorded, labelled honestly as pre-activation in the file and the pictures;
+* Flax Linen (`Capture.linen`): the values the module sows into "intermediates" (`self.sow("intermediates",
+  "conv1", y)` after the nonlinearity), else every `nn.Conv` output (pre-activation), through Linen's own
+  `capture_intermediates`;
+* any function (`Capture.function`): `fn(params, x) -> {layer: [B, H, W, C]}`, or `(logits, {layer: ...})`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from recorder.analysis import gram_and_stats
+from recorder.taps import Tap, TapKernel, flatten_taps
+
+AFTER_NONLINEARITY = "after the nonlinearity"
+PRE_ACTIVATION = "pre-activation"  # a conv layer's own output: what is recorded when the model marks nothing
+STAGES = (AFTER_NONLINEARITY, PRE_ACTIVATION)
+KERNEL_CHOICES = ("first", "all", "none")
+
+
+class CaptureError(ValueError):
+    """The model has nothing to record, or a layer cannot be recorded; the message says what to change."""
+
+
+class _ConvOutput(nnx.Intermediate):
+    """Every submodule's output, from which the `nnx.Conv` ones are kept (models without taps)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    shape: tuple[int, int, int]  # (H, W, C) of one probe's activation
+    stage: str  # AFTER_NONLINEARITY or PRE_ACTIVATION
+    kernel_shape: tuple[int, ...] | None = None  # when the kernel is recorded with each frame
+
+
+def frame_from(values: Mapping[str, jax.Array], kernels: Mapping[str, jax.Array], logits: jax.Array | None,
+               p: int, dtype: Any, kernel_layers: Sequence[str], analysis: bool) -> dict[str, jax.Array]:
+    """The frame dict from one forward pass over the probes (the first `p` rows) and, when `analysis`, the
+    analysis images after them (traceable; the recorder's own step builds its frames with it too)."""
+    frame: dict[str, jax.Array] = {}
+    for name, a in values.items():
+        frame[name] = a[:p].astype(dtype)
+        if analysis:  # float32 activations, before any storage rounding
+            frame[f"analysis/gram/{name}"], frame[f"analysis/stats/{name}"] = gram_and_stats(a[p:])
+    for name in kernel_layers:
+        frame[f"kernel/{name}"] = kernels[name].astype(jnp.float32)
+    if logits is not None:
+        frame["logits"] = logits[:p].astype(jnp.float32)
+    return frame
+
+
+def _stack(probe_x: jax.Array, analysis_x: jax.Array | None) -> jax.Array:
+    return probe_x if analysis_x is None else jnp.concatenate([probe_x, analysis_x])  # one forward for both
+
+
+def _pick_kernels(kernels: str | Sequence[str], available: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(kernels, str):
+        if kernels not in KERNEL_CHOICES:
+            raise CaptureError(f"kernels={kernels!r}; expected one of {', '.join(KERNEL_CHOICES)} or a list of layers")
+        return {"first": tuple(available[:1]), "all": tuple(available), "none": ()}[kernels]
+    missing = [k for k in kernels if k not in available]
+    if missing:
+        raise CaptureError(f"kernels {missing} are not recordable; layers with a kernel: {', '.join(available) or 'none'}")
+    return tuple(kernels)
+
+
+def _check_maps(values: Mapping[str, Any], what: str) -> None:
+    if not values:
+        raise CaptureError(f"{what} has no layer to record: mark values with tap(self, 'name', y) (NNX), "
+                           "self.sow('intermediates', 'name', y) (Linen), or give it conv layers")
+    bad = {k: tuple(v.shape) for k, v in values.items() if len(v.shape) != 4}
+    if bad:
+        raise CaptureError(f"recorded layers must be [batch, H, W, C] feature maps; got {bad} from {what}")
+
+
+class Capture:
+    """Static facts about the recorded layers, and the traceable function that computes a frame."""
+
+    def __init__(self, layers: tuple[LayerInfo, ...], forward: Callable[..., tuple], kernel_layers: tuple[str, ...],
+                 dtype: Any, has_logits: bool, num_classes: int, summary: dict[str, Any]):
+        self.layers = layers
+        self.kernel_layers = kernel_layers
+        self.dtype = jnp.dtype(dtype)
+        self.has_logits = has_logits
+        self.num_classes = num_classes
+        self.summary = summary
+        self._forward = forward  # (model-or-params, x) -> (logits | None, {layer: act}, {layer: kernel})
+
+    @property
+    def stage(self) -> str:
+        return self.layers[0].stage
+
+    def __call__(self, model: Any, probe_x: jax.Array, analysis_x: jax.Array | None = None) -> dict[str, jax.Array]:
+        """The frame (see the module docstring); call it inside your jitted step. `model` is the NNX model,
+        or the Linen variables, or the function's params, as the constructor was given."""
+        logits, values, kernels = self._forward(model, _stack(probe_x, analysis_x))
+        return frame_from(values, kernels, logits if self.has_logits else None, probe_x.shape[0], self.dtype,
+                          self.kernel_layers, analysis_x is not None)
+
+    # -- constructors ------------------------------------------------------------------------------
+    @classmethod
+    def nnx(cls, model: nnx.Module, example_x: Any, *, kernels: str | Sequence[str] = "first",
+            dtype: Any = "float16") -> "Capture":
+        """For a Flax NNX model: its `tap`s, or every `nnx.Conv` output if it has none."""
+        from recorder.summary import summarize
+
+        shape = tuple(np.shape(example_x))[1:]
+        summary = summarize(model, shape)
+        if summary["taps"]:
+            def forward(m: nnx.Module, x: jax.Array) -> tuple:
+                logits, taps, kerns = nnx.capture(m, Tap, TapKernel)(x)
+                return logits, flatten_taps(taps), flatten_taps(kerns)
+
+            names = [t["name"] for t in summary["taps"]]
+            shapes = {t["name"]: tuple(t["shape"]) for t in summary["taps"]}
+            kernel_shapes = {k: tuple(v) for k, v in summary["kernels"].items()}
+            stage = AFTER_NONLINEARITY
+        else:
+            convs = {"/".join(str(p) for p in path): m for path, m in nnx.iter_modules(model) if isinstance(m, nnx.Conv)}
+            if not convs:
+                raise CaptureError(f"{type(model).__name__} has no tap() and no nnx.Conv: nothing to record")
+
+            def forward(m: nnx.Module, x: jax.Array) -> tuple:
+                logits, outputs = nnx.capture(m, _ConvOutput, method_outputs=_ConvOutput)(x)
+                values = {}
+                for path, var in nnx.to_flat_state(outputs):
+                    name = "/".join(str(p) for p in path[:-1])
+                    if path[-1] == "__call__" and name in convs:
+                        values[name] = var.get_value()[-1]
+                kerns = {"/".join(str(p) for p in path): c.kernel[...]
+                         for path, c in nnx.iter_modules(m) if isinstance(c, nnx.Conv)}
+                return logits, values, kerns
+
+            names = list(convs)  # definition order
+            out = jax.eval_shape(lambda x: forward(model, x)[1], jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+            _check_maps(out, type(model).__name__)
+            shapes = {n: tuple(out[n].shape[1:]) for n in names}
+            kernel_shapes = {n: tuple(c.kernel.shape) for n, c in convs.items()}
+            stage = PRE_ACTIVATION
+        picked = _pick_kernels(kernels, [n for n in names if n in kernel_shapes])
+        layers = tuple(LayerInfo(n, shapes[n], stage, kernel_shapes[n] if n in picked else None) for n in names)
+        out_shape = summary.get("output_shape", [])
+        return cls(layers, forward, picked, dtype, len(out_shape) == 1, int(out_shape[0]) if len(out_shape) == 1 else 0,
+                   summary)
+
+    @classmethod
+    def linen(cls, module: Any, variables: Any, example_x: Any, *, kernels: str | Sequence[str] = "first",
+              dtype: Any = "float16") -> "Capture":
+        """For a Flax Linen module: what it sows into "intermediates", or every `nn.Conv` output if nothing."""
+        import flax.linen as nn
+
+        x0 = jax.ShapeDtypeStruct((1, *tuple(np.shape(example_x))[1:]), jnp.float32)
+        sown = jax.eval_shape(lambda v, x: module.apply(v, x, mutable=["intermediates"])[1], variables, x0)
+        sown_names = _linen_sown(sown)
+        stage = AFTER_NONLINEARITY if sown_names else PRE_ACTIVATION
+
+        def forward(v: Any, x: jax.Array) -> tuple:
+            if sown_names:
+                logits, state = module.apply(v, x, mutable=["intermediates"])
+                values = {name: leaf for name, leaf in _linen_sown(state.get("intermediates", {})).items()}
+            else:
+                logits, state = module.apply(v, x, capture_intermediates=lambda m, method: isinstance(m, nn.Conv)
+                                             and method == "__call__", mutable=["intermediates"])
+                values = _linen_calls(state.get("intermediates", {}))
+            kerns = {}
+            for name in values:  # a layer named after its conv submodule has that conv's kernel
+                node = _lookup(v.get("params", {}), name.split("/"))
+                if isinstance(node, Mapping) and "kernel" in node:
+                    kerns[name] = node["kernel"]
+            return logits, values, kerns
+
+        logits, values, kerns = jax.eval_shape(forward, variables, x0)
+        _check_maps(values, type(module).__name__)
+        picked = _pick_kernels(kernels, list(kerns))
+        layers = tuple(LayerInfo(n, tuple(a.shape[1:]), stage, tuple(kerns[n].shape) if n in picked else None)
+                       for n, a in values.items())
+        logit_shape = tuple(getattr(logits, "shape", ()))
+        summary = {"modules": [], "taps": [{"name": l.name, "shape": list(l.shape)} for l in layers],
+                   "kernels": {n: list(kerns[n].shape) for n in kerns}, "output_shape": list(logit_shape[1:]),
+                   "total_params": int(sum(np.prod(l.shape) for l in jax.tree.leaves(variables.get("params", {})))),
+                   "framework": "flax.linen"}
+        return cls(layers, forward, picked, dtype, len(logit_shape) == 2, logit_shape[1] if len(logit_shape) == 2 else 0,
+                   summary)
+
+    @classmethod
+    def function(cls, fn: Callable[[Any, jax.Array], Any], params: Any, example_x: Any, *,
+                 stage: str = AFTER_NONLINEARITY, dtype: Any = "float16") -> "Capture":
+        """For any `fn(params, x)` returning {layer: [B, H, W, C]} or (logits, {layer: ...}); `stage` says
+        what the values are (AFTER_NONLINEARITY or PRE_ACTIVATION)."""
+        if stage not in STAGES:
+            raise CaptureError(f"stage={stage!r}; expected one of: {', '.join(STAGES)}")
+
+        def forward(p: Any, x: jax.Array) -> tuple:
+            out = fn(p, x)
+            logits, values = out if isinstance(out, tuple) else (None, out)
+            return logits, dict(values), {}
+
+        x0 = jax.ShapeDtypeStruct((1, *tuple(np.shape(example_x))[1:]), jnp.float32)
+        logits, values, _ = jax.eval_shape(forward, params, x0)
+        if not isinstance(values, Mapping):
+            raise CaptureError(f"{getattr(fn, '__name__', fn)} must return a dict of layer -> [B, H, W, C] "
+                               f"(or (logits, dict)); got {type(values).__name__}")
+        _check_maps(values, getattr(fn, "__name__", "the function"))
+        layers = tuple(LayerInfo(n, tuple(a.shape[1:]), stage) for n, a in values.items())
+        logit_shape = tuple(getattr(logits, "shape", ())) if logits is not None else ()
+        summary = {"modules": [], "taps": [{"name": l.name, "shape": list(l.shape)} for l in layers], "kernels": {},
+                   "output_shape": list(logit_shape[1:]), "total_params": 0, "framework": "function"}
+        return cls(layers, forward, (), dtype, len(logit_shape) == 2, logit_shape[1] if len(logit_shape) == 2 else 0,
+                   summary)
+
+
+def _linen_sown(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[str, Any]:
+    """{path/name: value} of sown intermediates (Linen keeps a tuple per name), leaving out `__call__`."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if key == "__call__":
+            continue
+        if isinstance(value, tuple):
+            out["/".join((*prefix, key))] = value[-1]
+        elif isinstance(value, Mapping):
+            out.update(_linen_sown(value, (*prefix, key)))
+    return out
+
+
+def _linen_calls(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[str, Any]:
+    """{module path: output} of captured `__call__` outputs."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if key == "__call__" and prefix:
+            out["/".join(prefix)] = value[-1]
+        elif isinstance(value, Mapping):
+            out.update(_linen_calls(value, (*prefix, key)))
+    return out
+
+
+def _lookup(tree: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(tree, Mapping) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree

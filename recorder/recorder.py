@@ -1,0 +1,278 @@
+"""`Recorder`: records any JAX training loop into a run file (docs/run_schema.md), the same file
+`emergence record` writes.
+
+    capture = Capture.nnx(model, probe_x)                      # once, outside jit
+    with Recorder("runs/mine.h5", Probes(images, labels, class_names), capture, planned_steps=1000,
+                  config={"lr": 1e-3}) as rec:
+        for step in range(1, 1001):
+            model, metrics, frame = train_step(model, batch, probe_x)   # your jitted step calls capture(...)
+            rec.write(step, frame, metrics)                   # device arrays: copied on the writer thread
+
+The recorder owns the file, the background writer and the schedule. `should_record(step)` and
+`should_analyse(step)` are pure functions of the step (like big_vision's `itstime`), so a jitted step can be
+chosen on the host without a sync. Nothing here touches a device value on the caller's thread: every
+device→host copy happens on the writer thread. On exit the file is `completed`, `failed` (an exception,
+with its message) or `interrupted` (Ctrl-C), and everything written before stays readable.
+
+Users who do not want to touch their step call `rec.capture_and_write(step, model_or_params, probe_x)`:
+the recorder runs the capture as its own small jitted program (one more executable, one more dispatch and a
+second forward pass over the probes at each recorded step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+
+from recorder.analysis import ANALYSIS_FRAMES, STAT_DOCS, STAT_NAMES, analysis_steps, probe_set_hash
+from recorder.async_writer import AsyncRunWriter
+from recorder.capture import Capture
+from recorder.schedule import recorded_steps
+from recorder.writer import AnalysisLayout, H5RunWriter, LayerSpec, RunLayout
+
+WRITER = "emergence.Recorder"
+
+
+class RecorderError(ValueError):
+    """Bad input to the recorder; raised on the caller's thread, nothing already written is lost."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Probes:
+    """Fixed images every frame is computed on: pixels as they should be shown, and their labels.
+
+    images: uint8 [P, H, W, C] with C = 1 or 3 (what the pictures show; feed the model its own
+    preprocessing of them). indices: where they come from in `dataset` (default 0..P−1)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...] = ()
+    indices: np.ndarray | None = None
+    dataset: str = "user data"
+
+    def __post_init__(self) -> None:
+        images, labels = np.asarray(self.images), np.asarray(self.labels)
+        if images.ndim != 4 or images.shape[-1] not in (1, 3):
+            raise RecorderError(f"probe images must be [P, H, W, C] with C = 1 or 3; got shape {images.shape}")
+        if images.dtype != np.uint8:
+            raise RecorderError(f"probe images must be uint8 pixels (what the pictures show); got {images.dtype}. "
+                                "Pass np.round(images * 255).astype(np.uint8) for images in [0, 1], and give the "
+                                "model its own preprocessing of them")
+        if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+            raise RecorderError(f"probe labels must be integers, one per image ({images.shape[0]}); got "
+                                f"{labels.dtype} {labels.shape}")
+        indices = np.arange(len(labels)) if self.indices is None else np.asarray(self.indices)
+        if indices.shape != labels.shape:
+            raise RecorderError(f"probe indices must be one per image ({len(labels)}); got shape {indices.shape}")
+        names = tuple(self.class_names) or tuple(str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0))
+        if len(labels) and int(labels.max()) >= len(names):
+            raise RecorderError(f"probe label {int(labels.max())} has no class name; class_names has {len(names)}")
+        object.__setattr__(self, "images", images)
+        object.__setattr__(self, "labels", labels.astype(np.int64))
+        object.__setattr__(self, "indices", indices.astype(np.int64))
+        object.__setattr__(self, "class_names", names)
+
+    @property
+    def sha256(self) -> str:
+        return probe_set_hash(self.dataset, self.indices, self.images)
+
+
+class Recorder:
+    """The file, the async writer and the schedule of one recorded run. Use it as a context manager."""
+
+    def __init__(self, path: str | Path, probes: Probes, capture: Capture, *, planned_steps: int,
+                 schedule: str = "every", analysis: Probes | None = None, config: Mapping[str, Any] | None = None,
+                 experiment: str = "custom", activation: str | Mapping[str, str] = "unknown",
+                 compression: str = "gzip", eval_count: int = 0, data_origin: str = "", overwrite: bool = False,
+                 versions: Mapping[str, str] | None = None, writer: str = WRITER, max_pending: int = 8,
+                 writer_nice: int = 19):
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path")
+        if planned_steps < 0:
+            raise RecorderError(f"planned_steps must be >= 0, got {planned_steps}")
+        try:
+            self.frame_steps = recorded_steps(schedule, planned_steps)
+        except ValueError as e:
+            raise RecorderError(str(e)) from None
+        config = dict(config or {})
+        try:
+            config_json = json.dumps(config, sort_keys=True)
+        except TypeError as e:
+            raise RecorderError(f"config must be JSON-serialisable (numbers, strings, lists, dicts): {e}") from None
+        self.capture = capture
+        self.probes = probes
+        self.planned_steps = planned_steps
+        self.analysis = analysis
+        self.analysis_steps = analysis_steps(self.frame_steps, len(analysis.labels)) if analysis else np.zeros(0, np.int64)
+        self._record_at = set(self.frame_steps.tolist())
+        self._analyse_at = set(self.analysis_steps.tolist())
+        names = probes.class_names
+        if capture.has_logits and capture.num_classes != len(names):
+            raise RecorderError(f"the model has {capture.num_classes} outputs but the probes name {len(names)} classes; "
+                                "pass class_names to Probes, one per output")
+        acts = {l.name: activation if isinstance(activation, str) else activation.get(l.name, "unknown")
+                for l in capture.layers}
+        layout = RunLayout(
+            layers=tuple(LayerSpec(l.name, l.shape, acts[l.name], l.kernel_shape, l.stage) for l in capture.layers),
+            num_classes=capture.num_classes if capture.has_logits else 0,
+            probe_images=probes.images, probe_labels=probes.labels, probe_indices=probes.indices,
+            probe_dataset=probes.dataset,
+            attrs={"experiment": experiment, "config_json": config_json, "versions_json": json.dumps(dict(versions or {})),
+                   "summary_json": json.dumps(capture.summary), "class_names_json": json.dumps(list(names)),
+                   "planned_steps": planned_steps, "record_schedule": schedule, "data_origin": data_origin,
+                   "writer": writer},
+            dtype=capture.dtype.name, compression=compression, eval_count=eval_count,
+            analysis=None if analysis is None else AnalysisLayout(
+                indices=analysis.indices, labels=analysis.labels, sha256=analysis.sha256, steps=self.analysis_steps,
+                rule=f"every K-th frame step from 0 plus the last, K = ceil((frames - 1) / {ANALYSIS_FRAMES})",
+                stat_names=STAT_NAMES, stat_docs=STAT_DOCS),
+        )
+        self.layout = layout
+        self._expected = self._frame_shapes()
+        if path.exists():
+            path.unlink()  # overwrite=True: only once everything above has been validated
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._writer = AsyncRunWriter(H5RunWriter(path, layout), max_pending=max_pending, nice=writer_nice)
+        self._last = {"frame": -1, "train": -1, "eval": -1, "scalars": -1}
+        self._closed = False
+        self._own_forward: Callable[..., Any] | None = None
+
+    # -- the schedule ------------------------------------------------------------------------------
+    def should_record(self, step: int) -> bool:
+        """Whether `step` gets a frame (pure: a function of the schedule and the planned steps)."""
+        return step in self._record_at
+
+    def should_analyse(self, step: int) -> bool:
+        """Whether the frame of `step` should also carry the analysis batch (pass analysis_x to the capture)."""
+        return step in self._analyse_at
+
+    # -- writing -----------------------------------------------------------------------------------
+    def write(self, step: int, frame: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None) -> None:
+        """Queues the frame of `step` (if given) and its training metrics (`loss`, `accuracy`, computed with the
+        parameters before the update; any other key goes to the extra scalar series). Never waits for the
+        device: values are copied to the host on the writer thread."""
+        self._open()
+        if frame is not None:
+            self._check_frame(step, frame)
+            self._advance("frame", step, strict=True)
+            self._writer.write_frame(step, dict(frame))
+        if metrics:
+            metrics = dict(metrics)
+            if "loss" in metrics or "accuracy" in metrics:
+                self._advance("train", step, strict=True)
+                self._writer.write_train(step, metrics.pop("loss", np.nan), metrics.pop("accuracy", np.nan))
+            if metrics:
+                self.log_scalars(step, **metrics)
+
+    def capture_and_write(self, step: int, model: Any, probe_x: Any, analysis_x: Any = None,
+                          metrics: Mapping[str, Any] | None = None) -> None:
+        """The convenience path: at a scheduled step, computes the frame with the recorder's own jitted capture
+        (a second executable and a second forward pass over the probes) and writes it with `metrics`."""
+        frame = None
+        if self.should_record(step):
+            if self._own_forward is None:
+                self._own_forward = _jitted(self.capture, model)
+            frame = self._own_forward(model, probe_x, analysis_x if self.should_analyse(step) else None)
+        self.write(step, frame, metrics)
+
+    def log_eval(self, step: int, *, loss: Any, accuracy: Any) -> None:
+        """Held-out metrics with the parameters after `step` (`eval_count` images, as given at construction)."""
+        self._open()
+        self._advance("eval", step, strict=True)
+        self._writer.write_eval(step, loss, accuracy)
+
+    def log_test(self, *, loss: Any, accuracy: Any, count: int) -> None:
+        """The full test split, once, at the end."""
+        self._open()
+        self._writer.write_test(loss, accuracy, count)
+
+    def log_scalars(self, step: int, **values: Any) -> None:
+        """Extra scalar series (learning rate, gradient norm, ...), any names, one value each at `step`."""
+        self._open()
+        self._advance("scalars", step, strict=False)
+        self._writer.write_scalars(step, values)
+
+    def wait(self) -> None:
+        """Blocks until everything queued is written (re-raises a writer failure)."""
+        self._writer.wait()
+
+    @property
+    def latest_train(self) -> dict[str, float]:
+        """The last training row that reached the host: step, loss, accuracy (empty before the first)."""
+        return self._writer.latest_train
+
+    # -- checks ------------------------------------------------------------------------------------
+    def _frame_shapes(self) -> dict[str, tuple[int, ...]]:
+        p = len(self.probes.labels)
+        out = {l.name: (p, *l.shape) for l in self.layout.layers}
+        out.update({f"kernel/{l.name}": tuple(l.kernel_shape) for l in self.layout.layers if l.kernel_shape})
+        if self.layout.num_classes:
+            out["logits"] = (p, self.layout.num_classes)
+        return out
+
+    def _check_frame(self, step: int, frame: Mapping[str, Any]) -> None:
+        analysed = any(k.startswith("analysis/") for k in frame)
+        got = {k: tuple(np.shape(v)) for k, v in frame.items() if not k.startswith("analysis/")}
+        if got != self._expected:
+            missing = sorted(set(self._expected) - set(got))
+            extra = sorted(set(got) - set(self._expected))
+            wrong = {k: f"{got[k]} (expected {self._expected[k]})" for k in got if k in self._expected
+                     and got[k] != self._expected[k]}
+            raise RecorderError(f"frame of step {step} does not match the run's layout: missing {missing}, "
+                                f"unexpected {extra}, wrong shapes {wrong}; the probe batch must be the "
+                                f"{len(self.probes.labels)} probes, captured by the same Capture")
+        if analysed and self.analysis is None:
+            raise RecorderError(f"frame of step {step} carries analysis statistics but the recorder has no analysis "
+                                "probes; pass analysis=Probes(...) or call the capture without analysis_x")
+        if analysed and not self.should_analyse(step):
+            raise RecorderError(f"step {step} is not an analysis step (see should_analyse); capture without analysis_x")
+
+    def _advance(self, what: str, step: int, strict: bool) -> None:
+        last = self._last[what]
+        if step < last or (strict and step == last):
+            raise RecorderError(f"{what} step {step} after step {last}: steps must increase")
+        self._last[what] = step
+
+    def _open(self) -> None:
+        if self._closed:
+            raise RecorderError(f"the recorder of {self.path} is closed; nothing more can be written to it")
+
+    # -- the end -----------------------------------------------------------------------------------
+    def close(self, status: str = "completed", message: str = "") -> None:
+        """Writes everything queued, sets the final status and closes the file (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close(status, message)
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> None:
+        step = self._last["train"]
+        if kind is None:
+            self.close("completed")
+        elif issubclass(kind, KeyboardInterrupt):
+            self.close("interrupted", f"interrupted (Ctrl-C) at step {step}")
+        else:
+            self.close("failed", f"{kind.__name__}: {error} at step {step}")
+
+
+def _jitted(capture: Capture, model: Any) -> Callable[..., Any]:
+    """The capture as its own jitted program; NNX models travel split into graph and state."""
+    from flax import nnx
+
+    if isinstance(model, nnx.Module):
+        graphdef = nnx.graphdef(model)
+        run = jax.jit(lambda state, x, a: capture(nnx.merge(graphdef, state), x, a))
+        return lambda m, x, a: run(nnx.state(m), x, a)
+    return jax.jit(capture.__call__)
+
+
