@@ -1,22 +1,24 @@
-"""Recording overhead: training steps/s without recording vs recording every step, side by side.
+"""Recording overhead: training steps/s of the built-in loop without recording vs recording every step.
 
     .venv/bin/python benchmarks/record_overhead.py [--trials 5]
 
-For each model, trials alternate between the two loops in the same process (the machine is shared and
-noisy; alternating cancels slow drifts), and the table reports medians and their ratio.
+Every loop below is `recorder.run.TrainingLoop`, the loop `emergence record` runs, over the same plan
+(data, model, compiled steps); trials alternate between them in one process (the machine is shared and
+noisy; alternating cancels slow drifts), and the table reports medians and their ratio. Held-out
+evaluations are off in all of them: the comparison is training with and without recording.
 
-- unrecorded: the jitted training step alone, as a user would write it (no probes, no file).
-- probe frame, no writer: the jitted step that also computes the probe frame, frames discarded
+- unrecorded: the loop with no recorder: the jitted training step alone.
+- probe frame, no writer: the loop computing each step's probe frame inside the step and dropping it
   (separates the cost of the extra forward pass from the cost of getting frames to disk).
-- recorded:   the jitted step that also computes the probe frame, every step, with the frame and the
-              training metrics handed to the background HDF5 writer (a real run file in a temp folder),
-              and the analysis Grams on the recorder's own analysis schedule (every 7th step for
-              learn_to_see, every 98th for keras_fashion), exactly as `emergence record` does.
+- recorded: the loop with the public `Recorder` on its default schedule (every step; the analysis Grams
+  every 7th step for learn_to_see, every 98th for keras_fashion), writing a real run file in a temp folder.
+- recorded, writer at normal priority: the same with the writer thread not lowered to nice 19.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -25,19 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from experiments import get_experiment
-from recorder.async_writer import AsyncRunWriter
-from recorder.data import load_dataset
-from recorder.models import build_model
-from recorder.probes import choose_probes
-from recorder.run import analysis_layout, epoch_permutation, kernel_layers_of, layer_specs, plan
-from recorder.schedule import recorded_steps
-from recorder.summary import summarize
-from recorder.train import make_optimizer, make_step_functions, to_inputs
-from recorder.writer import H5RunWriter, RunLayout
+from recorder.run import TrainingLoop, make_plan
 
 CASES = (("learn_to_see", 8), ("keras_fashion", 60))  # (experiment, steps per trial)
 PAUSE_S = 0.5
@@ -46,72 +38,26 @@ PAUSE_S = 0.5
 def bench(experiment: str, steps: int, trials: int, folder: Path, compression: str = "gzip",
           others: dict[str, Callable[[int], float]] | None = None) -> dict:
     """Medians of alternating trials; `others` (name -> run(steps) -> steps/s) join every trial's rotation."""
-    config = get_experiment(experiment)
-    ds = load_dataset(config.dataset)
-    model = build_model(config.model, ds.input_shape, 10, config.activation, config.seed)
-    summary = summarize(model, ds.input_shape)
-    kernels = kernel_layers_of(config, summary)
-    fns = make_step_functions(model, make_optimizer(config.optimizer, config.learning_rate, config.momentum), kernels, jnp.float16)
-    probe_idx = choose_probes(ds)
-    # recording every step, the recorder analyses every K-th step (K = 7 for learn_to_see, 98 for keras_fashion)
-    analysis = analysis_layout(config, ds, recorded_steps("every", plan(config, ds)[1]))
-    every_k = int(analysis.steps[1] - analysis.steps[0]) if analysis is not None else 0
-    layout = RunLayout(
-        layers=layer_specs(summary, config.activation, kernels),
-        num_classes=10, probe_images=ds.test_images[probe_idx], probe_labels=ds.test_labels[probe_idx],
-        probe_indices=probe_idx, probe_dataset=ds.name,
-        attrs={"experiment": experiment, "config_json": config.to_json(), "versions_json": "{}",
-               "summary_json": "{}", "class_names_json": "[]", "planned_steps": 0, "record_schedule": "every"},
-        compression=compression,
-        analysis=analysis,
-    )
-    train_x = jax.device_put(ds.train_images)
-    train_y = jax.device_put(ds.train_labels.astype(np.int32))
-    probe_x = to_inputs(jax.device_put(ds.test_images[probe_idx]))
-    perm = epoch_permutation(0, 0, len(ds.train_labels))
-    b = config.batch_size
-    batches = [perm[i * b:(i + 1) * b] for i in range(steps)]
-    state = fns.init_state
+    config = dataclasses.replace(get_experiment(experiment), compression=compression)
+    plan = make_plan(config)
+    recorded = plan.recorder(folder / f"{experiment}.h5", overwrite=True)
+    plain = plan.recorder(folder / f"{experiment}-nice0.h5", overwrite=True, writer_nice=0)
+    loops = {"unrecorded": TrainingLoop(plan, None, evaluate=False),
+             "probes": TrainingLoop(plan, None, frames=True, evaluate=False),
+             "recorded": TrainingLoop(plan, recorded, evaluate=False),
+             "recorded, writer at normal priority": TrainingLoop(plan, plain, evaluate=False)}
 
-    def unrecorded(state):
-        for idx in batches:
-            state, metrics = fns.train_step(state, train_x, train_y, idx)
-        jax.block_until_ready((state, metrics))
-        return state
+    def advance(loop: TrainingLoop, n: int) -> None:
+        loop.run(loop.step + n)
+        jax.block_until_ready(loop.state)
+        if loop.rec is not None:
+            loop.rec.wait()  # everything on disk (flushed at least once a second) before the clock stops
 
-    def probes_only(state):
-        for idx in batches:
-            state, metrics, frame = fns.recorded_step(state, train_x, train_y, idx, probe_x)
-        jax.block_until_ready((state, metrics, frame))
-        return state
-
-    analysis_x = to_inputs(jax.device_put(ds.test_images[analysis.indices])) if analysis is not None else None
-
-    done = [0]  # steps recorded so far, across trials, so that the analysis rate is the recorder's
-
-    def recorded(state, writer):
-        for idx in batches:
-            done[0] += 1
-            step = done[0]
-            if every_k and step % every_k == 0:
-                state, metrics, frame = fns.analysed_step(state, train_x, train_y, idx, probe_x, analysis_x)
-            else:
-                state, metrics, frame = fns.recorded_step(state, train_x, train_y, idx, probe_x)
-            writer.submit(lambda w, f, s=step: w.write_frame(s, 0.0, f), frame)
-            writer.submit(lambda w, m, s=step: w.write_train(np.array([s]), m["loss"], m["accuracy"], np.array([0.0])), metrics)
-        writer.wait()  # everything on disk (flushed at least once a second) before the clock stops
-        jax.block_until_ready(state)
-        return state
-
-    writer = AsyncRunWriter(H5RunWriter(folder / f"{experiment}.h5", layout))
-    plain_writer = AsyncRunWriter(H5RunWriter(folder / f"{experiment}-nice0.h5", layout), nice=0)
-    state = recorded(unrecorded(state), writer)  # compile both and warm the writer
-    state = recorded(state, plain_writer)
-    if analysis is not None:  # compile the analysed step too, outside the timed loops
-        state = jax.block_until_ready(fns.analysed_step(state, train_x, train_y, batches[0], probe_x, analysis_x))[0]
-    state = probes_only(state)
-    loops = {"unrecorded": unrecorded, "probes": probes_only, "recorded": lambda s: recorded(s, writer),
-             "recorded, writer at normal priority": lambda s: recorded(s, plain_writer)}
+    # compile every step kind, the analysed one included (the recorder's first analysed step after 0)
+    warm = max(steps, int(recorded.analysis_steps[1]) if len(recorded.analysis_steps) > 1 else steps)
+    for loop in loops.values():
+        loop.start()
+        advance(loop, warm)
     times: dict[str, list[float]] = {name: [] for name in [*loops, *(others or {})]}
     cpu: dict[str, list[float]] = {name: [] for name in loops}  # process CPU seconds per step, all threads
     order = [*loops, *(others or {})]
@@ -122,16 +68,17 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
             time.sleep(PAUSE_S)
             if name in loops:
                 t, c = time.perf_counter(), _cpu_seconds()
-                state = loops[name](state)
+                advance(loops[name], steps)
                 times[name].append(steps / (time.perf_counter() - t))
                 cpu[name].append((_cpu_seconds() - c) / steps)
             else:
                 times[name].append(others[name](steps))
-    writer.close("completed")
-    plain_writer.close("completed")
+    recorded.close()
+    plain.close()
     un, pr, rec = (statistics.median(times[k]) for k in ("unrecorded", "probes", "recorded"))
     cpu_un, cpu_pr, cpu_rec = (statistics.median(cpu[k]) for k in ("unrecorded", "probes", "recorded"))
-    return {"experiment": experiment, "batch": b, "unrecorded": un, "probes": pr, "recorded": rec, "ratio": rec / un,
+    return {"experiment": experiment, "batch": config.batch_size, "unrecorded": un, "probes": pr, "recorded": rec,
+            "ratio": rec / un,
             "paired_ratio": statistics.median(r / u for r, u in zip(times["recorded"], times["unrecorded"])),
             "nice0": statistics.median(times["recorded, writer at normal priority"]),
             "cpu_unrecorded": cpu_un, "cpu_probes": cpu_pr, "cpu_recorded": cpu_rec, "cpu_ratio": cpu_un / cpu_rec,

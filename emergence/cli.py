@@ -105,6 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from experiments import EXPERIMENTS
+    from recorder.config import override_keys
 
     parser = argparse.ArgumentParser(
         prog="emergence",
@@ -116,9 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "record",
         help="train an experiment and record every conv layer on fixed probes into an HDF5 run file",
         description="Train EXPERIMENT and record every tapped conv layer at every scheduled step into "
-        "OUT/NAME.h5. Config keys (see recorder/config.py): model, activation, dataset, data_dir, optimizer, "
-        "learning_rate, momentum, batch_size, epochs, steps, seed, probes, schedule, dtype, compression, "
-        "kernels, eval_every, eval_size, synthetic_size.",
+        f"OUT/NAME.h5. Config keys (see recorder/config.py): {', '.join(override_keys())}.",
     )
     rec.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS)}")
     rec.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable), "

@@ -164,8 +164,11 @@ class Capture:
 
     @classmethod
     def linen(cls, module: Any, variables: Any, example_x: Any, *, kernels: str | Sequence[str] = "first",
-              dtype: Any = "float16") -> "Capture":
-        """For a Flax Linen module: what it sows into "intermediates", or every `nn.Conv` output if nothing."""
+              kernel_paths: Mapping[str, str] | None = None, dtype: Any = "float16") -> "Capture":
+        """For a Flax Linen module: what it sows into "intermediates", or every `nn.Conv` output if nothing.
+        A layer's kernel is the `kernel` of the module at its path in the params, or at `kernel_paths[layer]`
+        (e.g. {"tanh1": "conv1"} when the sown name differs from the conv's: Linen forbids equal names)."""
+        kernel_paths = dict(kernel_paths or {})
         import flax.linen as nn
 
         x0 = jax.ShapeDtypeStruct((1, *tuple(np.shape(example_x))[1:]), jnp.float32)
@@ -183,7 +186,7 @@ class Capture:
                 values = _linen_calls(state.get("intermediates", {}))
             kerns = {}
             for name in values:  # a layer named after its conv submodule has that conv's kernel
-                node = _lookup(v.get("params", {}), name.split("/"))
+                node = _lookup(v.get("params", {}), kernel_paths.get(name, name).split("/"))
                 if isinstance(node, Mapping) and "kernel" in node:
                     kerns[name] = node["kernel"]
             return logits, values, kerns

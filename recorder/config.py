@@ -84,6 +84,11 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(RunConfig)
 
 
+def override_keys() -> list[str]:
+    """The keys `--set key=value` accepts: every field of RunConfig but the experiment's name."""
+    return [f.name for f in dataclasses.fields(RunConfig) if f.name != "experiment"]
+
+
 def _coerce(key: str, text: str, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -115,9 +120,8 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         key = key.strip()
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        if key not in types_ or key == "experiment":
-            valid = ", ".join(k for k in types_ if k != "experiment")
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {valid}")
+        if key not in override_keys():
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(override_keys())}")
         changes[key] = _coerce(key, value.strip(), types_[key])
     return dataclasses.replace(config, **changes).validate()
 

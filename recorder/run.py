@@ -153,10 +153,11 @@ def projected_bytes(rec: Recorder) -> int:
 class TrainingLoop:
     """The built-in loop over a plan, advanced with `run(until)`. With a `Recorder` it records on the
     recorder's schedule; without one it only trains (`frames=True` still computes the frames, and drops
-    them: what the benchmarks use to separate the probe forward from the writer)."""
+    them: what the benchmarks use to separate the probe forward from the writer). `evaluate=False` skips
+    the held-out evaluations (benchmarks compare training with and without recording)."""
 
-    def __init__(self, plan: RunPlan, rec: Recorder | None, frames: bool = False):
-        self.plan, self.rec, self.frames = plan, rec, frames
+    def __init__(self, plan: RunPlan, rec: Recorder | None, frames: bool = False, evaluate: bool = True):
+        self.plan, self.rec, self.frames, self.evaluate = plan, rec, frames, evaluate
         d, fns = plan.dataset, plan.fns
         self.train_x = jax.device_put(d.train_images)  # uint8 on the device; batches are gathered there
         self.train_y = jax.device_put(d.train_labels.astype(np.int32))
@@ -194,7 +195,7 @@ class TrainingLoop:
             if rec is None:
                 continue
             rec.write(step, frame, metrics)
-            if c.eval_every and step % c.eval_every == 0 or step == plan.total:
+            if self.evaluate and (c.eval_every and step % c.eval_every == 0 or step == plan.total):
                 loss, acc = evaluate(fns, self.state.params, self.test_x[:plan.eval_count], self.test_y[:plan.eval_count])
                 rec.log_eval(step, loss=loss, accuracy=acc)
             if progress is not None:
