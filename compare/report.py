@@ -88,7 +88,7 @@ def _num(v: float) -> float | None:
 
 
 def _run_facts(tag: str, run: Run) -> str:
-    c = run.config
+    c = run.facts()
     _, acc, count = run.test_metrics()
     probe = run.analysis_probe_set() if run.has_analysis else None
     analysed = f"{len(run.analysis_steps)} analysed steps, {len(probe['indices'])} analysis images (sha256 " \
@@ -146,7 +146,7 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
     out.mkdir(parents=True, exist_ok=True)
     layers = _layers(options, run.layers)
     dyn = run_dynamics(run, layers)
-    files = [plots.plot_dynamics(dyn, f"{run.path.name}: {run.config['activation']}", out / "dynamics_A.png"),
+    files = [plots.plot_dynamics(dyn, f"{run.path.name}: {run.facts()['activation']}", out / "dynamics_A.png"),
              plots.plot_activity({"A": dyn}, out / "activity.png")]
     metrics = {"runs": {"A": str(run.path)}, "dynamics": {"A": _dynamics_json(dyn)}}
     lines = [f"# Dynamics of `{run.path.name}`", "", "| run | file | model | activation | data | result | recorded |",

@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from recorder.analysis import gram_and_stats
-from recorder.taps import Tap, TapKernel, flatten_taps
+from recorder.taps import capture_taps, flatten_taps
 
 AFTER_NONLINEARITY = "after the nonlinearity"
 PRE_ACTIVATION = "pre-activation"  # a conv layer's own output: what is recorded when the model marks nothing
@@ -127,7 +127,7 @@ class Capture:
         summary = summarize(model, shape)
         if summary["taps"]:
             def forward(m: nnx.Module, x: jax.Array) -> tuple:
-                logits, taps, kerns = nnx.capture(m, Tap, TapKernel)(x)
+                logits, taps, kerns = capture_taps(m)(x)
                 return logits, flatten_taps(taps), flatten_taps(kerns)
 
             names = [t["name"] for t in summary["taps"]]
@@ -151,7 +151,9 @@ class Capture:
                 return logits, values, kerns
 
             names = list(convs)  # definition order
-            out = jax.eval_shape(lambda x: forward(model, x)[1], jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+            graphdef, state = nnx.split(model)  # traced on a copy: nnx forbids mutating the model from a trace
+            out = jax.eval_shape(lambda s, x: forward(nnx.merge(graphdef, s), x)[1], state,
+                                 jax.ShapeDtypeStruct((1, *shape), jnp.float32))
             _check_maps(out, type(model).__name__)
             shapes = {n: tuple(out[n].shape[1:]) for n in names}
             kernel_shapes = {n: tuple(c.kernel.shape) for n, c in convs.items()}

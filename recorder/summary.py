@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from recorder.taps import Tap, TapKernel, call_order, flatten_taps, tap_names_in_call_order
+from recorder.taps import call_order, capture_taps, flatten_taps, tap_names_in_call_order
 
 
 class _Output(nnx.Intermediate):
@@ -28,7 +28,7 @@ def summarize(model: nnx.Module, input_shape: Sequence[int]) -> dict[str, Any]:
     def trace(state: nnx.State, x: jax.Array):
         m = nnx.merge(graphdef, state)
         with call_order() as log:
-            out, taps, kernels, outputs = nnx.capture(m, Tap, TapKernel, _Output, method_outputs=_Output)(x)
+            out, taps, kernels, outputs = capture_taps(m, _Output, method_outputs=_Output)(x)
         order.extend(tap_names_in_call_order(m, log))
         return out, taps, kernels, outputs
 

@@ -6,6 +6,10 @@ ordinary outputs of `nnx.capture` (no host callbacks, nothing stored on the modu
 
 Passing `kernel=self.conv1.kernel` as well lets the recorder store that layer's weights with each frame
 (used for filter pictures).
+
+`tap` sows only inside `capture_taps` (what the recorder's captures use); anywhere else, a loss function
+calling the model as usual for instance, it returns the value and does nothing: no state is added to the
+module, and Flax's warning about `sow` outside `nnx.capture` does not apply.
 """
 
 from __future__ import annotations
@@ -27,7 +31,30 @@ class TapKernel(nnx.Intermediate):
 
 
 _order = threading.local()
+_capturing = threading.local()
 KERNEL_SUFFIX = ":kernel"
+
+
+@contextlib.contextmanager
+def capturing() -> Iterator[None]:
+    """While (trace-time) active, `tap` sows its values for `nnx.capture` to collect."""
+    before = getattr(_capturing, "on", False)
+    _capturing.on = True
+    try:
+        yield
+    finally:
+        _capturing.on = before
+
+
+def capture_taps(model: nnx.Module, *extra: type, **kwargs: object) -> object:
+    """`nnx.capture(model, Tap, TapKernel, *extra, **kwargs)` with `tap` switched on: call it like the model."""
+    forward = nnx.capture(model, Tap, TapKernel, *extra, **kwargs)
+
+    def call(*args: object, **kw: object) -> object:
+        with capturing():
+            return forward(*args, **kw)
+
+    return call
 
 
 def tap(module: nnx.Module, name: str, value: jax.Array, kernel: nnx.Param | jax.Array | None = None) -> jax.Array:
@@ -36,6 +63,8 @@ def tap(module: nnx.Module, name: str, value: jax.Array, kernel: nnx.Param | jax
     `name` must be unique in the model and must not equal an attribute of `module` (NNX keeps sown
     values beside the module's own attributes).
     """
+    if not getattr(_capturing, "on", False):
+        return value
     module.sow(Tap, name, value)
     if kernel is not None:
         # Captured values of all types share one namespace per module, hence the suffix.

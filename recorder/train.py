@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from recorder.capture import Capture
-from recorder.taps import Tap, TapKernel
+from recorder.taps import capture_taps
 
 
 class TrainState(NamedTuple):
@@ -65,7 +65,7 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
     traces = {"train_step": 0, "recorded_step": 0, "analysed_step": 0, "probe_frame": 0, "eval_chunk": 0}
 
     def forward(params: nnx.State, x: jax.Array) -> tuple[jax.Array, nnx.State, nnx.State]:
-        return nnx.capture(nnx.merge(graphdef, params, rest), Tap, TapKernel)(x)
+        return capture_taps(nnx.merge(graphdef, params, rest))(x)
 
     def loss_and_accuracy(params: nnx.State, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
         logits, _, _ = forward(params, x)

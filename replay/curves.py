@@ -30,7 +30,6 @@ def write_curves(run: Run, path: Path) -> Path:
 
     train, ev = run.train_metrics(), run.eval_metrics()
     test_loss, test_acc, test_count = run.test_metrics()
-    c = run.config
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     for ax, what in zip(axes, ("loss", "accuracy")):
         t = getattr(train, what)
@@ -52,8 +51,7 @@ def write_curves(run: Run, path: Path) -> Path:
             ax.set_ylim(0, 1)
         ax.legend(fontsize=8, loc="upper right" if what == "loss" else "lower right")
     status = "" if run.status == "completed" else f" [{run.describe_status()}]"
-    fig.suptitle(f"{run.experiment}: {c['model']} ({c['activation']}) on {c['dataset']}, batch {c['batch_size']}, "
-                 f"{c['optimizer']} lr {c['learning_rate']}, seed {c['seed']}{status}", fontsize=10)
+    fig.suptitle(f"{run.experiment}: {run.describe_training()}{status}", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -8,12 +8,10 @@ from replay.run_file import Run, _ranges
 
 
 def describe(run: Run) -> str:
-    c = run.config
     steps = run.steps
     lines = [
         f"run         {run.path}",
-        f"experiment  {run.experiment}: {c['model']} ({c['activation']}) on {c['dataset']}, {c['optimizer']} "
-        f"lr {c['learning_rate']}, batch {c['batch_size']}, seed {c['seed']}",
+        f"experiment  {run.experiment}: {run.describe_training()}",
         f"status      {run.describe_status()}",
         f"frames      {len(steps)} of steps {_ranges(steps)} (schedule {run.schedule}, {run.planned_steps} steps planned)",
         f"probes      {len(run.probes()[1])} test images, indices {list(map(int, run.probes()[2]))}",

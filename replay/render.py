@@ -164,7 +164,7 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
             report.pictures += _snapshots(run, layer_frames, step, probes, style, options, out, entries, sizes)
 
         facts = [("run file", str(Path(path).resolve())), ("experiment", run.experiment),
-                 ("model", f"{run.config['model']} ({run.config['activation']}) on {run.config['dataset']}"),
+                 ("model", run.describe_training()),
                  ("status", run.describe_status()),
                  ("frames", f"{run.num_frames} recorded, {len(positions)} selected (--every {options.every}, "
                             f"--steps {options.steps})"),

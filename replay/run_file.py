@@ -142,6 +142,22 @@ class Run:
             return f"running? ({reason})"
         return f"{state}: {reason}" if reason else ("running" if state == "recording" else state)
 
+    def facts(self) -> dict[str, str]:
+        """model, activation, dataset, optimizer, learning_rate, batch_size, seed as text: from the config where it
+        has them (any JSON object for runs recorded through the API), else from the file itself, else "?"."""
+        c = self.config
+        first = self.layers[0] if self.layers else None
+        fallback = {"model": self.summary.get("framework", "?"), "activation": self.activation_label(first) if first else "?",
+                    "dataset": str(self._f["probes/indices"].attrs.get("dataset", "?"))}
+        keys = ("model", "activation", "dataset", "optimizer", "learning_rate", "batch_size", "seed")
+        return {k: str(c[k]) if k in c and c[k] is not None else fallback.get(k, "?") for k in keys}
+
+    def describe_training(self) -> str:
+        """One line: what was trained on what, how."""
+        f = self.facts()
+        return (f"{f['model']} ({f['activation']}) on {f['dataset']}, {f['optimizer']} lr {f['learning_rate']}, "
+                f"batch {f['batch_size']}, seed {f['seed']}")
+
     # -- data ---------------------------------------------------------------------------------------
     def layer_shape(self, layer: str) -> tuple[int, ...]:
         """(P, H, W, C) of one frame of `layer`."""

@@ -7,7 +7,7 @@ from flax import nnx
 from recorder.activations import ACTIVATIONS
 from recorder.models import build_model
 from recorder.summary import summarize
-from recorder.taps import Tap, TapKernel, flatten_taps
+from recorder.taps import capture_taps, flatten_taps
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_learn_to_see_init_and_cifar_shape():
     model = build_model("learn_to_see", (32, 32, 3), 10, "tanh", 0)
     k = np.asarray(model.convs[2].kernel[...])
     assert abs(k.std() - 0.01) < 0.002 and abs(k.mean()) < 0.002  # Normal(0, 0.01)
-    out, taps, _ = nnx.capture(model, Tap, TapKernel)(jnp.zeros((2, 32, 32, 3)))
+    out, taps, _ = capture_taps(model)(jnp.zeros((2, 32, 32, 3)))
     assert out.shape == (2, 10) and flatten_taps(taps)["conv6"].shape == (2, 8, 8, 16)
 
 
@@ -41,7 +41,7 @@ def test_learn_to_see_init_and_cifar_shape():
 def test_recorded_values_come_after_the_nonlinearity(activation):
     model = build_model("tiny_cnn", (28, 28, 1), 10, activation, 0)
     x = jax.random.normal(jax.random.key(0), (3, 28, 28, 1))
-    _, taps, kernels = nnx.capture(model, Tap, TapKernel)(x)
+    _, taps, kernels = capture_taps(model)(x)
     pre = jax.lax.conv_general_dilated(x, model.conv_a.kernel[...], (1, 1), "VALID",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + model.conv_a.bias[...]
     np.testing.assert_allclose(flatten_taps(taps)["conv1"], ACTIVATIONS[activation](pre), atol=1e-5)

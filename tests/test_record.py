@@ -12,7 +12,7 @@ from flax import nnx
 from recorder.data import load_dataset
 from recorder.models import build_model
 from recorder.run import record
-from recorder.taps import Tap, flatten_taps
+from recorder.taps import capture_taps, flatten_taps
 from replay import open_run
 from tests.conftest import tiny_config
 
@@ -61,7 +61,7 @@ def test_step0_frame_is_the_initial_model_on_the_probes(tiny_run):
         images, labels, indices = run.probes()
         np.testing.assert_array_equal(images, ds.test_images[indices])
         assert labels.tolist() == list(range(10))  # one probe per class, in class order
-        _, taps = nnx.capture(lambda m, x: m(x), Tap)(model, jnp.asarray(images, jnp.float32) / 255)
+        _, taps, _ = capture_taps(model)(jnp.asarray(images, jnp.float32) / 255)
         expected = np.asarray(flatten_taps(taps)["conv1"]).astype(np.float16).astype(np.float32)
         np.testing.assert_array_equal(run.activations("conv1", [0])[0], expected)
         np.testing.assert_array_equal(run.kernels("conv1", [0])[0], model.conv_a.kernel[...])
@@ -113,7 +113,7 @@ def test_analysis_grams_are_the_centred_grams_of_the_model(tiny_run):
     with open_run(path) as run:
         probe_set = run.analysis_probe_set()
         x = jnp.asarray(ds.test_images[probe_set["indices"]], jnp.float32) / 255
-        _, taps = nnx.capture(lambda m, x: m(x), Tap)(model, x)
+        _, taps, _ = capture_taps(model)(x)
         for layer, a in flatten_taps(taps).items():
             feats = np.asarray(a, np.float64).reshape(len(x), -1)
             feats -= feats.mean(axis=0)

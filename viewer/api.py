@@ -103,7 +103,8 @@ class Api:
                             "max_frames": max(1, min(MAX_RANGE, MAX_BYTES // (4 * math.prod(shape))))})
         images, labels, indices = run.probes()
         return json_reply({
-            "id": rid, "name": run_name, "experiment": run.experiment, "config": run.config,
+            "id": rid, "name": run_name, "experiment": run.experiment, "config": run.config, "facts": run.facts(),
+            "training": run.describe_training(),
             "state": state, "reason": reason, "planned_steps": run.planned_steps, "schedule": run.schedule,
             "steps": run.steps.tolist(), "layers": layers, "kernels": kernels,
             "probes": {"shape": list(images.shape), "labels": labels.tolist(), "indices": indices.tolist()},

@@ -199,7 +199,7 @@ def read_error(exc: BaseException, entry: RunFile) -> str:
 
 def summarise(entry: RunFile, run: Run) -> dict[str, Any]:
     """The run list's row for one readable run."""
-    c = run.config
+    c = run.facts()
     state, reason = run.state()
     steps = run.steps
     ev, train = run.eval_metrics(), run.train_metrics()
@@ -211,8 +211,7 @@ def summarise(entry: RunFile, run: Run) -> dict[str, Any]:
     _, test_acc, count = run.test_metrics()
     return {
         "id": entry.id, "name": entry.name, "readable": True, "experiment": run.experiment,
-        "model": str(c.get("model", "")), "activation": str(c.get("activation", "")),
-        "dataset": str(c.get("dataset", "")), "state": state, "reason": reason,
+        "model": c["model"], "activation": c["activation"], "dataset": c["dataset"], "state": state, "reason": reason,
         "frames": int(len(steps)), "last_step": int(steps[-1]) if len(steps) else None,
         "planned_steps": run.planned_steps, "last_accuracy": last_acc,
         "test_accuracy": float(test_acc) if count else None, "has_analysis": run.has_analysis,

@@ -386,11 +386,11 @@ class RunView extends SteppedView {
   }
 
   showFacts() {
-    const r = this.run, c = r.config;
+    const r = this.run;
     const test = r.test ? `test accuracy ${fmt(r.test.accuracy, 4)} on ${r.test.count} images` : "no test result yet";
     const state = el("span", { class: `state ${r.state}`, id: "run-state", text: r.state + (r.reason ? `: ${r.reason}` : "") });
     this.facts.replaceChildren(el("h2", { text: r.name }), el("p", {},
-      state, el("span", { text: ` · ${r.experiment}: ${c.model} (${c.activation}) on ${c.dataset}, ${c.optimizer} lr ${c.learning_rate}, batch ${c.batch_size}, seed ${c.seed} · ${r.steps.length} frames of ${r.planned_steps} steps (${r.schedule}) · ${test}` })));
+      state, el("span", { text: ` · ${r.experiment}: ${r.training} · ${r.steps.length} frames of ${r.planned_steps} steps (${r.schedule}) · ${test}` })));
   }
 
   panelPositions(pos) {
@@ -460,7 +460,7 @@ class CompareView extends SteppedView {
     }));
     const head = el("div", { class: "facts" }, el("h2", { text: "Two runs at the same step" }),
       ...[0, 1].map((k) => el("p", {}, el("b", { text: k ? "B " : "A " }), el("a", { href: `#/run/${this.runs[k].id}`, text: this.runs[k].name }),
-        el("span", { text: ` · ${this.runs[k].config.activation}, seed ${this.runs[k].config.seed} · ${this.runs[k].state}` }))),
+        el("span", { text: ` · ${this.runs[k].facts.activation}, seed ${this.runs[k].facts.seed} · ${this.runs[k].state}` }))),
       el("p", { class: "muted", text: `Aligned by step: ${cmp.steps.length} steps recorded in both runs; each side keeps its own fixed colour scale.` }));
     this.sim = el("div", { class: "similarity" });
     if (cmp.similarity) {
