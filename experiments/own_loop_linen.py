@@ -11,7 +11,6 @@ Writes OUT/own_loop_linen.h5, which `emergence info | replay | compare | serve` 
 
 from __future__ import annotations
 
-import argparse
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from experiments import own_loop_args
 from recorder import Capture, Probes, Recorder, load_dataset
 
 
@@ -45,11 +45,12 @@ def loss_and_accuracy(params, apply_fn, x, y):
 
 
 @partial(jax.jit, static_argnames="capture")
-def train_step(state: train_state.TrainState, images, labels, probe_x, analysis_x, capture: Capture):
+def train_step(state: train_state.TrainState, images, labels, probe_x, analysis_x, capture: Capture | None):
+    """One update; returns the new state, the metrics and, with a `capture`, the frame."""
     x = images.astype(jnp.float32) / 255.0
     (loss, acc), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(state.params, state.apply_fn, x, labels)
     state = state.apply_gradients(grads=grads)
-    frame = capture({"params": state.params}, probe_x, analysis_x)
+    frame = None if capture is None else capture({"params": state.params}, probe_x, analysis_x)
     return state, {"loss": loss, "accuracy": acc}, frame
 
 
@@ -59,21 +60,10 @@ def eval_step(state: train_state.TrainState, images, labels):
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="runs")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist (default), mnist or synthetic")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-
+    args = own_loop_args.parse(__doc__.split("\n")[0], argv)
     data = load_dataset(args.dataset)
-    probe_idx = np.array([int(np.flatnonzero(data.test_labels == c)[0]) for c in range(len(data.class_names))])
-    probes = Probes(data.test_images[probe_idx], data.test_labels[probe_idx], data.class_names, probe_idx, data.name)
-    analysis_idx = np.arange(min(128, len(data.test_labels)))
-    analysis = Probes(data.test_images[analysis_idx], data.test_labels[analysis_idx], data.class_names, analysis_idx,
-                      data.name)
+    probes = Probes.select(data.test_images, data.test_labels, "one per class", data.class_names, data.name)
+    analysis = Probes.select(data.test_images, data.test_labels, "balanced:128", data.class_names, data.name)
     probe_x = jnp.asarray(probes.images, jnp.float32) / 255.0
     analysis_x = jnp.asarray(analysis.images, jnp.float32) / 255.0
 

@@ -13,7 +13,6 @@ Writes OUT/own_loop_nnx.h5, which `emergence info | replay | compare | serve` re
 
 from __future__ import annotations
 
-import argparse
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from experiments import own_loop_args
 from recorder import Capture, Probes, Recorder, load_dataset, tap
 
 
@@ -63,11 +63,12 @@ def loss_fn(model: CNN, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Arra
 
 @partial(nnx.jit, static_argnames="capture")
 def train_step(model: CNN, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array, key: jax.Array,
-               probe_x: jax.Array, analysis_x: jax.Array | None, capture: Capture):
+               probe_x: jax.Array, analysis_x: jax.Array | None, capture: Capture | None):
+    """One update on an augmented batch; returns the metrics and, with a `capture`, the frame."""
     x = augment(key, images.astype(jnp.float32) / 255.0)
     (loss, acc), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x, labels)
     optimizer.update(model, grads)
-    frame = capture(model, probe_x, analysis_x)  # after the update: the frame of this step
+    frame = None if capture is None else capture(model, probe_x, analysis_x)  # after the update: this step's frame
     return {"loss": loss, "accuracy": acc}, frame
 
 
@@ -77,21 +78,10 @@ def eval_step(model: CNN, images: jax.Array, labels: jax.Array) -> tuple[jax.Arr
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="runs")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist (default), mnist or synthetic")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-
+    args = own_loop_args.parse(__doc__.split("\n")[0], argv)
     data = load_dataset(args.dataset)
-    probe_idx = np.array([int(np.flatnonzero(data.test_labels == c)[0]) for c in range(len(data.class_names))])
-    analysis_idx = np.arange(min(128, len(data.test_labels)))
-    probes = Probes(data.test_images[probe_idx], data.test_labels[probe_idx], data.class_names, probe_idx, data.name)
-    analysis = Probes(data.test_images[analysis_idx], data.test_labels[analysis_idx], data.class_names, analysis_idx,
-                      data.name)
+    probes = Probes.select(data.test_images, data.test_labels, "one per class", data.class_names, data.name)
+    analysis = Probes.select(data.test_images, data.test_labels, "balanced:128", data.class_names, data.name)
     probe_x = jnp.asarray(probes.images, jnp.float32) / 255.0
     analysis_x = jnp.asarray(analysis.images, jnp.float32) / 255.0
 

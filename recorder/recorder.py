@@ -29,7 +29,8 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from recorder.analysis import ANALYSIS_FRAMES, STAT_DOCS, STAT_NAMES, analysis_steps, probe_set_hash
+from recorder.analysis import (ANALYSIS_FRAMES, STAT_DOCS, STAT_NAMES, analysis_steps, choose_analysis_probes,
+                               probe_set_hash)
 from recorder.async_writer import AsyncRunWriter
 from recorder.capture import Capture
 from recorder.schedule import recorded_steps
@@ -76,6 +77,24 @@ class Probes:
         object.__setattr__(self, "labels", labels.astype(np.int64))
         object.__setattr__(self, "indices", indices.astype(np.int64))
         object.__setattr__(self, "class_names", names)
+
+    @classmethod
+    def select(cls, images: np.ndarray, labels: np.ndarray, indices: np.ndarray | str, class_names: tuple[str, ...] = (),
+               dataset: str = "user data") -> "Probes":
+        """The images of a split at `indices`, or with `indices="one per class"` the first image of each class
+        (the reference experiment's choice), or `"balanced:N"` N class-balanced images (round-robin over the
+        classes in split order: an analysis set)."""
+        labels = np.asarray(labels)
+        if isinstance(indices, str):
+            classes = len(class_names) or int(labels.max()) + 1
+            if indices == "one per class":
+                indices = np.array([int(np.flatnonzero(labels == c)[0]) for c in range(classes) if (labels == c).any()])
+            elif indices.startswith("balanced:") and indices[9:].isdigit():
+                indices = choose_analysis_probes(labels, int(indices[9:]), classes)
+            else:
+                raise RecorderError(f"indices={indices!r}: expected an array, 'one per class' or 'balanced:N'")
+        indices = np.asarray(indices, np.int64)
+        return cls(np.asarray(images)[indices], labels[indices], tuple(class_names), indices, dataset)
 
     @property
     def sha256(self) -> str:

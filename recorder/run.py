@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from recorder.analysis import choose_analysis_probes
@@ -165,7 +166,7 @@ class TrainingLoop:
         self.test_y = jax.device_put(d.test_labels.astype(np.int32))
         self.probe_x = to_inputs(jax.device_put(d.test_images[plan.probe_idx]))
         self.analysis_x = None if plan.analysis_idx is None else to_inputs(jax.device_put(d.test_images[plan.analysis_idx]))
-        self.state = fns.init_state
+        self.state = jax.tree.map(jnp.copy, fns.init_state)  # its own copy: the steps donate the state they get
         self.step = 0
         self._perm = epoch_permutation(plan.config.seed, 0, len(d.train_labels))
 

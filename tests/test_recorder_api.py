@@ -260,3 +260,15 @@ def test_linen_and_nnx_examples_record_files_every_command_reads(tmp_path, capsy
         assert main(["compare", str(path), "--out", str(tmp_path / f"{path.stem}_dyn")]) == 0
     assert (tmp_path / "own_loop_linen" / "tanh1.gif").exists()
     assert "own_loop_nnx" in capsys.readouterr().out
+
+
+def test_probes_from_a_split():
+    labels = np.array([3, 1, 1, 0, 2, 3, 0, 2, 1])
+    images = np.arange(9 * 4, dtype=np.uint8).reshape(9, 2, 2, 1)
+    one = Probes.select(images, labels, "one per class", ("a", "b", "c", "d"), "mine")
+    assert one.indices.tolist() == [3, 1, 4, 0] and one.labels.tolist() == [0, 1, 2, 3]
+    assert np.array_equal(one.images, images[[3, 1, 4, 0]]) and one.dataset == "mine"
+    balanced = Probes.select(images, labels, "balanced:8", ("a", "b", "c", "d"))
+    assert sorted(np.bincount(balanced.labels).tolist()) == [2, 2, 2, 2]
+    with pytest.raises(RecorderError, match="one per class"):
+        Probes.select(images, labels, "first ten")
