@@ -68,6 +68,15 @@ def frame_from(values: Mapping[str, jax.Array], kernels: Mapping[str, jax.Array]
     return frame
 
 
+def inference_view(model: nnx.Module) -> nnx.Module:
+    """A copy of `model` (sharing its arrays) in inference mode: running statistics, no dropout. Frames are
+    computed on it, so they depend only on the model's state at the step, and the caller's model keeps its
+    mode and its RNG counters."""
+    view = nnx.merge(*nnx.split(model))
+    view.eval()
+    return view
+
+
 def _stack(probe_x: jax.Array, analysis_x: jax.Array | None) -> jax.Array:
     return probe_x if analysis_x is None else jnp.concatenate([probe_x, analysis_x])  # one forward for both
 
@@ -127,7 +136,7 @@ class Capture:
         summary = summarize(model, shape)
         if summary["taps"]:
             def forward(m: nnx.Module, x: jax.Array) -> tuple:
-                logits, taps, kerns = capture_taps(m)(x)
+                logits, taps, kerns = capture_taps(inference_view(m))(x)
                 return logits, flatten_taps(taps), flatten_taps(kerns)
 
             names = [t["name"] for t in summary["taps"]]
@@ -140,7 +149,7 @@ class Capture:
                 raise CaptureError(f"{type(model).__name__} has no tap() and no nnx.Conv: nothing to record")
 
             def forward(m: nnx.Module, x: jax.Array) -> tuple:
-                logits, outputs = nnx.capture(m, _ConvOutput, method_outputs=_ConvOutput)(x)
+                logits, outputs = nnx.capture(inference_view(m), _ConvOutput, method_outputs=_ConvOutput)(x)
                 values = {}
                 for path, var in nnx.to_flat_state(outputs):
                     name = "/".join(str(p) for p in path[:-1])

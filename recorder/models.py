@@ -111,7 +111,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, activat
         raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(sorted(MODELS))}")
 
     def create() -> nnx.Module:
-        return MODELS[name](tuple(input_shape), num_classes, activation, nnx.Rngs(params=seed))
+        return MODELS[name](tuple(input_shape), num_classes, activation, nnx.Rngs(params=seed, dropout=seed))
 
     try:
         graphdef, _ = nnx.split(nnx.eval_shape(create))

@@ -174,7 +174,7 @@ class TrainingLoop:
         """Step 0: the initial model's frame."""
         if self.rec is not None:
             analysis_x = self.analysis_x if self.rec.should_analyse(0) else None
-            self.rec.write(0, self.plan.fns.probe_frame(self.state.params, self.probe_x, analysis_x))
+            self.rec.write(0, self.plan.fns.probe_frame(self.state.params, self.state.model_state, self.probe_x, analysis_x))
 
     def run(self, until: int, progress: Progress | None = None) -> None:
         """Trains (and records) steps step+1 .. until."""
@@ -197,7 +197,7 @@ class TrainingLoop:
                 continue
             rec.write(step, frame, metrics)
             if self.evaluate and (c.eval_every and step % c.eval_every == 0 or step == plan.total):
-                loss, acc = evaluate(fns, self.state.params, self.test_x[:plan.eval_count], self.test_y[:plan.eval_count])
+                loss, acc = evaluate(fns, self.state, self.test_x[:plan.eval_count], self.test_y[:plan.eval_count])
                 rec.log_eval(step, loss=loss, accuracy=acc)
             if progress is not None:
                 latest = rec.latest_train
@@ -205,7 +205,7 @@ class TrainingLoop:
 
     def test(self) -> tuple[float, float]:
         """The full test split (syncs: the end of the run)."""
-        loss, acc = (float(v) for v in evaluate(self.plan.fns, self.state.params, self.test_x, self.test_y))
+        loss, acc = (float(v) for v in evaluate(self.plan.fns, self.state, self.test_x, self.test_y))
         if self.rec is not None:
             self.rec.log_test(loss=loss, accuracy=acc, count=len(self.plan.dataset.test_labels))
         return loss, acc

@@ -1,8 +1,14 @@
 """The pure, jitted functions of a recorded run: one training step (optionally with the probe frame),
 the probe forward alone (for step 0), and the evaluation of a chunk of images.
 
-The model is split once into a static graph definition and its parameters; every function below merges
-them inside the trace, so each is a plain `jax.jit` of pytrees and compiles once per input shape.
+The model is split once into a static graph definition, its parameters and the rest of its state (batch
+statistics, RNG stream counters: whatever the model carries besides `nnx.Param`); every function below
+merges them inside the trace, so each is a plain `jax.jit` of pytrees and compiles once per input shape.
+The training step runs the model in training mode and returns the rest of the state updated (BatchNorm's
+running statistics, the dropout stream's counter, so masks differ per step and repeat for a seed); the
+optimizer sees only the parameters. Frames and evaluations run it in inference mode (`Module.eval()`:
+running statistics, no dropout), so a frame depends only on the state at its step, never on which other
+images share its batch.
 """
 
 from __future__ import annotations
@@ -16,12 +22,12 @@ import optax
 from flax import nnx
 
 from recorder.capture import Capture
-from recorder.taps import capture_taps
 
 
 class TrainState(NamedTuple):
     params: nnx.State  # the model's nnx.Param leaves
     opt_state: optax.OptState
+    model_state: nnx.State  # everything else the model holds (BatchStat, RNG counters, ...); often empty
 
 
 # layer -> [P, H, W, C]; "logits" -> [P, K]; "kernel/<layer>" -> kernel; with analysis also
@@ -42,6 +48,18 @@ def to_inputs(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) / 255.0
 
 
+CARRIED = (nnx.BatchStat, nnx.RngState)  # what the step carries besides the parameters
+
+
+def check_model_state(rest: nnx.State) -> None:
+    """Refuses model state the step cannot carry correctly, naming the variable type."""
+    bad = sorted({type(v).__name__ for _, v in nnx.to_flat_state(rest) if not isinstance(v, CARRIED)})
+    if bad:
+        raise ValueError(f"the model holds state of type {', '.join(bad)}, which the training step cannot carry: "
+                         f"it carries nnx.Param (optimised), {', '.join(t.__name__ for t in CARRIED)} (updated "
+                         "by the forward pass); make other values nnx.Param, nnx.BatchStat, or plain constants")
+
+
 @dataclasses.dataclass
 class StepFunctions:
     """The compiled functions of one run. `traces` counts how often each was traced (compiled)."""
@@ -50,7 +68,7 @@ class StepFunctions:
     train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
     recorded_step: Callable[..., tuple[TrainState, dict[str, jax.Array], Frame]]
     analysed_step: Callable[..., tuple[TrainState, dict[str, jax.Array], Frame]]  # + analysis/* entries
-    probe_frame: Callable[..., Frame]  # (params, probe_x[, analysis_x]): step 0
+    probe_frame: Callable[..., Frame]  # (params, model_state, probe_x[, analysis_x]): step 0
     eval_chunk: Callable[..., tuple[jax.Array, jax.Array]]
     traces: dict[str, int]
 
@@ -62,24 +80,35 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
     The training state is donated: callers must not reuse a state after passing it in.
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    check_model_state(rest)
     traces = {"train_step": 0, "recorded_step": 0, "analysed_step": 0, "probe_frame": 0, "eval_chunk": 0}
 
-    def forward(params: nnx.State, x: jax.Array) -> tuple[jax.Array, nnx.State, nnx.State]:
-        return capture_taps(nnx.merge(graphdef, params, rest))(x)
+    def training(params: nnx.State, rest: nnx.State, x: jax.Array) -> tuple[jax.Array, nnx.State]:
+        """Logits in training mode, and the model state the forward pass left (updated statistics, RNGs)."""
+        m = nnx.merge(graphdef, params, rest, copy=True)  # fresh variables: mutable at this trace level
+        m.train()
+        logits = m(x)
+        return logits, nnx.split(m, nnx.Param, ...)[2]
 
-    def loss_and_accuracy(params: nnx.State, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        logits, _, _ = forward(params, x)
+    def inference(params: nnx.State, rest: nnx.State) -> nnx.Module:
+        m = nnx.merge(graphdef, params, rest)
+        m.eval()
+        return m
+
+    def loss_and_accuracy(params: nnx.State, rest: nnx.State, x: jax.Array, y: jax.Array):
+        logits, rest = training(params, rest, x)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, (jnp.argmax(logits, -1) == y).mean()
+        return loss, ((jnp.argmax(logits, -1) == y).mean(), rest)
 
     def update(state: TrainState, images: jax.Array, labels: jax.Array, idx: jax.Array) -> tuple[TrainState, dict]:
         x, y = to_inputs(images[idx]), labels[idx]  # gather the batch on the device
-        (loss, acc), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(state.params, x, y)
+        (loss, (acc, rest)), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(
+            state.params, state.model_state, x, y)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), opt_state), {"loss": loss, "accuracy": acc}
+        return TrainState(optax.apply_updates(state.params, updates), opt_state, rest), {"loss": loss, "accuracy": acc}
 
-    def frame_of(params: nnx.State, probe_x: jax.Array, analysis_x: jax.Array | None = None) -> Frame:
-        return capture(nnx.merge(graphdef, params, rest), probe_x, analysis_x)
+    def frame_of(params: nnx.State, rest: nnx.State, probe_x: jax.Array, analysis_x: jax.Array | None = None) -> Frame:
+        return capture(inference(params, rest), probe_x, analysis_x)
 
     def train_step(state, images, labels, idx):
         traces["train_step"] += 1  # runs only while tracing
@@ -88,27 +117,27 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
     def recorded_step(state, images, labels, idx, probe_x):
         traces["recorded_step"] += 1
         state, metrics = update(state, images, labels, idx)
-        return state, metrics, frame_of(state.params, probe_x)  # the frame sees the updated parameters
+        return state, metrics, frame_of(state.params, state.model_state, probe_x)  # the updated state's frame
 
     def analysed_step(state, images, labels, idx, probe_x, analysis_x):
         traces["analysed_step"] += 1
         state, metrics = update(state, images, labels, idx)
-        return state, metrics, frame_of(state.params, probe_x, analysis_x)
+        return state, metrics, frame_of(state.params, state.model_state, probe_x, analysis_x)
 
-    def probe_frame(params, probe_x, analysis_x=None):
+    def probe_frame(params, rest, probe_x, analysis_x=None):
         traces["probe_frame"] += 1
-        return frame_of(params, probe_x, analysis_x)
+        return frame_of(params, rest, probe_x, analysis_x)
 
-    def eval_chunk(params, images, labels, mask):
+    def eval_chunk(params, rest, images, labels, mask):
         """Summed loss and correct count over the rows where mask is true (chunks are padded)."""
         traces["eval_chunk"] += 1
-        logits, _, _ = forward(params, to_inputs(images))
+        logits = inference(params, rest)(to_inputs(images))
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         correct = jnp.argmax(logits, -1) == labels
         return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(jnp.where(mask, correct, False))
 
     return StepFunctions(
-        init_state=TrainState(params, tx.init(params)),
+        init_state=TrainState(params, tx.init(params), rest),
         train_step=jax.jit(train_step, donate_argnums=0),
         recorded_step=jax.jit(recorded_step, donate_argnums=0),
         analysed_step=jax.jit(analysed_step, donate_argnums=0),
@@ -121,8 +150,9 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
 EVAL_CHUNK = 500
 
 
-def evaluate(fns: StepFunctions, params: nnx.State, images: Any, labels: Any, chunk: int = EVAL_CHUNK) -> tuple[jax.Array, jax.Array]:
-    """Mean loss and accuracy over all `images` (device uint8 [N, H, W, C]); returns device scalars.
+def evaluate(fns: StepFunctions, state: TrainState, images: Any, labels: Any,
+             chunk: int = EVAL_CHUNK) -> tuple[jax.Array, jax.Array]:
+    """Mean loss and accuracy over all `images` (device uint8 [N, H, W, C]) in inference mode; device scalars.
 
     Every chunk has the same shape whatever N (the last is padded and masked), so this compiles once.
     """
@@ -137,7 +167,7 @@ def evaluate(fns: StepFunctions, params: nnx.State, images: Any, labels: Any, ch
             x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
             y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
         mask = jnp.arange(chunk) < (stop - start)
-        loss, correct = fns.eval_chunk(params, x, y, mask)
+        loss, correct = fns.eval_chunk(state.params, state.model_state, x, y, mask)
         total_loss = total_loss + loss
         total_correct = total_correct + correct
     return total_loss / n, total_correct.astype(jnp.float32) / n
