@@ -33,6 +33,9 @@ from recorder.taps import capture_taps, flatten_taps
 AFTER_NONLINEARITY = "after the nonlinearity"
 PRE_ACTIVATION = "pre-activation"  # a conv layer's own output: what is recorded when the model marks nothing
 STAGES = (AFTER_NONLINEARITY, PRE_ACTIVATION)
+NNX_MODE = "inference: the model in Module.eval() (BatchNorm running statistics, no dropout)"
+LINEN_MODE = "as module.apply(variables, x) computes it (the module's own defaults for BatchNorm and Dropout)"
+FUNCTION_MODE = "as the recorded function computes it"
 KERNEL_CHOICES = ("first", "all", "none")
 
 
@@ -113,6 +116,7 @@ class Capture:
         self.num_classes = num_classes
         self.summary = summary
         self._forward = forward  # (model-or-params, x) -> (logits | None, {layer: act}, {layer: kernel})
+        self.mode = {"flax.linen": LINEN_MODE, "function": FUNCTION_MODE}.get(summary.get("framework", ""), NNX_MODE)
 
     @property
     def stage(self) -> str:

@@ -145,7 +145,7 @@ class Recorder:
             attrs={"experiment": experiment, "config_json": config_json, "versions_json": json.dumps(dict(versions or {})),
                    "summary_json": json.dumps(capture.summary), "class_names_json": json.dumps(list(names)),
                    "planned_steps": planned_steps, "record_schedule": schedule, "data_origin": data_origin,
-                   "writer": writer},
+                   "writer": writer, "frame_mode": capture.mode},
             dtype=capture.dtype.name, compression=compression, eval_count=eval_count,
             analysis=None if analysis is None else AnalysisLayout(
                 indices=analysis.indices, labels=analysis.labels, sha256=analysis.sha256, steps=self.analysis_steps,
