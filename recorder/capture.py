@@ -108,19 +108,19 @@ class Capture:
     """Static facts about the recorded layers, and the traceable function that computes a frame."""
 
     def __init__(self, layers: tuple[LayerInfo, ...], forward: Callable[..., tuple], kernel_layers: tuple[str, ...],
-                 dtype: Any, has_logits: bool, num_classes: int, summary: dict[str, Any]):
+                 dtype: Any, summary: dict[str, Any]):
         self.layers = layers
         self.kernel_layers = kernel_layers
         self.dtype = jnp.dtype(dtype)
-        self.has_logits = has_logits
-        self.num_classes = num_classes
         self.summary = summary
+        out = summary.get("output_shape", [])
+        self.num_classes = int(out[0]) if len(out) == 1 else 0  # logits [K] per image, else none recorded
         self._forward = forward  # (model-or-params, x) -> (logits | None, {layer: act}, {layer: kernel})
         self.mode = {"flax.linen": LINEN_MODE, "function": FUNCTION_MODE}.get(summary.get("framework", ""), NNX_MODE)
 
     @property
-    def stage(self) -> str:
-        return self.layers[0].stage
+    def has_logits(self) -> bool:
+        return self.num_classes > 0
 
     def __call__(self, model: Any, probe_x: jax.Array, analysis_x: jax.Array | None = None) -> dict[str, jax.Array]:
         """The frame (see the module docstring); call it inside your jitted step. `model` is the NNX model,
@@ -173,9 +173,7 @@ class Capture:
             stage = PRE_ACTIVATION
         picked = _pick_kernels(kernels, [n for n in names if n in kernel_shapes])
         layers = tuple(LayerInfo(n, shapes[n], stage, kernel_shapes[n] if n in picked else None) for n in names)
-        out_shape = summary.get("output_shape", [])
-        return cls(layers, forward, picked, dtype, len(out_shape) == 1, int(out_shape[0]) if len(out_shape) == 1 else 0,
-                   summary)
+        return cls(layers, forward, picked, dtype, summary)
 
     @classmethod
     def linen(cls, module: Any, variables: Any, example_x: Any, *, kernels: str | Sequence[str] = "first",
@@ -194,7 +192,7 @@ class Capture:
         def forward(v: Any, x: jax.Array) -> tuple:
             if sown_names:
                 logits, state = module.apply(v, x, mutable=["intermediates"])
-                values = {name: leaf for name, leaf in _linen_sown(state.get("intermediates", {})).items()}
+                values = _linen_sown(state.get("intermediates", {}))
             else:
                 logits, state = module.apply(v, x, capture_intermediates=lambda m, method: isinstance(m, nn.Conv)
                                              and method == "__call__", mutable=["intermediates"])
@@ -211,13 +209,8 @@ class Capture:
         picked = _pick_kernels(kernels, list(kerns))
         layers = tuple(LayerInfo(n, tuple(a.shape[1:]), stage, tuple(kerns[n].shape) if n in picked else None)
                        for n, a in values.items())
-        logit_shape = tuple(getattr(logits, "shape", ()))
-        summary = {"modules": [], "taps": [{"name": l.name, "shape": list(l.shape)} for l in layers],
-                   "kernels": {n: list(kerns[n].shape) for n in kerns}, "output_shape": list(logit_shape[1:]),
-                   "total_params": int(sum(np.prod(l.shape) for l in jax.tree.leaves(variables.get("params", {})))),
-                   "framework": "flax.linen"}
-        return cls(layers, forward, picked, dtype, len(logit_shape) == 2, logit_shape[1] if len(logit_shape) == 2 else 0,
-                   summary)
+        params = int(sum(np.prod(l.shape) for l in jax.tree.leaves(variables.get("params", {}))))
+        return cls(layers, forward, picked, dtype, _summary(layers, kerns, logits, params, "flax.linen"))
 
     @classmethod
     def function(cls, fn: Callable[[Any, jax.Array], Any], params: Any, example_x: Any, *,
@@ -239,11 +232,16 @@ class Capture:
                                f"(or (logits, dict)); got {type(values).__name__}")
         _check_maps(values, getattr(fn, "__name__", "the function"))
         layers = tuple(LayerInfo(n, tuple(a.shape[1:]), stage) for n, a in values.items())
-        logit_shape = tuple(getattr(logits, "shape", ())) if logits is not None else ()
-        summary = {"modules": [], "taps": [{"name": l.name, "shape": list(l.shape)} for l in layers], "kernels": {},
-                   "output_shape": list(logit_shape[1:]), "total_params": 0, "framework": "function"}
-        return cls(layers, forward, (), dtype, len(logit_shape) == 2, logit_shape[1] if len(logit_shape) == 2 else 0,
-                   summary)
+        return cls(layers, forward, (), dtype, _summary(layers, {}, logits, 0, "function"))
+
+
+def _summary(layers: Sequence[LayerInfo], kernels: Mapping[str, Any], logits: Any, params: int,
+             framework: str) -> dict[str, Any]:
+    """The run file's model summary for a model `summarize` cannot trace (Linen, a plain function)."""
+    return {"modules": [], "taps": [{"name": l.name, "shape": list(l.shape)} for l in layers],
+            "kernels": {n: list(k.shape) for n, k in kernels.items()},
+            "output_shape": list(tuple(getattr(logits, "shape", ()))[1:]), "total_params": params,
+            "framework": framework}
 
 
 def _linen_sown(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[str, Any]:

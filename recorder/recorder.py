@@ -139,7 +139,7 @@ class Recorder:
                 for l in capture.layers}
         layout = RunLayout(
             layers=tuple(LayerSpec(l.name, l.shape, acts[l.name], l.kernel_shape, l.stage) for l in capture.layers),
-            num_classes=capture.num_classes if capture.has_logits else 0,
+            num_classes=capture.num_classes,
             probe_images=probes.images, probe_labels=probes.labels, probe_indices=probes.indices,
             probe_dataset=probes.dataset,
             attrs={"experiment": experiment, "config_json": config_json, "versions_json": json.dumps(dict(versions or {})),

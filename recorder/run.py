@@ -90,15 +90,12 @@ class RunPlan:
 
     def probes(self) -> Probes:
         d = self.dataset
-        return Probes(d.test_images[self.probe_idx], d.test_labels[self.probe_idx], tuple(d.class_names),
-                      self.probe_idx, d.name)
+        return Probes.select(d.test_images, d.test_labels, self.probe_idx, tuple(d.class_names), d.name)
 
     def analysis(self) -> Probes | None:
-        if self.analysis_idx is None:
-            return None
         d = self.dataset
-        return Probes(d.test_images[self.analysis_idx], d.test_labels[self.analysis_idx], tuple(d.class_names),
-                      self.analysis_idx, d.name)
+        return None if self.analysis_idx is None else Probes.select(d.test_images, d.test_labels, self.analysis_idx,
+                                                                    tuple(d.class_names), d.name)
 
     def recorder(self, path: str | Path, overwrite: bool = False, **kwargs: Any) -> Recorder:
         c = self.config

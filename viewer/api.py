@@ -88,19 +88,16 @@ class Api:
         state, reason = run.state()
         layers = []
         for name in run.layers:
-            shape = run.layer_shape(name)
-            frame_bytes = math.prod(shape) * run.layer_dtype(name).itemsize
             layers.append({
-                "name": name, "shape": list(shape), "activation": run.activation_label(name),
+                "name": name, "shape": list(run.layer_shape(name)), "activation": run.activation_label(name),
                 "dtype": run.layer_dtype(name).name, "scale": scale_json(self.scales.layer_scale(rid, run, name)),
-                "max_frames": max(1, min(MAX_RANGE, MAX_BYTES // frame_bytes)),
+                "max_frames": _range_cap(run, name, kernel=False),
             })
         kernels = []
         for name in run.kernel_layers:
-            shape = run.kernel_shape(name)
-            kernels.append({"name": name, "shape": list(shape), "dtype": "float32",
+            kernels.append({"name": name, "shape": list(run.kernel_shape(name)), "dtype": "float32",
                             "scale": scale_json(self.scales.kernel_scale(rid, run, name)),
-                            "max_frames": max(1, min(MAX_RANGE, MAX_BYTES // (4 * math.prod(shape))))})
+                            "max_frames": _range_cap(run, name, kernel=True)})
         images, labels, indices = run.probes()
         return json_reply({
             "id": rid, "name": run_name, "experiment": run.experiment, "config": run.config, "facts": run.facts(),
@@ -118,9 +115,7 @@ class Api:
             layer = _layer(run, query, kernel)
             total = run.num_frames
             start, count = _int(query, "start", 0), _int(query, "count", 1)
-            shape = run.kernel_shape(layer) if kernel else run.layer_shape(layer)
-            itemsize = 4 if kernel else run.layer_dtype(layer).itemsize
-            cap = max(1, min(MAX_RANGE, MAX_BYTES // (itemsize * math.prod(shape))))
+            cap = _range_cap(run, layer, kernel)
             if count < 1 or count > cap:
                 raise ApiError(400, f"count must be 1 to {cap} frames of {layer} per request, got {count}")
             if not 0 <= start < total:
@@ -207,6 +202,13 @@ def palettes() -> dict[str, Any]:
 def _test(run: Run) -> dict[str, Any] | None:
     loss, acc, count = run.test_metrics()
     return {"loss": _num(loss), "accuracy": _num(acc), "count": count} if count else None
+
+
+def _range_cap(run: Run, layer: str, kernel: bool) -> int:
+    """Frames of `layer` (or of its kernel) one request may ask for: MAX_RANGE, fewer if they exceed MAX_BYTES."""
+    shape = run.kernel_shape(layer) if kernel else run.layer_shape(layer)
+    itemsize = 4 if kernel else run.layer_dtype(layer).itemsize  # kernels are stored float32
+    return max(1, min(MAX_RANGE, MAX_BYTES // (itemsize * math.prod(shape))))
 
 
 def _layer(run: Run, query: Mapping[str, str], kernel: bool) -> str:

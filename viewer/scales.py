@@ -46,7 +46,7 @@ class ScaleBook:
             return fixed
         total = run.num_frames
         per_frame = values_per_frame(run.layer_shape(layer), per_channel=False)
-        key = (rid, _created(run), layer, False)
+        key = (rid, run.created_unix, layer, False)
         stream = self._streams.get(key)
         if stream is None or total > stream.capacity or total < stream.counted:
             capacity = max(2 * total, run.planned_steps + 1, 1)
@@ -59,7 +59,7 @@ class ScaleBook:
 
     def kernel_scale(self, rid: str, run: Run, layer: str) -> Scale:
         total = run.num_frames
-        key = (rid, _created(run), layer, True)
+        key = (rid, run.created_unix, layer, True)
         stream = self._streams.get(key)
         if stream is None or total < stream.counted:
             stream = self._streams[key] = _Stream(None, 0)
@@ -81,10 +81,6 @@ class ScaleBook:
                 stream.top.add(block)
             stream.scale = None
         stream.counted = max(stream.counted, total)
-
-
-def _created(run: Run) -> float:
-    return float(run.created_unix)
 
 
 def scale_json(scale: Scale) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 // The view state lives in the URL's hash (#/run/<id>?step=120&layers=conv1,conv3&probes=0:5&channels=0:4),
 // so a link reproduces a view. Names, config strings and class names are untrusted: textContent only.
 
-import { Colourer, levelOf } from "./colour.js";
+import { Colourer } from "./colour.js";
 import { Curves, legend } from "./curves.js";
 import { FrameStore, getBytes, getJSON } from "./data.js";
 import { LayerPanel, el, parseList, tip } from "./panel.js";
@@ -13,7 +13,6 @@ const where = document.getElementById("where");
 const conn = document.getElementById("conn");
 // what tests and benchmarks read: the browser's own clock
 const stats = (window.__emergence = { view: null, ready: false, firstFramesMs: null, advanced: 0, playStarted: null, errors: [] });
-window.__emergence.levelOf = levelOf;
 window.__emergence.Colourer = Colourer;
 
 let current = null;

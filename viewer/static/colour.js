@@ -48,7 +48,7 @@ export function decode(buffer, dtype) {
 }
 
 // level of a non-NaN value: how many thresholds are <= v (thresholds ascending)
-export function levelOf(v, thresholds) {
+function levelOf(v, thresholds) {
   let lo = 0, hi = thresholds.length;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;

@@ -3,7 +3,7 @@
 // Tiles are written once per value into a small canvas at the map's own resolution and copied to the
 // visible canvas with image smoothing off, so a value covers an exact factor × factor block.
 
-import { packRGBA, unpackRGBA } from "./colour.js";
+import { CLIPPED, NOT_A_NUMBER, packRGBA, unpackRGBA } from "./colour.js";
 
 const GAP = 2;
 const PROBE_GAP = 6;
@@ -101,7 +101,7 @@ export class GridView {
         }
       }
     }
-    const clipped = counts[1], nan = counts[2];
+    const clipped = counts[CLIPPED], nan = counts[NOT_A_NUMBER];
     this.smallCtx.putImageData(this.image, 0, 0);
     const ctx = this.ctx;
     for (let r = 0; r < spec.rows; r++) {
