@@ -299,3 +299,10 @@ def test_a_run_being_written_grows_live_and_can_be_reopened_after(server, runs_d
     assert server.catalog.open_count == 0
     with h5py.File(path, "r+") as f:  # the recorder (or anyone) can reopen the file for writing
         f["status"][()] = np.bytes_(b"completed")
+
+
+def test_a_port_in_use_is_one_clear_error(server, tmp_path):
+    port = str(server.server_address[1])
+    r = subprocess.run([sys.executable, "-m", "emergence.cli", "serve", str(tmp_path), "--port", port],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr

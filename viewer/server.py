@@ -83,9 +83,9 @@ class ViewerServer(ThreadingHTTPServer):
         self.static = load_static()
         self.extra_hosts = {host.lower()} if host not in ("", "0.0.0.0", "::") else set()
         self.log = log
+        self._stopping = threading.Event()  # before binding: a failed bind calls server_close()
         super().__init__((host, port), Handler)
         self._janitor = threading.Thread(target=self._close_idle, name="emergence-serve-janitor", daemon=True)
-        self._stopping = threading.Event()
         self._janitor.start()
 
     @property
