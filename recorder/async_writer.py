@@ -26,6 +26,7 @@ import numpy as np
 from recorder.writer import RunWriter
 
 _STOP = object()
+HEARTBEAT_SECONDS = 5.0  # an idle writer still flushes this often, so readers can tell it is alive
 
 
 class WriterError(RuntimeError):
@@ -40,16 +41,19 @@ def to_host(tree: Any) -> Any:
 class AsyncRunWriter:
     """Wraps a `RunWriter`: each write method queues the call, which the worker runs in order on host copies
     of its arguments. Wall times left as None are stamped when the values reach the host (the step that
-    produced them has finished). The worker flushes at least every `flush_seconds` while data arrives.
+    produced them has finished). The worker flushes at least every `flush_seconds` while data arrives, and
+    every `heartbeat_seconds` when none does (the file's `updated_unix` is the writer's heartbeat).
     """
 
-    def __init__(self, writer: RunWriter, max_pending: int = 8, flush_seconds: float = 1.0, nice: int = 19):
+    def __init__(self, writer: RunWriter, max_pending: int = 8, flush_seconds: float = 1.0, nice: int = 19,
+                 heartbeat_seconds: float = HEARTBEAT_SECONDS):
         self.writer = writer
         self.path = writer.path
         self.latest_train: dict[str, float] = {}
         self._nice = nice
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._flush_seconds = flush_seconds
+        self._heartbeat_seconds = heartbeat_seconds
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._work, name="emergence-writer", daemon=True)
@@ -63,11 +67,12 @@ class AsyncRunWriter:
         last_flush = time.monotonic()
         dirty = False
         while True:
-            timeout = max(0.0, self._flush_seconds - (time.monotonic() - last_flush)) if dirty else None
+            wait = self._flush_seconds if dirty else self._heartbeat_seconds
             try:
-                item = self._queue.get(timeout=timeout)
+                item = self._queue.get(timeout=max(0.0, wait - (time.monotonic() - last_flush)))
             except queue.Empty:
                 item = None
+                dirty = dirty or self._error is None  # idle: flush anyway, a heartbeat (updated_unix)
             try:
                 if item is _STOP:
                     return

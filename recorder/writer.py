@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -33,10 +35,12 @@ import numpy as np
 from isal import isal_zlib
 
 SCHEMA = "emergence.run"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# the oldest file format that SWMR allows: HDF5 1.10 readers (Debian 12, MATLAB, older h5py) read every dataset
+LIBVER = ("v110", "latest")
 STATUS_BYTES = 16
 MESSAGE_BYTES = 4096
-STATUSES = ("running", "completed", "failed", "interrupted")
+STATUSES = ("running", "completed", "failed", "interrupted", "diverged", "killed")
 COMPRESSIONS = ("none", "gzip", "lzf", "zstd")
 MAX_SCALARS = 256  # names of extra scalar series a run can log
 SCALAR_NAME_BYTES = 64
@@ -177,25 +181,82 @@ def _compression_kwargs(name: str) -> dict[str, Any]:
     raise ValueError(f"unknown compression {name!r}; expected one of: {', '.join(COMPRESSIONS)}")
 
 
+def _stamp_writer(f: h5py.File) -> None:
+    """Who writes the file from now on: readers tell a live writer from a killed one by these (and the heartbeat)."""
+    f.attrs["writer_pid"] = os.getpid()
+    f.attrs["writer_host"] = socket.gethostname()
+    f.attrs["writer_started_unix"] = time.time()
+    f["updated_unix"][()] = time.time()
+
+
+def row_groups(f: h5py.File) -> dict[str, list[h5py.Dataset]]:
+    """Each group of growing datasets that share rows, its `step` column first."""
+    layers = json.loads(f["layers"].attrs["order_json"])
+    kernels = json.loads(f["layers"].attrs["kernels_json"])
+    groups = {
+        "frames": [f["frames/step"], f["frames/wall_time"], f["frames/logits"]]
+        + [f[f"layers/{n}/activations"] for n in layers] + [f[f"layers/{n}/kernel"] for n in kernels],
+        "train": [f["train/step"], f["train/loss"], f["train/accuracy"], f["train/wall_time"]],
+        "eval": [f["eval/step"], f["eval/loss"], f["eval/accuracy"]],
+    }
+    if "analysis" in f:
+        groups["analysis"] = [f["analysis/step"]] + [f[f"analysis/{n}/{k}"] for n in layers for k in ("gram", "stats")]
+    if "scalars" in f:
+        groups["scalars"] = [f["scalars/step"], f["scalars/series"], f["scalars/value"]]
+    return groups
+
+
+def trim_rows(f: h5py.File, through_step: int | None = None) -> dict[str, int]:
+    """Cuts every growing dataset to its group's complete rows (a kill mid-flush leaves some longer), and with
+    `through_step` also drops the rows of later steps. Needs the file open for writing, not in SWMR mode.
+    Returns the rows kept per group."""
+    kept = {}
+    for name, columns in row_groups(f).items():
+        n = min(ds.shape[0] for ds in columns)
+        if through_step is not None:
+            n = int(np.searchsorted(columns[0][:n], through_step, side="right"))
+        for ds in columns:
+            if ds.shape[0] != n:
+                ds.resize(n, axis=0)
+        kept[name] = n
+    return kept
+
+
 class H5RunWriter:
     """Creates a run file and appends to it. Not thread-safe: one thread owns it."""
 
-    def __init__(self, path: str | Path, layout: RunLayout):
+    def __init__(self, path: str | Path, layout: RunLayout | None = None, *, resume_after: int | None = None,
+                 attrs: Mapping[str, Any] | None = None):
+        """Creates the run file of `layout`; or, with `resume_after=S` (and no layout), reopens an existing run
+        file to continue it after step S: rows of later steps are dropped (`trim_rows`), the test result is
+        cleared, `attrs` replace root attributes (an extended run's `planned_steps`) and the status is
+        `running` again. The file must not be open for writing elsewhere (`recorder/repair.py` clears a killed
+        writer's flag)."""
         self.path = Path(path)
-        self._t0 = time.time()
         self._clock = time.perf_counter()
-        self._scalar_names: list[str] = []
-        f = self._file = h5py.File(self.path, "w", libver="latest")
+        if layout is None and resume_after is None:
+            raise ValueError("H5RunWriter needs a layout (a new file) or resume_after (an existing one)")
+        f = self._file = h5py.File(self.path, "w" if layout is not None else "r+", libver=LIBVER)
         try:
-            self._create(f, layout)
+            if layout is not None:
+                self._create(f, layout)
+            else:
+                trim_rows(f, resume_after)
+                self._clock -= float(f["frames/wall_time"][-1]) if f["frames/wall_time"].shape[0] else 0.0
+                for name, value in (attrs or {}).items():
+                    f.attrs[name] = value
+                f["test/loss"][()], f["test/accuracy"][()], f["test/count"][()] = np.nan, np.nan, 0
+                f["status"][()], f["status_message"][()] = np.bytes_(b"running"), np.bytes_(b"")
+            _stamp_writer(f)
             f.swmr_mode = True  # from here on: append rows and overwrite scalars only
         except BaseException:
             f.close()
             raise
-        self._layers = [spec.name for spec in layout.layers]
-        self._kernels = [spec.name for spec in layout.layers if spec.kernel_shape is not None]
-        n = len(layout.analysis.indices) if layout.analysis is not None else 0
-        self._triu = np.triu_indices(n)
+        self._layers = json.loads(f["layers"].attrs["order_json"])
+        self._kernels = json.loads(f["layers"].attrs["kernels_json"])
+        analysed = "analysis" in f
+        self._triu = np.triu_indices(int(f["analysis"].attrs["count"]) if analysed else 0)
+        self._scalar_names = [b.decode() for b in f["scalars/names"][()] if b]
         self._col: dict[str, _Column] = {}
 
         def add_growing(name: str, obj: Any) -> None:
@@ -205,8 +266,8 @@ class H5RunWriter:
         f.visititems(add_growing)
         # commit order at flush: every group's step column after the rows it indexes
         small = [f"layers/{name}/kernel" for name in self._kernels] + ["frames/logits", "frames/wall_time"]
-        small += [f"analysis/{name}/stats" for name in self._layers if layout.analysis is not None]
-        small += ["analysis/step"] if layout.analysis is not None else []
+        small += [f"analysis/{name}/stats" for name in self._layers if analysed]
+        small += ["analysis/step"] if analysed else []
         small += ["frames/step", "train/loss", "train/accuracy", "train/wall_time", "train/step",
                   "eval/loss", "eval/accuracy", "eval/step", "scalars/series", "scalars/value", "scalars/step"]
         self._commit_order = [self._col[name] for name in small]

@@ -21,19 +21,27 @@ SIGNATURE = b"\x89HDF\r\n\x1a\n"
 UNDEFINED_ADDRESS = (1 << 64) - 1
 
 
-def superblock_problem(path: str | Path) -> str | None:
-    """Why `path` cannot be a complete HDF5 file (one line), or None when its superblock looks whole."""
+def find_superblock(path: str | Path) -> tuple[int, bytes] | None:
+    """(offset of the superblock, its first 48 bytes), or None when the file has no HDF5 signature."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         offset = 0
-        while True:
+        while offset < max(size, 1):
             f.seek(offset)
             head = f.read(48)
             if head[:8] == SIGNATURE:
-                break
+                return offset, head
             offset = 512 if offset == 0 else offset * 2
-            if offset >= size:
-                return "not an HDF5 file (no HDF5 signature)"
+    return None
+
+
+def superblock_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be a complete HDF5 file (one line), or None when its superblock looks whole."""
+    size = os.path.getsize(path)
+    found = find_superblock(path)
+    if found is None:
+        return "not an HDF5 file (no HDF5 signature)"
+    offset, head = found
     version = head[8] if len(head) > 8 else -1
     if version in (0, 1):
         fixed = 24 if version == 0 else 28

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,9 +26,9 @@ try:  # registers the zstd/lz4/... HDF5 filters, for run files recorded with com
 except ImportError:
     pass
 
-SUPPORTED_VERSIONS = (1, 2, 3)  # 2 added /analysis; 3 /scalars, the layers' stage, status interrupted
-STALE_SECONDS = 60.0  # a `running` file with no flush for this long was left by a recorder that is gone
-STATES = ("recording", "completed", "failed", "interrupted", "killed")
+SUPPORTED_VERSIONS = (1, 2, 3, 4)  # 2 added /analysis; 3 /scalars, stage, interrupted; 4 the writer's identity
+STALE_SECONDS = 60.0  # a `running` file with no flush (heartbeat) for this long was left by a recorder that is gone
+STATES = ("recording", "completed", "failed", "interrupted", "diverged", "killed")
 AFTER_NONLINEARITY = "after the nonlinearity"  # the stage of every layer of a version 1 or 2 file
 
 
@@ -124,22 +126,38 @@ class Run:
     def updated_unix(self) -> float:
         return float(self._f["updated_unix"][()])
 
+    @property
+    def writer_identity(self) -> dict[str, Any]:
+        """pid, host and start time of the process that writes (or last wrote) the file; empty before schema 4."""
+        a = self._f.attrs
+        if "writer_pid" not in a:
+            return {}
+        return {"pid": int(a["writer_pid"]), "host": str(a["writer_host"]), "started_unix": float(a["writer_started_unix"])}
+
     def state(self, stale_seconds: float = STALE_SECONDS) -> tuple[str, str]:
-        """(one of STATES, a reason or ""): `killed` is a `running` file whose writer stopped flushing."""
+        """(one of STATES, a reason or ""). A `running` file is `killed` when its writer process is gone (same
+        host) or its heartbeat (`updated_unix`, refreshed every few seconds) is older than `stale_seconds`."""
         status = self.status
         if status == "running":
+            who = self.writer_identity
+            last = f"the file holds everything up to step {self.last_step()}"
+            if who and who["host"] == socket.gethostname() and not _process_alive(who["pid"]):
+                return "killed", f"its writer (process {who['pid']}) is gone; {last}"
             age = time.time() - self.updated_unix
             if age > stale_seconds:
-                return "killed", f"no write for {age:.0f} s: the recorder was probably killed; the file holds what it flushed"
+                return "killed", f"no heartbeat for {age:.0f} s: the recorder was probably killed; {last}"
             return "recording", ""
-        if status in ("failed", "interrupted"):
-            return status, self.status_message
-        return status, ""
+        return status, self.status_message
+
+    def last_step(self) -> int:
+        """The last step with a complete training row, else the last recorded frame step (-1: none)."""
+        train = self._f["train/step"]
+        n = min(ds.shape[0] for ds in self._f["train"].values())
+        steps = self.steps
+        return int(max(train[n - 1] if n else -1, steps[-1] if len(steps) else -1))
 
     def describe_status(self, stale_seconds: float = STALE_SECONDS) -> str:
         state, reason = self.state(stale_seconds)
-        if state == "killed":
-            return f"running? ({reason})"
         return f"{state}: {reason}" if reason else ("running" if state == "recording" else state)
 
     def facts(self) -> dict[str, str]:
@@ -321,6 +339,16 @@ class Run:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def open_run(path: str | Path) -> Run:
