@@ -1,4 +1,4 @@
-"""`emergence record | info | replay | compare | serve`: parses arguments and calls importable functions; nothing else."""
+"""`emergence record | resume | repair | info | replay | compare | serve`: parses arguments and calls importable functions; nothing else."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _record(args: argparse.Namespace) -> int:
     enable_compilation_cache()
     from experiments import get_experiment
     from recorder.config import apply_overrides
-    from recorder.run import record
+    from recorder.run import record, resume
 
     overrides = list(args.set or [])
     if args.data_dir:
@@ -34,8 +34,28 @@ def _record(args: argparse.Namespace) -> int:
     config = apply_overrides(get_experiment(args.experiment), overrides)
     name = args.name or "-".join([args.experiment, *(o.partition("=")[2].replace("/", "_") for o in args.set or [])])
     path = Path(args.out) / f"{name}.h5"
-    record(config, path, overwrite=args.overwrite, show_progress=not args.no_progress)
+    if args.resume and path.exists():
+        resume(path, show_progress=not args.no_progress)
+    else:
+        record(config, path, overwrite=args.overwrite, show_progress=not args.no_progress)
     print(path)
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    enable_compilation_cache()
+    from recorder.run import resume
+
+    resume(args.run, list(args.set or []), show_progress=not args.no_progress)
+    print(args.run)
+    return 0
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from recorder.repair import repair
+
+    for path in args.runs:
+        print(repair(path))
     return 0
 
 
@@ -127,7 +147,29 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--data-dir", help="folder holding the dataset files (else standard places, then download)")
     rec.add_argument("--overwrite", action="store_true", help="replace an existing run file of the same name")
     rec.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rec.add_argument("--resume", action="store_true", help="if OUT/NAME.h5 exists, continue it (as emergence resume) "
+                     "instead of refusing; else record it")
     rec.set_defaults(func=_record)
+
+    res = sub.add_parser(
+        "resume", help="continue a killed, interrupted, failed or diverged run from its last checkpoint, or extend one",
+        description="Continue RUN.h5 from the last checkpoint (RUN.ckpt/, taken every checkpoint_every steps and "
+        "whenever a run stops) whose steps the file holds completely. A killed file is repaired first; rows after "
+        "the checkpoint are dropped and recorded again, so the finished file equals an uninterrupted run's (bitwise "
+        "on the CPU). A completed run is extended with --set epochs=N or steps=N.")
+    res.add_argument("run", metavar="RUN.h5")
+    res.add_argument("--set", action="append", metavar="KEY=VALUE", help="epochs, steps, checkpoint_every or "
+                     "on_nonfinite (other keys would change what the recorded steps mean)")
+    res.add_argument("--no-progress", action="store_true", help="no progress bar")
+    res.set_defaults(func=_resume)
+
+    rep_ = sub.add_parser(
+        "repair", help="make a killed run's file an ordinary closed HDF5 file (marked killed at step N)",
+        description="Clear the open-for-write flags that a killed recorder leaves in RUN.h5 (so h5py, h5dump, "
+        "MATLAB and every other HDF5 reader open it again), cut rows to the last complete ones and mark the run "
+        "'killed at step N'. Refuses a file that a live process is writing. `emergence resume` repairs by itself.")
+    rep_.add_argument("runs", nargs="+", metavar="RUN.h5")
+    rep_.set_defaults(func=_repair)
 
     info = sub.add_parser("info", help="describe run files: layers, shapes, steps, metrics, status",
                           description="Print what a run file holds: layers and shapes, recorded steps, "
@@ -210,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"emergence: error: {msg}", file=sys.stderr)
         return 2
-    except RuntimeError as e:  # WriterError and friends: the message says what to do
+    except RuntimeError as e:  # WriterError, RunStopped and friends: the message says what to do
+        print(f"emergence: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # HDF5 could not read or write a file: damaged, a full disk, no permission
         print(f"emergence: error: {e}", file=sys.stderr)
         return 1
 

@@ -50,6 +50,7 @@ class AsyncRunWriter:
         self.writer = writer
         self.path = writer.path
         self.latest_train: dict[str, float] = {}
+        self.nonfinite_step: int | None = None  # the first step whose watched values were not all finite
         self._nice = nice
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._flush_seconds = flush_seconds
@@ -79,10 +80,7 @@ class AsyncRunWriter:
                 if item is not None and self._error is None:
                     method, args = item
                     host = to_host(args)
-                    getattr(self.writer, method)(*host)
-                    if method == "write_train":  # for progress bars: read without touching a device value
-                        self.latest_train = {"step": int(np.max(host[0])), "loss": float(np.ravel(host[1])[-1]),
-                                             "accuracy": float(np.ravel(host[2])[-1])}
+                    getattr(self if method.startswith("_") else self.writer, method)(*host)
                     dirty = True
                 if dirty and time.monotonic() - last_flush >= self._flush_seconds:
                     self.writer.flush()
@@ -92,6 +90,17 @@ class AsyncRunWriter:
             finally:
                 if item is not None:
                     self._queue.task_done()
+
+    def _watch(self, step: Any, values: Any) -> None:
+        """Notes the first step at which any of `values` (host arrays: a loss, in-step finiteness flags) is not
+        finite (a False flag counts as not finite)."""
+        ok = [np.all(v) if np.asarray(v).dtype == bool else np.all(np.isfinite(v)) for v in values]
+        if self.nonfinite_step is None and not all(ok):
+            self.nonfinite_step = int(np.min(step))
+
+    def watch(self, step: Any, *values: Any) -> None:
+        """Queues a finiteness check of `values` for `step` (device arrays are copied on this thread)."""
+        self._submit("_watch", step, values)
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -111,8 +120,17 @@ class AsyncRunWriter:
     def write_frame(self, step: int, frame: Any, wall_time: float | None = None) -> None:
         self._submit("write_frame", step, frame, wall_time)
 
-    def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None) -> None:
-        self._submit("write_train", step, loss, accuracy, wall_time)
+    def _train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any, watch: Any) -> None:
+        if watch:
+            self._watch(step, watch)
+        self.writer.write_train(step, loss, accuracy, wall_time)
+        # for progress bars: read without touching a device value
+        self.latest_train = {"step": int(np.max(step)), "loss": float(np.ravel(loss)[-1]),
+                             "accuracy": float(np.ravel(accuracy)[-1])}
+
+    def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None, watch: tuple = ()) -> None:
+        """Queues training rows, and a finiteness check of the values in `watch` (see `_watch`)."""
+        self._submit("_train", step, loss, accuracy, wall_time, watch)
 
     def write_eval(self, step: int, loss: Any, accuracy: Any) -> None:
         self._submit("write_eval", step, loss, accuracy)
@@ -124,7 +142,9 @@ class AsyncRunWriter:
         self._submit("write_scalars", step, values)
 
     def wait(self) -> None:
-        """Blocks until everything submitted so far is written; re-raises a background failure."""
+        """Blocks until everything submitted so far is written and flushed to the file; re-raises a background
+        failure."""
+        self._submit("flush")
         self._queue.join()
         self._raise_if_failed()
 

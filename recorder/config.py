@@ -15,6 +15,9 @@ from recorder.schedule import parse_schedule
 from recorder.writer import COMPRESSIONS
 
 OPTIMIZERS = ("adam", "sgd")
+ON_NONFINITE = ("stop", "continue")
+# what `emergence resume --set` may change: keys that do not change what the steps already recorded mean
+RESUMABLE_KEYS = ("epochs", "steps", "checkpoint_every", "on_nonfinite")
 DTYPES = ("float16", "float32")
 KERNEL_CHOICES = ("first", "all", "none")
 
@@ -48,12 +51,15 @@ class RunConfig:
     eval_every: int = 50  # steps between held-out evaluations; 0 = only at the end
     eval_size: int = 1000  # held-out images (the first ones of the test split)
     analysis_probes: int = 128  # held-out images for similarity statistics (recorder/analysis.py); 0 = none
+    checkpoint_every: int = 100  # steps between checkpoints (RUN.ckpt/, for `emergence resume`); 0 = only at stops
+    on_nonfinite: str = "stop"  # a NaN/Inf loss, gradient or activation: stop (status diverged) | continue
 
     def validate(self) -> "RunConfig":
         """Raises ConfigError naming the bad field and the valid options; returns self."""
         choices = {
             "model": tuple(sorted(MODELS)), "activation": tuple(sorted(ACTIVATIONS)), "dataset": DATASETS,
             "optimizer": OPTIMIZERS, "dtype": DTYPES, "compression": COMPRESSIONS, "kernels": KERNEL_CHOICES,
+            "on_nonfinite": ON_NONFINITE,
         }
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
@@ -61,7 +67,7 @@ class RunConfig:
         for key in ("batch_size", "synthetic_size", "eval_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("epochs", "steps", "eval_every", "analysis_probes"):
+        for key in ("epochs", "steps", "eval_every", "analysis_probes", "checkpoint_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if 0 < self.analysis_probes < 4:

@@ -109,10 +109,14 @@ class Recorder:
                  experiment: str = "custom", activation: str | Mapping[str, str] = "unknown",
                  compression: str = "gzip", eval_count: int = 0, data_origin: str = "", overwrite: bool = False,
                  versions: Mapping[str, str] | None = None, writer: str = WRITER, max_pending: int = 8,
-                 writer_nice: int = 19):
+                 writer_nice: int = 19, resume_after: int | None = None):
         path = Path(path)
-        if path.exists() and not overwrite:
+        if resume_after is None and path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path")
+        if resume_after is not None and not path.exists():
+            raise FileNotFoundError(f"no run file at {path} to resume")
+        if path.exists():
+            refuse_live_writer(path)
         if planned_steps < 0:
             raise RecorderError(f"planned_steps must be >= 0, got {planned_steps}")
         try:
@@ -154,12 +158,16 @@ class Recorder:
         )
         self.layout = layout
         self._expected = self._frame_shapes()
-        if path.exists():
+        if path.exists() and resume_after is None:
             path.unlink()  # overwrite=True: only once everything above has been validated
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._writer = AsyncRunWriter(H5RunWriter(path, layout), max_pending=max_pending, nice=writer_nice)
-        self._last = {"frame": -1, "train": -1, "eval": -1, "scalars": -1}
+        try:
+            h5 = H5RunWriter(path, layout, resume_after=resume_after)
+        except ValueError as e:
+            raise RecorderError(str(e)) from None
+        self._writer = AsyncRunWriter(h5, max_pending=max_pending, nice=writer_nice)
+        self._last = h5.last_steps()
         self._closed = False
         self._own_forward: Callable[..., Any] | None = None
 
@@ -175,8 +183,9 @@ class Recorder:
     # -- writing -----------------------------------------------------------------------------------
     def write(self, step: int, frame: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None) -> None:
         """Queues the frame of `step` (if given) and its training metrics (`loss`, `accuracy`, computed with the
-        parameters before the update; any other key goes to the extra scalar series). Never waits for the
-        device: values are copied to the host on the writer thread."""
+        parameters before the update; `finite`, an optional in-step flag that gradients and activations were
+        finite; any other key goes to the extra scalar series). Never waits for the device: values are copied
+        to the host on the writer thread, which also notes the first non-finite step (`nonfinite_step`)."""
         self._open()
         if frame is not None:
             self._check_frame(step, frame)
@@ -184,9 +193,12 @@ class Recorder:
             self._writer.write_frame(step, dict(frame))
         if metrics:
             metrics = dict(metrics)
+            watch = tuple(v for v in (metrics.get("loss"), metrics.pop("finite", None)) if v is not None)
             if "loss" in metrics or "accuracy" in metrics:
                 self._advance("train", step, strict=True)
-                self._writer.write_train(step, metrics.pop("loss", np.nan), metrics.pop("accuracy", np.nan))
+                self._writer.write_train(step, metrics.pop("loss", np.nan), metrics.pop("accuracy", np.nan), watch=watch)
+            elif watch:
+                self._writer.watch(step, *watch)
             if metrics:
                 self.log_scalars(step, **metrics)
 
@@ -219,8 +231,19 @@ class Recorder:
         self._writer.write_scalars(step, values)
 
     def wait(self) -> None:
-        """Blocks until everything queued is written (re-raises a writer failure)."""
+        """Blocks until everything queued is written and flushed to the file (re-raises a writer failure)."""
         self._writer.wait()
+
+    @property
+    def last_steps(self) -> dict[str, int]:
+        """The last step written (or queued) of each kind: frame, train, eval, scalars; -1 for none."""
+        return dict(self._last)
+
+    @property
+    def nonfinite_step(self) -> int | None:
+        """The first step whose loss (or `finite` flag, see `write`) was not finite, as far as the writer thread
+        has seen (it runs a few steps behind the loop; `wait()` first for an exact answer); None while all were."""
+        return self._writer.nonfinite_step
 
     @property
     def latest_train(self) -> dict[str, float]:
@@ -282,6 +305,21 @@ class Recorder:
             self.close("interrupted", f"interrupted (Ctrl-C) at step {step}")
         else:
             self.close("failed", f"{kind.__name__}: {error} at step {step}")
+
+
+def refuse_live_writer(path: Path) -> None:
+    """Raises RecorderError when another live process is writing the run file at `path`."""
+    from replay.run_file import RunFileError, open_run
+
+    try:
+        with open_run(path) as run:
+            state, who = run.state()[0], run.writer_identity
+    except (RunFileError, OSError, KeyError):
+        return  # not a readable run: nothing live to protect
+    if state == "recording":
+        writer = f"process {who['pid']} on {who['host']}" if who else "another process (heartbeat fresh)"
+        raise RecorderError(f"{path} is being recorded right now by {writer}; a second writer would corrupt it. "
+                            "Stop that run first, or choose another path")
 
 
 def _jitted(capture: Capture, model: Any) -> Callable[..., Any]:

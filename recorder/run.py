@@ -7,14 +7,18 @@ only, the writer thread; the loop dispatches steps without waiting, paced by the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
+import signal
+import shutil
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,12 +26,14 @@ import numpy as np
 
 from recorder.analysis import choose_analysis_probes
 from recorder.capture import Capture
-from recorder.config import ConfigError, RunConfig
+from recorder.checkpoints import Checkpoints, checkpoint_dir
+from recorder.config import RESUMABLE_KEYS, ConfigError, RunConfig, apply_overrides, config_from_json
 from recorder.data import Dataset, load_dataset
 from recorder.models import build_model
 from recorder.probes import choose_probes
 from recorder.progress import Progress
-from recorder.recorder import Probes, Recorder
+from recorder.schedule import recorded_steps
+from recorder.recorder import Probes, Recorder, RecorderError
 from recorder.summary import format_summary
 from recorder.train import StepFunctions, evaluate, make_optimizer, make_step_functions, to_inputs
 
@@ -152,10 +158,15 @@ class TrainingLoop:
     """The built-in loop over a plan, advanced with `run(until)`. With a `Recorder` it records on the
     recorder's schedule; without one it only trains (`frames=True` still computes the frames, and drops
     them: what the benchmarks use to separate the probe forward from the writer). `evaluate=False` skips
-    the held-out evaluations (benchmarks compare training with and without recording)."""
+    the held-out evaluations (benchmarks compare training with and without recording).
 
-    def __init__(self, plan: RunPlan, rec: Recorder | None, frames: bool = False, evaluate: bool = True):
-        self.plan, self.rec, self.frames, self.evaluate = plan, rec, frames, evaluate
+    With `checkpoints`, the state is checkpointed every `checkpoint_every` steps, each time once the run file
+    holds every row up to that step. `run` returns early when `stop_requested` is set (a signal handler sets
+    it) or, under on_nonfinite=stop, once the writer has seen a non-finite step."""
+
+    def __init__(self, plan: RunPlan, rec: Recorder | None, frames: bool = False, evaluate: bool = True,
+                 checkpoints: Checkpoints | None = None):
+        self.plan, self.rec, self.frames, self.evaluate, self.checkpoints = plan, rec, frames, evaluate, checkpoints
         d, fns = plan.dataset, plan.fns
         self.train_x = jax.device_put(d.train_images)  # uint8 on the device; batches are gathered there
         self.train_y = jax.device_put(d.train_labels.astype(np.int32))
@@ -165,7 +176,20 @@ class TrainingLoop:
         self.analysis_x = None if plan.analysis_idx is None else to_inputs(jax.device_put(d.test_images[plan.analysis_idx]))
         self.state = jax.tree.map(jnp.copy, fns.init_state)  # its own copy: the steps donate the state they get
         self.step = 0
-        self._perm = epoch_permutation(plan.config.seed, 0, len(d.train_labels))
+        self.stop_requested: str | None = None
+        self._perm = (-1, np.zeros(0, np.int32))  # (epoch, its shuffle)
+
+    def restore(self, step: int, state: TrainState) -> None:
+        """Continues from `state`, the state after update `step` (a checkpoint's)."""
+        self.state, self.step = state, step
+
+    def _batch(self, step: int) -> np.ndarray:
+        """Training-set indices of the batch of update `step` (the data order is a function of seed and step)."""
+        c = self.plan.config
+        epoch, i = divmod(step - 1, self.plan.per_epoch)
+        if self._perm[0] != epoch:
+            self._perm = (epoch, epoch_permutation(c.seed, epoch, len(self.plan.dataset.train_labels)))
+        return self._perm[1][i * c.batch_size:(i + 1) * c.batch_size]  # [B] int32, copied in at dispatch
 
     def start(self) -> None:
         """Step 0: the initial model's frame."""
@@ -173,15 +197,18 @@ class TrainingLoop:
             analysis_x = self.analysis_x if self.rec.should_analyse(0) else None
             self.rec.write(0, self.plan.fns.probe_frame(self.state.params, self.state.model_state, self.probe_x, analysis_x))
 
+    def diverged(self) -> bool:
+        """Whether the writer has seen a non-finite step and the config says to stop there."""
+        return self.rec is not None and self.rec.nonfinite_step is not None and self.plan.config.on_nonfinite == "stop"
+
     def run(self, until: int, progress: Progress | None = None) -> None:
-        """Trains (and records) steps step+1 .. until."""
+        """Trains (and records) steps step+1 .. until, or fewer (see the class doc)."""
         plan, fns, rec, c = self.plan, self.plan.fns, self.rec, self.plan.config
         data = (self.train_x, self.train_y)
         for step in range(self.step + 1, until + 1):
-            epoch, i = divmod(step - 1, plan.per_epoch)
-            if i == 0 and epoch > 0:
-                self._perm = epoch_permutation(c.seed, epoch, len(plan.dataset.train_labels))
-            idx = self._perm[i * c.batch_size:(i + 1) * c.batch_size]  # [B] int32, copied in at dispatch
+            if self.stop_requested or self.diverged():
+                return
+            idx = self._batch(step)
             frame = None
             if rec is not None and rec.should_analyse(step):  # three executables, each compiled once
                 self.state, metrics, frame = fns.analysed_step(self.state, *data, idx, self.probe_x, self.analysis_x)
@@ -196,9 +223,22 @@ class TrainingLoop:
             if self.evaluate and (c.eval_every and step % c.eval_every == 0 or step == plan.total):
                 loss, acc = evaluate(fns, self.state, self.test_x[:plan.eval_count], self.test_y[:plan.eval_count])
                 rec.log_eval(step, loss=loss, accuracy=acc)
+            if c.checkpoint_every and step % c.checkpoint_every == 0 and step < until:
+                self.checkpoint()
             if progress is not None:
                 latest = rec.latest_train
                 progress.update(latest.get("step", 0), latest.get("loss"), latest.get("accuracy"))
+
+    def checkpoint(self) -> int | None:
+        """Checkpoints the current state once the run file holds every row up to it, unless a non-finite
+        value was seen (the last finite checkpoint is kept). Returns the step checkpointed, or None."""
+        if self.checkpoints is None or self.rec is None:
+            return None
+        self.rec.wait()  # every row up to self.step is in the file: resuming from this step leaves no gap
+        if self.rec.nonfinite_step is not None:
+            return None
+        self.checkpoints.save(self.step, self.state)
+        return self.step
 
     def test(self) -> tuple[float, float]:
         """The full test split (syncs: the end of the run)."""
@@ -208,6 +248,93 @@ class TrainingLoop:
         return loss, acc
 
 
+class RunStopped(RuntimeError):
+    """The run stopped before its last step (diverged); the file and the last finite checkpoint are kept."""
+
+
+@contextlib.contextmanager
+def stop_on_signals(loop: TrainingLoop) -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM ask the loop to stop after the step in flight; a second one stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if loop.stop_requested:
+            raise KeyboardInterrupt
+        loop.stop_requested = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def checkpoint_identity(config: RunConfig, path: Path) -> dict[str, Any]:
+    """What a run's checkpoints must match to be resumed: its config (but the keys resume may change)."""
+    return {"run": path.name, "config_json": json.dumps({k: v for k, v in json_config(config).items()
+                                                           if k not in RESUMABLE_KEYS}, sort_keys=True)}
+
+
+def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_progress: bool,
+           log: Callable[[str], None]) -> RunResult:
+    """Runs `loop` to the plan's end under `rec`, checkpointing, and ends the file with its honest status."""
+    config = plan.config
+    t0 = time.perf_counter()
+    progress = Progress(plan.total, enabled=show_progress)
+    stopped = None
+    try:
+        with rec, stop_on_signals(loop):
+            try:
+                if loop.step == 0 and rec.last_steps["frame"] < 0:
+                    loop.start()
+                loop.run(plan.total, progress)
+                if loop.stop_requested or loop.diverged():
+                    rec.wait()
+                    stopped = _stop(loop, path)
+                    rec.close(*stopped)
+                else:
+                    test_loss, test_acc = loop.test()
+                    loop.checkpoint()  # the end, too: `emergence resume --set epochs=N` extends from here
+                    rec.wait()
+                    latest = rec.latest_train
+                    progress.update(plan.total, latest.get("loss"), latest.get("accuracy"), force=True)
+                    first = rec.nonfinite_step
+                    rec.close("completed", "" if first is None else
+                              f"non-finite values from step {first} on (on_nonfinite=continue)")
+            finally:
+                progress.close()
+    finally:
+        if loop.checkpoints is not None:
+            loop.checkpoints.close()
+    seconds = time.perf_counter() - t0
+    if stopped is not None:
+        log(f"{path}: {stopped[1]}")
+        if stopped[0] == "interrupted":
+            raise KeyboardInterrupt
+        raise RunStopped(f"{path}: {stopped[1]}")
+    d = plan.dataset
+    log(f"done: {plan.total} steps, {len(rec.frame_steps)} frames in {seconds:.1f} s; test accuracy {test_acc:.4f} "
+        f"(loss {test_loss:.4f}, {len(d.test_labels)} images) -> {path}")
+    return RunResult(path, plan.total, len(rec.frame_steps), test_loss, test_acc, seconds, dict(plan.fns.traces))
+
+
+def _stop(loop: TrainingLoop, path: Path) -> tuple[str, str]:
+    """(status, message) of a run that stops early; an interrupted run is checkpointed where it stopped."""
+    ckpts = loop.checkpoints
+    if loop.stop_requested:
+        saved = loop.checkpoint()
+        where = f"checkpoint at step {saved}" if saved is not None else "its last checkpoint"
+        return "interrupted", (f"interrupted ({loop.stop_requested}) at step {loop.step}; `emergence resume {path}` "
+                               f"continues from {where}")
+    last = [s for s in ckpts.steps()] if ckpts is not None else []
+    keep = f"the last finite checkpoint is step {last[-1]}" if last else "no checkpoint was taken"
+    return "diverged", (f"diverged at step {loop.rec.nonfinite_step}: a non-finite loss, gradient or activation "
+                        f"(stopped at step {loop.step}; {keep}; on_nonfinite=continue records on)")
+
+
 def record(
     config: RunConfig,
     path: str | Path,
@@ -215,39 +342,77 @@ def record(
     show_progress: bool = True,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
 ) -> RunResult:
-    """Trains `config` and records it to `path` (HDF5, see docs/run_schema.md)."""
+    """Trains `config` and records it to `path` (HDF5, see docs/run_schema.md), checkpointing beside it."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, or pick another --name")
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, `emergence resume {path}` to "
+                              "continue it, or pick another --name")
     plan = make_plan(config, log)
     d = plan.dataset
     log(format_summary(plan.capture.summary))
     rec = plan.recorder(path, overwrite=overwrite)
-    with rec:
-        log(f"{config.experiment}: {config.model} ({config.activation}) on {d.name} [{d.origin}], {plan.total} steps "
-            f"({plan.per_epoch}/epoch, batch {config.batch_size}), {len(rec.frame_steps)} frames ({config.schedule}) "
-            f"on {len(plan.probe_idx)} probes -> {path}")
-        if plan.analysis_idx is not None:
-            log(f"analysis: {len(plan.analysis_idx)} held-out test images at {len(rec.analysis_steps)} steps (centred "
-                "Grams and activity statistics per layer, float32)")
-        projected = projected_bytes(rec)
-        log(f"projected file size: at most {projected / 1e6:.1f} MB before compression ({config.dtype})")
-        if projected > LARGE_FILE_BYTES:
-            log(f"warning: this run will write up to {projected / 1e9:.1f} GB; consider --set schedule=log:300 "
-                "or schedule=every:K, or fewer probes")
-        t0 = time.perf_counter()
-        loop = TrainingLoop(plan, rec)
-        progress = Progress(plan.total, enabled=show_progress)
-        try:
-            loop.start()
-            loop.run(plan.total, progress)
-            test_loss, test_acc = loop.test()
-            rec.wait()
-            latest = rec.latest_train
-            progress.update(plan.total, latest.get("loss"), latest.get("accuracy"), force=True)
-        finally:
-            progress.close()
-    seconds = time.perf_counter() - t0
-    log(f"done: {plan.total} steps, {len(rec.frame_steps)} frames in {seconds:.1f} s; test accuracy {test_acc:.4f} "
-        f"(loss {test_loss:.4f}, {len(d.test_labels)} images) -> {path}")
-    return RunResult(path, plan.total, len(rec.frame_steps), test_loss, test_acc, seconds, dict(plan.fns.traces))
+    shutil.rmtree(checkpoint_dir(path), ignore_errors=True)  # an earlier run's of this name: its file is replaced
+    ckpts = Checkpoints(path, plan.fns.init_state, checkpoint_identity(config, path))
+    log(f"{config.experiment}: {config.model} ({config.activation}) on {d.name} [{d.origin}], {plan.total} steps "
+        f"({plan.per_epoch}/epoch, batch {config.batch_size}), {len(rec.frame_steps)} frames ({config.schedule}) "
+        f"on {len(plan.probe_idx)} probes -> {path}")
+    if plan.analysis_idx is not None:
+        log(f"analysis: {len(plan.analysis_idx)} held-out test images at {len(rec.analysis_steps)} steps (centred "
+            "Grams and activity statistics per layer, float32)")
+    projected = projected_bytes(rec)
+    log(f"projected file size: at most {projected / 1e6:.1f} MB before compression ({config.dtype})")
+    if projected > LARGE_FILE_BYTES:
+        log(f"warning: this run will write up to {projected / 1e9:.1f} GB; consider --set schedule=log:300 "
+            "or schedule=every:K, or fewer probes")
+    return _drive(plan, rec, TrainingLoop(plan, rec, checkpoints=ckpts), path, show_progress, log)
+
+
+def resume(path: str | Path, overrides: Sequence[str] = (), show_progress: bool = True,
+           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> RunResult:
+    """Continues the run recorded at `path` from its last usable checkpoint (see `emergence resume --help`):
+    a killed file is repaired first, rows after the checkpoint are dropped, and training goes on to the
+    planned end (`overrides` may raise `epochs` or `steps` to extend a completed run)."""
+    from recorder.repair import repair
+    from replay.run_file import open_run
+
+    path = Path(path)
+    with open_run(path) as run:
+        state, _ = run.state()
+        status, writer, planned = run.status, run.recorded_by, run.planned_steps
+        base = dict(run.config)
+    if state == "recording":
+        raise RecorderError(f"{path} is still being recorded by a live process; it cannot be resumed beside it")
+    if writer != WRITER:
+        raise ConfigError(f"{path} was written by {writer or 'an older emergence'}, not `emergence record`; a run "
+                          "recorded through the Recorder API is resumed by its own loop (Recorder(..., resume_after=S))")
+    bad = [o for o in overrides if o.partition("=")[0].strip() not in RESUMABLE_KEYS]
+    if bad:
+        raise ConfigError(f"resume cannot change {', '.join(bad)}: only {', '.join(RESUMABLE_KEYS)} keep the steps "
+                          "already recorded meaningful; record a new run for other changes")
+    config = apply_overrides(config_from_json(json.dumps(base)), list(overrides))
+    if status == "running":
+        log(f"repair: {repair(path)}")
+    plan = make_plan(config, log)
+    if plan.total < planned or (status == "completed" and plan.total == planned):
+        raise ConfigError(f"{path} is {status} at {planned} planned steps; to extend it, raise epochs or steps "
+                          f"(now {plan.total} steps)")
+    ckpts = Checkpoints(path, plan.fns.init_state, checkpoint_identity(config, path))
+    with open_run(path) as run:
+        frames, train_last = set(run.steps.tolist()), run.train_metrics().step
+        train_last = int(train_last[-1]) if len(train_last) else 0
+    schedule = set(recorded_steps(config.schedule, planned).tolist())  # the frames the file was to hold
+
+    def complete_through(step: int) -> bool:  # the file holds every row up to `step`
+        return train_last >= step and all(s in frames for s in schedule if s <= step)
+
+    usable = [s for s in ckpts.steps() if complete_through(s)]
+    start = usable[-1] if usable else 0
+    train_state = ckpts.restore(start) if start else None
+    rec = plan.recorder(path, resume_after=start)
+    loop = TrainingLoop(plan, rec, checkpoints=ckpts)
+    if train_state is not None:
+        loop.restore(start, train_state)
+    log(f"resuming {path} ({state}) at step {start} of {plan.total}"
+        + (f" from its checkpoint" if start else " from the initial model (no usable checkpoint)")
+        + (f"; the file's rows after step {start} are dropped" if train_last > start else ""))
+    return _drive(plan, rec, loop, path, show_progress, log)

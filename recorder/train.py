@@ -105,10 +105,18 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
         (loss, (acc, rest)), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(
             state.params, state.model_state, x, y)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), opt_state, rest), {"loss": loss, "accuracy": acc}
+        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))  # one flag: cheap to carry out
+        return (TrainState(optax.apply_updates(state.params, updates), opt_state, rest),
+                {"loss": loss, "accuracy": acc, "finite": finite})
 
     def frame_of(params: nnx.State, rest: nnx.State, probe_x: jax.Array, analysis_x: jax.Array | None = None) -> Frame:
         return capture(inference(params, rest), probe_x, analysis_x)
+
+    def recorded(state: TrainState, metrics: dict, probe_x: jax.Array, analysis_x: jax.Array | None = None):
+        """The updated state's frame; the finiteness flag then also covers what the frame recorded."""
+        frame = frame_of(state.params, state.model_state, probe_x, analysis_x)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in frame.values()]))
+        return state, {**metrics, "finite": metrics["finite"] & finite}, frame
 
     def train_step(state, images, labels, idx):
         traces["train_step"] += 1  # runs only while tracing
@@ -116,13 +124,11 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
 
     def recorded_step(state, images, labels, idx, probe_x):
         traces["recorded_step"] += 1
-        state, metrics = update(state, images, labels, idx)
-        return state, metrics, frame_of(state.params, state.model_state, probe_x)  # the updated state's frame
+        return recorded(*update(state, images, labels, idx), probe_x)
 
     def analysed_step(state, images, labels, idx, probe_x, analysis_x):
         traces["analysed_step"] += 1
-        state, metrics = update(state, images, labels, idx)
-        return state, metrics, frame_of(state.params, state.model_state, probe_x, analysis_x)
+        return recorded(*update(state, images, labels, idx), probe_x, analysis_x)
 
     def probe_frame(params, rest, probe_x, analysis_x=None):
         traces["probe_frame"] += 1

@@ -222,29 +222,50 @@ def trim_rows(f: h5py.File, through_step: int | None = None) -> dict[str, int]:
     return kept
 
 
+def layout_mismatch(f: h5py.File, layout: RunLayout) -> list[str]:
+    """How an existing run file differs from `layout` in what its rows mean (layers, shapes, probes)."""
+    out = []
+    names = [s.name for s in layout.layers]
+    if json.loads(f["layers"].attrs["order_json"]) != names:
+        return [f"layers {json.loads(f['layers'].attrs['order_json'])} in the file, {names} now"]
+    p = len(layout.probe_labels)
+    for spec in layout.layers:
+        ds = f[f"layers/{spec.name}/activations"]
+        if ds.shape[1:] != (p, *spec.shape) or ds.dtype != np.dtype(layout.dtype):
+            out.append(f"{spec.name}: {ds.dtype}{list(ds.shape[1:])} in the file, {layout.dtype}{[p, *spec.shape]} now")
+    if not np.array_equal(f["probes/images"][()], layout.probe_images):
+        out.append("the probe images differ")
+    if ("analysis" in f) != (layout.analysis is not None) or (
+            layout.analysis is not None and f["analysis"].attrs["sha256"] != layout.analysis.sha256):
+        out.append("the analysis images differ")
+    return out
+
+
 class H5RunWriter:
     """Creates a run file and appends to it. Not thread-safe: one thread owns it."""
 
-    def __init__(self, path: str | Path, layout: RunLayout | None = None, *, resume_after: int | None = None,
-                 attrs: Mapping[str, Any] | None = None):
-        """Creates the run file of `layout`; or, with `resume_after=S` (and no layout), reopens an existing run
-        file to continue it after step S: rows of later steps are dropped (`trim_rows`), the test result is
-        cleared, `attrs` replace root attributes (an extended run's `planned_steps`) and the status is
-        `running` again. The file must not be open for writing elsewhere (`recorder/repair.py` clears a killed
-        writer's flag)."""
+    def __init__(self, path: str | Path, layout: RunLayout, *, resume_after: int | None = None):
+        """Creates the run file of `layout`; or, with `resume_after=S`, reopens an existing run file of the same
+        layout to continue it after step S: rows of later steps are dropped (`trim_rows`), the test result is
+        cleared, the planned steps and config become `layout`'s (an extended run) and the status is `running`
+        again. The file must not be open for writing elsewhere (`recorder/repair.py` clears a killed writer's
+        flag)."""
         self.path = Path(path)
         self._clock = time.perf_counter()
-        if layout is None and resume_after is None:
-            raise ValueError("H5RunWriter needs a layout (a new file) or resume_after (an existing one)")
-        f = self._file = h5py.File(self.path, "w" if layout is not None else "r+", libver=LIBVER)
+        f = self._file = h5py.File(self.path, "w" if resume_after is None else "r+", libver=LIBVER)
         try:
-            if layout is not None:
+            if resume_after is None:
                 self._create(f, layout)
             else:
+                problems = layout_mismatch(f, layout)
+                if problems:
+                    raise ValueError(f"{self.path} was recorded with another layout: {'; '.join(problems)}")
                 trim_rows(f, resume_after)
                 self._clock -= float(f["frames/wall_time"][-1]) if f["frames/wall_time"].shape[0] else 0.0
-                for name, value in (attrs or {}).items():
-                    f.attrs[name] = value
+                for name in ("planned_steps", "config_json"):
+                    f.attrs[name] = layout.attrs[name]
+                if layout.analysis is not None:
+                    f["analysis"].attrs["planned_steps_json"] = json.dumps([int(x) for x in layout.analysis.steps])
                 f["test/loss"][()], f["test/accuracy"][()], f["test/count"][()] = np.nan, np.nan, 0
                 f["status"][()], f["status_message"][()] = np.bytes_(b"running"), np.bytes_(b"")
             _stamp_writer(f)
@@ -271,6 +292,14 @@ class H5RunWriter:
         small += ["frames/step", "train/loss", "train/accuracy", "train/wall_time", "train/step",
                   "eval/loss", "eval/accuracy", "eval/step", "scalars/series", "scalars/value", "scalars/step"]
         self._commit_order = [self._col[name] for name in small]
+
+    def last_steps(self) -> dict[str, int]:
+        """The last step of each group's rows (-1 for none): frame, train, eval, scalars."""
+        out = {}
+        for key, column in (("frame", "frames/step"), ("train", "train/step"), ("eval", "eval/step"), ("scalars", "scalars/step")):
+            ds = self._file[column]
+            out[key] = int(ds[-1]) if ds.shape[0] else -1
+        return out
 
     @staticmethod
     def _create(f: h5py.File, layout: RunLayout) -> None:

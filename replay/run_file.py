@@ -127,6 +127,11 @@ class Run:
         return float(self._f["updated_unix"][()])
 
     @property
+    def recorded_by(self) -> str:
+        """What wrote the file: `emergence record` or `emergence.Recorder` (empty before schema 3)."""
+        return str(self._f.attrs.get("writer", ""))
+
+    @property
     def writer_identity(self) -> dict[str, Any]:
         """pid, host and start time of the process that writes (or last wrote) the file; empty before schema 4."""
         a = self._f.attrs
