@@ -65,6 +65,7 @@ class Frames:
 
     def __init__(self, run: Run, metrics_stamp: bool):
         self.run = run
+        self.nan_values = self.nan_frames = 0  # of the last frames rendered
         self._steps = run.steps
         self._metrics = metrics_stamp
 
@@ -72,10 +73,16 @@ class Frames:
         raise NotImplementedError
 
     def __call__(self, positions: np.ndarray) -> Iterator[np.ndarray]:
+        """The frames at `positions`; counts the NaN values drawn (`nan_values`, `nan_frames`) on the way."""
         stamps = stamp_texts(self.run, self._steps[positions], self.grid.stamp.step_text, self._metrics)
+        self.nan_values = self.nan_frames = 0
         for b in range(0, len(positions), READ_BLOCK):
             block = positions[b : b + READ_BLOCK]
-            index = self.grid.indices(self.values(block))  # [len, P, H, W, C] uint8
+            values = self.values(block)
+            nans = np.isnan(values).reshape(len(block), -1).sum(axis=1)
+            self.nan_values += int(nans.sum())
+            self.nan_frames += int(np.count_nonzero(nans))
+            index = self.grid.indices(values)  # [len, P, H, W, C] uint8
             for k in range(len(block)):
                 yield self.grid.render(index[k], stamps[b + k])
 

@@ -28,6 +28,7 @@ from replay.gif import BROWSER_MAX_FPS, frame_duration_ms
 from replay.grid import GridStyle
 from replay.images import save_png
 from replay.index_page import Entry, write_index
+from replay.palette import NAN_RGB
 from replay.run_file import Run, open_run
 from replay.scales import ScaleSpec, spec_for
 from replay.selection import StepRange, parse_indices, select_frames
@@ -127,6 +128,9 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
                                  f"{caption} {result.frames} frames, steps {steps[0]}–{steps[-1]}, "
                                  f"{duration} ms each; {result.bytes / 1e6:.2f} MB{dropped}.{video}"))
             log(f"{name}.gif  {result.frames} frames  {result.bytes / 1e6:.2f} MB{dropped}")
+            if frames.nan_values:
+                report.notes.append(f"{name}: {frames.nan_values:,} NaN values in {frames.nan_frames} of the "
+                                    f"{result.frames} frames shown, drawn magenta {NAN_RGB} (not a value of the scale)")
             return result
 
         layer_frames: dict[str, LayerFrames] = {}
