@@ -8,6 +8,7 @@ cd "$(dirname "$0")"
 MISSING=()
 [ -d /usr/share/datasets/fashion-mnist ] || MISSING+=(dataset-fashion-mnist)
 [ -x /usr/bin/chromium ] || MISSING+=(chromium)  # tests/test_viewer_browser.py; never downloaded by Playwright
+command -v h5dump >/dev/null 2>&1 || MISSING+=(hdf5-tools)  # tests/test_reliability.py: HDF5 1.10 readers
 if [ ${#MISSING[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "installing Debian packages: ${MISSING[*]}" >&2

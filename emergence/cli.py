@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -254,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as e:  # WriterError, RunStopped and friends: the message says what to do
         print(f"emergence: error: {e}", file=sys.stderr)
+        if argv is None and type(e).__name__ == "WriterError":
+            # HDF5 still holds the file it could not write (a full disk); its clean-up at interpreter exit can
+            # crash on it. The file already keeps everything written before: leave without that clean-up.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         return 1
     except OSError as e:  # HDF5 could not read or write a file: damaged, a full disk, no permission
         print(f"emergence: error: {e}", file=sys.stderr)

@@ -46,6 +46,7 @@ class Checkpoints:
         self._keys = {i: jax.random.key_impl(leaf) for i, leaf in enumerate(leaves) if _is_key(leaf)}
         self._like = {str(i): (np.shape(v), v.dtype) for i, v in enumerate(self._host(leaves))}  # shape, dtype
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
+        self._last_saved: int | None = None
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def _host(self, leaves: list[Any]) -> list[np.ndarray]:
@@ -57,7 +58,11 @@ class Checkpoints:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any) -> None:
-        """Checkpoints `state` (the state after update `step`); returns once it is on the host."""
+        """Checkpoints `state` (the state after update `step`); returns once it is on the host. A step already
+        saved by this process is not saved again (a stop right after a periodic checkpoint)."""
+        if step == self._last_saved:
+            return
+        self._last_saved = step
         leaves = jax.tree.leaves(state)
         if len(leaves) != len(self._like):
             raise CheckpointError(f"state to checkpoint has {len(leaves)} arrays, the run's state {len(self._like)}")

@@ -105,7 +105,7 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
         (loss, (acc, rest)), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(
             state.params, state.model_state, x, y)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))  # one flag: cheap to carry out
+        finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))  # one flag: cheap to carry out
         return (TrainState(optax.apply_updates(state.params, updates), opt_state, rest),
                 {"loss": loss, "accuracy": acc, "finite": finite})
 

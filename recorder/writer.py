@@ -321,7 +321,9 @@ class H5RunWriter:
         p = len(layout.probe_labels)
 
         def growing(group: h5py.Group, name: str, row: tuple[int, ...], dtype: str, **kw: Any) -> None:
-            group.create_dataset(name, shape=(0, *row), maxshape=(None, *row), dtype=dtype, chunks=(1, *row) if row else (1024,), **kw)
+            # a zero-width axis (logits of a model without them) is left unlimited: chunks must be >= 1 wide
+            group.create_dataset(name, shape=(0, *row), maxshape=(None, *(d or None for d in row)), dtype=dtype,
+                                 chunks=(1, *(d or 1 for d in row)) if row else (1024,), **kw)
 
         frames = f.create_group("frames")
         growing(frames, "step", (), "i8")
