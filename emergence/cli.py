@@ -242,6 +242,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_paths(args: argparse.Namespace) -> list[str]:
+    """The run files a reading command was given (for messages about damaged files)."""
+    if args.command in ("info", "repair"):
+        return list(args.runs)
+    if args.command == "replay":
+        return [args.run]
+    if args.command == "compare":
+        return [args.run_a] + ([args.run_b] if args.run_b else [])
+    return []
+
+
+def _damaged(args: argparse.Namespace, e: Exception) -> int:
+    """One line for an HDF5 read or write failure, naming the run files a reading command was given."""
+    runs = _run_paths(args)
+    text = str(e).strip("'\"")
+    if runs:
+        text = (f"{', '.join(runs)}: HDF5 could not read part of it ({text}); the file is damaged (a bad copy, a "
+                "failing disk); what is still readable opens with `emergence info`")
+    print(f"emergence: error: {text}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -250,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nemergence: interrupted; everything recorded so far is in the run file", file=sys.stderr)
         return 130
     except USAGE_ERRORS as e:
+        if isinstance(e, KeyError) and "Unable to synchronously" in str(e):  # h5py's KeyError for damaged metadata
+            return _damaged(args, e)
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"emergence: error: {msg}", file=sys.stderr)
         return 2
@@ -263,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(1)
         return 1
     except OSError as e:  # HDF5 could not read or write a file: damaged, a full disk, no permission
-        print(f"emergence: error: {e}", file=sys.stderr)
-        return 1
+        return _damaged(args, e)
 
 
 if __name__ == "__main__":

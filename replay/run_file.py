@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
@@ -54,7 +55,7 @@ class Run:
         if problem:
             raise RunFileError(f"{self.path} is not a readable HDF5 run file: {problem}")
         try:
-            self._f = h5py.File(self.path, "r", libver="latest", swmr=True)
+            self._f = open_swmr(self.path)
         except OSError as e:
             raise RunFileError(f"{self.path} is not a readable HDF5 run file ({e})") from e
         attrs = self._f.attrs
@@ -344,6 +345,44 @@ class Run:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+METADATA_READ_ATTEMPTS = 12  # HDF5's SWMR default is 100, with doubling waits: minutes on a damaged file
+
+
+def _hdf5_library() -> Any:
+    """The HDF5 library h5py runs on (already loaded in this process), through ctypes; None if not found."""
+    global _LIBRARY
+    if _LIBRARY is None:
+        _LIBRARY = False
+        try:
+            with open("/proc/self/maps") as maps:
+                paths = {line.split()[-1] for line in maps if "libhdf5" in line and "libhdf5_hl" not in line}
+            for path in sorted(paths):
+                lib = ctypes.CDLL(path)
+                if hasattr(lib, "H5Pset_metadata_read_attempts"):
+                    _LIBRARY = lib
+                    break
+        except OSError:
+            pass
+    return _LIBRARY or None
+
+
+_LIBRARY: Any = None
+
+
+def open_swmr(path: Path) -> h5py.File:
+    """Opens a run file for SWMR reading, with HDF5's metadata read retries bounded (METADATA_READ_ATTEMPTS):
+    a live writer's torn metadata is re-read a few times, a damaged file fails within a second."""
+    lib = _hdf5_library()
+    if lib is None:  # an HDF5 build we cannot reach: its default retries
+        return h5py.File(path, "r", libver="latest", swmr=True)
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)  # as h5py.File's own
+    if lib.H5Pset_metadata_read_attempts(ctypes.c_int64(fapl.id), ctypes.c_uint(METADATA_READ_ATTEMPTS)) < 0:
+        return h5py.File(path, "r", libver="latest", swmr=True)
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)
+    return h5py.File(fid)
 
 
 def _process_alive(pid: int) -> bool:
