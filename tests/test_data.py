@@ -137,4 +137,25 @@ def test_probes_default_to_one_per_class_and_mnist_reference(tmp_path, isolated_
     assert choose_probes(ds, (3, 1)).tolist() == [3, 1]
     with pytest.raises(ValueError, match="out of range"):
         choose_probes(ds, (10**6,))
-    assert MNIST_REFERENCE_PROBES == (10, 5, 35, 30, 4, 15, 11, 17, 268, 12)
+
+
+@pytest.mark.parametrize("n_test", [10000, 9990])
+def test_mnist_probes_are_the_reference_set_on_the_full_test_split(tmp_path, isolated_home, n_test):
+    """On MNIST's 10,000-image test split the probes are the reference experiment's images (one per digit, in
+    order); on any other split of that name, the first image of each class."""
+    labels = (np.arange(n_test) * 7 + 3) % 10  # first of each class: not where the reference set is
+    labels[list(MNIST_REFERENCE_PROBES)] = np.arange(10)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, arr in {"train-images-idx3-ubyte": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+                      "train-labels-idx1-ubyte": (np.arange(20) % 10).astype(np.uint8),
+                      "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+                      "t10k-labels-idx1-ubyte": labels.astype(np.uint8)}.items():
+        write_idx(folder / f"{name}.gz", arr)
+    ds = load_dataset("mnist", data_dir=str(folder))
+    idx = choose_probes(ds)
+    assert ds.test_labels[idx].tolist() == list(range(10))
+    first_of_class = [int(np.flatnonzero(labels == c)[0]) for c in range(10)]
+    assert idx.tolist() == (list(MNIST_REFERENCE_PROBES) if n_test == 10000 else first_of_class)
+    assert first_of_class != list(MNIST_REFERENCE_PROBES)
