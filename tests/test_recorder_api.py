@@ -19,7 +19,8 @@ from replay import open_run
 from replay.render import ReplayOptions, replay
 
 CONFIG = tiny_config(steps=5, eval_every=0, analysis_probes=16)
-DIFFERENT_BY_DESIGN = {"config_json", "versions_json", "created_unix", "writer", "experiment", "data_origin"}
+DIFFERENT_BY_DESIGN = {"config_json", "versions_json", "created_unix", "writer", "experiment", "data_origin",
+                       "writer_pid", "writer_host", "writer_started_unix"}
 
 
 def _probes(n=3, shape=(6, 6, 1)):

@@ -63,6 +63,27 @@ def test_tanh_zero_is_white_and_the_ends_are_the_colour_map_ends(tmp_path):
                 assert (tile == np.asarray(colour, np.uint8)).all(), (probe, channel, tile[0, 0])
 
 
+def test_nan_is_drawn_magenta_and_counted(tmp_path):
+    acts = np.zeros((3, 2, 4, 4, 2), np.float32)
+    acts[1:, 0, :, :, 1] = np.nan  # probe 0, channel 1 from frame 1 on: a diverged layer
+    acts[2, 1, 0, 0, 0] = np.nan  # and one single value
+    write_run(tmp_path / "r.h5", {"conv1": acts})
+    report = replay(tmp_path / "r.h5", tmp_path / "out", ReplayOptions(kernels=False, curves=False))
+    assert any(note.startswith("conv1: 33 NaN values in 2 of the 3 frames shown, drawn magenta (255, 0, 255)")
+               for note in report.notes), report.notes
+    from replay.run_file import open_run
+
+    with open_run(tmp_path / "r.h5") as run:
+        frames = LayerFrames(run, "conv1")
+    rgb = gif_frames(tmp_path / "out" / "conv1.gif")
+    y0, y1, x0, x1 = frames.grid.tile_box(0, 1)
+    assert (rgb[0][y0:y1, x0:x1] == 255).all()  # frame 0: zeros, white
+    assert (rgb[2][y0:y1, x0:x1] == np.array([255, 0, 255], np.uint8)).all()
+    y0, y1, x0, x1 = frames.grid.tile_box(1, 0)
+    tile = rgb[2][y0:y1, x0:x1]  # one NaN value of a 4x4 map, drawn 4x4 pixels at the 16x16 tile size
+    assert (tile == np.array([255, 0, 255], np.uint8)).all(axis=-1).sum() == 16
+
+
 def test_unbounded_scale_is_the_percentile_of_all_steps_and_fixed(tmp_path):
     rng = np.random.default_rng(0)
     acts = np.maximum(rng.normal(0, 1, (12, 2, 4, 4, 2)), 0).astype(np.float32) * np.arange(1, 13)[:, None, None, None, None]
