@@ -378,7 +378,7 @@ def open_swmr(path: Path) -> h5py.File:
     if lib is None:  # an HDF5 build we cannot reach: its default retries
         return h5py.File(path, "r", libver="latest", swmr=True)
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)  # as h5py.File's own
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_WEAK)  # as h5py.File's own: the same process may hold the file open too
     if lib.H5Pset_metadata_read_attempts(ctypes.c_int64(fapl.id), ctypes.c_uint(METADATA_READ_ATTEMPTS)) < 0:
         return h5py.File(path, "r", libver="latest", swmr=True)
     fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)

@@ -100,7 +100,7 @@ def test_one_run_dashboard_from_the_cli(two_runs, tmp_path):
         row = [line for line in text.splitlines() if line.startswith(f"| {layer} |")]
         assert row == [f"| {layer} | {fmt(d['t50'])} | {fmt(d['t90'])} | {d['init_vs_final']:.3f} | dead "
                        f"{d['final_dead_fraction']:.3f} | {'; '.join(d['flags'])} |"]
-        assert d["t50"] is not None and d["t50"] <= d["t90"] <= 30  # a layer that trains settles, t50 first
+        assert d["t50"] is None or d["t50"] <= d["t90"] <= 30  # progress passes 0.5 before 0.9
 
 
 def test_relu_vs_tanh_experiment_end_to_end(tmp_path):
