@@ -55,7 +55,7 @@ def newest_frame_age(path: Path, killed_at: float) -> tuple[int, float]:
 
 
 def start_and_wait_for_first_frame(cmd: list[str], path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while True:
         time.sleep(0.05)
         try:
@@ -77,7 +77,10 @@ def kills(experiment: str, sets: list[str], count: int, folder: Path, seed: int)
     for k in range(count):
         path = folder / f"k{k}.h5"
         proc = start_and_wait_for_first_frame(record_cmd(experiment, folder, f"k{k}", sets), path)
-        time.sleep(rng.uniform(0.0, 0.9 * training))
+        time.sleep(rng.uniform(0.0, 0.8 * training))
+        if proc.poll() is not None:  # it finished first: nothing was killed
+            print(f"kill {k + 1:2d}: the run had finished", flush=True)
+            continue
         killed_at = time.time()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
