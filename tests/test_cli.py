@@ -52,7 +52,7 @@ def test_record_then_info_then_refuse_overwrite(capsys, tmp_path):
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("command", [[], ["record"], ["info"]])
+@pytest.mark.parametrize("command", [[], ["record"], ["info"], ["resume"], ["repair"]])
 def test_help(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
