@@ -11,8 +11,8 @@ import contextlib
 import dataclasses
 import json
 import platform
-import signal
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -32,10 +32,10 @@ from recorder.data import Dataset, load_dataset
 from recorder.models import build_model
 from recorder.probes import choose_probes
 from recorder.progress import Progress
-from recorder.schedule import recorded_steps
 from recorder.recorder import Probes, Recorder, RecorderError
+from recorder.schedule import recorded_steps
 from recorder.summary import format_summary
-from recorder.train import StepFunctions, evaluate, make_optimizer, make_step_functions, to_inputs
+from recorder.train import StepFunctions, TrainState, evaluate, make_optimizer, make_step_functions, to_inputs
 
 LARGE_FILE_BYTES = 2 * 1024**3
 WRITER = "emergence record"
@@ -281,7 +281,6 @@ def checkpoint_identity(config: RunConfig, path: Path) -> dict[str, Any]:
 def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_progress: bool,
            log: Callable[[str], None]) -> RunResult:
     """Runs `loop` to the plan's end under `rec`, checkpointing, and ends the file with its honest status."""
-    config = plan.config
     t0 = time.perf_counter()
     progress = Progress(plan.total, enabled=show_progress)
     stopped = None
@@ -329,7 +328,7 @@ def _stop(loop: TrainingLoop, path: Path) -> tuple[str, str]:
         where = f"checkpoint at step {saved}" if saved is not None else "its last checkpoint"
         return "interrupted", (f"interrupted ({loop.stop_requested}) at step {loop.step}; `emergence resume {path}` "
                                f"continues from {where}")
-    last = [s for s in ckpts.steps()] if ckpts is not None else []
+    last = ckpts.steps() if ckpts is not None else []
     keep = f"the last finite checkpoint is step {last[-1]}" if last else "no checkpoint was taken"
     return "diverged", (f"diverged at step {loop.rec.nonfinite_step}: a non-finite loss, gradient or activation "
                         f"(stopped at step {loop.step}; {keep}; on_nonfinite=continue records on)")
@@ -413,6 +412,6 @@ def resume(path: str | Path, overrides: Sequence[str] = (), show_progress: bool 
     if train_state is not None:
         loop.restore(start, train_state)
     log(f"resuming {path} ({state}) at step {start} of {plan.total}"
-        + (f" from its checkpoint" if start else " from the initial model (no usable checkpoint)")
+        + (" from its checkpoint" if start else " from the initial model (no usable checkpoint)")
         + (f"; the file's rows after step {start} are dropped" if train_last > start else ""))
     return _drive(plan, rec, loop, path, show_progress, log)

@@ -179,7 +179,7 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
         facts.append(("stamps", "STEP = updates applied before the frame (0 = initialisation); TRAIN ACC = mean of "
                                 "the last 10 training batches at or before it; EVAL ACC = latest evaluation at or "
                                 "before it"))
-        facts += [(f"note", n) for n in report.notes]
+        facts += [("note", n) for n in report.notes]
         report.index = write_index(out, f"{Path(path).name}: {run.experiment}", facts, entries, sizes)
     report.seconds = time.perf_counter() - t0
     return report

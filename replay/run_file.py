@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -146,21 +147,19 @@ class Run:
         status = self.status
         if status == "running":
             who = self.writer_identity
-            last = f"the file holds everything up to step {self.last_step()}"
             if who and who["host"] == socket.gethostname() and not _process_alive(who["pid"]):
-                return "killed", f"its writer (process {who['pid']}) is gone; {last}"
-            age = time.time() - self.updated_unix
-            if age > stale_seconds:
-                return "killed", f"no heartbeat for {age:.0f} s: the recorder was probably killed; {last}"
-            return "recording", ""
+                why = f"its writer (process {who['pid']}) is gone"
+            elif (age := time.time() - self.updated_unix) > stale_seconds:
+                why = f"no heartbeat for {age:.0f} s: the recorder was probably killed"
+            else:
+                return "recording", ""
+            return "killed", f"{why}; the file holds everything up to step {self.last_step()}"
         return status, self.status_message
 
     def last_step(self) -> int:
         """The last step with a complete training row, else the last recorded frame step (-1: none)."""
-        train = self._f["train/step"]
-        n = min(ds.shape[0] for ds in self._f["train"].values())
-        steps = self.steps
-        return int(max(train[n - 1] if n else -1, steps[-1] if len(steps) else -1))
+        train, frames = self.train_metrics().step, self.steps
+        return int(max(train[-1] if len(train) else -1, frames[-1] if len(frames) else -1))
 
     def describe_status(self, stale_seconds: float = STALE_SECONDS) -> str:
         state, reason = self.state(stale_seconds)
@@ -350,25 +349,19 @@ class Run:
 METADATA_READ_ATTEMPTS = 12  # HDF5's SWMR default is 100, with doubling waits: minutes on a damaged file
 
 
+@functools.cache
 def _hdf5_library() -> Any:
     """The HDF5 library h5py runs on (already loaded in this process), through ctypes; None if not found."""
-    global _LIBRARY
-    if _LIBRARY is None:
-        _LIBRARY = False
-        try:
-            with open("/proc/self/maps") as maps:
-                paths = {line.split()[-1] for line in maps if "libhdf5" in line and "libhdf5_hl" not in line}
-            for path in sorted(paths):
-                lib = ctypes.CDLL(path)
-                if hasattr(lib, "H5Pset_metadata_read_attempts"):
-                    _LIBRARY = lib
-                    break
-        except OSError:
-            pass
-    return _LIBRARY or None
-
-
-_LIBRARY: Any = None
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libhdf5" in line and "libhdf5_hl" not in line}
+        for path in sorted(paths):
+            lib = ctypes.CDLL(path)
+            if hasattr(lib, "H5Pset_metadata_read_attempts"):
+                return lib
+    except OSError:
+        pass
+    return None
 
 
 def open_swmr(path: Path) -> h5py.File:

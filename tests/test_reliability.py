@@ -14,7 +14,7 @@ import pytest
 
 from conftest import tiny_config
 from emergence.cli import main
-from recorder import Capture, Probes, Recorder, RecorderError
+from recorder import Capture, Probes, Recorder
 from recorder.checkpoints import checkpoint_dir
 from recorder.repair import RepairError, open_flags, repair
 from recorder.run import RunStopped, record
