@@ -141,6 +141,9 @@ class AsyncRunWriter:
     def write_scalars(self, step: int, values: Any) -> None:
         self._submit("write_scalars", step, values)
 
+    def write_weights(self, step: int, values: Any) -> None:
+        self._submit("write_weights", step, values)
+
     def wait(self) -> None:
         """Blocks until everything submitted so far is written and flushed to the file; re-raises a background
         failure."""

@@ -20,6 +20,8 @@ ON_NONFINITE = ("stop", "continue")
 RESUMABLE_KEYS = ("epochs", "steps", "checkpoint_every", "on_nonfinite")
 DTYPES = ("float16", "float32")
 KERNEL_CHOICES = ("first", "all", "none")
+PADDINGS = ("default", "same", "valid")  # default: the model's own
+DOWNSAMPLES = ("default", "pool", "stride")
 
 
 class ConfigError(ValueError):
@@ -53,13 +55,17 @@ class RunConfig:
     analysis_probes: int = 128  # held-out images for similarity statistics (recorder/analysis.py); 0 = none
     checkpoint_every: int = 100  # steps between checkpoints (RUN.ckpt/, for `emergence resume`); 0 = only at stops
     on_nonfinite: str = "stop"  # a NaN/Inf loss, gradient or activation: stop (status diverged) | continue
+    padding: str = "default"  # conv padding of models that take it: default (the model's own) | same | valid
+    downsample: str = "default"  # learn_to_see: default | pool (2x2 max-pool) | stride (stride-2 convs instead)
+    init_from: str | None = None  # start from weights: RUN.h5 (its final), RUN.h5@STEP, FILE.npz, FILE.msgpack
+    freeze: tuple[str, ...] = ()  # layers kept fixed: tap names (conv1) or module paths (dense1, blocks/0)
 
     def validate(self) -> "RunConfig":
         """Raises ConfigError naming the bad field and the valid options; returns self."""
         choices = {
             "model": tuple(sorted(MODELS)), "activation": tuple(sorted(ACTIVATIONS)), "dataset": DATASETS,
             "optimizer": OPTIMIZERS, "dtype": DTYPES, "compression": COMPRESSIONS, "kernels": KERNEL_CHOICES,
-            "on_nonfinite": ON_NONFINITE,
+            "on_nonfinite": ON_NONFINITE, "padding": PADDINGS, "downsample": DOWNSAMPLES,
         }
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
@@ -81,6 +87,10 @@ class RunConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         return self
+
+    def model_options(self) -> dict[str, str]:
+        """The builder options this config sets (recorder/models.py), "default" ones left out."""
+        return {k: getattr(self, k) for k in ("padding", "downsample") if getattr(self, k) != "default"}
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -135,4 +145,5 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
 def config_from_json(text: str) -> RunConfig:
     data = json.loads(text)
     data["probes"] = tuple(data.get("probes", ()))
+    data["freeze"] = tuple(data.get("freeze", ()))
     return RunConfig(**data)

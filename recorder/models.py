@@ -8,7 +8,8 @@ nonlinearity is configurable, because that is what is recorded and compared.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+import inspect
+from typing import Any, Callable, Sequence
 
 import jax
 from flax import nnx
@@ -19,6 +20,7 @@ from recorder.taps import tap
 
 # Keras' defaults (glorot-uniform kernels, zero biases) for the dense layers, as in the reference code.
 _DENSE_INIT = nnx.initializers.glorot_uniform()
+_HE_INIT = nnx.initializers.he_normal()  # for convs followed by BatchNorm and relu-like nonlinearities
 
 
 def _dense(din: int, dout: int, rngs: nnx.Rngs) -> nnx.Linear:
@@ -29,32 +31,48 @@ def _pool(x: jax.Array) -> jax.Array:
     return pooling.pool(x)  # = nnx.max_pool 2x2/2, values and gradients, without select-and-scatter
 
 
+def _check_spatial(name: str, size: int, where: str) -> int:
+    if size < 1:
+        raise ValueError(f"{name}: the feature map shrinks to {size} pixels at {where}; use padding=same, or a "
+                         "larger input")
+    return size
+
+
 class LearnToSee(nnx.Module):
-    """Six 3x3 'same' convs (4-4-8-8-16-16), Normal(0, 0.01) kernels, max-pool after conv2 and conv4,
-    then Dense 64 relu, Dense 32 relu, Dense `num_classes` (logits)."""
+    """Six 3x3 convs (4-4-8-8-16-16), Normal(0, 0.01) kernels, then Dense 64 relu, Dense 32 relu, Dense
+    `num_classes` (logits). Downsampling after conv2 and conv4: a 2x2 max-pool (`downsample="pool"`, the
+    reference), or those two convs with stride 2 instead (`"stride"`: learnt downsampling, no pooling layer).
+    `padding="same"` (the reference) keeps each conv's size; `"valid"` shrinks it by 2."""
 
     CHANNELS = (4, 4, 8, 8, 16, 16)
-    POOL_AFTER = (1, 3)  # 0-based conv indices followed by a 2x2 max-pool
+    POOL_AFTER = (1, 3)  # 0-based conv indices followed by a 2x2 max-pool (or strided)
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs):
+    def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs,
+                 padding: str = "same", downsample: str = "pool"):
         h, w, c = input_shape
         self.act = get_activation(activation)
+        self.strided = downsample == "stride"
         init = nnx.initializers.normal(stddev=0.01)
         chans = (c, *self.CHANNELS)
-        self.convs = nnx.List(
-            [nnx.Conv(chans[i], chans[i + 1], (3, 3), padding="SAME", kernel_init=init, rngs=rngs,
-                      conv_general_dilated=fastconv.conv_general_dilated)  # XLA's numbers, faster (fastconv.py)
-             for i in range(6)]
-        )
-        flat = (h // 4) * (w // 4) * self.CHANNELS[-1]
-        self.dense1 = _dense(flat, 64, rngs)
+        convs = []
+        for i in range(6):
+            stride = 2 if self.strided and i in self.POOL_AFTER else 1
+            convs.append(nnx.Conv(chans[i], chans[i + 1], (3, 3), strides=stride, padding=padding.upper(),
+                                  kernel_init=init, rngs=rngs,
+                                  conv_general_dilated=fastconv.conv_general_dilated))  # faster on CPU (fastconv.py)
+            shrink = 0 if padding == "same" else 2
+            h, w = ((_check_spatial("learn_to_see", (d - shrink + stride - 1) // stride, f"conv{i + 1}") for d in (h, w)))
+            if i in self.POOL_AFTER and not self.strided:
+                h, w = (_check_spatial("learn_to_see", d // 2, f"the pool after conv{i + 1}") for d in (h, w))
+        self.convs = nnx.List(convs)
+        self.dense1 = _dense(h * w * self.CHANNELS[-1], 64, rngs)
         self.dense2 = _dense(64, 32, rngs)
         self.logits = _dense(32, num_classes, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C] -> [B, K]
         for i, conv in enumerate(self.convs):
             x = tap(self, f"conv{i + 1}", self.act(conv(x)), kernel=conv.kernel)
-            if i in self.POOL_AFTER:
+            if i in self.POOL_AFTER and not self.strided:
                 x = _pool(x)
         x = x.reshape(x.shape[0], -1)
         x = jax.nn.relu(self.dense1(x))
@@ -63,20 +81,25 @@ class LearnToSee(nnx.Module):
 
 
 class TwoConvNet(nnx.Module):
-    """Conv(c1) 3x3 valid -> pool -> Conv(c2) 3x3 valid -> pool -> flatten -> [Dense `hidden` relu] -> Dense K.
+    """Conv(c1) 3x3 -> pool -> Conv(c2) 3x3 -> pool -> flatten -> [Dense `hidden` relu] -> Dense K.
 
     `keras_fashion` is (32, 64, hidden 64), the Keras Fashion-MNIST tutorial CNN; `tiny_cnn` is (8, 16, no
-    hidden layer), for tests and demos.
+    hidden layer), for tests and demos. Both use 'valid' padding (the tutorial's); `padding="same"` keeps
+    each conv's size (28 -> 28 -> 14 -> 14 -> 7 instead of 28 -> 26 -> 13 -> 11 -> 5).
     """
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs,
-                 channels: tuple[int, int] = (32, 64), hidden: int | None = 64):
+                 channels: tuple[int, int] = (32, 64), hidden: int | None = 64, padding: str = "valid"):
         h, w, c = input_shape
         self.act = get_activation(activation)
         init = nnx.initializers.glorot_uniform()
-        self.conv_a = nnx.Conv(c, channels[0], (3, 3), padding="VALID", kernel_init=init, rngs=rngs)
-        self.conv_b = nnx.Conv(channels[0], channels[1], (3, 3), padding="VALID", kernel_init=init, rngs=rngs)
-        flat = (((h - 2) // 2 - 2) // 2) * (((w - 2) // 2 - 2) // 2) * channels[1]
+        pad = padding.upper()
+        self.conv_a = nnx.Conv(c, channels[0], (3, 3), padding=pad, kernel_init=init, rngs=rngs)
+        self.conv_b = nnx.Conv(channels[0], channels[1], (3, 3), padding=pad, kernel_init=init, rngs=rngs)
+        shrink = 0 if padding == "same" else 2
+        for i in (1, 2):
+            h, w = (_check_spatial("two-conv net", (d - shrink) // 2, f"conv{i} and its pool") for d in (h, w))
+        flat = h * w * channels[1]
         self.dense = _dense(flat, hidden, rngs) if hidden else None
         self.logits = _dense(hidden or flat, num_classes, rngs)
 
@@ -89,17 +112,114 @@ class TwoConvNet(nnx.Module):
         return self.logits(x)
 
 
-ModelBuilder = Callable[[Sequence[int], int, str, nnx.Rngs], nnx.Module]
+class ConvBN(nnx.Module):
+    """Conv 3x3 (no bias: BatchNorm's offset replaces it) -> BatchNorm -> nonlinearity."""
+
+    def __init__(self, cin: int, cout: int, act: Callable[[jax.Array], jax.Array], rngs: nnx.Rngs, stride: int = 1,
+                 kernel: int = 3):
+        self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding="SAME", use_bias=False,
+                             kernel_init=_HE_INIT, rngs=rngs)
+        self.bn = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.act(self.bn(self.conv(x)))
+
+
+class VGGBN(nnx.Module):
+    """A small VGG-style net with BatchNorm: three blocks of two [conv 3x3 -> BatchNorm -> act] and a 2x2
+    max-pool (16-16, 32-32, 64-64 channels), then Dense 128 relu, Dropout 0.5, Dense K. Each conv is tapped
+    after its BatchNorm and nonlinearity (conv1..conv6). For 28x28 (3x3x64 after the pools) and 32x32 inputs."""
+
+    CHANNELS = (16, 16, 32, 32, 64, 64)
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs,
+                 dropout: float = 0.5):
+        h, w, c = input_shape
+        act = get_activation(activation)
+        chans = (c, *self.CHANNELS)
+        self.layers = nnx.List([ConvBN(chans[i], chans[i + 1], act, rngs) for i in range(6)])
+        for i in range(3):
+            h, w = (_check_spatial("vgg_bn", d // 2, f"pool {i + 1}") for d in (h, w))
+        self.dense = _dense(h * w * chans[-1], 128, rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.logits = _dense(128, num_classes, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, layer in enumerate(self.layers):
+            x = tap(self, f"conv{i + 1}", layer(x), kernel=layer.conv.kernel)
+            if i % 2 == 1:
+                x = _pool(x)
+        x = self.dropout(jax.nn.relu(self.dense(x.reshape(x.shape[0], -1))))
+        return self.logits(x)
+
+
+class ResidualBlock(nnx.Module):
+    """[conv 3x3 (stride s) -> BN -> act -> conv 3x3 -> BN] + shortcut, then act. The shortcut is the input, or
+    a 1x1 conv (stride s) + BN where the shape changes (He et al. 2016, option B)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, act: Callable[[jax.Array], jax.Array], rngs: nnx.Rngs):
+        self.first = ConvBN(cin, cout, act, rngs, stride=stride)
+        self.conv = nnx.Conv(cout, cout, (3, 3), padding="SAME", use_bias=False, kernel_init=_HE_INIT, rngs=rngs)
+        self.bn = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+        self.project = ConvBN(cin, cout, lambda v: v, rngs, stride=stride, kernel=1) if (stride, cin) != (1, cout) else None
+        self.act = act
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shortcut = x if self.project is None else self.project(x)
+        return self.act(self.bn(self.conv(self.first(x))) + shortcut)
+
+
+class SmallResNet(nnx.Module):
+    """A ResNet for 28x28 and 32x32 inputs (He et al. 2016's CIFAR design at depth 8): a conv 3x3 stem (16
+    channels, BN, act), three stages of one residual block each (16, 32, 64 channels; stride 2 at the start of
+    stages 2 and 3), global average pooling, Dense K. Tapped: `stem` and each block after its addition and
+    nonlinearity (`block1`..`block3`)."""
+
+    STAGES = ((16, 1), (32, 2), (64, 2))
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs):
+        act = get_activation(activation)
+        self.stem_conv = ConvBN(input_shape[-1], 16, act, rngs)
+        cins = (16, *(c for c, _ in self.STAGES[:-1]))
+        self.blocks = nnx.List([ResidualBlock(cin, c, s, act, rngs) for cin, (c, s) in zip(cins, self.STAGES)])
+        self.logits = _dense(self.STAGES[-1][0], num_classes, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = tap(self, "stem", self.stem_conv(x), source=self.stem_conv)
+        for i, block in enumerate(self.blocks):
+            x = tap(self, f"block{i + 1}", block(x), source=block)
+        return self.logits(x.mean(axis=(1, 2)))
+
+
+ModelBuilder = Callable[..., nnx.Module]  # (input_shape, num_classes, activation, rngs, **options)
 
 MODELS: dict[str, ModelBuilder] = {
     "learn_to_see": LearnToSee,
+    "learn_to_see_strided": functools.partial(LearnToSee, downsample="stride"),
     "keras_fashion": functools.partial(TwoConvNet, channels=(32, 64), hidden=64),
     "tiny_cnn": functools.partial(TwoConvNet, channels=(8, 16), hidden=None),
+    "vgg_bn": VGGBN,
+    "resnet8": SmallResNet,
 }
 
 
-def build_model(name: str, input_shape: Sequence[int], num_classes: int, activation: str, seed: int) -> nnx.Module:
-    """Builds the model called `name`; raises ValueError listing the valid names otherwise.
+def model_options(name: str) -> tuple[str, ...]:
+    """The keyword options (`padding`, `downsample`, ...) the builder of model `name` accepts."""
+    fixed = {"input_shape", "num_classes", "activation", "rngs"}
+    builder = MODELS[name]
+    bound = set(builder.keywords) if isinstance(builder, functools.partial) else set()
+    func = builder.func if isinstance(builder, functools.partial) else builder
+    params = inspect.signature(func.__init__ if isinstance(func, type) else func).parameters  # NNX hides a class's
+    fixed.add("self")
+    return tuple(p for p in params if p not in fixed and p not in bound
+                 and params[p].kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+
+
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, activation: str, seed: int,
+                options: dict[str, Any] | None = None) -> nnx.Module:
+    """Builds the model called `name` with `options` (keywords of its builder); raises ValueError listing the
+    valid names, or the options the model takes, otherwise.
 
     The parameters are drawn by one jitted program compiled at XLA's backend optimisation level 0. Built
     eagerly, every initialiser call of a new shape compiles its own threefry program at full optimisation,
@@ -109,9 +229,14 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, activat
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(sorted(MODELS))}")
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(model_options(name)))
+    if unknown:
+        takes = ", ".join(model_options(name)) or "none"
+        raise ValueError(f"model {name!r} has no option {', '.join(unknown)} (its options: {takes})")
 
     def create() -> nnx.Module:
-        return MODELS[name](tuple(input_shape), num_classes, activation, nnx.Rngs(params=seed, dropout=seed))
+        return MODELS[name](tuple(input_shape), num_classes, activation, nnx.Rngs(params=seed, dropout=seed), **options)
 
     try:
         graphdef, _ = nnx.split(nnx.eval_shape(create))

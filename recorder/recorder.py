@@ -34,6 +34,7 @@ from recorder.analysis import (ANALYSIS_FRAMES, STAT_DOCS, STAT_NAMES, analysis_
 from recorder.async_writer import AsyncRunWriter
 from recorder.capture import Capture
 from recorder.schedule import recorded_steps
+from recorder.weights import flat_weights, weight_specs
 from recorder.writer import AnalysisLayout, H5RunWriter, LayerSpec, RunLayout
 
 WRITER = "emergence.Recorder"
@@ -109,7 +110,8 @@ class Recorder:
                  experiment: str = "custom", activation: str | Mapping[str, str] = "unknown",
                  compression: str = "gzip", eval_count: int = 0, data_origin: str = "", overwrite: bool = False,
                  versions: Mapping[str, str] | None = None, writer: str = WRITER, max_pending: int = 8,
-                 writer_nice: int = 19, resume_after: int | None = None):
+                 writer_nice: int = 19, resume_after: int | None = None, weights: Any = None,
+                 initialised_from: str = ""):
         path = Path(path)
         if resume_after is None and path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path")
@@ -149,13 +151,15 @@ class Recorder:
             attrs={"experiment": experiment, "config_json": config_json, "versions_json": json.dumps(dict(versions or {})),
                    "summary_json": json.dumps(capture.summary), "class_names_json": json.dumps(list(names)),
                    "planned_steps": planned_steps, "record_schedule": schedule, "data_origin": data_origin,
-                   "writer": writer, "frame_mode": capture.mode},
+                   "writer": writer, "frame_mode": capture.mode, "initialised_from": initialised_from},
             dtype=capture.dtype.name, compression=compression, eval_count=eval_count,
             analysis=None if analysis is None else AnalysisLayout(
                 indices=analysis.indices, labels=analysis.labels, sha256=analysis.sha256, steps=self.analysis_steps,
                 rule=f"every K-th frame step from 0 plus the last, K = ceil((frames - 1) / {ANALYSIS_FRAMES})",
                 stat_names=STAT_NAMES, stat_docs=STAT_DOCS),
         )
+        if weights is not None:
+            layout = dataclasses.replace(layout, weights=weight_specs(weights))
         self.layout = layout
         self._expected = self._frame_shapes()
         if path.exists() and resume_after is None:
@@ -213,6 +217,25 @@ class Recorder:
             frame = self._own_forward(model, probe_x, analysis_x if self.should_analyse(step) else None)
         self.write(step, frame, metrics)
 
+    def write_weights(self, step: int, weights: Any) -> None:
+        """Stores the model's weights after `step` (an nnx.Module, nnx.State or any pytree of arrays with the
+        structure of the `weights=` template given at construction). `init_from=RUN.h5@STEP` starts a run from
+        them; a run's final weights (its last step) make `init_from=RUN.h5`. Device arrays are copied on the
+        device first (a later step may donate their buffers) and to the host on the writer thread."""
+        self._open()
+        if not self.layout.weights:
+            raise RecorderError("this recorder stores no weights; pass weights=<the model or its state> to Recorder")
+        flat = flat_weights(weights)
+        got = {p: (tuple(np.shape(v)), kind) for p, (v, kind) in flat.items()}
+        want = {s.path: (tuple(s.shape), s.kind) for s in self.layout.weights}
+        if got != want:
+            raise RecorderError(f"weights of step {step} do not match the run's: missing {sorted(set(want) - set(got))}, "
+                                f"unexpected {sorted(set(got) - set(want))}, different "
+                                f"{sorted(p for p in got if p in want and got[p] != want[p])}")
+        self._advance("weights", step, strict=True)
+        values = {p: jax.numpy.copy(v) if isinstance(v, jax.Array) else np.array(v) for p, (v, _) in flat.items()}
+        self._writer.write_weights(step, values)
+
     def log_eval(self, step: int, *, loss: Any, accuracy: Any) -> None:
         """Held-out metrics with the parameters after `step` (`eval_count` images, as given at construction)."""
         self._open()
@@ -236,7 +259,7 @@ class Recorder:
 
     @property
     def last_steps(self) -> dict[str, int]:
-        """The last step written (or queued) of each kind: frame, train, eval, scalars; -1 for none."""
+        """The last step written (or queued) of each kind: frame, train, eval, scalars, weights; -1 for none."""
         return dict(self._last)
 
     @property

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from recorder.analysis import choose_analysis_probes
 from recorder.capture import Capture
@@ -35,6 +36,8 @@ from recorder.progress import Progress
 from recorder.recorder import Probes, Recorder, RecorderError
 from recorder.schedule import recorded_steps
 from recorder.summary import format_summary
+from recorder.transfer import freezing, frozen_paths, initialise
+from recorder.weights import WeightsError
 from recorder.train import StepFunctions, TrainState, evaluate, make_optimizer, make_step_functions, to_inputs
 
 LARGE_FILE_BYTES = 2 * 1024**3
@@ -93,6 +96,7 @@ class RunPlan:
     probe_idx: np.ndarray  # test-split indices of the picture probes
     analysis_idx: np.ndarray | None  # test-split indices of the analysis images, or None
     eval_count: int
+    init_note: str = ""  # what init_from did, in words
 
     def probes(self) -> Probes:
         d = self.dataset
@@ -109,7 +113,12 @@ class RunPlan:
                         analysis=self.analysis(), config=json_config(c), experiment=c.experiment,
                         activation=c.activation, compression=c.compression, eval_count=self.eval_count,
                         data_origin=self.dataset.origin, overwrite=overwrite, versions=versions(), writer=WRITER,
-                        **kwargs)
+                        weights=self.weights(self.fns.init_state), initialised_from=self.init_note, **kwargs)
+
+    @staticmethod
+    def weights(state: TrainState) -> tuple[Any, Any]:
+        """What the run file's /weights stores of a training state: parameters and running statistics."""
+        return state.params, state.model_state
 
 
 def json_config(config: RunConfig) -> dict[str, Any]:
@@ -122,12 +131,30 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
     dataset = load_dataset(config.dataset, config.data_dir, config.synthetic_size)
     per_epoch, total = steps_of(config, dataset)
     probe_idx = choose_probes(dataset, config.probes)
-    model = build_model(config.model, dataset.input_shape, len(dataset.class_names), config.activation, config.seed)
+    try:
+        model = build_model(config.model, dataset.input_shape, len(dataset.class_names), config.activation,
+                            config.seed, config.model_options())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     capture = Capture.nnx(model, np.zeros((1, *dataset.input_shape), np.float32), kernels=config.kernels,
                           dtype=config.dtype)
     if not capture.summary["taps"]:
         raise ConfigError(f"model {config.model!r} marks no layer with tap(); nothing would be recorded")
-    fns = make_step_functions(model, make_optimizer(config.optimizer, config.learning_rate, config.momentum), capture)
+    init_note = ""
+    if config.init_from:
+        try:
+            init_note = initialise(model, config.init_from, capture.summary)
+        except WeightsError as e:
+            raise ConfigError(str(e)) from None
+        log(init_note)
+    try:
+        frozen = frozen_paths(config.freeze, capture.summary)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if frozen:
+        log(f"frozen (no updates, inference mode): {', '.join(frozen)}")
+    tx = make_optimizer(config.optimizer, config.learning_rate, config.momentum)
+    fns = make_step_functions(model, freezing(tx, nnx.state(model, nnx.Param), frozen), capture, frozen)
     analysis_idx = None
     if config.analysis_probes:
         n = min(config.analysis_probes, len(dataset.test_labels))
@@ -136,7 +163,7 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
                 f"analysing all {n}")
         analysis_idx = choose_analysis_probes(dataset.test_labels, n, len(dataset.class_names))
     return RunPlan(config, dataset, capture, fns, per_epoch, total, probe_idx, analysis_idx,
-                   min(config.eval_size, len(dataset.test_labels)))
+                   min(config.eval_size, len(dataset.test_labels)), init_note)
 
 
 def projected_bytes(rec: Recorder) -> int:
@@ -196,6 +223,7 @@ class TrainingLoop:
         if self.rec is not None:
             analysis_x = self.analysis_x if self.rec.should_analyse(0) else None
             self.rec.write(0, self.plan.fns.probe_frame(self.state.params, self.state.model_state, self.probe_x, analysis_x))
+            self.rec.write_weights(0, self.plan.weights(self.state))
 
     def diverged(self) -> bool:
         """Whether the writer has seen a non-finite step and the config says to stop there."""
@@ -296,6 +324,7 @@ def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_pr
                     rec.close(*stopped)
                 else:
                     test_loss, test_acc = loop.test()
+                    rec.write_weights(loop.step, plan.weights(loop.state))  # the final weights (init_from=RUN.h5)
                     loop.checkpoint()  # the end, too: `emergence resume --set epochs=N` extends from here
                     rec.wait()
                     latest = rec.latest_train

@@ -57,11 +57,13 @@ def capture_taps(model: nnx.Module, *extra: type, **kwargs: object) -> object:
     return call
 
 
-def tap(module: nnx.Module, name: str, value: jax.Array, kernel: nnx.Param | jax.Array | None = None) -> jax.Array:
+def tap(module: nnx.Module, name: str, value: jax.Array, kernel: nnx.Param | jax.Array | None = None,
+        source: nnx.Module | None = None) -> jax.Array:
     """Marks `value` (shape [B, H, W, C]) as the recorded output of layer `name`; returns it unchanged.
 
     `name` must be unique in the model and must not equal an attribute of `module` (NNX keeps sown
-    values beside the module's own attributes).
+    values beside the module's own attributes). `source` is the submodule whose parameters computed the
+    value, when no single `kernel` says so (a residual block): `freeze=NAME` then freezes that submodule.
     """
     if not getattr(_capturing, "on", False):
         return value
@@ -70,14 +72,15 @@ def tap(module: nnx.Module, name: str, value: jax.Array, kernel: nnx.Param | jax
         # Captured values of all types share one namespace per module, hence the suffix.
         module.sow(TapKernel, name + KERNEL_SUFFIX, kernel[...] if isinstance(kernel, nnx.Variable) else kernel)
     log = getattr(_order, "calls", None)
-    if log is not None:  # trace-time only: remembers the call order
-        log.append((module, name))
+    if log is not None:  # trace-time only: remembers the call order, and which parameters made the value
+        log.append((module, name, source if source is not None else kernel))
     return value
 
 
 @contextlib.contextmanager
-def call_order() -> Iterator[list[tuple[nnx.Module, str]]]:
-    """Collects (module, tap name) in the order a forward pass calls `tap` (while tracing)."""
+def call_order() -> Iterator[list[tuple[nnx.Module, str, object]]]:
+    """Collects (module, tap name, source module or kernel) in the order a forward pass calls `tap` (while
+    tracing)."""
     _order.calls = []
     try:
         yield _order.calls
@@ -85,15 +88,26 @@ def call_order() -> Iterator[list[tuple[nnx.Module, str]]]:
         _order.calls = None
 
 
-def tap_names_in_call_order(model: nnx.Module, calls: list[tuple[nnx.Module, str]]) -> list[str]:
+def tap_names_in_call_order(model: nnx.Module, calls: list[tuple[nnx.Module, str, object]]) -> list[str]:
     """Full tap names (see `flatten_taps`) in call order, from the log of `call_order`."""
-    paths = {id(m): path for path, m in nnx.iter_modules(model)}
-    names: list[str] = []
-    for module, name in calls:
-        full = "/".join([*(str(p) for p in paths[id(module)]), name])
-        if full not in names:
-            names.append(full)
-    return names
+    return list(tap_sources(model, calls))
+
+
+def tap_sources(model: nnx.Module, calls: list[tuple[nnx.Module, str, object]]) -> dict[str, str | None]:
+    """{full tap name: path of the module whose parameters computed it}, in call order: the tap's `source`, or
+    the module holding its `kernel`; None when the tap names neither (or a kernel that is not a variable)."""
+    paths = {id(m): "/".join(str(p) for p in path) for path, m in nnx.iter_modules(model)}
+    owners = {}
+    for path, m in nnx.iter_modules(model):
+        for attr, value in vars(m).items():
+            if isinstance(value, nnx.Variable):
+                owners[id(value)] = "/".join(str(p) for p in path)
+    out: dict[str, str | None] = {}
+    for module, name, source in calls:
+        full = "/".join(p for p in (paths[id(module)], name) if p)
+        if full not in out:
+            out[full] = paths.get(id(source)) if isinstance(source, nnx.Module) else owners.get(id(source))
+    return out
 
 
 def flatten_taps(state: nnx.State) -> dict[str, jax.Array]:

@@ -14,7 +14,7 @@ images share its batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 
 from recorder.capture import Capture
+from recorder.summary import module_at
 
 
 class TrainState(NamedTuple):
@@ -73,9 +74,11 @@ class StepFunctions:
     traces: dict[str, int]
 
 
-def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, capture: Capture) -> StepFunctions:
+def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, capture: Capture,
+                        frozen: Sequence[str] = ()) -> StepFunctions:
     """Builds the jitted functions for `model`; frames come from `capture` (the public recorder API's capture,
-    called inside these steps as a user's step calls it).
+    called inside these steps as a user's step calls it). The modules at the `frozen` paths run in inference
+    mode in training too (recorder/transfer.py; `tx` must give them no updates).
 
     The training state is donated: callers must not reuse a state after passing it in.
     """
@@ -87,6 +90,8 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
         """Logits in training mode, and the model state the forward pass left (updated statistics, RNGs)."""
         m = nnx.merge(graphdef, params, rest, copy=True)  # fresh variables: mutable at this trace level
         m.train()
+        for path in frozen:
+            module_at(m, path).eval()
         logits = m(x)
         return logits, nnx.split(m, nnx.Param, ...)[2]
 

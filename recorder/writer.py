@@ -35,7 +35,7 @@ import numpy as np
 from isal import isal_zlib
 
 SCHEMA = "emergence.run"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # the oldest file format that SWMR allows: HDF5 1.10 readers (Debian 12, MATLAB, older h5py) read every dataset
 LIBVER = ("v110", "latest")
 STATUS_BYTES = 16
@@ -57,6 +57,7 @@ class RunWriter(Protocol):
     def write_eval(self, step: int, loss: Any, accuracy: Any) -> None: ...
     def write_test(self, loss: Any, accuracy: Any, count: int) -> None: ...
     def write_scalars(self, step: int, values: Mapping[str, Any]) -> None: ...
+    def write_weights(self, step: int, values: Mapping[str, Any]) -> None: ...
     def set_status(self, status: str, message: str = "") -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
@@ -69,6 +70,15 @@ class LayerSpec:
     activation: str
     kernel_shape: tuple[int, ...] | None = None  # (kh, kw, C_in, C_out) when the kernel is recorded
     stage: str = "after the nonlinearity"  # or "pre-activation": a conv's own output (recorder/capture.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSpec:
+    """One stored weight: its path in the model (recorder/weights.py), shape and kind (Param | BatchStat)."""
+
+    path: str
+    shape: tuple[int, ...]
+    kind: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +110,7 @@ class RunLayout:
     eval_split: str = "test"
     eval_count: int = 0
     analysis: AnalysisLayout | None = None
+    weights: tuple[WeightSpec, ...] = ()  # the model's weights (recorder/weights.py), stored at some steps
 
 
 def _shuffle_deflate(row: np.ndarray) -> bytes:
@@ -203,7 +214,22 @@ def row_groups(f: h5py.File) -> dict[str, list[h5py.Dataset]]:
         groups["analysis"] = [f["analysis/step"]] + [f[f"analysis/{n}/{k}"] for n in layers for k in ("gram", "stats")]
     if "scalars" in f:
         groups["scalars"] = [f["scalars/step"], f["scalars/series"], f["scalars/value"]]
+    if "weights" in f:
+        groups["weights"] = [f["weights/step"]] + [f[f"weights/values/{p}"] for p in weight_paths(f)]
     return groups
+
+
+def weight_paths(f: h5py.File) -> list[str]:
+    return [s["path"] for s in json.loads(f["weights"].attrs["specs_json"])] if "weights" in f else []
+
+
+def _create_weights(f: h5py.File, specs: tuple[WeightSpec, ...], growing: Any) -> None:
+    w = f.create_group("weights")
+    w.attrs["specs_json"] = json.dumps([{"path": s.path, "shape": list(s.shape), "kind": s.kind} for s in specs])
+    growing(w, "step", (), "i8")
+    for s in specs:
+        growing(w, f"values/{s.path}", tuple(s.shape), "f4")
+        w[f"values/{s.path}"].attrs["kind"] = s.kind
 
 
 def trim_rows(f: h5py.File, through_step: int | None = None) -> dict[str, int]:
@@ -235,6 +261,9 @@ def layout_mismatch(f: h5py.File, layout: RunLayout) -> list[str]:
             out.append(f"{spec.name}: {ds.dtype}{list(ds.shape[1:])} in the file, {layout.dtype}{[p, *spec.shape]} now")
     if not np.array_equal(f["probes/images"][()], layout.probe_images):
         out.append("the probe images differ")
+    if layout.weights and "weights" in f and json.loads(f["weights"].attrs["specs_json"]) != [
+            {"path": s.path, "shape": list(s.shape), "kind": s.kind} for s in layout.weights]:
+        out.append("the model's weights differ (paths, shapes or kinds)")
     if ("analysis" in f) != (layout.analysis is not None) or (
             layout.analysis is not None and f["analysis"].attrs["sha256"] != layout.analysis.sha256):
         out.append("the analysis images differ")
@@ -261,6 +290,9 @@ class H5RunWriter:
                 if problems:
                     raise ValueError(f"{self.path} was recorded with another layout: {'; '.join(problems)}")
                 trim_rows(f, resume_after)
+                if layout.weights and "weights" not in f:  # a file of an older schema gains the group
+                    _create_weights(f, layout.weights, self._growing)
+                    f.attrs["schema_version"] = SCHEMA_VERSION
                 self._clock -= float(f["frames/wall_time"][-1]) if f["frames/wall_time"].shape[0] else 0.0
                 for name in ("planned_steps", "config_json"):
                     f.attrs[name] = layout.attrs[name]
@@ -278,6 +310,7 @@ class H5RunWriter:
         analysed = "analysis" in f
         self._triu = np.triu_indices(int(f["analysis"].attrs["count"]) if analysed else 0)
         self._scalar_names = [b.decode() for b in f["scalars/names"][()] if b]
+        self._weights = weight_paths(f)
         self._col: dict[str, _Column] = {}
 
         def add_growing(name: str, obj: Any) -> None:
@@ -291,18 +324,26 @@ class H5RunWriter:
         small += ["analysis/step"] if analysed else []
         small += ["frames/step", "train/loss", "train/accuracy", "train/wall_time", "train/step",
                   "eval/loss", "eval/accuracy", "eval/step", "scalars/series", "scalars/value", "scalars/step"]
+        small += [f"weights/values/{p}" for p in self._weights] + (["weights/step"] if self._weights else [])
         self._commit_order = [self._col[name] for name in small]
 
     def last_steps(self) -> dict[str, int]:
         """The last step of each group's rows (-1 for none): frame, train, eval, scalars."""
         out = {}
-        for key, column in (("frame", "frames/step"), ("train", "train/step"), ("eval", "eval/step"), ("scalars", "scalars/step")):
-            ds = self._file[column]
-            out[key] = int(ds[-1]) if ds.shape[0] else -1
+        for key, column in (("frame", "frames/step"), ("train", "train/step"), ("eval", "eval/step"),
+                            ("scalars", "scalars/step"), ("weights", "weights/step")):
+            ds = self._file.get(column)
+            out[key] = int(ds[-1]) if ds is not None and ds.shape[0] else -1
         return out
 
     @staticmethod
-    def _create(f: h5py.File, layout: RunLayout) -> None:
+    def _growing(group: h5py.Group, name: str, row: tuple[int, ...], dtype: str, **kw: Any) -> None:
+        # a zero-width axis (logits of a model without them) is left unlimited: chunks must be >= 1 wide
+        group.create_dataset(name, shape=(0, *row), maxshape=(None, *(d or None for d in row)), dtype=dtype,
+                             chunks=(1, *(d or 1 for d in row)) if row else (1024,), **kw)
+
+    @classmethod
+    def _create(cls, f: h5py.File, layout: RunLayout) -> None:
         f.attrs["schema"] = SCHEMA
         f.attrs["schema_version"] = SCHEMA_VERSION
         for key, value in layout.attrs.items():
@@ -320,11 +361,7 @@ class H5RunWriter:
         probes["indices"].attrs["split"] = "test"
         p = len(layout.probe_labels)
 
-        def growing(group: h5py.Group, name: str, row: tuple[int, ...], dtype: str, **kw: Any) -> None:
-            # a zero-width axis (logits of a model without them) is left unlimited: chunks must be >= 1 wide
-            group.create_dataset(name, shape=(0, *row), maxshape=(None, *(d or None for d in row)), dtype=dtype,
-                                 chunks=(1, *(d or 1 for d in row)) if row else (1024,), **kw)
-
+        growing = cls._growing
         frames = f.create_group("frames")
         growing(frames, "step", (), "i8")
         growing(frames, "wall_time", (), "f8")
@@ -369,6 +406,8 @@ class H5RunWriter:
         scalars.create_dataset("names", data=np.zeros(MAX_SCALARS, f"S{SCALAR_NAME_BYTES}"))
         for name, dtype in (("step", "i8"), ("series", "i2"), ("value", "f8")):
             growing(scalars, name, (), dtype)
+        if layout.weights:
+            _create_weights(f, layout.weights, growing)
         test = f.create_group("test")
         test.create_dataset("loss", data=np.nan, dtype="f8")
         test.create_dataset("accuracy", data=np.nan, dtype="f8")
@@ -432,6 +471,14 @@ class H5RunWriter:
             c["scalars/series"].stage([self._scalar_names.index(name)])
             c["scalars/value"].stage(np.reshape(np.asarray(value, np.float64), 1))
             c["scalars/step"].stage([step])
+
+    def write_weights(self, step: int, values: Mapping[str, np.ndarray]) -> None:
+        """Appends the weights at `step` (`{path: array}` for every path of the layout); written at the next
+        `flush()`, `/weights/step` last."""
+        c = self._col
+        for path in self._weights:
+            c[f"weights/values/{path}"].stage(np.asarray(values[path], np.float32)[None])
+        c["weights/step"].stage([step])
 
     def set_status(self, status: str, message: str = "") -> None:
         if status not in STATUSES:

@@ -28,7 +28,8 @@ try:  # registers the zstd/lz4/... HDF5 filters, for run files recorded with com
 except ImportError:
     pass
 
-SUPPORTED_VERSIONS = (1, 2, 3, 4)  # 2 added /analysis; 3 /scalars, stage, interrupted; 4 the writer's identity
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)  # 2 added /analysis; 3 /scalars, stage, interrupted; 4 the writer's identity;
+# 5 /weights
 STALE_SECONDS = 60.0  # a `running` file with no flush (heartbeat) for this long was left by a recorder that is gone
 STATES = ("recording", "completed", "failed", "interrupted", "diverged", "killed")
 AFTER_NONLINEARITY = "after the nonlinearity"  # the stage of every layer of a version 1 or 2 file
@@ -335,6 +336,28 @@ class Run:
         names = json.loads(g.attrs["stats_json"])
         stats = g[layer]["stats"][: len(self.analysis_steps)]
         return {name: stats[:, i].astype(np.float64) for i, name in enumerate(names)}
+
+    # -- weights (schema 5) -----------------------------------------------------------------------
+    @property
+    def weight_specs(self) -> list[dict[str, Any]]:
+        """[{"path", "shape", "kind"}] of the stored weights (empty when the file stores none)."""
+        return json.loads(self._f["weights"].attrs["specs_json"]) if "weights" in self._f else []
+
+    @property
+    def weight_steps(self) -> np.ndarray:  # [W] steps with stored weights, complete rows only
+        if "weights" not in self._f:
+            return np.zeros(0, np.int64)
+        g = self._f["weights"]
+        n = min([g["step"].shape[0], *(g[f"values/{s['path']}"].shape[0] for s in self.weight_specs)])
+        return g["step"][:n]
+
+    def weights(self, step: int) -> dict[str, np.ndarray]:
+        """{path: float32 array} of the weights stored at `step` (see `weight_steps`)."""
+        stored = self.weight_steps.tolist()
+        if step not in stored:
+            raise KeyError(f"{self.path} stores weights at steps {stored}, not at {step}")
+        row = stored.index(step)
+        return {s["path"]: self._f[f"weights/values/{s['path']}"][row] for s in self.weight_specs}
 
     def close(self) -> None:
         self._f.close()
