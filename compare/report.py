@@ -22,6 +22,7 @@ import numpy as np
 
 from compare import plots
 from compare.dynamics import LayerDynamics, run_dynamics
+from compare.weights import weight_change
 from compare.side_by_side import PairFrames, shared_steps
 from compare.cross import cross_similarity, probe_set_mismatch
 from replay.animate import write_animation
@@ -69,6 +70,11 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def fmt_change(v: float | None) -> str:
+    """A relative weight change: exactly 0 (nothing moved) written as 0, else three significant digits."""
+    return "-" if v is None else "0" if v == 0 else f"{v:.3g}"
+
+
 def _dynamics_json(dyn: dict[str, LayerDynamics]) -> dict[str, Any]:
     out = {}
     for name, d in dyn.items():
@@ -110,6 +116,10 @@ RULES = """## Definitions
   Gram is zero).
 - **Baselines** on the dynamics plots: the dotted line is CKA(init, final); the thin line is CKA(t, final) with
   the images of the final step shuffled (what no correspondence looks like at this n).
+- **weight change** = ‖W_last − W_first‖ / ‖W_first‖ over the parameters of the module that computes the layer
+  (kernel, bias, BatchNorm scale and offset), between the first and last weights the file stores (step 0, or
+  the weights it was initialised from, and the end); 0 for a frozen layer, "-" when the file stores no weights
+  (recorded before schema 5) or the layer names no module.
 - **saturated**: fraction of activations with |a| > 0.99 (tanh, sigmoid); **dead**: fraction of units
   (position, channel) exactly 0 on every analysis image (relu and other activations), at the last analysed step.
 """
@@ -151,11 +161,14 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
     metrics = {"runs": {"A": str(run.path)}, "dynamics": {"A": _dynamics_json(dyn)}}
     lines = [f"# Dynamics of `{run.path.name}`", "", "| run | file | model | activation | data | result | recorded |",
              "|---|---|---|---|---|---|---|", _run_facts("A", run), "",
-             "| layer | t50 | t90 | CKA(init, final) | final activity | flags |", "|---|---|---|---|---|---|"]
+             "| layer | t50 | t90 | CKA(init, final) | weight change | final activity | flags |",
+             "|---|---|---|---|---|---|---|"]
     for name, d in dyn.items():
         kind, value = activity_summary(d)
-        lines.append(f"| {name} | {_fmt(d.t50)} | {_fmt(d.t90)} | {_fmt(d.init_vs_final)} | {kind} {_fmt(value)} | "
-                     f"{'; '.join(d.flags) or ''} |")
+        change = weight_change(run, name)
+        metrics["dynamics"]["A"][name]["weight_change"] = change
+        lines.append(f"| {name} | {_fmt(d.t50)} | {_fmt(d.t90)} | {_fmt(d.init_vs_final)} | {fmt_change(change)} | "
+                     f"{kind} {_fmt(value)} | {'; '.join(d.flags) or ''} |")
     lines += ["", "![dynamics](dynamics_A.png)", "", "![activity](activity.png)", "", RULES]
     return _finish(out, lines, metrics, files, [], log)
 
@@ -216,8 +229,11 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
              "|---|---|---|---|---|---|---|", _run_facts("A", a), _run_facts("B", b), "",
              f"Alignment: {metrics['alignment']}.", ""]
     lines += [f"Note: {n}" for n in notes]
-    head = "| layer | t50 A | t50 B | t90 A | t90 B | final CKA(A, B) | activity A | activity B |"
-    lines += [head, "|---|---|---|---|---|---|---|---|"]
+    head = ("| layer | t50 A | t50 B | t90 A | t90 B | final CKA(A, B) | weight change A | weight change B | "
+            "activity A | activity B |")
+    lines += [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    changes = {tag: {layer: weight_change(r, layer) for layer in layers} for tag, r in (("A", a), ("B", b))}
+    metrics["weight_change"] = changes
     for layer in layers:
         da, db = dyn.get("A", {}).get(layer), dyn.get("B", {}).get(layer)
         acts = []
@@ -226,7 +242,8 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
             acts.append(f"{kind} {_fmt(value)}" if d else "-")
         lines.append(f"| {layer} | {_fmt(da.t50 if da else None)} | {_fmt(db.t50 if db else None)} | "
                      f"{_fmt(da.t90 if da else None)} | {_fmt(db.t90 if db else None)} | "
-                     f"{_fmt(final_cka.get(layer)) if not mismatch else 'skipped'} | {acts[0]} | {acts[1]} |")
+                     f"{_fmt(final_cka.get(layer)) if not mismatch else 'skipped'} | {fmt_change(changes['A'][layer])} | "
+                     f"{fmt_change(changes['B'][layer])} | {acts[0]} | {acts[1]} |")
     flagged = [f"- {tag} {n}: {'; '.join(d.flags)}" for tag, dd in dyn.items() for n, d in dd.items() if d.flags]
     if flagged:
         lines += ["", "Flags:", *flagged]

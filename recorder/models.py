@@ -147,7 +147,7 @@ class VGGBN(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, layer in enumerate(self.layers):
-            x = tap(self, f"conv{i + 1}", layer(x), kernel=layer.conv.kernel)
+            x = tap(self, f"conv{i + 1}", layer(x), kernel=layer.conv.kernel, source=layer)  # freeze: conv + BN
             if i % 2 == 1:
                 x = _pool(x)
         x = self.dropout(jax.nn.relu(self.dense(x.reshape(x.shape[0], -1))))

@@ -152,10 +152,9 @@ def match_weights(target: Mapping[str, tuple[Any, str]], loaded: LoadedWeights, 
     values = {p: np.asarray(source[p], np.asarray(target[p][0]).dtype) for p in target if p not in reinit}
     note = f"initialised from {loaded.source}"
     if reinit:
-        old = tuple(np.shape(source[reinit[0]]))
-        new = tuple(np.shape(target[reinit[0]][0]))
-        note += (f"; head {head!r} re-initialised (its shape {old} in the source is {new} here: another number "
-                 "of classes)")
+        shapes = ", ".join(f"{p} {tuple(np.shape(source[p]))} -> {tuple(np.shape(target[p][0]))}" for p in reinit)
+        note += (f"; head {head!r} re-initialised: {np.shape(source[reinit[0]])[-1]} outputs in the source, "
+                 f"{np.shape(target[reinit[0]][0])[-1]} here ({shapes})")
     return Assignment(values, tuple(reinit), note)
 
 

@@ -79,6 +79,7 @@ class Run:
         self.planned_steps: int = int(attrs["planned_steps"])
         self.schedule: str = str(attrs["record_schedule"])
         self.created_unix: float = float(attrs.get("created_unix", 0.0))
+        self.initialised_from: str = str(attrs.get("initialised_from", ""))  # what init_from did (schema 5)
         self.layers: list[str] = json.loads(self._f["layers"].attrs["order_json"])
         self.kernel_layers: list[str] = json.loads(self._f["layers"].attrs["kernels_json"])
 

@@ -19,7 +19,7 @@ def test_overrides_are_typed():
     [
         ("lr=0.1", "unknown config key 'lr'; valid keys: model, activation"),
         ("activation=swish", "unknown activation 'swish'; expected one of: elu, gelu, identity, leaky_relu, relu"),
-        ("model=resnet", "unknown model 'resnet'; expected one of: keras_fashion, learn_to_see, tiny_cnn"),
+        ("model=resnet", "unknown model 'resnet'; expected one of: keras_fashion, learn_to_see, learn_to_see_strided, resnet8"),
         ("batch_size=big", "batch_size: expected a value of type int"),
         ("batch_size=0", "batch_size must be >= 1"),
         ("schedule=sometimes", "unknown schedule 'sometimes'; expected one of: every, every:K"),

@@ -70,13 +70,16 @@ def test_a_users_loop_writes_the_file_emergence_record_writes(tmp_path):
     opt = tx.init(params)
     perm = epoch_permutation(CONFIG.seed, 0, len(data.train_labels))
     with Recorder(tmp_path / "api.h5", probes, capture, planned_steps=CONFIG.steps, analysis=analysis,
-                  activation=CONFIG.activation, eval_count=min(CONFIG.eval_size, len(data.test_labels))) as rec:
+                  activation=CONFIG.activation, eval_count=min(CONFIG.eval_size, len(data.test_labels)),
+                  weights=(params, rest)) as rec:
         rec.write(0, capture(model, probe_x, analysis_x))
+        rec.write_weights(0, (params, rest))
         for s in range(1, CONFIG.steps + 1):
             idx = perm[(s - 1) * CONFIG.batch_size:s * CONFIG.batch_size]
             params, opt, metrics, frame = step(params, opt, data.train_images[idx], data.train_labels[idx].astype(np.int32),
                                                analysis_x if rec.should_analyse(s) else None)
             rec.write(s, frame, metrics)
+        rec.write_weights(CONFIG.steps, (params, rest))  # the final weights, as `emergence record` stores them
     with h5py.File(cli, "r") as a, h5py.File(tmp_path / "api.h5", "r") as b:
         assert {k for k in a.attrs} == {k for k in b.attrs}
         for key in set(a.attrs) - DIFFERENT_BY_DESIGN:
@@ -90,7 +93,7 @@ def test_a_users_loop_writes_the_file_emergence_record_writes(tmp_path):
                 continue  # clocks; the user evaluated nothing
             x, y = a[name][()], b[name][()]
             assert x.dtype == y.dtype and x.shape == y.shape, name
-            if name.startswith(("layers/", "analysis/", "frames/logits", "train/loss")):
+            if name.startswith(("layers/", "analysis/", "frames/logits", "train/loss", "weights/values/")):
                 np.testing.assert_allclose(x, y, rtol=2e-6, atol=1e-6, err_msg=name)  # two XLA programs: last bits
             else:
                 assert np.array_equal(x, y), name
