@@ -5,6 +5,7 @@ Runtimes are for the 2-core CPU machine this project is developed on.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from recorder.config import ConfigError, RunConfig
@@ -35,6 +36,37 @@ def keras_fashion() -> RunConfig:
                      batch_size=64, epochs=5, learning_rate=1e-3, schedule="log:300", eval_every=250)
 
 
+def strided() -> RunConfig:
+    """learn_to_see with stride-2 convolutions instead of max-pooling (conv2 and conv4 downsample themselves):
+    the CNN article's "stride instead of pooling", otherwise identical (same seed, data, schedule).
+
+        emergence record strided                 # about 3 minutes on 2 CPU cores
+    """
+    return dataclasses.replace(learn_to_see(), experiment="strided", model="learn_to_see_strided")
+
+
+def vgg_bn() -> RunConfig:
+    """A small VGG-style net with BatchNorm and Dropout (16-16, 32-32, 64-64 convs, each conv -> BN -> relu,
+    pool after each pair; Dense 128, Dropout 0.5), Adam 1e-3, batch 128, 3 epochs (1,404 updates), 300
+    log-spaced frames. Frames and evaluations use the running statistics and no dropout.
+
+        emergence record vgg_bn                  # about 10 minutes on 2 CPU cores
+    """
+    return RunConfig(experiment="vgg_bn", model="vgg_bn", activation="relu", dataset="fashion_mnist",
+                     batch_size=128, epochs=3, learning_rate=1e-3, schedule="log:300", eval_every=117)
+
+
+def resnet8() -> RunConfig:
+    """A small ResNet (conv stem, three residual blocks of 16, 32, 64 channels with BatchNorm, global average
+    pooling), tapped after each block's addition and nonlinearity; Adam 1e-3, batch 128, 3 epochs, 300
+    log-spaced frames. Made for 32x32 inputs (`--set dataset=cifar10`); runs on 28x28 as well.
+
+        emergence record resnet8                 # about 10 minutes on 2 CPU cores
+    """
+    return RunConfig(experiment="resnet8", model="resnet8", activation="relu", dataset="fashion_mnist",
+                     batch_size=128, epochs=3, learning_rate=1e-3, schedule="log:300", eval_every=117)
+
+
 def tiny() -> RunConfig:
     """A tiny CNN on the procedural `synthetic` dataset: runs anywhere in seconds, no data needed.
 
@@ -47,6 +79,9 @@ def tiny() -> RunConfig:
 EXPERIMENTS: dict[str, Callable[[], RunConfig]] = {
     "learn_to_see": learn_to_see,
     "keras_fashion": keras_fashion,
+    "strided": strided,
+    "vgg_bn": vgg_bn,
+    "resnet8": resnet8,
     "tiny": tiny,
 }
 

@@ -36,21 +36,34 @@ def fmt(v):
     return "-" if v is None else str(v)
 
 
+def _conv1_change(path):
+    """‖W_end − W_0‖ / ‖W_0‖ of tiny_cnn's first conv (kernel and bias), from the stored weights."""
+    with open_run(path) as run:
+        first, last = run.weights(int(run.weight_steps[0])), run.weights(int(run.weight_steps[-1]))
+    w0 = np.concatenate([first["conv_a/bias"], first["conv_a/kernel"].ravel()]).astype(np.float64)
+    w1 = np.concatenate([last["conv_a/bias"], last["conv_a/kernel"].ravel()]).astype(np.float64)
+    return float(np.linalg.norm(w1 - w0) / np.linalg.norm(w0))
+
+
 def test_two_runs_report(two_runs, tmp_path):
     report = compare([two_runs["tanh"], two_runs["relu"]], tmp_path / "out")
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"report.md", "metrics.json", "dynamics_A.png", "dynamics_B.png", "activity.png", "cross_similarity.png",
             "layer_map.png", "conv1_side_by_side.gif", "conv2_side_by_side.gif"} <= names
     text = report.report.read_text()
-    assert "| layer | t50 A | t50 B | t90 A | t90 B | final CKA(A, B) | activity A | activity B |" in text
+    assert ("| layer | t50 A | t50 B | t90 A | t90 B | final CKA(A, B) | weight change A | weight change B | "
+            "activity A | activity B |") in text
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     a, b = metrics["dynamics"]["A"]["conv1"], metrics["dynamics"]["B"]["conv1"]
     cka = metrics["cross"]["same_layer"]["conv1"]
     # the table's conv1 row states the measured values: t50/t90 of both runs, the last CKA, and each run's own
     # activity figure (saturation for tanh, dead units for relu)
     row = [line for line in text.splitlines() if line.startswith("| conv1 |")]
+    change = [_conv1_change(two_runs[k]) for k in ("tanh", "relu")]
     assert row == [f"| conv1 | {fmt(a['t50'])} | {fmt(b['t50'])} | {fmt(a['t90'])} | {fmt(b['t90'])} | "
-                   f"{cka[-1]:.3f} | saturated {a['final_saturated_fraction']:.3f} | dead {b['final_dead_fraction']:.3f} |"]
+                   f"{cka[-1]:.3f} | {change[0]:.3g} | {change[1]:.3g} | saturated {a['final_saturated_fraction']:.3f} | "
+                   f"dead {b['final_dead_fraction']:.3f} |"]
+    assert metrics["weight_change"]["A"]["conv1"] == pytest.approx(change[0], rel=1e-9)
     assert len(cka) == 31 and cka[-1] < cka[0]  # the two activations' features drift apart as they train
     assert cka[0] > 0.9  # same seed: tanh and relu of the very same initial pre-activations are closely related
     assert np.array(metrics["cross"]["layer_map"]["matrix"]).shape == (2, 2)
@@ -93,13 +106,14 @@ def test_one_run_dashboard_from_the_cli(two_runs, tmp_path):
                           str(tmp_path / "dash")], capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
     text = (tmp_path / "dash" / "report.md").read_text()
-    assert "| layer | t50 | t90 | CKA(init, final) | final activity | flags |" in text
+    assert "| layer | t50 | t90 | CKA(init, final) | weight change | final activity | flags |" in text
     metrics = json.loads((tmp_path / "dash" / "metrics.json").read_text())["dynamics"]["A"]
     for layer in ("conv1", "conv2"):
         d = metrics[layer]
         row = [line for line in text.splitlines() if line.startswith(f"| {layer} |")]
-        assert row == [f"| {layer} | {fmt(d['t50'])} | {fmt(d['t90'])} | {d['init_vs_final']:.3f} | dead "
-                       f"{d['final_dead_fraction']:.3f} | {'; '.join(d['flags'])} |"]
+        assert d["weight_change"] > 0  # the weights moved even where CKA(init, final) says the geometry did not
+        assert row == [f"| {layer} | {fmt(d['t50'])} | {fmt(d['t90'])} | {d['init_vs_final']:.3f} | "
+                       f"{d['weight_change']:.3g} | dead {d['final_dead_fraction']:.3f} | {'; '.join(d['flags'])} |"]
         assert d["t50"] is None or d["t50"] <= d["t90"] <= 30  # progress passes 0.5 before 0.9
 
 

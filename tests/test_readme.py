@@ -36,3 +36,24 @@ def test_own_loop_example_records(tmp_path, monkeypatch):
         assert run.layers == ["conv"] and run.status == "completed" and run.steps.tolist() == list(range(6))
         assert run.layer_shape("conv") == (10, 28, 28, 8) and run.kernel_layers == ["conv"]
         assert run.train_metrics().step.tolist() == [1, 2, 3, 4, 5] and len(run.scalars()["learning_rate"][0]) == 5
+
+
+def test_weights_from_elsewhere_example_saves_files_init_from_loads(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from recorder.models import build_model
+    from recorder.summary import summarize
+    from recorder.transfer import initialise
+    from recorder.weights import flat_weights
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "my_weights.npz" in b)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "README.md", "exec"), {})
+    assert "layers/0/conv/kernel (3, 3, 3, 16) Param" in capsys.readouterr().out
+    source = {p: np.asarray(v) for p, (v, _) in flat_weights(build_model("vgg_bn", (32, 32, 3), 10, "relu", 0)).items()}
+    for name in ("my_weights.npz", "my_weights.msgpack"):
+        model = build_model("vgg_bn", (32, 32, 3), 10, "relu", seed=3)
+        assert initialise(model, str(tmp_path / name), summarize(model, (32, 32, 3))).startswith("initialised from")
+        loaded = {p: np.asarray(v) for p, (v, _) in flat_weights(model).items()}
+        assert all(np.array_equal(loaded[p], source[p]) for p in source), name
