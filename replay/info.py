@@ -35,4 +35,11 @@ def describe(run: Run) -> str:
         )
     loss, acc, n = run.test_metrics()
     lines.append(f"test        accuracy {acc:.4f}, loss {loss:.4f} on {n} images" if n else "test        not measured yet")
+    specs, stored = run.weight_specs, run.weight_steps
+    if specs:
+        count = {k: sum(int(np.prod(s["shape"])) for s in specs if s["kind"] == k) for k in ("Param", "BatchStat")}
+        lines.append(f"weights     at steps {_ranges(stored)}: {count['Param']:,} parameters, {count['BatchStat']:,} running "
+                     "statistics (init_from=RUN.h5[@STEP])")
+    if run.initialised_from:
+        lines.append(f"init        {run.initialised_from}")
     return "\n".join(lines)
