@@ -1,6 +1,6 @@
 """Recording overhead: training steps/s of the built-in loop without recording vs recording every step.
 
-    .venv/bin/python benchmarks/record_overhead.py [--trials 5]
+    .venv/bin/python benchmarks/record_overhead.py [--trials 5] [--experiments vgg_bn:20,resnet8:20]
 
 Every loop below is `recorder.run.TrainingLoop`, the loop `emergence record` runs, over the same plan
 (data, model, compiled steps); trials alternate between them in one process (the machine is shared and
@@ -97,7 +97,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--compression", default="gzip", help="run-file compression: gzip (default), lzf, zstd, none")
+    parser.add_argument("--experiments", default=",".join(f"{e}:{s}" for e, s in CASES),
+                        help="EXPERIMENT:STEPS_PER_TRIAL,... (default: %(default)s)")
     args = parser.parse_args()
+    cases = [(name, int(steps)) for name, _, steps in (item.partition(":") for item in args.experiments.split(","))]
     print(f"JAX {jax.__version__}, backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
           f"{args.trials} alternating trials per loop, medians; run-file compression {args.compression}")
     print()
@@ -106,7 +109,7 @@ def main() -> None:
           "probe frame / recorded | CPU ratio | recorded, writer thread at normal priority: steps/s (ratio) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
-        for experiment, steps in CASES:
+        for experiment, steps in cases:
             r = bench(experiment, steps, args.trials, Path(folder), args.compression)
             print(f"| {r['experiment']} | {r['batch']} | {r['unrecorded']:.2f} | {r['probes']:.2f} | {r['recorded']:.2f} | "
                   f"{r['ratio']:.3f} | {r['paired_ratio']:.3f} | {r['spread'][0]:.2f}–{r['spread'][1]:.2f} | "
