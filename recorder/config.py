@@ -12,6 +12,7 @@ from recorder.activations import ACTIVATIONS
 from recorder.data import DATASETS
 from recorder.models import MODELS
 from recorder.schedule import parse_schedule
+from recorder.train import LR_SCHEDULES
 from recorder.writer import COMPRESSIONS
 
 OPTIMIZERS = ("adam", "sgd")
@@ -22,6 +23,7 @@ DTYPES = ("float16", "float32")
 KERNEL_CHOICES = ("first", "all", "none")
 PADDINGS = ("default", "same", "valid")  # default: the model's own
 DOWNSAMPLES = ("default", "pool", "stride")
+HEADS = ("default", "flatten", "gap")
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,8 @@ class RunConfig:
     optimizer: str = "adam"  # adam | sgd (with momentum)
     learning_rate: float = 1e-3
     momentum: float = 0.9  # sgd only
+    lr_schedule: str = "constant"  # constant | cosine (to 0 over the run) | step (x0.1 at 1/2 and 3/4 of the run)
+    weight_decay: float = 0.0  # L2 on kernels: weight_decay * W added to their gradients
     batch_size: int = 1024
     epochs: int = 5
     steps: int = 0  # > 0: train exactly this many updates instead of `epochs`
@@ -59,6 +63,8 @@ class RunConfig:
     downsample: str = "default"  # learn_to_see: default | pool (2x2 max-pool) | stride (stride-2 convs instead)
     init_from: str | None = None  # start from weights: RUN.h5 (its final), RUN.h5@STEP, FILE.npz, FILE.msgpack
     freeze: tuple[str, ...] = ()  # layers kept fixed: tap names (conv1) or module paths (dense1, blocks/0)
+    dropout: float | None = None  # dropout rate before the dense layers; None: the model's own (0 but vgg_bn)
+    head: str = "default"  # the conv-to-dense transition: default (the model's own) | flatten | gap (global average)
 
     def validate(self) -> "RunConfig":
         """Raises ConfigError naming the bad field and the valid options; returns self."""
@@ -66,6 +72,7 @@ class RunConfig:
             "model": tuple(sorted(MODELS)), "activation": tuple(sorted(ACTIVATIONS)), "dataset": DATASETS,
             "optimizer": OPTIMIZERS, "dtype": DTYPES, "compression": COMPRESSIONS, "kernels": KERNEL_CHOICES,
             "on_nonfinite": ON_NONFINITE, "padding": PADDINGS, "downsample": DOWNSAMPLES,
+            "lr_schedule": LR_SCHEDULES, "head": HEADS,
         }
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
@@ -80,6 +87,10 @@ class RunConfig:
             raise ConfigError(f"analysis_probes must be 0 (off) or >= 4 (the debiased estimator needs n > 3), got {self.analysis_probes}")
         if self.steps == 0 and self.epochs == 0:
             raise ConfigError("nothing to train: set epochs >= 1 or steps >= 1")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1) (the fraction of units dropped), got {self.dropout}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         try:
@@ -90,7 +101,8 @@ class RunConfig:
 
     def model_options(self) -> dict[str, str]:
         """The builder options this config sets (recorder/models.py), "default" ones left out."""
-        return {k: getattr(self, k) for k in ("padding", "downsample") if getattr(self, k) != "default"}
+        out = {k: getattr(self, k) for k in ("padding", "downsample", "head") if getattr(self, k) != "default"}
+        return out | ({"dropout": self.dropout} if self.dropout is not None else {})
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

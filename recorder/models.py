@@ -31,6 +31,20 @@ def _pool(x: jax.Array) -> jax.Array:
     return pooling.pool(x)  # = nnx.max_pool 2x2/2, values and gradients, without select-and-scatter
 
 
+def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
+    """A dropout layer on its own RNG stream, or None at rate 0 (the model then holds no RNG state)."""
+    return nnx.Dropout(rate, rngs=rngs) if rate > 0 else None
+
+
+def _drop(dropout: nnx.Dropout | None, x: jax.Array) -> jax.Array:
+    return x if dropout is None else dropout(x)
+
+
+def _to_dense(x: jax.Array, gap: bool) -> jax.Array:
+    """[B, H, W, C] -> [B, C] by global average pooling, or [B, H·W·C] by flattening."""
+    return x.mean(axis=(1, 2)) if gap else x.reshape(x.shape[0], -1)
+
+
 def _check_spatial(name: str, size: int, where: str) -> int:
     if size < 1:
         raise ValueError(f"{name}: the feature map shrinks to {size} pixels at {where}; use padding=same, or a "
@@ -42,13 +56,15 @@ class LearnToSee(nnx.Module):
     """Six 3x3 convs (4-4-8-8-16-16), Normal(0, 0.01) kernels, then Dense 64 relu, Dense 32 relu, Dense
     `num_classes` (logits). Downsampling after conv2 and conv4: a 2x2 max-pool (`downsample="pool"`, the
     reference), or those two convs with stride 2 instead (`"stride"`: learnt downsampling, no pooling layer).
-    `padding="same"` (the reference) keeps each conv's size; `"valid"` shrinks it by 2."""
+    `padding="same"` (the reference) keeps each conv's size; `"valid"` shrinks it by 2. `head="gap"` averages
+    each channel over the image instead of flattening (16 inputs to the dense layers instead of 7·7·16);
+    `dropout` > 0 drops that fraction of each dense layer's inputs in training."""
 
     CHANNELS = (4, 4, 8, 8, 16, 16)
     POOL_AFTER = (1, 3)  # 0-based conv indices followed by a 2x2 max-pool (or strided)
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs,
-                 padding: str = "same", downsample: str = "pool"):
+                 padding: str = "same", downsample: str = "pool", head: str = "flatten", dropout: float = 0.0):
         h, w, c = input_shape
         self.act = get_activation(activation)
         self.strided = downsample == "stride"
@@ -65,19 +81,21 @@ class LearnToSee(nnx.Module):
             if i in self.POOL_AFTER and not self.strided:
                 h, w = (_check_spatial("learn_to_see", d // 2, f"the pool after conv{i + 1}") for d in (h, w))
         self.convs = nnx.List(convs)
-        self.dense1 = _dense(h * w * self.CHANNELS[-1], 64, rngs)
+        self.gap = head == "gap"
+        self.dense1 = _dense((1 if self.gap else h * w) * self.CHANNELS[-1], 64, rngs)
         self.dense2 = _dense(64, 32, rngs)
         self.logits = _dense(32, num_classes, rngs)
+        self.dropout = _dropout(dropout, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C] -> [B, K]
         for i, conv in enumerate(self.convs):
             x = tap(self, f"conv{i + 1}", self.act(conv(x)), kernel=conv.kernel)
             if i in self.POOL_AFTER and not self.strided:
                 x = _pool(x)
-        x = x.reshape(x.shape[0], -1)
-        x = jax.nn.relu(self.dense1(x))
-        x = jax.nn.relu(self.dense2(x))
-        return self.logits(x)
+        x = _to_dense(x, self.gap)
+        x = jax.nn.relu(self.dense1(_drop(self.dropout, x)))
+        x = jax.nn.relu(self.dense2(_drop(self.dropout, x)))
+        return self.logits(_drop(self.dropout, x))
 
 
 class TwoConvNet(nnx.Module):
@@ -85,11 +103,13 @@ class TwoConvNet(nnx.Module):
 
     `keras_fashion` is (32, 64, hidden 64), the Keras Fashion-MNIST tutorial CNN; `tiny_cnn` is (8, 16, no
     hidden layer), for tests and demos. Both use 'valid' padding (the tutorial's); `padding="same"` keeps
-    each conv's size (28 -> 28 -> 14 -> 14 -> 7 instead of 28 -> 26 -> 13 -> 11 -> 5).
+    each conv's size (28 -> 28 -> 14 -> 14 -> 7 instead of 28 -> 26 -> 13 -> 11 -> 5). `head` and `dropout` as
+    for `LearnToSee`.
     """
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs,
-                 channels: tuple[int, int] = (32, 64), hidden: int | None = 64, padding: str = "valid"):
+                 channels: tuple[int, int] = (32, 64), hidden: int | None = 64, padding: str = "valid",
+                 head: str = "flatten", dropout: float = 0.0):
         h, w, c = input_shape
         self.act = get_activation(activation)
         init = nnx.initializers.glorot_uniform()
@@ -99,17 +119,19 @@ class TwoConvNet(nnx.Module):
         shrink = 0 if padding == "same" else 2
         for i in (1, 2):
             h, w = (_check_spatial("two-conv net", (d - shrink) // 2, f"conv{i} and its pool") for d in (h, w))
-        flat = h * w * channels[1]
+        self.gap = head == "gap"
+        flat = (1 if self.gap else h * w) * channels[1]
         self.dense = _dense(flat, hidden, rngs) if hidden else None
         self.logits = _dense(hidden or flat, num_classes, rngs)
+        self.dropout = _dropout(dropout, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _pool(tap(self, "conv1", self.act(self.conv_a(x)), kernel=self.conv_a.kernel))
         x = _pool(tap(self, "conv2", self.act(self.conv_b(x)), kernel=self.conv_b.kernel))
-        x = x.reshape(x.shape[0], -1)
+        x = _to_dense(x, self.gap)
         if self.dense is not None:
-            x = jax.nn.relu(self.dense(x))
-        return self.logits(x)
+            x = jax.nn.relu(self.dense(_drop(self.dropout, x)))
+        return self.logits(_drop(self.dropout, x))
 
 
 class ConvBN(nnx.Module):

@@ -38,7 +38,8 @@ from recorder.schedule import recorded_steps
 from recorder.summary import format_summary
 from recorder.transfer import freezing, frozen_paths, initialise
 from recorder.weights import WeightsError
-from recorder.train import StepFunctions, TrainState, evaluate, make_optimizer, make_step_functions, to_inputs
+from recorder.train import (StepFunctions, TrainState, evaluate, learning_rate_schedule, make_optimizer,
+                            make_step_functions, to_inputs)
 
 LARGE_FILE_BYTES = 2 * 1024**3
 WRITER = "emergence record"
@@ -153,7 +154,8 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
         raise ConfigError(str(e)) from None
     if frozen:
         log(f"frozen (no updates, inference mode): {', '.join(frozen)}")
-    tx = make_optimizer(config.optimizer, config.learning_rate, config.momentum)
+    lr = learning_rate_schedule(config.learning_rate, config.lr_schedule, total)
+    tx = make_optimizer(config.optimizer, lr, config.momentum, config.weight_decay)
     fns = make_step_functions(model, freezing(tx, nnx.state(model, nnx.Param), frozen), capture, frozen)
     analysis_idx = None
     if config.analysis_probes:
@@ -205,6 +207,9 @@ class TrainingLoop:
         self.step = 0
         self.stop_requested: str | None = None
         self._perm = (-1, np.zeros(0, np.int32))  # (epoch, its shuffle)
+        c = plan.config  # a scheduled learning rate is logged as a scalar series (host values, computed once)
+        self.learning_rates = None if c.lr_schedule == "constant" else np.asarray(
+            jax.vmap(learning_rate_schedule(c.learning_rate, c.lr_schedule, plan.total))(jnp.arange(plan.total)))
 
     def restore(self, step: int, state: TrainState) -> None:
         """Continues from `state`, the state after update `step` (a checkpoint's)."""
@@ -248,6 +253,8 @@ class TrainingLoop:
             if rec is None:
                 continue
             rec.write(step, frame, metrics)
+            if self.learning_rates is not None:
+                rec.log_scalars(step, learning_rate=float(self.learning_rates[step - 1]))
             if self.evaluate and (c.eval_every and step % c.eval_every == 0 or step == plan.total):
                 loss, acc = evaluate(fns, self.state, self.test_x[:plan.eval_count], self.test_y[:plan.eval_count])
                 rec.log_eval(step, loss=loss, accuracy=acc)

@@ -36,12 +36,37 @@ class TrainState(NamedTuple):
 Frame = dict[str, jax.Array]
 
 
-def make_optimizer(name: str, learning_rate: float, momentum: float) -> optax.GradientTransformation:
+LR_SCHEDULES = ("constant", "cosine", "step")
+
+
+def learning_rate_schedule(learning_rate: float, schedule: str, total_steps: int) -> optax.Schedule:
+    """The learning rate of update k (optax counts from 0: update k is step k + 1): `constant`; `cosine`, from
+    `learning_rate` to 0 over the run; `step`, times 0.1 at half and again at three quarters of the run."""
+    if schedule == "constant":
+        return optax.constant_schedule(learning_rate)
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
+    if schedule == "step":
+        return optax.piecewise_constant_schedule(learning_rate, {total_steps // 2: 0.1, 3 * total_steps // 4: 0.1})
+    raise ValueError(f"unknown lr_schedule {schedule!r}; expected one of: {', '.join(LR_SCHEDULES)}")
+
+
+def make_optimizer(name: str, learning_rate: float | optax.Schedule, momentum: float,
+                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """Adam or SGD with momentum at `learning_rate` (a number or a schedule). `weight_decay` > 0 adds
+    weight_decay · W to the gradient of every kernel (leaves of rank >= 2; not biases, not BatchNorm's scale
+    and offset): the gradient of an L2 penalty ½ · weight_decay · ‖W‖² in the loss, Keras' `l2(weight_decay
+    / 2)` kernel regulariser."""
     if name == "adam":
-        return optax.adam(learning_rate)
-    if name == "sgd":
-        return optax.sgd(learning_rate, momentum=momentum)
-    raise ValueError(f"unknown optimizer {name!r}; expected one of: adam, sgd")
+        tx = optax.adam(learning_rate)
+    elif name == "sgd":
+        tx = optax.sgd(learning_rate, momentum=momentum)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of: adam, sgd")
+    if weight_decay:
+        kernels = lambda params: jax.tree.map(lambda w: jnp.ndim(w) >= 2, params)
+        tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=kernels), tx)
+    return tx
 
 
 def to_inputs(images: jax.Array) -> jax.Array:

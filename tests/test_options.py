@@ -1,0 +1,94 @@
+"""Training options: weight decay, learning-rate schedules, dropout, global-average-pooling heads."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recorder.config import ConfigError, RunConfig, apply_overrides
+from recorder.models import build_model
+from recorder.run import record
+from recorder.summary import summarize
+from recorder.train import learning_rate_schedule, make_optimizer
+from replay.run_file import open_run
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_weight_decay_shrinks_kernels_on_a_zero_gradient_problem(name):
+    params = {"kernel": jnp.full((3, 3), 2.0), "bias": jnp.full((3,), 2.0)}
+    tx = make_optimizer(name, 0.1, 0.0, weight_decay=0.5)
+    state = tx.init(params)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, state, params)
+    new = jax.tree.map(lambda p, u: p + u, params, updates)
+    if name == "sgd":  # W - lr * wd * W
+        np.testing.assert_allclose(new["kernel"], 2.0 * (1 - 0.1 * 0.5), rtol=1e-6)
+    else:  # Adam normalises the decay gradient: a step of lr against the sign of W
+        np.testing.assert_allclose(new["kernel"], 2.0 - 0.1, rtol=1e-5)
+    np.testing.assert_array_equal(new["bias"], params["bias"])  # biases are not decayed
+    untouched, _ = make_optimizer(name, 0.1, 0.0).update(zero, make_optimizer(name, 0.1, 0.0).init(params), params)
+    assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(untouched))
+
+
+def test_learning_rate_schedules():
+    cos = learning_rate_schedule(1e-2, "cosine", 100)
+    assert float(cos(0)) == pytest.approx(1e-2) and float(cos(50)) == pytest.approx(5e-3) and float(cos(100)) == 0
+    step = learning_rate_schedule(1e-2, "step", 100)
+    assert [float(step(k)) for k in (0, 49, 50, 74, 75, 99)] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4])
+    assert float(learning_rate_schedule(1e-2, "constant", 100)(99)) == pytest.approx(1e-2)
+
+
+def test_a_scheduled_run_logs_its_learning_rate(tmp_path):
+    config = RunConfig(model="tiny_cnn", dataset="synthetic", synthetic_size=256, batch_size=64, steps=8,
+                       lr_schedule="cosine", learning_rate=3e-3, analysis_probes=0, checkpoint_every=0)
+    record(config, tmp_path / "cos.h5", show_progress=False, log=lambda s: None)
+    with open_run(tmp_path / "cos.h5") as run:
+        steps, values = run.scalars()["learning_rate"]
+    assert steps.tolist() == list(range(1, 9))
+    np.testing.assert_allclose(values, 3e-3 * 0.5 * (1 + np.cos(np.pi * np.arange(8) / 8)), rtol=1e-5)
+
+
+def test_dropout_is_off_at_evaluation_and_draws_new_masks_in_training():
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 28, 28, 1)), jnp.float32)
+    with_dropout = build_model("learn_to_see", (28, 28, 1), 10, "relu", 0, {"dropout": 0.5})
+    without = build_model("learn_to_see", (28, 28, 1), 10, "relu", 0)
+    with_dropout.eval()
+    np.testing.assert_array_equal(with_dropout(x), without(x))  # inference: no unit dropped, no rescaling
+    with_dropout.train()
+    a, b = with_dropout(x), with_dropout(x)
+    assert not np.array_equal(a, b) and not np.array_equal(a, without(x))
+
+
+def test_gap_head_averages_each_channel():
+    gap = build_model("keras_fashion", (28, 28, 1), 10, "relu", 0, {"head": "gap"})
+    summary = summarize(gap, (28, 28, 1))
+    dense = next(m for m in summary["modules"] if m["path"] == "dense")
+    assert dense["params"] == 64 * 64 + 64  # 64 channel means in, instead of 5·5·64
+    x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 28, 28, 1)), jnp.float32)
+    # the dense layer's input: conv2's pooled map, averaged over positions
+    conv = jax.nn.relu(gap.conv_b(jax.nn.relu(gap.conv_a(x))[:, :26, :26].reshape(2, 13, 2, 13, 2, 32).max((2, 4))))
+    pooled = conv[:, :10, :10].reshape(2, 5, 2, 5, 2, 64).max((2, 4)).mean((1, 2))
+    np.testing.assert_allclose(gap(x), gap.logits(jax.nn.relu(gap.dense(pooled))), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("weight_decay=-0.1", "weight_decay must be >= 0"),
+    ("dropout=1.0", "dropout must be in [0, 1)"),
+    ("lr_schedule=linear", "unknown lr_schedule 'linear'; expected one of: constant, cosine, step"),
+    ("head=attention", "unknown head 'attention'; expected one of: default, flatten, gap"),
+])
+def test_bad_option_values_name_the_valid_ones(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        apply_overrides(RunConfig(), [override])
+
+
+def test_an_option_a_model_does_not_take_is_one_error():
+    from recorder.run import make_plan
+
+    with pytest.raises(ConfigError, match=r"model 'vgg_bn' has no option head \(its options: dropout\)"):
+        make_plan(dataclasses.replace(RunConfig(), model="vgg_bn", head="gap", dataset="synthetic"))
