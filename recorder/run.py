@@ -428,6 +428,9 @@ def resume(path: str | Path, overrides: Sequence[str] = (), show_progress: bool 
     if status == "running":
         log(f"repair: {repair(path)}")
     plan = make_plan(config, log)
+    if plan.total != planned and config.lr_schedule != "constant":
+        raise ConfigError(f"{path} uses lr_schedule={config.lr_schedule}, which spans its {planned} planned steps; "
+                          "it cannot be extended (record a longer run instead)")
     if plan.total < planned or (status == "completed" and plan.total == planned):
         raise ConfigError(f"{path} is {status} at {planned} planned steps; to extend it, raise epochs or steps "
                           f"(now {plan.total} steps)")

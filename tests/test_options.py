@@ -51,6 +51,10 @@ def test_a_scheduled_run_logs_its_learning_rate(tmp_path):
         steps, values = run.scalars()["learning_rate"]
     assert steps.tolist() == list(range(1, 9))
     np.testing.assert_allclose(values, 3e-3 * 0.5 * (1 + np.cos(np.pi * np.arange(8) / 8)), rtol=1e-5)
+    from recorder.run import resume
+
+    with pytest.raises(ConfigError, match="uses lr_schedule=cosine, which spans its 8 planned steps"):
+        resume(tmp_path / "cos.h5", ["steps=16"], show_progress=False, log=lambda s: None)
 
 
 def test_dropout_is_off_at_evaluation_and_draws_new_masks_in_training():
