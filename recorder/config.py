@@ -9,6 +9,7 @@ import typing
 from typing import Any
 
 from recorder.activations import ACTIVATIONS
+from recorder.augment import AUGMENTATIONS
 from recorder.data import DATASETS
 from recorder.models import MODELS
 from recorder.schedule import parse_schedule
@@ -65,6 +66,7 @@ class RunConfig:
     freeze: tuple[str, ...] = ()  # layers kept fixed: tap names (conv1) or module paths (dense1, blocks/0)
     dropout: float | None = None  # dropout rate before the dense layers; None: the model's own (0 but vgg_bn)
     head: str = "default"  # the conv-to-dense transition: default (the model's own) | flatten | gap (global average)
+    augment: tuple[str, ...] = ()  # on-device augmentation of training batches: shift, flip (recorder/augment.py)
 
     def validate(self) -> "RunConfig":
         """Raises ConfigError naming the bad field and the valid options; returns self."""
@@ -87,6 +89,9 @@ class RunConfig:
             raise ConfigError(f"analysis_probes must be 0 (off) or >= 4 (the debiased estimator needs n > 3), got {self.analysis_probes}")
         if self.steps == 0 and self.epochs == 0:
             raise ConfigError("nothing to train: set epochs >= 1 or steps >= 1")
+        for kind in self.augment:
+            if kind not in AUGMENTATIONS:
+                raise ConfigError(f"unknown augmentation {kind!r}; expected any of: {', '.join(AUGMENTATIONS)}")
         if not self.weight_decay >= 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
@@ -158,4 +163,5 @@ def config_from_json(text: str) -> RunConfig:
     data = json.loads(text)
     data["probes"] = tuple(data.get("probes", ()))
     data["freeze"] = tuple(data.get("freeze", ()))
+    data["augment"] = tuple(data.get("augment", ()))
     return RunConfig(**data)

@@ -156,7 +156,8 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
         log(f"frozen (no updates, inference mode): {', '.join(frozen)}")
     lr = learning_rate_schedule(config.learning_rate, config.lr_schedule, total)
     tx = make_optimizer(config.optimizer, lr, config.momentum, config.weight_decay)
-    fns = make_step_functions(model, freezing(tx, nnx.state(model, nnx.Param), frozen), capture, frozen)
+    fns = make_step_functions(model, freezing(tx, nnx.state(model, nnx.Param), frozen), capture, frozen,
+                              config.augment, config.seed)
     analysis_idx = None
     if config.analysis_probes:
         n = min(config.analysis_probes, len(dataset.test_labels))
@@ -241,14 +242,14 @@ class TrainingLoop:
         for step in range(self.step + 1, until + 1):
             if self.stop_requested or self.diverged():
                 return
-            idx = self._batch(step)
+            idx, at = self._batch(step), np.int32(step)  # the step: a traced argument (augmentation draws)
             frame = None
             if rec is not None and rec.should_analyse(step):  # three executables, each compiled once
-                self.state, metrics, frame = fns.analysed_step(self.state, *data, idx, self.probe_x, self.analysis_x)
+                self.state, metrics, frame = fns.analysed_step(self.state, *data, idx, at, self.probe_x, self.analysis_x)
             elif (rec is not None and rec.should_record(step)) or (rec is None and self.frames):
-                self.state, metrics, frame = fns.recorded_step(self.state, *data, idx, self.probe_x)
+                self.state, metrics, frame = fns.recorded_step(self.state, *data, idx, at, self.probe_x)
             else:
-                self.state, metrics = fns.train_step(self.state, *data, idx)
+                self.state, metrics = fns.train_step(self.state, *data, idx, at)
             self.step = step
             if rec is None:
                 continue

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from recorder.augment import augment, step_key
 from recorder.capture import Capture
 from recorder.summary import module_at
 
@@ -100,10 +101,11 @@ class StepFunctions:
 
 
 def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, capture: Capture,
-                        frozen: Sequence[str] = ()) -> StepFunctions:
+                        frozen: Sequence[str] = (), augmentations: Sequence[str] = (), seed: int = 0) -> StepFunctions:
     """Builds the jitted functions for `model`; frames come from `capture` (the public recorder API's capture,
     called inside these steps as a user's step calls it). The modules at the `frozen` paths run in inference
-    mode in training too (recorder/transfer.py; `tx` must give them no updates).
+    mode in training too (recorder/transfer.py; `tx` must give them no updates). `augmentations` apply to the
+    training batch only, drawn from (seed, step) (recorder/augment.py).
 
     The training state is donated: callers must not reuse a state after passing it in.
     """
@@ -130,8 +132,11 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, ((jnp.argmax(logits, -1) == y).mean(), rest)
 
-    def update(state: TrainState, images: jax.Array, labels: jax.Array, idx: jax.Array) -> tuple[TrainState, dict]:
+    def update(state: TrainState, images: jax.Array, labels: jax.Array, idx: jax.Array,
+               step: jax.Array) -> tuple[TrainState, dict]:
         x, y = to_inputs(images[idx]), labels[idx]  # gather the batch on the device
+        if augmentations:
+            x = augment(x, step_key(seed, step), augmentations)
         (loss, (acc, rest)), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(
             state.params, state.model_state, x, y)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -148,17 +153,17 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in frame.values()]))
         return state, {**metrics, "finite": metrics["finite"] & finite}, frame
 
-    def train_step(state, images, labels, idx):
+    def train_step(state, images, labels, idx, step):
         traces["train_step"] += 1  # runs only while tracing
-        return update(state, images, labels, idx)
+        return update(state, images, labels, idx, step)
 
-    def recorded_step(state, images, labels, idx, probe_x):
+    def recorded_step(state, images, labels, idx, step, probe_x):
         traces["recorded_step"] += 1
-        return recorded(*update(state, images, labels, idx), probe_x)
+        return recorded(*update(state, images, labels, idx, step), probe_x)
 
-    def analysed_step(state, images, labels, idx, probe_x, analysis_x):
+    def analysed_step(state, images, labels, idx, step, probe_x, analysis_x):
         traces["analysed_step"] += 1
-        return recorded(*update(state, images, labels, idx), probe_x, analysis_x)
+        return recorded(*update(state, images, labels, idx, step), probe_x, analysis_x)
 
     def probe_frame(params, rest, probe_x, analysis_x=None):
         traces["probe_frame"] += 1

@@ -81,12 +81,12 @@ def test_dropout_masks_differ_between_steps_and_repeat_for_a_seed(bn_model):
     data = (loop.train_x, loop.train_y)
     copy = lambda s: jax.tree.map(jnp.copy, s)  # noqa: E731 - the steps donate their state
     first = copy(loop.state)
-    state1, m1 = fns.train_step(copy(first), *data, idx)
-    again, m1_again = fns.train_step(copy(first), *data, idx)
+    state1, m1 = fns.train_step(copy(first), *data, idx, np.int32(1))
+    again, m1_again = fns.train_step(copy(first), *data, idx, np.int32(1))
     assert float(m1["loss"]) == float(m1_again["loss"])  # same RNG state, same mask
     # the same parameters with the stream one step further: another mask, another loss
     advanced = TrainState(first.params, first.opt_state, state1.model_state)
-    _, m2 = fns.train_step(copy(advanced), *data, idx)
+    _, m2 = fns.train_step(copy(advanced), *data, idx, np.int32(2))
     assert float(m2["loss"]) != float(m1["loss"])
     count = lambda s: int(np.asarray(s.model_state["drop"]["rngs"]["count"].get_value()))  # noqa: E731
     assert count(state1) == count(first) + 1

@@ -96,3 +96,47 @@ def test_an_option_a_model_does_not_take_is_one_error():
 
     with pytest.raises(ConfigError, match=r"model 'vgg_bn' has no option head \(its options: dropout\)"):
         make_plan(dataclasses.replace(RunConfig(), model="vgg_bn", head="gap", dataset="synthetic"))
+
+
+def _translate(image, dy, dx):
+    """`image` [H, W, C] moved down by dy and right by dx pixels, zeros coming in."""
+    h, w, _ = image.shape
+    out = np.zeros_like(image)
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = image[max(-dy, 0):h - max(dy, 0),
+                                                                       max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def test_augmentation_is_a_shift_or_flip_of_each_image_and_a_function_of_seed_and_step():
+    from recorder.augment import MAX_SHIFT, augment, step_key
+
+    x = np.random.default_rng(2).uniform(size=(16, 8, 8, 1)).astype(np.float32)
+    shifted = np.asarray(augment(jnp.asarray(x), step_key(0, 5), ("shift",)))
+    moves = set()
+    for image, out in zip(x, shifted):
+        found = [(dy, dx) for dy in range(-MAX_SHIFT, MAX_SHIFT + 1) for dx in range(-MAX_SHIFT, MAX_SHIFT + 1)
+                 if np.array_equal(out, _translate(image, dy, dx))]
+        assert len(found) == 1
+        moves.add(found[0])
+    assert len(moves) > 3  # independent per image
+    flipped = np.asarray(augment(jnp.asarray(x), step_key(0, 5), ("flip",)))
+    mirrored = [np.array_equal(o, i[:, ::-1]) for i, o in zip(x, flipped)]
+    assert all(m or np.array_equal(o, i) for m, i, o in zip(mirrored, x, flipped)) and 0 < sum(mirrored) < 16
+    again = np.asarray(augment(jnp.asarray(x), step_key(0, 5), ("shift", "flip")))
+    np.testing.assert_array_equal(again, np.asarray(augment(jnp.asarray(x), step_key(0, 5), ("shift", "flip"))))
+    assert not np.array_equal(again, np.asarray(augment(jnp.asarray(x), step_key(0, 6), ("shift", "flip"))))
+    assert not np.array_equal(again, np.asarray(augment(jnp.asarray(x), step_key(1, 5), ("shift", "flip"))))
+
+
+def test_an_augmented_run_repeats_for_its_seed_and_differs_from_an_unaugmented_one(tmp_path):
+    config = RunConfig(model="tiny_cnn", dataset="synthetic", synthetic_size=256, batch_size=64, steps=4,
+                       augment=("shift", "flip"), analysis_probes=0, checkpoint_every=0)
+    losses = []
+    for name, c in (("a", config), ("b", config), ("plain", dataclasses.replace(config, augment=()))):
+        record(c, tmp_path / f"{name}.h5", show_progress=False, log=lambda s: None)
+        with open_run(tmp_path / f"{name}.h5") as run:
+            losses.append(run.train_metrics().loss)
+    np.testing.assert_array_equal(losses[0], losses[1])
+    assert losses[0][0] != losses[2][0]  # the first batch was already augmented
+    with pytest.raises(ConfigError, match="unknown augmentation 'rotate'; expected any of: shift, flip"):
+        apply_overrides(config, ["augment=shift,rotate"])
