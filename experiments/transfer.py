@@ -32,10 +32,11 @@ from compare.dynamics import run_dynamics
 from compare.report import fmt_change
 from compare.weights import weight_change
 from experiments.configs import get_experiment
+from experiments.pair import reusable
 from recorder.config import RunConfig, apply_overrides
 from recorder.data import load_dataset
-from recorder.run import json_config, record
-from replay.run_file import RunFileError, open_run
+from recorder.run import record
+from replay.run_file import open_run
 
 FINE_TUNE_EPOCHS = 2
 VARIANTS = ("frozen", "all", "scratch")
@@ -63,14 +64,6 @@ def configs(out: Path, source: str, target: str, freeze: tuple[str, ...], overri
     }
 
 
-def _reusable(path: Path, config: RunConfig) -> bool:
-    try:
-        with open_run(path) as run:
-            return run.status == "completed" and run.has_analysis and run.config == json_config(config)
-    except (OSError, RunFileError, FileNotFoundError):
-        return False
-
-
 def run(out: Path, source: str = "fashion_mnist", target: str = "mnist",
         freeze: tuple[str, ...] = ("conv1", "conv2", "conv3"), overrides: list[str] = (),
         target_overrides: list[str] = (), overwrite: bool = False, show_progress: bool = True,
@@ -83,7 +76,7 @@ def run(out: Path, source: str = "fashion_mnist", target: str = "mnist",
     paths = {}
     for variant, config in plan.items():
         path = out / f"transfer-{variant}.h5"
-        if not overwrite and _reusable(path, config):
+        if not overwrite and reusable(path, config):
             log(f"reusing {path} (complete, same config; --overwrite records it again)")
         else:
             record(config, path, overwrite=True, show_progress=show_progress)

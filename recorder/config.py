@@ -41,6 +41,7 @@ class RunConfig:
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
     synthetic_size: int = 4096  # training images of the `synthetic` dataset (test: a quarter)
+    train_size: int = 0  # > 0: train on this many training images only (class-balanced, the first of each class)
     optimizer: str = "adam"  # adam | sgd (with momentum)
     learning_rate: float = 1e-3
     momentum: float = 0.9  # sgd only
@@ -82,7 +83,7 @@ class RunConfig:
         for key in ("batch_size", "synthetic_size", "eval_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("epochs", "steps", "eval_every", "analysis_probes", "checkpoint_every"):
+        for key in ("epochs", "steps", "eval_every", "analysis_probes", "checkpoint_every", "train_size"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if 0 < self.analysis_probes < 4:

@@ -73,6 +73,15 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
 
 
+def training_subset(dataset: Dataset, n: int) -> Dataset:
+    """`dataset` with only `n` training images: round-robin over the classes in split order (the first of each
+    class), in split order; the test split is untouched."""
+    if n > len(dataset.train_labels):
+        raise ConfigError(f"train_size={n} but {dataset.name} has {len(dataset.train_labels)} training images")
+    idx = choose_analysis_probes(dataset.train_labels, n, len(dataset.class_names))
+    return dataclasses.replace(dataset, train_images=dataset.train_images[idx], train_labels=dataset.train_labels[idx])
+
+
 def steps_of(config: RunConfig, dataset: Dataset) -> tuple[int, int]:
     """(steps per epoch, total steps). The remainder batch of each epoch is dropped."""
     per_epoch = len(dataset.train_labels) // config.batch_size
@@ -130,6 +139,9 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
     """Validates `config`, loads the data, builds and compiles-to-be the model's steps."""
     config.validate()
     dataset = load_dataset(config.dataset, config.data_dir, config.synthetic_size)
+    if config.train_size:
+        dataset = training_subset(dataset, config.train_size)
+        log(f"training on {config.train_size} of the {dataset.name} training images (class-balanced subset)")
     per_epoch, total = steps_of(config, dataset)
     probe_idx = choose_probes(dataset, config.probes)
     try:

@@ -140,3 +140,36 @@ def test_an_augmented_run_repeats_for_its_seed_and_differs_from_an_unaugmented_o
     assert losses[0][0] != losses[2][0]  # the first batch was already augmented
     with pytest.raises(ConfigError, match="unknown augmentation 'rotate'; expected any of: shift, flip"):
         apply_overrides(config, ["augment=shift,rotate"])
+
+
+def test_training_subset_is_class_balanced_and_leaves_the_test_split():
+    from recorder.data import load_dataset
+    from recorder.run import training_subset
+
+    full = load_dataset("synthetic", synthetic_size=512)
+    sub = training_subset(full, 100)
+    assert len(sub.train_labels) == 100 and np.bincount(sub.train_labels).tolist() == [10] * 10
+    assert sub.test_images is full.test_images
+    with pytest.raises(ConfigError, match="train_size=600 but synthetic has 512 training images"):
+        training_subset(full, 600)
+
+
+@pytest.mark.parametrize("name, files", [("optimizers", ("optimizers-adam", "optimizers-sgd")),
+                                         ("overfitting", ("overfitting-plain", "overfitting-regularised"))])
+def test_pair_experiments_record_and_compare(tmp_path, name, files):
+    import importlib
+
+    module = importlib.import_module(f"experiments.{name}")
+    sets = ["dataset=synthetic", "synthetic_size=1024", "batch_size=32", "steps=4", "eval_every=2", "eval_size=40",
+            "analysis_probes=16", "checkpoint_every=0"]
+    argv = ["--out", str(tmp_path), "--no-progress"] + [x for s in sets for x in ("--set", s)]
+    assert module.main(argv) == 0
+    text = (tmp_path / name / "report.md").read_text()
+    assert all(f in text for f in files) and (tmp_path / name / "conv1_side_by_side.gif").exists()
+    configs = []
+    for f in files:
+        with open_run(tmp_path / f"{f}.h5") as run:
+            configs.append(run.config)
+    varied = {k for k in configs[0] if configs[0][k] != configs[1][k]}
+    assert varied and varied <= set(module.PAIR.varied)  # only what the experiment varies differs
+    assert module.main(argv + ["--set", f"{module.PAIR.varied[0]}=1"]) == 2
