@@ -151,19 +151,21 @@ class ConvBN(nnx.Module):
 class VGGBN(nnx.Module):
     """A small VGG-style net with BatchNorm: three blocks of two [conv 3x3 -> BatchNorm -> act] and a 2x2
     max-pool (16-16, 32-32, 64-64 channels), then Dense 128 relu, Dropout 0.5, Dense K. Each conv is tapped
-    after its BatchNorm and nonlinearity (conv1..conv6). For 28x28 (3x3x64 after the pools) and 32x32 inputs."""
+    after its BatchNorm and nonlinearity (conv1..conv6). For 28x28 (3x3x64 after the pools) and 32x32 inputs.
+    `head="gap"` averages each of the 64 channels over the image instead of flattening."""
 
     CHANNELS = (16, 16, 32, 32, 64, 64)
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, activation: str, rngs: nnx.Rngs,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, head: str = "flatten"):
         h, w, c = input_shape
         act = get_activation(activation)
         chans = (c, *self.CHANNELS)
         self.layers = nnx.List([ConvBN(chans[i], chans[i + 1], act, rngs) for i in range(6)])
         for i in range(3):
             h, w = (_check_spatial("vgg_bn", d // 2, f"pool {i + 1}") for d in (h, w))
-        self.dense = _dense(h * w * chans[-1], 128, rngs)
+        self.gap = head == "gap"
+        self.dense = _dense((1 if self.gap else h * w) * chans[-1], 128, rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.logits = _dense(128, num_classes, rngs)
 
@@ -172,7 +174,7 @@ class VGGBN(nnx.Module):
             x = tap(self, f"conv{i + 1}", layer(x), kernel=layer.conv.kernel, source=layer)  # freeze: conv + BN
             if i % 2 == 1:
                 x = _pool(x)
-        x = self.dropout(jax.nn.relu(self.dense(x.reshape(x.shape[0], -1))))
+        x = self.dropout(jax.nn.relu(self.dense(_to_dense(x, self.gap))))
         return self.logits(x)
 
 

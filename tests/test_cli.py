@@ -14,7 +14,7 @@ def run_cli(capsys, *argv):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["record", "resnet50"], "unknown experiment 'resnet50'; expected one of: learn_to_see, keras_fashion, strided, vgg_bn, resnet8, tiny"),
+        (["record", "resnet50"], "unknown experiment 'resnet50'; expected one of: learn_to_see, keras_fashion, strided, vgg_bn, resnet8, cifar10_vgg, tiny"),
         (["record", "tiny", "--set", "colour=red"], "unknown config key 'colour'; valid keys:"),
         (["record", "tiny", "--set", "activation=swish"], "unknown activation 'swish'; expected one of:"),
         (["record", "tiny", "--set", "batch_size=100000"], "batch_size 100000 is larger than the 2048 training images"),

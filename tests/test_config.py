@@ -33,7 +33,7 @@ def test_bad_overrides_name_the_valid_options(override, message):
 
 
 def test_unknown_experiment_lists_experiments():
-    with pytest.raises(ConfigError, match="expected one of: learn_to_see, keras_fashion, strided, vgg_bn, resnet8, tiny"):
+    with pytest.raises(ConfigError, match="expected one of: learn_to_see, keras_fashion, strided, vgg_bn, resnet8, cifar10_vgg, tiny"):
         get_experiment("alexnet")
 
 

@@ -94,8 +94,8 @@ def test_bad_option_values_name_the_valid_ones(override, message):
 def test_an_option_a_model_does_not_take_is_one_error():
     from recorder.run import make_plan
 
-    with pytest.raises(ConfigError, match=r"model 'vgg_bn' has no option head \(its options: dropout\)"):
-        make_plan(dataclasses.replace(RunConfig(), model="vgg_bn", head="gap", dataset="synthetic"))
+    with pytest.raises(ConfigError, match=r"model 'vgg_bn' has no option downsample \(its options: dropout, head\)"):
+        make_plan(dataclasses.replace(RunConfig(), model="vgg_bn", downsample="stride", dataset="synthetic"))
 
 
 def _translate(image, dy, dx):
@@ -173,3 +173,23 @@ def test_pair_experiments_record_and_compare(tmp_path, name, files):
     varied = {k for k in configs[0] if configs[0][k] != configs[1][k]}
     assert varied and varied <= set(module.PAIR.varied)  # only what the experiment varies differs
     assert module.main(argv + ["--set", f"{module.PAIR.varied[0]}=1"]) == 2
+
+
+def test_cifar10_vgg_records_on_format_exact_cifar_files(tmp_path, isolated_home):
+    """The experiment's config on small files in CIFAR-10's binary format (32x32 RGB, GAP head, augmented)."""
+    from conftest import write_cifar_batch
+    from experiments.configs import get_experiment
+
+    folder = tmp_path / "c" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        write_cifar_batch(folder / name, rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), np.arange(20) % 10)
+    config = apply_overrides(get_experiment("cifar10_vgg"), [f"data_dir={tmp_path / 'c'}", "batch_size=25", "steps=3",
+                                                            "analysis_probes=10", "eval_every=0", "checkpoint_every=0"])
+    record(config, tmp_path / "cifar.h5", show_progress=False, log=lambda s: None)
+    with open_run(tmp_path / "cifar.h5") as run:
+        assert run.status == "completed" and run.layer_shape("conv6") == (10, 8, 8, 64)
+        assert run.probes()[0].shape == (10, 32, 32, 3) and run.config["head"] == "gap"
+        dense = next(m for m in run.summary["modules"] if m["path"] == "dense")
+        assert dense["params"] == 64 * 128 + 128
