@@ -4,7 +4,8 @@
     compare(["runs/learn_to_see-tanh.h5", "runs/learn_to_see-relu.h5"], "runs/relu_vs_tanh")
 
 Writes into the output folder: `report.md`, `metrics.json`, `dynamics_A.png` (and `_B`), `activity.png`, and
-for two runs `cross_similarity.png`, `layer_map.png` and one `<layer>_side_by_side.gif` per layer both runs
+for two runs `curves.png` (both runs' smoothed train and held-out eval curves on shared axes),
+`cross_similarity.png`, `layer_map.png` and one `<layer>_side_by_side.gif` per layer both runs
 have. Similarity between two runs is computed only when both recorded the very same analysis probe set
 (equal SHA-256); otherwise the comparison is refused, and `--force` keeps only the pictures and the per-run
 dynamics.
@@ -26,6 +27,7 @@ from compare.weights import weight_change
 from compare.side_by_side import PairFrames, shared_steps
 from compare.cross import cross_similarity, probe_set_mismatch
 from replay.animate import write_animation
+from replay.curves import write_comparison_curves
 from replay.gif import frame_duration_ms
 from replay.grid import GridStyle
 from replay.images import atomic_path
@@ -203,6 +205,7 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
             log(f"{anim.path.name}  {anim.frames} frames  {anim.bytes / 1e6:.2f} MB"
                 + (f"  (dropped {anim.dropped} to fit --max-mb)" if anim.dropped else ""))
 
+    files.append(write_comparison_curves([("A", a), ("B", b)], out / "curves.png"))
     dyn = {tag: run_dynamics(r, layers) for tag, r in (("A", a), ("B", b)) if r.has_analysis}
     for tag, d in dyn.items():
         files.append(plots.plot_dynamics(d, f"{tag}: {names[tag == 'B']}", out / f"dynamics_{tag}.png"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -23,35 +24,56 @@ def ema(values: np.ndarray, decay: float = SMOOTHING) -> np.ndarray:
 
 
 def write_curves(run: Run, path: Path) -> Path:
+    """One run: every train batch (faint), its smoothed line, the held-out evaluations and the test result."""
+    return _plot([("", run)], path, f"{run.experiment}: {run.describe_training()}"
+                 + ("" if run.status == "completed" else f" [{run.describe_status()}]"))
+
+
+def write_comparison_curves(runs: Sequence[tuple[str, Run]], path: Path) -> Path:
+    """Several runs on the same axes, one colour each: smoothed train and held-out eval (where a run's train
+    and eval curves drift apart, it overfits)."""
+    return _plot(list(runs), path, "train (smoothed, solid) vs held-out eval (dashed, dots): "
+                 + ", ".join(f"{tag} = {run.path.stem}" for tag, run in runs))
+
+
+COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:brown")
+
+
+def _plot(runs: list[tuple[str, Run]], path: Path, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train, ev = run.train_metrics(), run.eval_metrics()
-    test_loss, test_acc, test_count = run.test_metrics()
+    single = len(runs) == 1
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     for ax, what in zip(axes, ("loss", "accuracy")):
-        t = getattr(train, what)
-        if len(t):
-            ax.plot(train.step, t, color="tab:blue", alpha=0.25, lw=0.8, label="train batch (parameters before its update)")
-            ax.plot(train.step, ema(t), color="tab:blue", lw=1.8, label=f"train, smoothed (EMA {SMOOTHING})")
-        e = getattr(ev, what)
-        if len(e):
-            ax.plot(ev.step, e, "o-", color="tab:orange", ms=3.5, lw=1.4,
-                    label=f"eval: {run.eval_count} held-out test images")
-        final = test_loss if what == "loss" else test_acc
-        if test_count and np.isfinite(final):
-            last = int(train.step[-1]) if len(train.step) else 0
-            ax.plot([last], [final], "*", color="tab:red", ms=11, label=f"test: all {test_count} test images, end")
+        for (tag, run), colour in zip(runs, COLOURS):
+            train, ev = run.train_metrics(), run.eval_metrics()
+            test_loss, test_acc, test_count = run.test_metrics()
+            name = f"{tag}: " if tag else ""
+            t = getattr(train, what)
+            if len(t):
+                if single:
+                    ax.plot(train.step, t, color=colour, alpha=0.25, lw=0.8,
+                            label="train batch (parameters before its update)")
+                ax.plot(train.step, ema(t), color=colour, lw=1.8, label=f"{name}train, smoothed (EMA {SMOOTHING})")
+            e = getattr(ev, what)
+            if len(e):
+                ax.plot(ev.step, e, "o-" if single else "o--", color="tab:orange" if single else colour, ms=3.5,
+                        lw=1.4, label=f"{name}eval: {run.eval_count} held-out test images")
+            final = test_loss if what == "loss" else test_acc
+            if test_count and np.isfinite(final):
+                last = int(train.step[-1]) if len(train.step) else 0
+                ax.plot([last], [final], "*", color="tab:red" if single else colour, ms=11,
+                        label=f"{name}test: all {test_count} test images, end")
         ax.set_xlabel("step (parameter updates)")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
         if what == "accuracy":
             ax.set_ylim(0, 1)
-        ax.legend(fontsize=8, loc="upper right" if what == "loss" else "lower right")
-    status = "" if run.status == "completed" else f" [{run.describe_status()}]"
-    fig.suptitle(f"{run.experiment}: {run.describe_training()}{status}", fontsize=10)
+        ax.legend(fontsize=8 if single else 7, loc="upper right" if what == "loss" else "lower right")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -49,7 +49,7 @@ def test_two_runs_report(two_runs, tmp_path):
     report = compare([two_runs["tanh"], two_runs["relu"]], tmp_path / "out")
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"report.md", "metrics.json", "dynamics_A.png", "dynamics_B.png", "activity.png", "cross_similarity.png",
-            "layer_map.png", "conv1_side_by_side.gif", "conv2_side_by_side.gif"} <= names
+            "layer_map.png", "conv1_side_by_side.gif", "conv2_side_by_side.gif", "curves.png"} <= names
     text = report.report.read_text()
     assert ("| layer | t50 A | t50 B | t90 A | t90 B | final CKA(A, B) | weight change A | weight change B | "
             "activity A | activity B |") in text
