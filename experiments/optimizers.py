@@ -2,8 +2,12 @@
 
 Same initial weights, batch order, probes and analysis images; only the optimiser (and its learning rate)
 differs: Adam at 1e-3 (the reference), SGD with momentum 0.9 at 0.05. The report shows which layers each
-optimiser moves, how far and when they settle; the side-by-side GIFs show the features forming at the two
-speeds.
+optimiser moves, how far and when they settle, beside the side-by-side GIFs.
+
+What it shows on Fashion-MNIST: from learn_to_see's Normal(0, 0.01) kernels the signal through six tanh convs is
+so small that plain gradients barely move the convs (SGD: conv1's weights change by 1e-4 of their norm in 290
+steps, test accuracy 0.10; the same at learning rates 0.2 and 0.5), while Adam's per-parameter step sizes move
+every layer about 5x its initial norm (test 0.80). Features fail to emerge, and the pictures show it.
 
     .venv/bin/python -m experiments.optimizers [--out runs] [--set key=value ...] [--overwrite]
 
