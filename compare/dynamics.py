@@ -11,6 +11,11 @@ For layer ℓ with centred Grams K_t at the analysed steps t (recorder/analysis.
   ("settled"); None when progress is undefined (a dead layer, or one that did not change: 1 − drift(0) < 0.005;
   below 0.05 it is flagged as a small change).
   Their resolution is the analysis schedule's spacing.
+
+A layer is called "no change" only when its weights agree (compare/weights.py: moved less than 5% of their
+initial norm, or the file stores no weights); a layer whose geometry stayed while its weights moved is
+flagged "similar geometry" with both numbers: debiased CKA is blind to what a near-linear first layer
+computes, not to how far it moved.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import dataclasses
 import numpy as np
 
 from compare.similarity import debiased_cka
+from compare.weights import weight_change
 from replay.run_file import Run
 
 NULL_SEED = 0
 MIN_CHANGE = 0.005  # 1 − drift(0) below this: the layer ended where it started, progress is not defined
 SMALL_CHANGE = 0.05  # below this, progress is defined but flagged: small changes make t50/t90 noisy
+MOVED = 0.05  # weights that moved this much (relative to their initial norm) are not "unchanged"
 
 
 @dataclasses.dataclass
@@ -83,7 +90,13 @@ def layer_dynamics(run: Run, layer: str, positions: np.ndarray | None = None) ->
     else:
         progress = np.full(len(grams), np.nan)
         if np.isfinite(change):
-            flags.add(f"no change: CKA(init, final) = {drift[0]:.3f}")
+            moved = weight_change(run, layer)
+            if moved is not None and moved >= MOVED:  # the geometry stayed; the weights did not
+                flags.add(f"similar geometry: CKA(init, final) = {drift[0]:.3f}, yet its weights moved "
+                          f"{moved:.3g} of their initial norm")
+            else:
+                flags.add(f"no change: CKA(init, final) = {drift[0]:.3f}"
+                          + (f" and weight change {moved:.3g}" if moved is not None else ""))
     activity = {k: v[positions] for k, v in run.activity(layer).items()}
     if "constant_fraction" in activity and len(positions) and activity["constant_fraction"][-1] == 1.0:
         flags.add("constant at the final step: every unit ignores its input")

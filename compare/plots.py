@@ -110,3 +110,25 @@ def plot_layer_map(matrix: np.ndarray, rows: list[str], cols: list[str], title: 
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def plot_weights(series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], title: str, path: Path) -> Path:
+    """Per layer over training (`series`: layer -> measure -> (steps, values)): how far the weights are from
+    their initial values, and the size of each update relative to the weights (log scale)."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), dpi=110)
+    for colour, (layer, s) in zip(_colours(len(series)), series.items()):
+        if "weight_change" in s:
+            ax1.plot(*s["weight_change"], "-", color=colour, lw=1.6, label=layer)
+        if "update_ratio" in s:
+            steps, values = s["update_ratio"]
+            ax2.plot(steps, np.where(values > 0, values, np.nan), "-", color=colour, lw=1.0, label=layer)
+    ax1.set_title("weight change from initialisation, ‖W_t − W_0‖ / ‖W_0‖", fontsize=9)
+    ax2.set_title("update size, ‖W_t − W_t−1‖ / ‖W_t‖ (log; gaps: no update)", fontsize=9)
+    ax2.set_yscale("log")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

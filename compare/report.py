@@ -23,7 +23,7 @@ import numpy as np
 
 from compare import plots
 from compare.dynamics import LayerDynamics, run_dynamics
-from compare.weights import weight_change
+from compare.weights import weight_change, weight_series, weight_settled
 from compare.side_by_side import PairFrames, shared_steps
 from compare.cross import cross_similarity, probe_set_mismatch
 from replay.animate import write_animation
@@ -118,6 +118,9 @@ RULES = """## Definitions
   Gram is zero).
 - **Baselines** on the dynamics plots: the dotted line is CKA(init, final); the thin line is CKA(t, final) with
   the images of the final step shuffled (what no correspondence looks like at this n).
+- **w50 / w90**: the first step from which the layer's weight change from initialisation (recorded every step
+  in the training step) stays at or above 50% / 90% of its final value: when the weights had travelled that
+  share of their way.
 - **weight change** = ‖W_last − W_first‖ / ‖W_first‖ over the parameters of the module that computes the layer
   (kernel, bias, BatchNorm scale and offset), between the first and last weights the file stores (step 0, or
   the weights it was initialised from, and the end); 0 for a frozen layer, "-" when the file stores no weights
@@ -163,14 +166,18 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
     metrics = {"runs": {"A": str(run.path)}, "dynamics": {"A": _dynamics_json(dyn)}}
     lines = [f"# Dynamics of `{run.path.name}`", "", "| run | file | model | activation | data | result | recorded |",
              "|---|---|---|---|---|---|---|", _run_facts("A", run), "",
-             "| layer | t50 | t90 | CKA(init, final) | weight change | final activity | flags |",
-             "|---|---|---|---|---|---|---|"]
+             "| layer | t50 | t90 | CKA(init, final) | weight change | w50 | w90 | final activity | flags |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, d in dyn.items():
         kind, value = activity_summary(d)
-        change = weight_change(run, name)
-        metrics["dynamics"]["A"][name]["weight_change"] = change
+        change, w50, w90 = weight_change(run, name), weight_settled(run, name, 0.5), weight_settled(run, name, 0.9)
+        metrics["dynamics"]["A"][name].update(weight_change=change, w50=w50, w90=w90)
         lines.append(f"| {name} | {_fmt(d.t50)} | {_fmt(d.t90)} | {_fmt(d.init_vs_final)} | {fmt_change(change)} | "
-                     f"{kind} {_fmt(value)} | {'; '.join(d.flags) or ''} |")
+                     f"{_fmt(w50)} | {_fmt(w90)} | {kind} {_fmt(value)} | {'; '.join(d.flags) or ''} |")
+    series = {name: weight_series(run, name) for name in layers}
+    if any(series.values()):
+        files.append(plots.plot_weights({k: v for k, v in series.items() if v}, run.path.name, out / "weights.png"))
+        lines += ["", "![weights](weights.png)"]
     lines += ["", "![dynamics](dynamics_A.png)", "", "![activity](activity.png)", "", RULES]
     return _finish(out, lines, metrics, files, [], log)
 

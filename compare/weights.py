@@ -1,4 +1,5 @@
-"""How far a layer's weights moved, from the weights a run file stores (schema 5, `/weights`).
+"""How far a layer's weights moved: from the weights a run file stores (schema 5, `/weights`), and over time
+from the per-layer scalars the training step records (`<layer>/weight_change`, recorder/train.py).
 
 relative change = ‖W_b − W_a‖ / ‖W_a‖ over every parameter (`Param`: kernels, biases, BatchNorm scales and
 offsets; not running statistics) of the module that computes the layer (the summary's `module` of its tap),
@@ -12,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from replay.run_file import Run
+
+MEASURES = ("weight_change", "update_ratio", "grad_norm")  # the per-layer series of docs/run_schema.md
 
 
 def layer_module(run: Run, layer: str) -> str | None:
@@ -38,3 +41,21 @@ def weight_change(run: Run, layer: str, start: int | None = None, end: int | Non
     after = np.concatenate([b[p].ravel() for p in paths]).astype(np.float64)
     norm = np.linalg.norm(before)
     return float(np.linalg.norm(after - before) / norm) if norm > 0 else None
+
+
+def weight_series(run: Run, layer: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{measure: (steps, values)} of the per-step layer measures recorded for `layer` (empty if none)."""
+    scalars = run.scalars()
+    return {m: scalars[f"{layer}/{m}"] for m in MEASURES if f"{layer}/{m}" in scalars}
+
+
+def weight_settled(run: Run, layer: str, level: float) -> int | None:
+    """The first step from which the layer's weight change from init stays at or above `level` of its final
+    value: when the weights had travelled that share of their way (None without the series or movement)."""
+    series = weight_series(run, layer).get("weight_change")
+    if series is None or not len(series[1]) or not series[1][-1] > 0:
+        return None
+    steps, values = series
+    below = np.flatnonzero(values / values[-1] < level)
+    first = 0 if len(below) == 0 else below[-1] + 1
+    return int(steps[first]) if first < len(steps) else None

@@ -168,8 +168,9 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
         log(f"frozen (no updates, inference mode): {', '.join(frozen)}")
     lr = learning_rate_schedule(config.learning_rate, config.lr_schedule, total)
     tx = make_optimizer(config.optimizer, lr, config.momentum, config.weight_decay)
+    measured = {t["name"]: t["module"] for t in capture.summary["taps"] if t.get("module")}
     fns = make_step_functions(model, freezing(tx, nnx.state(model, nnx.Param), frozen), capture, frozen,
-                              config.augment, config.seed)
+                              config.augment, config.seed, measured)
     analysis_idx = None
     if config.analysis_probes:
         n = min(config.analysis_probes, len(dataset.test_labels))
@@ -217,6 +218,7 @@ class TrainingLoop:
         self.probe_x = to_inputs(jax.device_put(d.test_images[plan.probe_idx]))
         self.analysis_x = None if plan.analysis_idx is None else to_inputs(jax.device_put(d.test_images[plan.analysis_idx]))
         self.state = jax.tree.map(jnp.copy, fns.init_state)  # its own copy: the steps donate the state they get
+        self.initial_params = jax.tree.map(jnp.copy, fns.init_state.params)  # W_0 of the per-layer measures
         self.step = 0
         self.stop_requested: str | None = None
         self._perm = (-1, np.zeros(0, np.int32))  # (epoch, its shuffle)
@@ -250,7 +252,7 @@ class TrainingLoop:
     def run(self, until: int, progress: Progress | None = None) -> None:
         """Trains (and records) steps step+1 .. until, or fewer (see the class doc)."""
         plan, fns, rec, c = self.plan, self.plan.fns, self.rec, self.plan.config
-        data = (self.train_x, self.train_y)
+        data = (self.train_x, self.train_y, self.initial_params)
         for step in range(self.step + 1, until + 1):
             if self.stop_requested or self.diverged():
                 return

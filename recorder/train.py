@@ -14,7 +14,7 @@ images share its batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -101,11 +101,15 @@ class StepFunctions:
 
 
 def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, capture: Capture,
-                        frozen: Sequence[str] = (), augmentations: Sequence[str] = (), seed: int = 0) -> StepFunctions:
+                        frozen: Sequence[str] = (), augmentations: Sequence[str] = (), seed: int = 0,
+                        measured: Mapping[str, str] | None = None) -> StepFunctions:
     """Builds the jitted functions for `model`; frames come from `capture` (the public recorder API's capture,
     called inside these steps as a user's step calls it). The modules at the `frozen` paths run in inference
     mode in training too (recorder/transfer.py; `tx` must give them no updates). `augmentations` apply to the
-    training batch only, drawn from (seed, step) (recorder/augment.py).
+    training batch only, drawn from (seed, step) (recorder/augment.py). For each `measured` layer (name ->
+    the path of the module that computes it) every step also returns three scalars (`layer_measures`):
+    `<layer>/weight_change` ‖W_t − W_0‖/‖W_0‖, `<layer>/update_ratio` ‖W_t − W_t−1‖/‖W_t‖ and
+    `<layer>/grad_norm` ‖∂loss/∂W‖, over the module's parameters; W_0 is `start`, the steps' argument.
 
     The training state is donated: callers must not reuse a state after passing it in.
     """
@@ -132,7 +136,7 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, ((jnp.argmax(logits, -1) == y).mean(), rest)
 
-    def update(state: TrainState, images: jax.Array, labels: jax.Array, idx: jax.Array,
+    def update(state: TrainState, images: jax.Array, labels: jax.Array, start: nnx.State, idx: jax.Array,
                step: jax.Array) -> tuple[TrainState, dict]:
         x, y = to_inputs(images[idx]), labels[idx]  # gather the batch on the device
         if augmentations:
@@ -141,8 +145,10 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
             state.params, state.model_state, x, y)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))  # one flag: cheap to carry out
-        return (TrainState(optax.apply_updates(state.params, updates), opt_state, rest),
-                {"loss": loss, "accuracy": acc, "finite": finite})
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "accuracy": acc, "finite": finite}
+        metrics.update(layer_measures(measured or {}, params, start, updates, grads))
+        return TrainState(params, opt_state, rest), metrics
 
     def frame_of(params: nnx.State, rest: nnx.State, probe_x: jax.Array, analysis_x: jax.Array | None = None) -> Frame:
         return capture(inference(params, rest), probe_x, analysis_x)
@@ -153,17 +159,17 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in frame.values()]))
         return state, {**metrics, "finite": metrics["finite"] & finite}, frame
 
-    def train_step(state, images, labels, idx, step):
+    def train_step(state, images, labels, start, idx, step):
         traces["train_step"] += 1  # runs only while tracing
-        return update(state, images, labels, idx, step)
+        return update(state, images, labels, start, idx, step)
 
-    def recorded_step(state, images, labels, idx, step, probe_x):
+    def recorded_step(state, images, labels, start, idx, step, probe_x):
         traces["recorded_step"] += 1
-        return recorded(*update(state, images, labels, idx, step), probe_x)
+        return recorded(*update(state, images, labels, start, idx, step), probe_x)
 
-    def analysed_step(state, images, labels, idx, step, probe_x, analysis_x):
+    def analysed_step(state, images, labels, start, idx, step, probe_x, analysis_x):
         traces["analysed_step"] += 1
-        return recorded(*update(state, images, labels, idx, step), probe_x, analysis_x)
+        return recorded(*update(state, images, labels, start, idx, step), probe_x, analysis_x)
 
     def probe_frame(params, rest, probe_x, analysis_x=None):
         traces["probe_frame"] += 1
@@ -186,6 +192,29 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
         eval_chunk=jax.jit(eval_chunk),
         traces=traces,
     )
+
+
+MEASURES = ("weight_change", "update_ratio", "grad_norm")
+
+
+def layer_measures(measured: Mapping[str, str], params: nnx.State, start: nnx.State, updates: nnx.State,
+                   grads: nnx.State) -> dict[str, jax.Array]:
+    """The per-layer scalars of `make_step_functions` (float32 device scalars; a zero norm gives 0, not NaN)."""
+    flat = {name: dict(nnx.to_flat_state(tree)) for name, tree in
+            (("w", params), ("w0", start), ("dw", updates), ("g", grads))}
+    out = {}
+    for layer, module in measured.items():
+        keys = [k for k in flat["w"] if "/".join(map(str, k)).startswith(module + "/")]
+
+        def norm(which: str, minus: str | None = None) -> jax.Array:
+            leaves = [flat[which][k].get_value() - (flat[minus][k].get_value() if minus else 0) for k in keys]
+            return jnp.sqrt(sum(jnp.sum(jnp.square(v.astype(jnp.float32))) for v in leaves))
+
+        ratio = lambda a, b: jnp.where(b > 0, a / jnp.where(b > 0, b, 1.0), 0.0)
+        out[f"{layer}/weight_change"] = ratio(norm("w", "w0"), norm("w0"))
+        out[f"{layer}/update_ratio"] = ratio(norm("dw"), norm("w"))
+        out[f"{layer}/grad_norm"] = norm("g")
+    return out
 
 
 EVAL_CHUNK = 500

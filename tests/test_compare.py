@@ -106,14 +106,20 @@ def test_one_run_dashboard_from_the_cli(two_runs, tmp_path):
                           str(tmp_path / "dash")], capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
     text = (tmp_path / "dash" / "report.md").read_text()
-    assert "| layer | t50 | t90 | CKA(init, final) | weight change | final activity | flags |" in text
+    assert "| layer | t50 | t90 | CKA(init, final) | weight change | w50 | w90 | final activity | flags |" in text
+    assert (tmp_path / "dash" / "weights.png").exists()
     metrics = json.loads((tmp_path / "dash" / "metrics.json").read_text())["dynamics"]["A"]
+    assert metrics["conv1"]["init_vs_final"] > 0.995  # the case the flag rule is about
     for layer in ("conv1", "conv2"):
         d = metrics[layer]
         row = [line for line in text.splitlines() if line.startswith(f"| {layer} |")]
         assert d["weight_change"] > 0  # the weights moved even where CKA(init, final) says the geometry did not
+        if d["init_vs_final"] > 0.995:  # relu's conv1 here: CKA 1.000, weights moved 0.29 of their norm
+            assert d["weight_change"] >= 0.05 and not any(f.startswith("no change") for f in d["flags"])
+            assert any(f.startswith("similar geometry: CKA(init, final) = ") for f in d["flags"])
         assert row == [f"| {layer} | {fmt(d['t50'])} | {fmt(d['t90'])} | {d['init_vs_final']:.3f} | "
-                       f"{d['weight_change']:.3g} | dead {d['final_dead_fraction']:.3f} | {'; '.join(d['flags'])} |"]
+                       f"{d['weight_change']:.3g} | {fmt(d['w50'])} | {fmt(d['w90'])} | dead {d['final_dead_fraction']:.3f} | "
+                       f"{'; '.join(d['flags'])} |"]
         assert d["t50"] is None or d["t50"] <= d["t90"] <= 30  # progress passes 0.5 before 0.9
 
 

@@ -78,7 +78,7 @@ def test_dropout_masks_differ_between_steps_and_repeat_for_a_seed(bn_model):
     loop = TrainingLoop(plan, None)
     fns = plan.fns
     idx = np.arange(plan.config.batch_size, dtype=np.int32)
-    data = (loop.train_x, loop.train_y)
+    data = (loop.train_x, loop.train_y, loop.initial_params)
     copy = lambda s: jax.tree.map(jnp.copy, s)  # noqa: E731 - the steps donate their state
     first = copy(loop.state)
     state1, m1 = fns.train_step(copy(first), *data, idx, np.int32(1))
