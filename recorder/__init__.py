@@ -15,10 +15,12 @@ from recorder.models import MODELS, build_model, register_model
 from recorder.recorder import Probes, Recorder, RecorderError
 from recorder.run import RunResult, record
 from recorder.taps import Tap, TapKernel, tap
+from recorder.train import layer_measures
+from recorder.weights import flat_weights
 
 __all__ = [
     "ACTIVATIONS", "AFTER_NONLINEARITY", "Capture", "CaptureError", "ConfigError", "DATASETS", "Dataset",
     "DatasetNotFoundError", "MODELS", "PRE_ACTIVATION", "Probes", "Recorder", "RecorderError", "RunConfig",
-    "RunResult", "Tap", "TapKernel", "apply_overrides", "build_model", "get_activation", "load_dataset", "record",
-    "register_model", "tap",
+    "RunResult", "Tap", "TapKernel", "apply_overrides", "build_model", "flat_weights", "get_activation",
+    "layer_measures", "load_dataset", "record", "register_model", "tap",
 ]

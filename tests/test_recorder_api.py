@@ -13,7 +13,7 @@ from flax import nnx
 
 from conftest import tiny_config
 from recorder import (PRE_ACTIVATION, Capture, CaptureError, Probes, Recorder, RecorderError, build_model,
-                      load_dataset, tap)
+                      layer_measures, load_dataset, tap)
 from recorder.run import epoch_permutation, record
 from replay import open_run
 from replay.render import ReplayOptions, replay
@@ -60,12 +60,16 @@ def test_a_users_loop_writes_the_file_emergence_record_writes(tmp_path):
         logits = nnx.merge(graphdef, p, rest)(x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (jnp.argmax(logits, -1) == y).mean()
 
+    measured = {t["name"]: t["module"] for t in capture.summary["taps"]}  # layer -> the module computing it
+    start = jax.tree.map(jnp.copy, params)
+
     @jax.jit
     def step(p, opt, images, labels, a_x):
         (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, images.astype(jnp.float32) / 255.0, labels)
         updates, opt = tx.update(grads, opt, p)
         p = optax.apply_updates(p, updates)
-        return p, opt, {"loss": loss, "accuracy": acc}, capture(nnx.merge(graphdef, p, rest), probe_x, a_x)
+        metrics = {"loss": loss, "accuracy": acc, **layer_measures(measured, p, start, updates, grads)}
+        return p, opt, metrics, capture(nnx.merge(graphdef, p, rest), probe_x, a_x)
 
     opt = tx.init(params)
     perm = epoch_permutation(CONFIG.seed, 0, len(data.train_labels))
@@ -93,7 +97,8 @@ def test_a_users_loop_writes_the_file_emergence_record_writes(tmp_path):
                 continue  # clocks; the user evaluated nothing
             x, y = a[name][()], b[name][()]
             assert x.dtype == y.dtype and x.shape == y.shape, name
-            if name.startswith(("layers/", "analysis/", "frames/logits", "train/loss", "weights/values/")):
+            if name.startswith(("layers/", "analysis/", "frames/logits", "train/loss", "weights/values/",
+                                "scalars/value")):
                 np.testing.assert_allclose(x, y, rtol=2e-6, atol=1e-6, err_msg=name)  # two XLA programs: last bits
             else:
                 assert np.array_equal(x, y), name
