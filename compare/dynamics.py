@@ -24,6 +24,7 @@ import dataclasses
 
 import numpy as np
 
+from compare.settling import settled_at
 from compare.similarity import debiased_cka
 from compare.weights import weight_change
 from replay.run_file import Run
@@ -46,6 +47,7 @@ class LayerDynamics:
     t90: int | None
     activity: dict[str, np.ndarray]  # name -> [A]
     flags: list[str]
+    weight_change: float | None = None  # ‖W_last − W_first‖ / ‖W_first‖ from the stored weights (compare/weights.py)
 
     @property
     def init_vs_final(self) -> float:
@@ -53,15 +55,6 @@ class LayerDynamics:
 
     def final_activity(self, name: str) -> float:
         return float(self.activity[name][-1]) if name in self.activity and len(self.activity[name]) else float("nan")
-
-
-def settled_at(steps: np.ndarray, progress: np.ndarray, level: float) -> int | None:
-    """First step from which `progress` stays >= level to the end; None if it never does or is undefined."""
-    if len(progress) == 0 or not np.all(np.isfinite(progress)):
-        return None
-    below = np.flatnonzero(progress < level)
-    first = 0 if len(below) == 0 else below[-1] + 1
-    return int(steps[first]) if first < len(steps) else None
 
 
 def layer_dynamics(run: Run, layer: str, positions: np.ndarray | None = None) -> LayerDynamics:
@@ -82,6 +75,7 @@ def layer_dynamics(run: Run, layer: str, positions: np.ndarray | None = None) ->
             undefined.setdefault(s.flag, []).append(int(steps[positions[i]]))
     for flag, at in undefined.items():
         flags.add(f"{flag} at {len(at)} steps ({at[0]}..{at[-1]}): NaN there")
+    moved = weight_change(run, layer)
     change = 1.0 - drift[0] if len(drift) else np.nan
     if np.isfinite(change) and change >= MIN_CHANGE:
         progress = (drift - drift[0]) / change
@@ -90,7 +84,6 @@ def layer_dynamics(run: Run, layer: str, positions: np.ndarray | None = None) ->
     else:
         progress = np.full(len(grams), np.nan)
         if np.isfinite(change):
-            moved = weight_change(run, layer)
             if moved is not None and moved >= MOVED:  # the geometry stayed; the weights did not
                 flags.add(f"similar geometry: CKA(init, final) = {drift[0]:.3f}, yet its weights moved "
                           f"{moved:.3g} of their initial norm")
@@ -103,7 +96,7 @@ def layer_dynamics(run: Run, layer: str, positions: np.ndarray | None = None) ->
     step_list = steps[positions]
     return LayerDynamics(layer, run.activation_label(layer), step_list, drift, null, progress,
                          settled_at(step_list, progress, 0.5), settled_at(step_list, progress, 0.9),
-                         activity, sorted(flags))
+                         activity, sorted(flags), moved)
 
 
 def run_dynamics(run: Run, layers: list[str] | None = None) -> dict[str, LayerDynamics]:

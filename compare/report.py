@@ -161,6 +161,7 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
     out.mkdir(parents=True, exist_ok=True)
     layers = _layers(options, run.layers)
     dyn = run_dynamics(run, layers)
+    series = weight_series(run, layers)
     files = [plots.plot_dynamics(dyn, f"{run.path.name}: {run.facts()['activation']}", out / "dynamics_A.png"),
              plots.plot_activity({"A": dyn}, out / "activity.png")]
     metrics = {"runs": {"A": str(run.path)}, "dynamics": {"A": _dynamics_json(dyn)}}
@@ -170,11 +171,10 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
              "|---|---|---|---|---|---|---|---|---|"]
     for name, d in dyn.items():
         kind, value = activity_summary(d)
-        change, w50, w90 = weight_change(run, name), weight_settled(run, name, 0.5), weight_settled(run, name, 0.9)
+        change, w50, w90 = d.weight_change, weight_settled(series[name], 0.5), weight_settled(series[name], 0.9)
         metrics["dynamics"]["A"][name].update(weight_change=change, w50=w50, w90=w90)
         lines.append(f"| {name} | {_fmt(d.t50)} | {_fmt(d.t90)} | {_fmt(d.init_vs_final)} | {fmt_change(change)} | "
                      f"{_fmt(w50)} | {_fmt(w90)} | {kind} {_fmt(value)} | {'; '.join(d.flags) or ''} |")
-    series = {name: weight_series(run, name) for name in layers}
     if any(series.values()):
         files.append(plots.plot_weights({k: v for k, v in series.items() if v}, run.path.name, out / "weights.png"))
         lines += ["", "![weights](weights.png)"]
@@ -242,7 +242,8 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
     head = ("| layer | t50 A | t50 B | t90 A | t90 B | final CKA(A, B) | weight change A | weight change B | "
             "activity A | activity B |")
     lines += [head, "|---|---|---|---|---|---|---|---|---|---|"]
-    changes = {tag: {layer: weight_change(r, layer) for layer in layers} for tag, r in (("A", a), ("B", b))}
+    changes = {tag: {layer: dyn[tag][layer].weight_change if tag in dyn else weight_change(r, layer) for layer in layers}
+               for tag, r in (("A", a), ("B", b))}
     metrics["weight_change"] = changes
     for layer in layers:
         da, db = dyn.get("A", {}).get(layer), dyn.get("B", {}).get(layer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from compare.settling import settled_at
 from replay.run_file import Run
 
 MEASURES = ("weight_change", "update_ratio", "grad_norm")  # the per-layer series of docs/run_schema.md
@@ -35,27 +36,25 @@ def weight_change(run: Run, layer: str, start: int | None = None, end: int | Non
     paths = layer_params(run, layer)
     if len(steps) < 2 or not paths:
         return None
-    a = run.weights(int(steps[0]) if start is None else start)
-    b = run.weights(int(steps[-1]) if end is None else end)
+    a = run.weights(int(steps[0]) if start is None else start, paths)
+    b = run.weights(int(steps[-1]) if end is None else end, paths)
     before = np.concatenate([a[p].ravel() for p in paths]).astype(np.float64)
     after = np.concatenate([b[p].ravel() for p in paths]).astype(np.float64)
     norm = np.linalg.norm(before)
     return float(np.linalg.norm(after - before) / norm) if norm > 0 else None
 
 
-def weight_series(run: Run, layer: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{measure: (steps, values)} of the per-step layer measures recorded for `layer` (empty if none)."""
+def weight_series(run: Run, layers: list[str]) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """{layer: {measure: (steps, values)}} of the per-step layer measures recorded (empty dicts where none)."""
     scalars = run.scalars()
-    return {m: scalars[f"{layer}/{m}"] for m in MEASURES if f"{layer}/{m}" in scalars}
+    return {layer: {m: scalars[f"{layer}/{m}"] for m in MEASURES if f"{layer}/{m}" in scalars} for layer in layers}
 
 
-def weight_settled(run: Run, layer: str, level: float) -> int | None:
-    """The first step from which the layer's weight change from init stays at or above `level` of its final
-    value: when the weights had travelled that share of their way (None without the series or movement)."""
-    series = weight_series(run, layer).get("weight_change")
-    if series is None or not len(series[1]) or not series[1][-1] > 0:
+def weight_settled(series: dict[str, tuple[np.ndarray, np.ndarray]], level: float) -> int | None:
+    """The first step from which a layer's weight change from init (`series`: one layer's `weight_series`)
+    stays at or above `level` of its final value: when the weights had travelled that share of their way
+    (None without the series or movement)."""
+    change = series.get("weight_change")
+    if change is None or not len(change[1]) or not change[1][-1] > 0:
         return None
-    steps, values = series
-    below = np.flatnonzero(values / values[-1] < level)
-    first = 0 if len(below) == 0 else below[-1] + 1
-    return int(steps[first]) if first < len(steps) else None
+    return settled_at(change[0], change[1] / change[1][-1], level)

@@ -30,7 +30,6 @@ from typing import Callable
 from compare import CompareOptions, compare
 from compare.dynamics import run_dynamics
 from compare.report import fmt_change
-from compare.weights import weight_change
 from experiments.configs import get_experiment
 from experiments.pair import reusable
 from recorder.config import RunConfig, apply_overrides
@@ -105,7 +104,7 @@ def _table(paths: dict[str, Path], plan: dict[str, RunConfig]) -> tuple[dict, li
             if variant == "source":
                 continue
             dyn = run_dynamics(run)
-            table[variant] = {layer: {"weight_change": weight_change(run, layer),
+            table[variant] = {layer: {"weight_change": dyn[layer].weight_change,
                                       "cka_to_start": float(dyn[layer].init_vs_final)} for layer in layers}
     src, tgt = plan["source"], plan["scratch"]
     frozen = ", ".join(plan["frozen"].freeze) or "none"

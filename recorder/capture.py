@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from recorder.analysis import gram_and_stats
-from recorder.taps import capture_taps, flatten_taps
+from recorder.taps import capture_taps, flatten_taps, path_name
 
 AFTER_NONLINEARITY = "after the nonlinearity"
 PRE_ACTIVATION = "pre-activation"  # a conv layer's own output: what is recorded when the model marks nothing
@@ -148,7 +148,7 @@ class Capture:
             kernel_shapes = {k: tuple(v) for k, v in summary["kernels"].items()}
             stage = AFTER_NONLINEARITY
         else:
-            convs = {"/".join(str(p) for p in path): m for path, m in nnx.iter_modules(model) if isinstance(m, nnx.Conv)}
+            convs = {path_name(path): m for path, m in nnx.iter_modules(model) if isinstance(m, nnx.Conv)}
             if not convs:
                 raise CaptureError(f"{type(model).__name__} has no tap() and no nnx.Conv: nothing to record")
 
@@ -156,10 +156,10 @@ class Capture:
                 logits, outputs = nnx.capture(inference_view(m), _ConvOutput, method_outputs=_ConvOutput)(x)
                 values = {}
                 for path, var in nnx.to_flat_state(outputs):
-                    name = "/".join(str(p) for p in path[:-1])
+                    name = path_name(path[:-1])
                     if path[-1] == "__call__" and name in convs:
                         values[name] = var.get_value()[-1]
-                kerns = {"/".join(str(p) for p in path): c.kernel[...]
+                kerns = {path_name(path): c.kernel[...]
                          for path, c in nnx.iter_modules(m) if isinstance(c, nnx.Conv)}
                 return logits, values, kerns
 

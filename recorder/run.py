@@ -107,6 +107,7 @@ class RunPlan:
     analysis_idx: np.ndarray | None  # test-split indices of the analysis images, or None
     eval_count: int
     init_note: str = ""  # what init_from did, in words
+    learning_rates: np.ndarray | None = None  # [total] the rate of each update under a schedule (logged), else None
 
     def probes(self) -> Probes:
         d = self.dataset
@@ -167,6 +168,7 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
     if frozen:
         log(f"frozen (no updates, inference mode): {', '.join(frozen)}")
     lr = learning_rate_schedule(config.learning_rate, config.lr_schedule, total)
+    learning_rates = None if config.lr_schedule == "constant" else np.asarray(jax.vmap(lr)(jnp.arange(total)))
     tx = make_optimizer(config.optimizer, lr, config.momentum, config.weight_decay)
     measured = {t["name"]: t["module"] for t in capture.summary["taps"] if t.get("module")}
     fns = make_step_functions(model, freezing(tx, nnx.state(model, nnx.Param), frozen), capture, frozen,
@@ -179,7 +181,7 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
                 f"analysing all {n}")
         analysis_idx = choose_analysis_probes(dataset.test_labels, n, len(dataset.class_names))
     return RunPlan(config, dataset, capture, fns, per_epoch, total, probe_idx, analysis_idx,
-                   min(config.eval_size, len(dataset.test_labels)), init_note)
+                   min(config.eval_size, len(dataset.test_labels)), init_note, learning_rates)
 
 
 def projected_bytes(rec: Recorder) -> int:
@@ -222,9 +224,6 @@ class TrainingLoop:
         self.step = 0
         self.stop_requested: str | None = None
         self._perm = (-1, np.zeros(0, np.int32))  # (epoch, its shuffle)
-        c = plan.config  # a scheduled learning rate is logged as a scalar series (host values, computed once)
-        self.learning_rates = None if c.lr_schedule == "constant" else np.asarray(
-            jax.vmap(learning_rate_schedule(c.learning_rate, c.lr_schedule, plan.total))(jnp.arange(plan.total)))
 
     def restore(self, step: int, state: TrainState) -> None:
         """Continues from `state`, the state after update `step` (a checkpoint's)."""
@@ -268,8 +267,8 @@ class TrainingLoop:
             if rec is None:
                 continue
             rec.write(step, frame, metrics)
-            if self.learning_rates is not None:
-                rec.log_scalars(step, learning_rate=float(self.learning_rates[step - 1]))
+            if plan.learning_rates is not None:  # host values: no device work per step
+                rec.log_scalars(step, learning_rate=float(plan.learning_rates[step - 1]))
             if self.evaluate and (c.eval_every and step % c.eval_every == 0 or step == plan.total):
                 loss, acc = evaluate(fns, self.state, self.test_x[:plan.eval_count], self.test_y[:plan.eval_count])
                 rec.log_eval(step, loss=loss, accuracy=acc)

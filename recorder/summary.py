@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from recorder.taps import call_order, capture_taps, flatten_taps, tap_sources
+from recorder.taps import call_order, capture_taps, flatten_taps, path_name, tap_sources
 
 
 class _Output(nnx.Intermediate):
@@ -52,9 +52,9 @@ def summarize(model: nnx.Module, input_shape: Sequence[int]) -> dict[str, Any]:
     for path, var in nnx.to_flat_state(outputs):
         module_path = tuple(path[:-1])
         value = var.get_value()[0]
-        module = module_at(model, "/".join(str(p) for p in module_path))
+        module = module_at(model, path_name(module_path))
         modules.append({
-            "path": "/".join(str(p) for p in module_path) or "(model)",
+            "path": path_name(module_path) or "(model)",
             "type": type(module).__name__,
             "output_shape": list(value.shape[1:]),
             "params": params_by_path.get(module_path, 0),
@@ -78,7 +78,7 @@ def summarize(model: nnx.Module, input_shape: Sequence[int]) -> dict[str, Any]:
 def _calls_logged(model: nnx.Module) -> Iterator[list[str]]:
     """Logs the path of every module of `model` whose `__call__` runs, in order (trace time; each class's
     `__call__` is wrapped for the duration and restored after)."""
-    paths = {id(m): "/".join(str(p) for p in path) for path, m in nnx.iter_modules(model)}
+    paths = {id(m): path_name(path) for path, m in nnx.iter_modules(model)}
     log: list[str] = []
     patched = {}
     for cls in {type(m) for m in (m for _, m in nnx.iter_modules(model))}:
@@ -108,7 +108,7 @@ def _count(state: nnx.State) -> int:
 def module_at(model: nnx.Module, path: str) -> nnx.Module:
     """The submodule of `model` at `path` (`/`-separated, "" for the model itself)."""
     for p, m in nnx.iter_modules(model):
-        if "/".join(str(x) for x in p) == path:
+        if path_name(p) == path:
             return m
     raise KeyError(path)
 

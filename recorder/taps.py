@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import jax
 from flax import nnx
@@ -77,6 +77,12 @@ def tap(module: nnx.Module, name: str, value: jax.Array, kernel: nnx.Param | jax
     return value
 
 
+def path_name(path: Sequence[Any]) -> str:
+    """A path as one `/`-separated name: NNX's (attribute names, list indices) or a JAX key path's entries
+    (`DictKey`, `SequenceKey`, `GetAttrKey`), so `convs/0/kernel` either way."""
+    return "/".join(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path)
+
+
 @contextlib.contextmanager
 def call_order() -> Iterator[list[tuple[nnx.Module, str, object]]]:
     """Collects (module, tap name, source module or kernel) in the order a forward pass calls `tap` (while
@@ -88,20 +94,15 @@ def call_order() -> Iterator[list[tuple[nnx.Module, str, object]]]:
         _order.calls = None
 
 
-def tap_names_in_call_order(model: nnx.Module, calls: list[tuple[nnx.Module, str, object]]) -> list[str]:
-    """Full tap names (see `flatten_taps`) in call order, from the log of `call_order`."""
-    return list(tap_sources(model, calls))
-
-
 def tap_sources(model: nnx.Module, calls: list[tuple[nnx.Module, str, object]]) -> dict[str, str | None]:
     """{full tap name: path of the module whose parameters computed it}, in call order: the tap's `source`, or
     the module holding its `kernel`; None when the tap names neither (or a kernel that is not a variable)."""
-    paths = {id(m): "/".join(str(p) for p in path) for path, m in nnx.iter_modules(model)}
+    paths = {id(m): path_name(path) for path, m in nnx.iter_modules(model)}
     owners = {}
     for path, m in nnx.iter_modules(model):
-        for attr, value in vars(m).items():
+        for value in vars(m).values():
             if isinstance(value, nnx.Variable):
-                owners[id(value)] = "/".join(str(p) for p in path)
+                owners[id(value)] = path_name(path)
     out: dict[str, str | None] = {}
     for module, name, source in calls:
         full = "/".join(p for p in (paths[id(module)], name) if p)
@@ -117,7 +118,7 @@ def flatten_taps(state: nnx.State) -> dict[str, jax.Array]:
     """
     out: dict[str, jax.Array] = {}
     for path, var in nnx.to_flat_state(state):
-        name = "/".join(str(p) for p in path).removesuffix(KERNEL_SUFFIX)
+        name = path_name(path).removesuffix(KERNEL_SUFFIX)
         values = var.get_value() if isinstance(var, nnx.Variable) else var
         if isinstance(values, tuple):
             if len(values) != 1:

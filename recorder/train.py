@@ -24,6 +24,7 @@ from flax import nnx
 from recorder.augment import augment, step_key
 from recorder.capture import Capture
 from recorder.summary import module_at
+from recorder.taps import path_name
 
 
 class TrainState(NamedTuple):
@@ -204,7 +205,7 @@ def layer_measures(measured: Mapping[str, str], params: nnx.State, start: nnx.St
             (("w", params), ("w0", start), ("dw", updates), ("g", grads))}
     out = {}
     for layer, module in measured.items():
-        keys = [k for k in flat["w"] if "/".join(map(str, k)).startswith(module + "/")]
+        keys = [k for k in flat["w"] if path_name(k).startswith(module + "/")]
 
         def norm(which: str, minus: str | None = None) -> jax.Array:
             leaves = [flat[which][k].get_value() - (flat[minus][k].get_value() if minus else 0) for k in keys]

@@ -20,6 +20,7 @@ import jax
 import optax
 from flax import nnx
 
+from recorder.taps import path_name
 from recorder.weights import assign, flat_weights, match_weights, read_weights
 
 
@@ -56,10 +57,6 @@ def frozen_paths(names: Sequence[str], summary: Mapping[str, Any]) -> tuple[str,
     return tuple(dict.fromkeys(out))
 
 
-def _path_of(keypath: tuple) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in keypath)
-
-
 def freezing(tx: optax.GradientTransformation, params: nnx.State,
              frozen: Sequence[str]) -> optax.GradientTransformation:
     """`tx` for every parameter but those under the `frozen` module paths, which get zero updates."""
@@ -67,7 +64,7 @@ def freezing(tx: optax.GradientTransformation, params: nnx.State,
         return tx
 
     def label(keypath: tuple, _: Any) -> str:
-        path = _path_of(keypath) + "/"
+        path = path_name(keypath) + "/"
         return "frozen" if any(path.startswith(f + "/") for f in frozen) else "trained"
 
     labels = jax.tree_util.tree_map_with_path(label, params)

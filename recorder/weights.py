@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from recorder.taps import path_name
 from recorder.writer import WeightSpec
 
 PARAM, BATCH_STAT = "Param", "BatchStat"
@@ -30,13 +31,6 @@ PARAM, BATCH_STAT = "Param", "BatchStat"
 
 class WeightsError(ValueError):
     """A weight source that cannot be read, or does not fit the model; the message says why."""
-
-
-def _key(entry: Any) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
 
 
 def flat_weights(*trees: Any) -> dict[str, tuple[Any, str]]:
@@ -54,10 +48,10 @@ def flat_weights(*trees: Any) -> dict[str, tuple[Any, str]]:
                 if isinstance(var, nnx.RngState):
                     continue
                 kind = BATCH_STAT if isinstance(var, nnx.BatchStat) else PARAM
-                out["/".join(str(p) for p in path)] = (var.get_value() if isinstance(var, nnx.Variable) else var, kind)
+                out[path_name(path)] = (var.get_value() if isinstance(var, nnx.Variable) else var, kind)
         else:
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-                out["/".join(_key(p) for p in path)] = (leaf, PARAM)
+                out[path_name(path)] = (leaf, PARAM)
     return out
 
 
@@ -166,7 +160,7 @@ def assign(model: nnx.Module, values: Mapping[str, np.ndarray]) -> None:
     """Writes `values` (`{path: array}`, as from `match_weights`) into the model's variables in place."""
     state = nnx.state(model)
     for path, var in nnx.to_flat_state(state):
-        key = "/".join(str(p) for p in path)
+        key = path_name(path)
         if key in values:
             var.set_value(jax.numpy.asarray(values[key]))
     nnx.update(model, state)

@@ -352,13 +352,14 @@ class Run:
         n = min([g["step"].shape[0], *(g[f"values/{s['path']}"].shape[0] for s in self.weight_specs)])
         return g["step"][:n]
 
-    def weights(self, step: int) -> dict[str, np.ndarray]:
-        """{path: float32 array} of the weights stored at `step` (see `weight_steps`)."""
+    def weights(self, step: int, paths: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """{path: float32 array} of the weights stored at `step` (see `weight_steps`): all, or those at `paths`."""
         stored = self.weight_steps.tolist()
         if step not in stored:
             raise KeyError(f"{self.path} stores weights at steps {stored}, not at {step}")
         row = stored.index(step)
-        return {s["path"]: self._f[f"weights/values/{s['path']}"][row] for s in self.weight_specs}
+        wanted = [s["path"] for s in self.weight_specs] if paths is None else paths
+        return {p: self._f[f"weights/values/{p}"][row] for p in wanted}
 
     def close(self) -> None:
         self._f.close()

@@ -36,14 +36,15 @@ def test_a_frozen_layer_reports_no_change_and_the_step_agrees_with_the_stored_we
                        analysis_probes=16, checkpoint_every=0, freeze=("conv1",))
     record(config, tmp_path / "f.h5", show_progress=False, log=lambda s: None)
     with open_run(tmp_path / "f.h5") as run:
-        frozen, trained = weight_series(run, "conv1"), weight_series(run, "conv2")
+        series = weight_series(run, ["conv1", "conv2"])
+        frozen, trained = series["conv1"], series["conv2"]
         assert frozen["weight_change"][0].tolist() == list(range(1, 9))
         assert np.all(frozen["weight_change"][1] == 0) and np.all(frozen["update_ratio"][1] == 0)
         assert np.all(frozen["grad_norm"][1] > 0)  # the gradient exists; the optimiser gives it no update
-        assert weight_settled(run, "conv1", 0.9) is None and weight_change(run, "conv1") == 0
+        assert weight_settled(frozen, 0.9) is None and weight_change(run, "conv1") == 0
         assert np.all(np.diff(trained["weight_change"][1]) != 0) and np.all(trained["update_ratio"][1] > 0)
         assert trained["weight_change"][1][-1] == pytest.approx(weight_change(run, "conv2"), rel=1e-5)
-        w90 = weight_settled(run, "conv2", 0.9)
+        w90 = weight_settled(trained, 0.9)
         assert w90 is not None and trained["weight_change"][1][w90 - 1] >= 0.9 * trained["weight_change"][1][-1]
         flags = layer_dynamics(run, "conv1").flags
         assert any(f.startswith("no change: CKA(init, final) = 1.000 and weight change 0") for f in flags), flags
