@@ -16,6 +16,7 @@ Sources `init_from` accepts (`read_weights`):
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -74,8 +75,11 @@ def read_weights(spec: str) -> LoadedWeights:
     if not path.exists():
         raise WeightsError(f"init_from: no file at {path}")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return LoadedWeights({k: np.asarray(data[k]) for k in data.files}, str(path))
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return LoadedWeights({k: np.asarray(data[k]) for k in data.files}, str(path))
+        except (ValueError, OSError, zipfile.BadZipFile) as e:  # not an archive, or arrays of Python objects
+            raise WeightsError(f"init_from: {path} is not a NumPy .npz archive of arrays: {e}") from None
     if path.suffix == ".msgpack":
         from flax import serialization
 

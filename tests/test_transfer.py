@@ -150,3 +150,11 @@ def test_transfer_experiment_reports_which_layers_moved(tmp_path):
     assert "| conv1 | 0 |" in text and (result.report.parent / "conv1_side_by_side.gif").exists()
     with open_run(result.runs["scratch"]) as scratch:
         assert scratch.initialised_from == "" and scratch.config["init_from"] is None
+
+
+def test_a_damaged_weight_file_is_one_clear_error(tmp_path):
+    model = build_model("tiny_cnn", (28, 28, 1), 10, "tanh", 0)
+    for name in ("w.npz", "w.msgpack"):
+        (tmp_path / name).write_bytes(b"not weights")
+        with pytest.raises(WeightsError, match=rf"init_from: {tmp_path / name} is not a (NumPy \.npz archive|Flax msgpack)"):
+            initialise(model, str(tmp_path / name), summarize(model, (28, 28, 1)))
