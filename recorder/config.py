@@ -68,6 +68,7 @@ class RunConfig:
     dropout: float | None = None  # dropout rate before the dense layers; None: the model's own (0 but vgg_bn)
     head: str = "default"  # the conv-to-dense transition: default (the model's own) | flatten | gap (global average)
     augment: tuple[str, ...] = ()  # on-device augmentation of training batches: shift, flip (recorder/augment.py)
+    snapshots: int = 0  # weights stored at this many log-spaced steps (>= 2); 0: step 0 and the last only
 
     def validate(self) -> "RunConfig":
         """Raises ConfigError naming the bad field and the valid options; returns self."""
@@ -93,6 +94,8 @@ class RunConfig:
         for kind in self.augment:
             if kind not in AUGMENTATIONS:
                 raise ConfigError(f"unknown augmentation {kind!r}; expected any of: {', '.join(AUGMENTATIONS)}")
+        if self.snapshots < 0 or self.snapshots == 1:
+            raise ConfigError(f"snapshots must be 0 (the first and last step only) or >= 2, got {self.snapshots}")
         if not self.weight_decay >= 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.dropout is not None and not 0 <= self.dropout < 1:

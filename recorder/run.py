@@ -34,7 +34,7 @@ from recorder.models import build_model
 from recorder.probes import choose_probes
 from recorder.progress import Progress
 from recorder.recorder import Probes, Recorder, RecorderError
-from recorder.schedule import recorded_steps
+from recorder.schedule import recorded_steps, snapshot_steps
 from recorder.summary import format_summary
 from recorder.transfer import freezing, frozen_paths, initialise
 from recorder.weights import WeightsError
@@ -184,15 +184,15 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
                    min(config.eval_size, len(dataset.test_labels)), init_note, learning_rates)
 
 
-def projected_bytes(rec: Recorder) -> int:
-    """An upper bound of the run file's size before compression."""
+def projected_bytes(rec: Recorder, weight_rows: int = 2) -> int:
+    """An upper bound of the run file's size before compression (`weight_rows`: steps with stored weights)."""
     layout = rec.layout
     p = len(layout.probe_labels)
     item = np.dtype(layout.dtype).itemsize
     frame = sum(p * int(np.prod(s.shape)) * item for s in layout.layers)
     frame += sum(4 * int(np.prod(s.kernel_shape)) for s in layout.layers if s.kernel_shape)
     frame += 4 * p * layout.num_classes + 16
-    total = len(rec.frame_steps) * frame
+    total = len(rec.frame_steps) * frame + weight_rows * sum(4 * int(np.prod(s.shape)) for s in layout.weights)
     if layout.analysis is not None:
         n = len(layout.analysis.indices)
         total += len(rec.analysis_steps) * len(layout.layers) * 4 * (n * (n + 1) // 2 + len(layout.analysis.stat_names))
@@ -221,6 +221,7 @@ class TrainingLoop:
         self.analysis_x = None if plan.analysis_idx is None else to_inputs(jax.device_put(d.test_images[plan.analysis_idx]))
         self.state = jax.tree.map(jnp.copy, fns.init_state)  # its own copy: the steps donate the state they get
         self.initial_params = jax.tree.map(jnp.copy, fns.init_state.params)  # W_0 of the per-layer measures
+        self.snapshots = set(snapshot_steps(plan.config.snapshots, plan.total).tolist()) - {0, plan.total}
         self.step = 0
         self.stop_requested: str | None = None
         self._perm = (-1, np.zeros(0, np.int32))  # (epoch, its shuffle)
@@ -267,6 +268,8 @@ class TrainingLoop:
             if rec is None:
                 continue
             rec.write(step, frame, metrics)
+            if step in self.snapshots:  # the first and the last are written by start() and at the end
+                rec.write_weights(step, plan.weights(self.state))
             if plan.learning_rates is not None:  # host values: no device work per step
                 rec.log_scalars(step, learning_rate=float(plan.learning_rates[step - 1]))
             if self.evaluate and (c.eval_every and step % c.eval_every == 0 or step == plan.total):
@@ -405,10 +408,14 @@ def record(
     log(f"{config.experiment}: {config.model} ({config.activation}) on {d.name} [{d.origin}], {plan.total} steps "
         f"({plan.per_epoch}/epoch, batch {config.batch_size}), {len(rec.frame_steps)} frames ({config.schedule}) "
         f"on {len(plan.probe_idx)} probes -> {path}")
+    weight_rows = len(snapshot_steps(config.snapshots, plan.total))
+    if config.snapshots:
+        size = weight_rows * sum(4 * int(np.prod(s.shape)) for s in rec.layout.weights)
+        log(f"snapshots: weights at {weight_rows} log-spaced steps, {size / 1e6:.1f} MB before compression")
     if plan.analysis_idx is not None:
         log(f"analysis: {len(plan.analysis_idx)} held-out test images at {len(rec.analysis_steps)} steps (centred "
             "Grams and activity statistics per layer, float32)")
-    projected = projected_bytes(rec)
+    projected = projected_bytes(rec, weight_rows)
     log(f"projected file size: at most {projected / 1e6:.1f} MB before compression ({config.dtype})")
     if projected > LARGE_FILE_BYTES:
         log(f"warning: this run will write up to {projected / 1e9:.1f} GB; consider --set schedule=log:300 "

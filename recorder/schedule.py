@@ -37,3 +37,11 @@ def recorded_steps(spec: str, total_steps: int) -> np.ndarray:
             num += max(1, want - len(steps))
         steps = np.concatenate([[0], steps])
     return np.unique(np.concatenate([steps, [total_steps]])).astype(np.int64)
+
+
+def snapshot_steps(n: int, total_steps: int) -> np.ndarray:
+    """The steps whose weights a run stores (`snapshots=n`): 0 and the last always; for n >= 2, n log-spaced
+    steps (as `log:n` frames), dense early where features change fastest."""
+    if n < 2:
+        return np.unique(np.asarray([0, total_steps], np.int64))
+    return recorded_steps(f"log:{n}", total_steps)

@@ -1,0 +1,118 @@
+"""The per-channel measures (compare/channels.py) and linear probes (compare/probes.py) of one run, over the
+steps whose weights it stores (compare/snapshots.py): one forward pass of the measure images per step.
+
+    with open_run("runs/learn_to_see.h5") as run:
+        m = measure_run(run)
+    m.layers["conv1"].probe_accuracy[-1], m.layers["conv1"].settle(0.9)
+
+The last stored step is "the end" of the correlations. Without snapshots a completed run stores step 0 and
+its last step: the correlations, selectivity and probes then exist at those two steps, and no settle step is
+meaningful; record with `--set snapshots=N` to follow them over training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+from flax import nnx
+
+from compare import channels as ch
+from compare.probes import ProbeResult, linear_probe, split_balanced
+from compare.snapshots import MEASURE_IMAGES, MeasureSet, Snapshots, measure_set
+from replay.run_file import Run
+from recorder.capture import PRE_ACTIVATION
+
+
+@dataclasses.dataclass
+class LayerMeasures:
+    layer: str
+    steps: np.ndarray  # [S] stored steps
+    correlation: np.ndarray  # [S, C] ρ_c(t) to the last step
+    selectivity: np.ndarray  # [S, C]
+    preferred: np.ndarray  # [S, C] the class with the largest mean response
+    saturated_share: np.ndarray  # [S, C]
+    dead: np.ndarray  # [S, C] bool
+    constant: np.ndarray  # [S, C] bool
+    probes: list[ProbeResult]  # [S]
+    activity: str  # "a" or "|a|": what selectivity averages
+
+    @property
+    def progress(self) -> np.ndarray:
+        return ch.progress(self.correlation)
+
+    def settle(self, level: float) -> list[int | None]:
+        return ch.settle_steps(self.steps, self.progress, level)
+
+    @property
+    def probe_accuracy(self) -> np.ndarray:
+        return np.asarray([p.accuracy for p in self.probes])
+
+    def flags(self) -> list[str]:
+        """Dead, constant-but-not-dead and saturated channels at the last stored step, by name."""
+        out = []
+        dead, const = self.dead[-1], self.constant[-1] & ~self.dead[-1]
+        sat = self.saturated_share[-1] > ch.SATURATED_SHARE
+        for word, mask in (("dead", dead), ("constant", const), ("saturated", sat)):
+            if mask.any():
+                out.append(f"{word} channels: {', '.join(ch.named(self.layer, mask))} "
+                           f"({int(mask.sum())} of {len(mask)})")
+        return out
+
+    def unchanged(self) -> bool:
+        """Every channel responds at the end as at the start (ρ(first, last) >= 1 - MIN_CHANGE)."""
+        rho = self.correlation[0]
+        return bool(np.all(np.isfinite(rho)) and np.all(rho >= 1 - ch.MIN_CHANGE))
+
+
+@dataclasses.dataclass
+class RunMeasures:
+    steps: np.ndarray
+    measure_set: str  # in words
+    n_fit: int
+    n_eval: int
+    layers: dict[str, LayerMeasures]
+    input_probe: ProbeResult  # the same probe on the raw pixels: the depth-0 reference
+    logits_probe: list[ProbeResult]  # [S] on the model's logits
+
+
+def measure_run(run: Run, layers: list[str] | None = None, n: int = MEASURE_IMAGES, model: nnx.Module | None = None,
+                log: Callable[[str], None] = lambda s: None) -> RunMeasures:
+    """Runs the measures of the module docs; raises SnapshotError when the run cannot be re-run."""
+    snaps = Snapshots(run, model)
+    data: MeasureSet = measure_set(run, n)
+    layers = list(layers or run.layers)
+    fit, held = split_balanced(data.labels)
+    k = data.num_classes
+    probe = lambda x: linear_probe(x[fit], data.labels[fit], x[held], data.labels[held], k)  # noqa: E731
+    steps = np.asarray(snaps.steps)
+    nonneg = {n_: run.activation_name(n_) in ch.NONNEGATIVE and run.layer_stage(n_) != PRE_ACTIVATION
+              for n_ in layers}
+    log(f"measures: {len(steps)} stored steps x {data.rule}; linear probes fit on {len(fit)}, evaluated on "
+        f"{len(held)}")
+    _, final = snaps.forward(int(steps[-1]), data.images)
+    rows: dict[str, dict[str, list]] = {n_: {k_: [] for k_ in ("rho", "si", "pref", "sat", "dead", "const", "probe")}
+                                        for n_ in layers}
+    logits_probe = []
+    for s in steps:
+        logits, acts = snaps.forward(int(s), data.images)
+        logits_probe.append(probe(logits))
+        for name in layers:
+            a, r = acts[name], rows[name]
+            r["rho"].append(ch.correlation(a, final[name]))
+            means = ch.class_means(ch.unit_responses(a, nonneg[name]), data.labels, k)
+            r["si"].append(ch.selectivity(means))
+            r["pref"].append(np.argmax(means, 0))
+            state = ch.channel_state(a)
+            r["sat"].append(state.saturated_share)
+            r["dead"].append(state.dead)
+            r["const"].append(state.constant)
+            r["probe"].append(probe(a))
+        log(f"  step {int(s)}: " + " ".join(f"{n_} {rows[n_]['probe'][-1].accuracy:.3f}" for n_ in layers))
+    out = {name: LayerMeasures(name, steps, np.stack(r["rho"]), np.stack(r["si"]), np.stack(r["pref"]),
+                               np.stack(r["sat"]), np.stack(r["dead"]), np.stack(r["const"]), r["probe"],
+                               "a" if nonneg[name] else "|a|")
+           for name, r in rows.items()}
+    pixels = data.images.astype(np.float64) / 255.0
+    return RunMeasures(steps, data.rule, len(fit), len(held), out, probe(pixels), logits_probe)
