@@ -1,5 +1,5 @@
 """The per-channel measures (compare/channels.py) and linear probes (compare/probes.py) of one run, over the
-steps whose weights it stores (compare/snapshots.py): one forward pass of the measure images per step.
+steps whose weights it stores (replay/snapshots.py): one forward pass of the measure images per step.
 
     with open_run("runs/learn_to_see.h5") as run:
         m = measure_run(run)
@@ -19,8 +19,8 @@ import numpy as np
 from flax import nnx
 
 from compare import channels as ch
-from compare.probes import ProbeResult, linear_probe, split_balanced
-from compare.snapshots import MEASURE_IMAGES, MeasureSet, Snapshots, measure_set
+from compare.probes import ProbeResult, linear_probe, probe_positions, split_balanced
+from replay.snapshots import MEASURE_IMAGES, MeasureSet, Snapshots, measure_set
 from replay.run_file import Run
 from recorder.capture import PRE_ACTIVATION
 
@@ -35,7 +35,7 @@ class LayerMeasures:
     saturated_share: np.ndarray  # [S, C]
     dead: np.ndarray  # [S, C] bool
     constant: np.ndarray  # [S, C] bool
-    probes: list[ProbeResult]  # [S]
+    probes: list[ProbeResult | None]  # [S]: at the probed steps (`probed`), None elsewhere
     activity: str  # "a" or "|a|": what selectivity averages
 
     @property
@@ -47,7 +47,8 @@ class LayerMeasures:
 
     @property
     def probe_accuracy(self) -> np.ndarray:
-        return np.asarray([p.accuracy for p in self.probes])
+        """[S] held-out accuracy of the linear probe, NaN at steps not probed."""
+        return np.asarray([p.accuracy if p is not None else np.nan for p in self.probes])
 
     def flags(self) -> list[str]:
         """Dead, constant-but-not-dead and saturated channels at the last stored step, by name."""
@@ -74,7 +75,8 @@ class RunMeasures:
     n_eval: int
     layers: dict[str, LayerMeasures]
     input_probe: ProbeResult  # the same probe on the raw pixels: the depth-0 reference
-    logits_probe: list[ProbeResult]  # [S] on the model's logits
+    logits_probe: list[ProbeResult | None]  # [S] on the model's logits
+    probed: np.ndarray  # [S] bool: the steps with linear probes
 
 
 def measure_run(run: Run, layers: list[str] | None = None, n: int = MEASURE_IMAGES, model: nnx.Module | None = None,
@@ -85,8 +87,13 @@ def measure_run(run: Run, layers: list[str] | None = None, n: int = MEASURE_IMAG
     layers = list(layers or run.layers)
     fit, held = split_balanced(data.labels)
     k = data.num_classes
-    probe = lambda x: linear_probe(x[fit], data.labels[fit], x[held], data.labels[held], k)  # noqa: E731
     steps = np.asarray(snaps.steps)
+    probed = np.zeros(len(steps), bool)
+    probed[probe_positions(len(steps))] = True
+
+    def probe(x: np.ndarray, at: int = -1) -> ProbeResult | None:
+        return linear_probe(x[fit], data.labels[fit], x[held], data.labels[held], k) if probed[at] else None
+
     nonneg = {n_: run.activation_name(n_) in ch.NONNEGATIVE and run.layer_stage(n_) != PRE_ACTIVATION
               for n_ in layers}
     log(f"measures: {len(steps)} stored steps x {data.rule}; linear probes fit on {len(fit)}, evaluated on "
@@ -95,9 +102,9 @@ def measure_run(run: Run, layers: list[str] | None = None, n: int = MEASURE_IMAG
     rows: dict[str, dict[str, list]] = {n_: {k_: [] for k_ in ("rho", "si", "pref", "sat", "dead", "const", "probe")}
                                         for n_ in layers}
     logits_probe = []
-    for s in steps:
+    for i, s in enumerate(steps):
         logits, acts = snaps.forward(int(s), data.images)
-        logits_probe.append(probe(logits))
+        logits_probe.append(probe(logits, i))
         for name in layers:
             a, r = acts[name], rows[name]
             r["rho"].append(ch.correlation(a, final[name]))
@@ -108,11 +115,12 @@ def measure_run(run: Run, layers: list[str] | None = None, n: int = MEASURE_IMAG
             r["sat"].append(state.saturated_share)
             r["dead"].append(state.dead)
             r["const"].append(state.constant)
-            r["probe"].append(probe(a))
-        log(f"  step {int(s)}: " + " ".join(f"{n_} {rows[n_]['probe'][-1].accuracy:.3f}" for n_ in layers))
+            r["probe"].append(probe(a, i))
+        if probed[i]:
+            log(f"  step {int(s)}: linear probes " + " ".join(f"{n_} {rows[n_]['probe'][-1].accuracy:.3f}" for n_ in layers))
     out = {name: LayerMeasures(name, steps, np.stack(r["rho"]), np.stack(r["si"]), np.stack(r["pref"]),
                                np.stack(r["sat"]), np.stack(r["dead"]), np.stack(r["const"]), r["probe"],
                                "a" if nonneg[name] else "|a|")
            for name, r in rows.items()}
     pixels = data.images.astype(np.float64) / 255.0
-    return RunMeasures(steps, data.rule, len(fit), len(held), out, probe(pixels), logits_probe)
+    return RunMeasures(steps, data.rule, len(fit), len(held), out, probe(pixels), logits_probe, probed)

@@ -132,3 +132,51 @@ def plot_weights(series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], ti
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def plot_channels(layers: dict, title: str, path: Path) -> Path:
+    """One panel per layer (`layers`: name -> compare.measures.LayerMeasures): each channel's correlation with its
+    own final response over the stored steps, and the layer's mean class selectivity."""
+    plt = _plt()
+    n = len(layers)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=110, squeeze=False)
+    for ax, (name, m) in zip(axes.ravel(), layers.items()):
+        steps = np.maximum(m.steps, 0.5)  # step 0 drawn at 0.5 on the log axis
+        ax.plot(steps, m.correlation, "-", color="#3b6ea8", lw=0.8, alpha=0.7)
+        ax.plot(steps, np.nanmean(m.selectivity, axis=1), "-", color="#c0392b", lw=1.8, label="mean selectivity")
+        for level in (0.5, 0.9):
+            ax.axhline(level, color="grey", lw=0.6, ls="--")
+        ax.set_xscale("log")
+        ax.set_ylim(-1.02, 1.02)
+        ax.set_title(f"{name}: {m.correlation.shape[1]} channels", fontsize=9)
+        ax.set_xlabel("step (0 drawn at 0.5)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("blue: ρ(channel at t, itself at the end)")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_probes(runs: dict, path: Path) -> Path:
+    """Linear-probe accuracy per layer in depth order at the first and the last stored step, one colour per run
+    (`runs`: tag -> compare.measures.RunMeasures), with the pixels' own accuracy as depth 0."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+    for colour, (tag, m) in zip(["#1f4e79", "#c0392b", "#2e7d32"], runs.items()):
+        names = ["pixels", *m.layers, "logits"]
+        x = np.arange(len(names))
+        first = [m.input_probe.accuracy, *(l.probe_accuracy[0] for l in m.layers.values()), m.logits_probe[0].accuracy]
+        last = [m.input_probe.accuracy, *(l.probe_accuracy[-1] for l in m.layers.values()),
+                m.logits_probe[-1].accuracy]
+        ax.plot(x, last, "o-", color=colour, lw=1.8, label=f"{tag}: step {int(m.steps[-1])}")
+        ax.plot(x, first, "o--", color=colour, lw=0.9, alpha=0.6, label=f"{tag}: step {int(m.steps[0])}")
+        ax.set_xticks(x, names, fontsize=8)
+    ax.set_ylabel(f"held-out accuracy (fit {m.n_fit}, evaluated on {m.n_eval} images)")
+    ax.set_title("linear probes (ridge classifier on the flattened activations)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

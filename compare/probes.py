@@ -10,7 +10,7 @@ and its held-out accuracy is argmax(X_eval W + b) = label on the evaluation imag
 λ = mean(diag K) × 10^k, k = -6 .. 2. The choice is scale-invariant, so a layer whose activations are tiny
 (at initialisation) is probed as fairly as a large one.
 
-Fit and evaluation images (`split_balanced`): the measure set (compare/snapshots.py), alternating within
+Fit and evaluation images (`split_balanced`): the measure set (replay/snapshots.py), alternating within
 each class: each half is class-balanced, and no image is in both.
 """
 
@@ -21,6 +21,15 @@ import dataclasses
 import numpy as np
 
 LAMBDA_EXPONENTS = np.arange(-6, 3)
+PROBE_STEPS = 8  # linear probes at most at this many of the stored steps (each costs an n x n eigensolve per layer)
+
+
+def probe_positions(count: int, most: int = PROBE_STEPS) -> np.ndarray:
+    """Positions among `count` stored steps that get linear probes: all of them, or `most` spread evenly over
+    the positions (the stored steps are log-spaced already), the first and last included."""
+    if count <= most:
+        return np.arange(count)
+    return np.unique(np.rint(np.linspace(0, count - 1, most)).astype(int))
 
 
 def split_balanced(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

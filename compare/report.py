@@ -22,7 +22,9 @@ from typing import Any, Callable
 import numpy as np
 
 from compare import plots
+from compare.channels import distribution
 from compare.dynamics import LayerDynamics, run_dynamics
+from compare.measures import RunMeasures, measure_run
 from compare.weights import weight_change, weight_series, weight_settled
 from compare.side_by_side import PairFrames, shared_steps
 from compare.cross import cross_similarity, probe_set_mismatch
@@ -46,6 +48,7 @@ class CompareOptions:
     fps: float = 20.0
     max_mb: float | None = None
     gifs: bool = True
+    measures: bool = True  # per-channel measures and linear probes, re-running the model (compare/measures.py)
 
 
 @dataclasses.dataclass
@@ -125,6 +128,18 @@ RULES = """## Definitions
   (kernel, bias, BatchNorm scale and offset), between the first and last weights the file stores (step 0, or
   the weights it was initialised from, and the end); 0 for a frozen layer, "-" when the file stores no weights
   (recorded before schema 5) or the layer names no module.
+- **Per channel** (from the weights the file stores, re-running the model on held-out images; see
+  compare/channels.py): ρ = correlation of a channel's response (every value of its map on every measure
+  image) with its own response at the last stored step; its progress (ρ(t) − ρ(0)) / (1 − ρ(0)); **s50 / s90**
+  = the first stored step from which that progress stays ≥ 0.5 / 0.9 (median [quartiles] over the channels
+  that changed); **selectivity** = (μmax − μ−max) / (μmax + μ−max) of the class-conditional mean responses
+  (Morcos et al. 2018; of |a| for activations that take both signs), mean over channels; **dead** = 0 on every
+  image everywhere, **saturated** = more than 90% of values with |a| > 0.99, at the last stored step.
+- **Linear probe** (Alain & Bengio 2016): held-out accuracy of a closed-form ridge classifier on the layer's
+  flattened activations (λ by leave-one-out on the fit images); fit and evaluation images are disjoint,
+  class-balanced halves of the measure images; "pixels" is the same probe on the input.
+- A layer is **no change** only when the weights (< 5% moved), the channels (every ρ(start, end) ≥ 0.995)
+  and the similarity (CKA) all say so.
 - **saturated**: fraction of activations with |a| > 0.99 (tanh, sigmoid); **dead**: fraction of units
   (position, channel) exactly 0 on every analysis image (relu and other activations), at the last analysed step.
 """
@@ -178,8 +193,81 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
     if any(series.values()):
         files.append(plots.plot_weights({k: v for k, v in series.items() if v}, run.path.name, out / "weights.png"))
         lines += ["", "![weights](weights.png)"]
+    notes: list[str] = []
+    if options.measures:
+        measured = _measure(run, layers, notes, log)
+        if measured is not None:
+            _reconcile(dyn, measured)
+            lines += ["", *_measures_table(measured)]
+            metrics["measures"] = {"A": _measures_json(measured)}
+            files.append(plots.plot_channels(measured.layers, f"{run.path.name}: per-channel measures",
+                                             out / "channels.png"))
+            files.append(plots.plot_probes({"A": measured}, out / "probes.png"))
+            lines += ["", "![channels](channels.png)", "", "![probes](probes.png)"]
+    lines += [f"Note: {n}" for n in notes]
     lines += ["", "![dynamics](dynamics_A.png)", "", "![activity](activity.png)", "", RULES]
-    return _finish(out, lines, metrics, files, [], log)
+    return _finish(out, lines, metrics, files, notes, log)
+
+
+def _measure(run: Run, layers: list[str], notes: list[str], log: Callable[[str], None]) -> RunMeasures | None:
+    """The run's per-channel measures and linear probes, or None with a note saying why they are missing."""
+    from replay.snapshots import SnapshotError
+
+    try:
+        return measure_run(run, layers, log=log)
+    except SnapshotError as e:
+        notes.append(f"per-channel measures and linear probes skipped: {e}")
+        return None
+
+
+def _reconcile(dyn: dict[str, LayerDynamics], measured: RunMeasures) -> None:
+    """A layer is "no change" only when its channels agree too (see RULES); adds the channel flags."""
+    for name, d in dyn.items():
+        m = measured.layers.get(name)
+        if m is None:
+            continue
+        rho = float(np.nanmedian(m.correlation[0]))
+        changed = f"its channels' responses changed (median ρ(start, end) = {rho:.3f})"
+        if not m.unchanged():
+            d.flags = [f"similar geometry: {f.removeprefix('no change: ')}, yet {changed}" if f.startswith("no change")
+                       else f"{f}, and {changed}" if f.startswith("similar geometry") else f for f in d.flags]
+        d.flags = sorted(d.flags + m.flags())
+
+
+def _spread(values: list[int | None]) -> str:
+    d = distribution(values)
+    if d is None:
+        return "-"
+    return f"{d[0]:g} [{d[1]:g}–{d[2]:g}]" + (f" ({d[3]} of {len(values)})" if d[3] < len(values) else "")
+
+
+def _measures_table(m: RunMeasures) -> list[str]:
+    first, last = int(m.steps[0]), int(m.steps[-1])
+    lines = [f"Per channel and linear probes, from the weights stored at {len(m.steps)} steps ({first}–{last}), on "
+             f"{m.measure_set}; linear probes fit on {m.n_fit} and evaluated on {m.n_eval} of them, at "
+             f"{int(m.probed.sum())} of the steps.", "",
+             f"| layer | channels | median ρ(step {first}, end) | s50 | s90 | selectivity {first} → {last} | "
+             f"linear probe {first} → {last} |", "|---|---|---|---|---|---|---|",
+             f"| pixels | | | | | | {m.input_probe.accuracy:.3f} |"]
+    for name, l in m.layers.items():
+        si = np.nanmean(l.selectivity, axis=1)
+        lines.append(f"| {name} | {l.correlation.shape[1]} | {_fmt(float(np.nanmedian(l.correlation[0])))} | "
+                     f"{_spread(l.settle(0.5))} | {_spread(l.settle(0.9))} | {_fmt(float(si[0]))} → "
+                     f"{_fmt(float(si[-1]))} | {_fmt(float(l.probe_accuracy[0]))} → {_fmt(float(l.probe_accuracy[-1]))} |")
+    lines.append(f"| logits | | | | | | {m.logits_probe[0].accuracy:.3f} → {m.logits_probe[-1].accuracy:.3f} |")
+    return lines
+
+
+def _measures_json(m: RunMeasures) -> dict[str, Any]:
+    return {"steps": m.steps.tolist(), "measure_set": m.measure_set, "n_fit": m.n_fit, "n_eval": m.n_eval,
+            "probed_steps": m.steps[m.probed].tolist(), "pixels_probe": m.input_probe.accuracy,
+            "logits_probe": [p.accuracy if p else None for p in m.logits_probe],
+            "layers": {n: {"correlation": [[_num(x) for x in row] for row in l.correlation],
+                           "s50": l.settle(0.5), "s90": l.settle(0.9),
+                           "selectivity": [[_num(x) for x in row] for row in l.selectivity],
+                           "preferred_class": l.preferred.tolist(), "activity": l.activity,
+                           "probe_accuracy": [_num(x) for x in l.probe_accuracy], "flags": l.flags()}
+                       for n, l in m.layers.items()}}
 
 
 def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[[str], None]) -> CompareReport:

@@ -89,6 +89,7 @@ def _replay(args: argparse.Namespace) -> int:
         metrics_stamp=not args.no_metrics,
         mp4=args.mp4,
         snapshot_steps=tuple(args.step or ()),
+        maximise=None if args.maximise is None else tuple(n for n in args.maximise.split(",") if n and n != "all"),
     )
     out = Path(args.out) if args.out else Path(args.run).with_suffix("")
     report = replay(args.run, out, options, log=lambda line: print(f"  {line}"))
@@ -103,7 +104,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     runs = [args.run_a] + ([args.run_b] if args.run_b else [])
     options = CompareOptions(force=args.force, layers=tuple(args.layers.split(",")) if args.layers else None,
-                             every=args.every, zoom=args.zoom, fps=args.fps, max_mb=args.max_mb, gifs=not args.no_gifs)
+                             every=args.every, zoom=args.zoom, fps=args.fps, max_mb=args.max_mb, gifs=not args.no_gifs,
+                             measures=not args.no_measures)
     if args.out:
         out = Path(args.out)
     elif args.run_b:
@@ -202,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "S for [-S, S], LO:HI, 'channel' (per-channel percentile rule) or 'auto'")
     rep.add_argument("--step", type=int, action="append", metavar="N", help="also write snapshot PNGs of every "
                      "layer at recorded step N, and of each probe's feature maps (repeatable)")
+    rep.add_argument("--maximise", nargs="?", const="all", metavar="LAYERS", help="also render feature "
+                     "visualisation GIFs: the input that maximises each channel (and each class: 'logits') at every "
+                     "step whose weights the run stores (record with --set snapshots=N for many); default all layers "
+                     "and the logits; needs the run's dataset and a model emergence builds")
     rep.add_argument("--no-metrics", action="store_true", help="stamp only the step, not the accuracies")
     rep.add_argument("--mp4", action="store_true", help="also write MP4s (needs imageio's ffmpeg plugin: "
                      "pip install 'emergence[video]')")
@@ -226,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--fps", type=float, default=20.0)
     cmp.add_argument("--max-mb", type=float, metavar="MB", help="largest size of each side-by-side GIF")
     cmp.add_argument("--no-gifs", action="store_true", help="measurements and plots only")
+    cmp.add_argument("--no-measures", action="store_true", help="skip the per-channel measures and linear probes "
+                     "(they re-run the model at every stored weight step on 2,000 held-out images)")
     cmp.set_defaults(func=_compare)
 
     srv = sub.add_parser(

@@ -53,6 +53,7 @@ class ReplayOptions:
     snapshot_steps: tuple[int, ...] = ()
     kernels: bool = True
     curves: bool = True
+    maximise: tuple[str, ...] | None = None  # feature visualisation (replay/maximise.py): layers, () = all + logits
 
 
 @dataclasses.dataclass
@@ -163,6 +164,15 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
                                      f"colour scale {frames.scale.describe()}."))
                 report.animations.append((name, animate(name, frames, "Filters", f"{layer} weights over training."),
                                           frames.scale.describe()))
+
+        if options.maximise is not None:
+            from replay.maximise import write_maximise_gifs
+
+            for gif, caption, size in write_maximise_gifs(path, out, list(options.maximise) or None,
+                                                          zoom=options.zoom, log=log):
+                entries.append(Entry("Feature visualisation", gif.stem, gif.name, caption))
+                sizes[gif.name] = size
+                report.pictures.append(gif)
 
         for step in options.snapshot_steps:
             report.pictures += _snapshots(run, layer_frames, step, probes, style, options, out, entries, sizes)

@@ -1,6 +1,6 @@
 """A run's model at the steps whose weights the file stores, run again on fixed held-out images: what the
 per-channel measures (compare/channels.py), the linear probes (compare/probes.py) and feature visualisation
-(compare/maximise.py) read.
+(replay/maximise.py) read.
 
 The model is rebuilt from the run's config with `recorder.models.build_model` (model, activation, options,
 input shape, class count), or is the model passed in (a run recorded through the Recorder API with its own
