@@ -17,8 +17,8 @@ feature map, over all images and positions (n·H·W values).
   μ−max the mean of the others: SI = (μmax − μ−max) / (μmax + μ−max). 0: the same for every class;
   1: it responds to one class only. NaN for a channel whose responses are all 0.
 * **dead**: every value exactly 0 on every measure image; **constant**: one value everywhere (it ignores its
-  input; a dead channel is constant too); **saturated**: more than SATURATED_SHARE of its values have
-  |a| > 0.99 (recorder/analysis.py SATURATION). Flagged by name at the last stored step.
+  input; a dead channel is constant too); **saturated** (tanh, sigmoid): more than SATURATED_SHARE of its
+  values have |a| > 0.99 (recorder/analysis.py SATURATION). Flagged by name at the last stored step.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from recorder.analysis import SATURATION
 MIN_CHANGE = 0.005  # as compare/dynamics.py: below this the channel did not change
 SATURATED_SHARE = 0.9
 NONNEGATIVE = ("relu", "sigmoid")  # activations whose value is itself an activity
+SATURATING = ("tanh", "sigmoid")  # bounded activations, whose channels can saturate
 
 
 def channel_columns(a: np.ndarray) -> np.ndarray:

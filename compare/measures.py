@@ -37,6 +37,7 @@ class LayerMeasures:
     constant: np.ndarray  # [S, C] bool
     probes: list[ProbeResult | None]  # [S]: at the probed steps (`probed`), None elsewhere
     activity: str  # "a" or "|a|": what selectivity averages
+    saturates: bool = True  # a bounded activation (tanh, sigmoid): saturated channels are flagged
 
     @property
     def progress(self) -> np.ndarray:
@@ -54,7 +55,7 @@ class LayerMeasures:
         """Dead, constant-but-not-dead and saturated channels at the last stored step, by name."""
         out = []
         dead, const = self.dead[-1], self.constant[-1] & ~self.dead[-1]
-        sat = self.saturated_share[-1] > ch.SATURATED_SHARE
+        sat = (self.saturated_share[-1] > ch.SATURATED_SHARE) & self.saturates
         for word, mask in (("dead", dead), ("constant", const), ("saturated", sat)):
             if mask.any():
                 out.append(f"{word} channels: {', '.join(ch.named(self.layer, mask))} "
@@ -120,7 +121,8 @@ def measure_run(run: Run, layers: list[str] | None = None, n: int = MEASURE_IMAG
             log(f"  step {int(s)}: linear probes " + " ".join(f"{n_} {rows[n_]['probe'][-1].accuracy:.3f}" for n_ in layers))
     out = {name: LayerMeasures(name, steps, np.stack(r["rho"]), np.stack(r["si"]), np.stack(r["pref"]),
                                np.stack(r["sat"]), np.stack(r["dead"]), np.stack(r["const"]), r["probe"],
-                               "a" if nonneg[name] else "|a|")
+                               "a" if nonneg[name] else "|a|",
+                               run.activation_name(name) in ch.SATURATING and run.layer_stage(name) != PRE_ACTIVATION)
            for name, r in rows.items()}
     pixels = data.images.astype(np.float64) / 255.0
     return RunMeasures(steps, data.rule, len(fit), len(held), out, probe(pixels), logits_probe, probed)

@@ -134,7 +134,8 @@ RULES = """## Definitions
   = the first stored step from which that progress stays ≥ 0.5 / 0.9 (median [quartiles] over the channels
   that changed); **selectivity** = (μmax − μ−max) / (μmax + μ−max) of the class-conditional mean responses
   (Morcos et al. 2018; of |a| for activations that take both signs), mean over channels; **dead** = 0 on every
-  image everywhere, **saturated** = more than 90% of values with |a| > 0.99, at the last stored step.
+  image everywhere, **saturated** (tanh, sigmoid) = more than 90% of values with |a| > 0.99, at the last
+  stored step.
 - **Linear probe** (Alain & Bengio 2016): held-out accuracy of a closed-form ridge classifier on the layer's
   flattened activations (λ by leave-one-out on the fit images); fit and evaluation images are disjoint,
   class-balanced halves of the measure images; "pixels" is the same probe on the input.
@@ -258,6 +259,25 @@ def _measures_table(m: RunMeasures) -> list[str]:
     return lines
 
 
+def _two_measures_table(measured: dict[str, RunMeasures], layers: list[str]) -> list[str]:
+    tags = list(measured)
+    lines = ["Per channel and linear probes (see Definitions): " + "; ".join(
+        f"{t}: weights stored at {len(m.steps)} steps, {m.measure_set}, probes fit on {m.n_fit} and evaluated on "
+        f"{m.n_eval}" for t, m in measured.items()), "",
+        "| layer | " + " | ".join(f"s90 {t} | selectivity {t} (end) | linear probe {t} (end)" for t in tags) + " |",
+        "|---|" + "---|---|---|" * len(tags),
+        "| pixels | " + " | ".join(f" | | {m.input_probe.accuracy:.3f}" for m in measured.values()) + " |"]
+    for name in layers:
+        cells = []
+        for m in measured.values():
+            l = m.layers[name]
+            cells.append(f"{_spread(l.settle(0.9))} | {_fmt(float(np.nanmean(l.selectivity[-1])))} | "
+                         f"{_fmt(float(l.probe_accuracy[-1]))}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| logits | " + " | ".join(f" | | {m.logits_probe[-1].accuracy:.3f}" for m in measured.values()) + " |")
+    return lines
+
+
 def _measures_json(m: RunMeasures) -> dict[str, Any]:
     return {"steps": m.steps.tolist(), "measure_set": m.measure_set, "n_fit": m.n_fit, "n_eval": m.n_eval,
             "probed_steps": m.steps[m.probed].tolist(), "pixels_probe": m.input_probe.accuracy,
@@ -343,6 +363,17 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
                      f"{_fmt(da.t90 if da else None)} | {_fmt(db.t90 if db else None)} | "
                      f"{_fmt(final_cka.get(layer)) if not mismatch else 'skipped'} | {fmt_change(changes['A'][layer])} | "
                      f"{fmt_change(changes['B'][layer])} | {acts[0]} | {acts[1]} |")
+    if options.measures:
+        before = len(notes)
+        measured = {tag: m for tag, r in (("A", a), ("B", b)) if (m := _measure(r, layers, notes, log)) is not None}
+        for tag, m in measured.items():
+            if tag in dyn:
+                _reconcile(dyn[tag], m)
+        if measured:
+            metrics["measures"] = {tag: _measures_json(m) for tag, m in measured.items()}
+            files.append(plots.plot_probes(measured, out / "probes.png"))
+            lines += ["", *_two_measures_table(measured, layers)]
+        lines += [f"Note: {n}" for n in notes[before:]]
     flagged = [f"- {tag} {n}: {'; '.join(d.flags)}" for tag, dd in dyn.items() for n, d in dd.items() if d.flags]
     if flagged:
         lines += ["", "Flags:", *flagged]

@@ -12,7 +12,7 @@ picture an image rather than adversarial noise:
   direction (wrapping), so no single pixel alignment can be exploited; j = `jitter`, at most a quarter of
   the receptive field's side (a 3x3 field is not jittered);
 * smoothness: every `blur_every` iterations the image is blurred with a Gaussian of σ = `blur_sigma` pixels
-  (high frequencies are damped);
+  before the step (high frequencies are damped; the last operation is always an ascent step);
 * pixel range: after every step pixels are clipped to [0, 1], the data's range (inputs are pixels / 255).
 
 Adam normalises the gradient's scale, so a step's tiny initial activations are optimised as well as its
@@ -127,14 +127,14 @@ def _ascend(forward, layer: str, settings: MaximiseSettings, shape: tuple[int, .
     def run(state):
         def body(carry, it):
             x, opt = carry
+            x = jax.lax.cond((it > 0) & (it % settings.blur_every == 0), lambda v: _blur(v, settings.blur_sigma),
+                             lambda v: v, x)  # before the step: the result is an ascent step's, not a blur's
             dy, dx = offsets[it, 0], offsets[it, 1]
             shifted = jnp.roll(x, (dy, dx), axis=(1, 2))
             (_, per), g = jax.value_and_grad(objective, has_aux=True)(shifted, state)
             g = jnp.roll(g, (-dy, -dx), axis=(1, 2))
             updates, opt = tx.update(-g, opt)
             x = jnp.clip(optax.apply_updates(x, updates), 0.0, 1.0)
-            x = jax.lax.cond((it + 1) % settings.blur_every == 0, lambda v: _blur(v, settings.blur_sigma),
-                             lambda v: v, x)
             return (x, opt), per
 
         (x, _), trace = jax.lax.scan(body, (x0, tx.init(x0)), jnp.arange(settings.iterations))
