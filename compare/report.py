@@ -177,6 +177,10 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
     out.mkdir(parents=True, exist_ok=True)
     layers = _layers(options, run.layers)
     dyn = run_dynamics(run, layers)
+    notes: list[str] = []
+    measured = _measure(run, layers, notes, log) if options.measures else None
+    if measured is not None:
+        _reconcile(dyn, measured)  # before anything reports the flags
     series = weight_series(run, layers)
     files = [plots.plot_dynamics(dyn, f"{run.path.name}: {run.facts()['activation']}", out / "dynamics_A.png"),
              plots.plot_activity({"A": dyn}, out / "activity.png")]
@@ -194,17 +198,13 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
     if any(series.values()):
         files.append(plots.plot_weights({k: v for k, v in series.items() if v}, run.path.name, out / "weights.png"))
         lines += ["", "![weights](weights.png)"]
-    notes: list[str] = []
-    if options.measures:
-        measured = _measure(run, layers, notes, log)
-        if measured is not None:
-            _reconcile(dyn, measured)
-            lines += ["", *_measures_table(measured)]
-            metrics["measures"] = {"A": _measures_json(measured)}
-            files.append(plots.plot_channels(measured.layers, f"{run.path.name}: per-channel measures",
-                                             out / "channels.png"))
-            files.append(plots.plot_probes({"A": measured}, out / "probes.png"))
-            lines += ["", "![channels](channels.png)", "", "![probes](probes.png)"]
+    if measured is not None:
+        lines += ["", *_measures_table(measured)]
+        metrics["measures"] = {"A": _measures_json(measured)}
+        files.append(plots.plot_channels(measured.layers, f"{run.path.name}: per-channel measures",
+                                         out / "channels.png"))
+        files.append(plots.plot_probes({"A": measured}, out / "probes.png"))
+        lines += ["", "![channels](channels.png)", "", "![probes](probes.png)"]
     lines += [f"Note: {n}" for n in notes]
     lines += ["", "![dynamics](dynamics_A.png)", "", "![activity](activity.png)", "", RULES]
     return _finish(out, lines, metrics, files, notes, log)
@@ -322,6 +322,13 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
 
     files.append(write_comparison_curves([("A", a), ("B", b)], out / "curves.png"))
     dyn = {tag: run_dynamics(r, layers) for tag, r in (("A", a), ("B", b)) if r.has_analysis}
+    before = len(notes)
+    measured: dict[str, RunMeasures] = {}
+    if options.measures:
+        measured = {tag: m for tag, r in (("A", a), ("B", b)) if (m := _measure(r, layers, notes, log)) is not None}
+        for tag, m in measured.items():
+            if tag in dyn:
+                _reconcile(dyn[tag], m)  # before anything reports the flags
     for tag, d in dyn.items():
         files.append(plots.plot_dynamics(d, f"{tag}: {names[tag == 'B']}", out / f"dynamics_{tag}.png"))
         metrics.setdefault("dynamics", {})[tag] = _dynamics_json(d)
@@ -363,17 +370,11 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
                      f"{_fmt(da.t90 if da else None)} | {_fmt(db.t90 if db else None)} | "
                      f"{_fmt(final_cka.get(layer)) if not mismatch else 'skipped'} | {fmt_change(changes['A'][layer])} | "
                      f"{fmt_change(changes['B'][layer])} | {acts[0]} | {acts[1]} |")
-    if options.measures:
-        before = len(notes)
-        measured = {tag: m for tag, r in (("A", a), ("B", b)) if (m := _measure(r, layers, notes, log)) is not None}
-        for tag, m in measured.items():
-            if tag in dyn:
-                _reconcile(dyn[tag], m)
-        if measured:
-            metrics["measures"] = {tag: _measures_json(m) for tag, m in measured.items()}
-            files.append(plots.plot_probes(measured, out / "probes.png"))
-            lines += ["", *_two_measures_table(measured, layers)]
-        lines += [f"Note: {n}" for n in notes[before:]]
+    if measured:
+        metrics["measures"] = {tag: _measures_json(m) for tag, m in measured.items()}
+        files.append(plots.plot_probes(measured, out / "probes.png"))
+        lines += ["", *_two_measures_table(measured, layers)]
+    lines += [f"Note: {n}" for n in notes[before:]]
     flagged = [f"- {tag} {n}: {'; '.join(d.flags)}" for tag, dd in dyn.items() for n, d in dd.items() if d.flags]
     if flagged:
         lines += ["", "Flags:", *flagged]

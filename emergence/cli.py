@@ -27,12 +27,14 @@ def _record(args: argparse.Namespace) -> int:
     enable_compilation_cache()
     from experiments import get_experiment
     from recorder.config import apply_overrides
+    from recorder.parallel import use_host_devices
     from recorder.run import record, resume
 
     overrides = list(args.set or [])
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")
     config = apply_overrides(get_experiment(args.experiment), overrides)
+    use_host_devices(config.devices)  # before JAX starts its backends: CPU devices for a data-parallel mesh
     name = args.name or "-".join([args.experiment, *(o.partition("=")[2].replace("/", "_") for o in args.set or [])])
     path = Path(args.out) / f"{name}.h5"
     if args.resume and path.exists():
@@ -45,8 +47,15 @@ def _record(args: argparse.Namespace) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     enable_compilation_cache()
+    from recorder.parallel import use_host_devices
     from recorder.run import resume
+    from replay.run_file import open_run
 
+    devices = [o.partition("=")[2] for o in args.set or [] if o.partition("=")[0].strip() == "devices"]
+    if not devices:
+        with open_run(args.run) as run:
+            devices = [run.config.get("devices", 1)]
+    use_host_devices(int(devices[-1]) if str(devices[-1]).isdigit() else 1)
     resume(args.run, list(args.set or []), show_progress=not args.no_progress)
     print(args.run)
     return 0

@@ -11,6 +11,7 @@ from typing import Any
 from recorder.activations import ACTIVATIONS
 from recorder.augment import AUGMENTATIONS
 from recorder.data import DATASETS
+from recorder.fastconv import CONV_IMPLS
 from recorder.models import MODELS
 from recorder.schedule import parse_schedule
 from recorder.train import LR_SCHEDULES
@@ -19,7 +20,7 @@ from recorder.writer import COMPRESSIONS
 OPTIMIZERS = ("adam", "sgd")
 ON_NONFINITE = ("stop", "continue")
 # what `emergence resume --set` may change: keys that do not change what the steps already recorded mean
-RESUMABLE_KEYS = ("epochs", "steps", "checkpoint_every", "on_nonfinite")
+RESUMABLE_KEYS = ("epochs", "steps", "checkpoint_every", "on_nonfinite", "conv_impl", "devices")
 DTYPES = ("float16", "float32")
 KERNEL_CHOICES = ("first", "all", "none")
 PADDINGS = ("default", "same", "valid")  # default: the model's own
@@ -68,6 +69,8 @@ class RunConfig:
     dropout: float | None = None  # dropout rate before the dense layers; None: the model's own (0 but vgg_bn)
     head: str = "default"  # the conv-to-dense transition: default (the model's own) | flatten | gap (global average)
     augment: tuple[str, ...] = ()  # on-device augmentation of training batches: shift, flip (recorder/augment.py)
+    devices: int = 1  # data-parallel over this many devices (a 1-D mesh; recorder/parallel.py)
+    conv_impl: str = "auto"  # auto (CPU speed paths on the CPU backend only) | xla | banded (recorder/fastconv.py)
     snapshots: int = 0  # weights stored at this many log-spaced steps (>= 2); 0: step 0 and the last only
 
     def validate(self) -> "RunConfig":
@@ -76,12 +79,12 @@ class RunConfig:
             "model": tuple(sorted(MODELS)), "activation": tuple(sorted(ACTIVATIONS)), "dataset": DATASETS,
             "optimizer": OPTIMIZERS, "dtype": DTYPES, "compression": COMPRESSIONS, "kernels": KERNEL_CHOICES,
             "on_nonfinite": ON_NONFINITE, "padding": PADDINGS, "downsample": DOWNSAMPLES,
-            "lr_schedule": LR_SCHEDULES, "head": HEADS,
+            "lr_schedule": LR_SCHEDULES, "head": HEADS, "conv_impl": CONV_IMPLS,
         }
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
                 raise ConfigError(f"unknown {key} {getattr(self, key)!r}; expected one of: {', '.join(valid)}")
-        for key in ("batch_size", "synthetic_size", "eval_size"):
+        for key in ("batch_size", "synthetic_size", "eval_size", "devices"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         for key in ("epochs", "steps", "eval_every", "analysis_probes", "checkpoint_every", "train_size"):

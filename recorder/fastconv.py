@@ -19,6 +19,11 @@ keep it.
 takes the banded path only where it applies (3×3 kernel, stride 1, 'SAME' padding, no dilation, one group,
 NHWC/HWIO, Cin·Cout ≤ MAX_CHANNEL_PRODUCT) and calls XLA's convolution otherwise. Results match
 `lax.conv_general_dilated`, values and gradients, to float32 rounding (tests/test_fastconv.py).
+
+Both this path and the custom max-pool (recorder/pooling.py) are CPU speed paths: on a GPU or TPU, cuDNN and
+XLA's own kernels are the fast ones. `conv_impl` (a config key, `set_conv_impl`) chooses, process-wide and at
+trace time: `auto` (the default) takes them on the CPU backend only, `xla` never, `banded` wherever they
+apply.
 """
 
 from __future__ import annotations
@@ -31,9 +36,24 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+CONV_IMPLS = ("auto", "xla", "banded")
+_impl = ["auto"]
 MAX_CHANNEL_PRODUCT = 32
 MAX_BLOCK = 14  # output pixels per row block: larger blocks waste more FLOPs on the band's zeros
 _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
+
+
+def set_conv_impl(impl: str) -> None:
+    """Chooses the convolution and pooling implementation for functions traced from now on (see the docs)."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv_impl {impl!r}; expected one of: {', '.join(CONV_IMPLS)}")
+    _impl[0] = impl
+
+
+def cpu_paths(backend: str | None = None) -> bool:
+    """Whether the CPU speed paths are taken under the current `conv_impl` on `backend` (default: JAX's)."""
+    impl = _impl[0]
+    return impl == "banded" or (impl == "auto" and (backend or jax.default_backend()) == "cpu")
 
 
 def block_width(width: int) -> int:
@@ -88,7 +108,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          feature_group_count: int = 1, batch_group_count: int = 1, precision: Any = None,
                          **kwargs: Any) -> jax.Array:
     """Drop-in for `jax.lax.conv_general_dilated` that takes the banded path where it applies."""
-    if batch_group_count == 1 and not kwargs.get("preferred_element_type") and applies(
+    if cpu_paths() and batch_group_count == 1 and not kwargs.get("preferred_element_type") and applies(
             lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count):
         return banded_conv3x3(lhs, rhs, precision)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
+
+from recorder import fastconv
 
 
 def _windows(x: jax.Array) -> jax.Array:  # [B, H, W, C] -> [B, H/2, W/2, C, 4] in (dy, dx) order
@@ -42,6 +45,9 @@ max_pool_2x2.defvjp(_fwd, _bwd)
 
 
 def pool(x: jax.Array) -> jax.Array:
-    """2×2 max-pool, stride 2; odd trailing rows/columns are dropped, as 'VALID' pooling does."""
+    """2×2 max-pool, stride 2; odd trailing rows/columns are dropped, as 'VALID' pooling does. XLA's own
+    `reduce_window` where `conv_impl` says so (recorder/fastconv.py `cpu_paths`: not on GPU/TPU by default)."""
+    if not fastconv.cpu_paths():
+        return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
     h, w = (x.shape[1] // 2) * 2, (x.shape[2] // 2) * 2
     return max_pool_2x2(x[:, :h, :w])

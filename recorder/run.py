@@ -25,12 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from recorder import fastconv
 from recorder.analysis import choose_analysis_probes
 from recorder.capture import Capture
 from recorder.checkpoints import Checkpoints, checkpoint_dir
 from recorder.config import RESUMABLE_KEYS, ConfigError, RunConfig, apply_overrides, config_from_json
 from recorder.data import Dataset, load_dataset
 from recorder.models import build_model
+from recorder.parallel import Placement, data_placement
 from recorder.probes import choose_probes
 from recorder.progress import Progress
 from recorder.recorder import Probes, Recorder, RecorderError
@@ -106,6 +108,7 @@ class RunPlan:
     probe_idx: np.ndarray  # test-split indices of the picture probes
     analysis_idx: np.ndarray | None  # test-split indices of the analysis images, or None
     eval_count: int
+    placement: Placement = dataclasses.field(default_factory=lambda: Placement(None))
     init_note: str = ""  # what init_from did, in words
     learning_rates: np.ndarray | None = None  # [total] the rate of each update under a schedule (logged), else None
 
@@ -139,11 +142,18 @@ def json_config(config: RunConfig) -> dict[str, Any]:
 def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) -> RunPlan:
     """Validates `config`, loads the data, builds and compiles-to-be the model's steps."""
     config.validate()
+    fastconv.set_conv_impl(config.conv_impl)
     dataset = load_dataset(config.dataset, config.data_dir, config.synthetic_size)
     if config.train_size:
         dataset = training_subset(dataset, config.train_size)
         log(f"training on {config.train_size} of the {dataset.name} training images (class-balanced subset)")
     per_epoch, total = steps_of(config, dataset)
+    try:
+        placement = data_placement(config.devices, config.batch_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if placement.mesh is not None:
+        log(f"data-parallel: {placement.describe()}")
     probe_idx = choose_probes(dataset, config.probes)
     try:
         model = build_model(config.model, dataset.input_shape, len(dataset.class_names), config.activation,
@@ -172,7 +182,7 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
     tx = make_optimizer(config.optimizer, lr, config.momentum, config.weight_decay)
     measured = {t["name"]: t["module"] for t in capture.summary["taps"] if t.get("module")}
     fns = make_step_functions(model, freezing(tx, nnx.state(model, nnx.Param), frozen), capture, frozen,
-                              config.augment, config.seed, measured)
+                              config.augment, config.seed, measured, placement.batch_sharding)
     analysis_idx = None
     if config.analysis_probes:
         n = min(config.analysis_probes, len(dataset.test_labels))
@@ -181,7 +191,7 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
                 f"analysing all {n}")
         analysis_idx = choose_analysis_probes(dataset.test_labels, n, len(dataset.class_names))
     return RunPlan(config, dataset, capture, fns, per_epoch, total, probe_idx, analysis_idx,
-                   min(config.eval_size, len(dataset.test_labels)), init_note, learning_rates)
+                   min(config.eval_size, len(dataset.test_labels)), placement, init_note, learning_rates)
 
 
 def projected_bytes(rec: Recorder, weight_rows: int = 2) -> int:
@@ -212,23 +222,23 @@ class TrainingLoop:
     def __init__(self, plan: RunPlan, rec: Recorder | None, frames: bool = False, evaluate: bool = True,
                  checkpoints: Checkpoints | None = None):
         self.plan, self.rec, self.frames, self.evaluate, self.checkpoints = plan, rec, frames, evaluate, checkpoints
-        d, fns = plan.dataset, plan.fns
-        self.train_x = jax.device_put(d.train_images)  # uint8 on the device; batches are gathered there
-        self.train_y = jax.device_put(d.train_labels.astype(np.int32))
-        self.test_x = jax.device_put(d.test_images)
-        self.test_y = jax.device_put(d.test_labels.astype(np.int32))
-        self.probe_x = to_inputs(jax.device_put(d.test_images[plan.probe_idx]))
-        self.analysis_x = None if plan.analysis_idx is None else to_inputs(jax.device_put(d.test_images[plan.analysis_idx]))
-        self.state = jax.tree.map(jnp.copy, fns.init_state)  # its own copy: the steps donate the state they get
-        self.initial_params = jax.tree.map(jnp.copy, fns.init_state.params)  # W_0 of the per-layer measures
+        d, fns, put = plan.dataset, plan.fns, plan.placement.replicated
+        self.train_x = put(d.train_images)  # uint8 on the device(s); batches are gathered there
+        self.train_y = put(d.train_labels.astype(np.int32))
+        self.test_x = put(d.test_images)
+        self.test_y = put(d.test_labels.astype(np.int32))
+        self.probe_x = to_inputs(put(d.test_images[plan.probe_idx]))
+        self.analysis_x = None if plan.analysis_idx is None else to_inputs(put(d.test_images[plan.analysis_idx]))
+        self.state = put(jax.tree.map(jnp.copy, fns.init_state))  # its own copy: the steps donate the state they get
+        self.initial_params = put(jax.tree.map(jnp.copy, fns.init_state.params))  # W_0 of the per-layer measures
         self.snapshots = set(snapshot_steps(plan.config.snapshots, plan.total).tolist()) - {0, plan.total}
         self.step = 0
         self.stop_requested: str | None = None
         self._perm = (-1, np.zeros(0, np.int32))  # (epoch, its shuffle)
 
     def restore(self, step: int, state: TrainState) -> None:
-        """Continues from `state`, the state after update `step` (a checkpoint's)."""
-        self.state, self.step = state, step
+        """Continues from `state`, the state after update `step` (a checkpoint's), placed as this plan says."""
+        self.state, self.step = self.plan.placement.replicated(state), step
 
     def _batch(self, step: int) -> np.ndarray:
         """Training-set indices of the batch of update `step` (the data order is a function of seed and step)."""
@@ -256,7 +266,7 @@ class TrainingLoop:
         for step in range(self.step + 1, until + 1):
             if self.stop_requested or self.diverged():
                 return
-            idx, at = self._batch(step), np.int32(step)  # the step: a traced argument (augmentation draws)
+            idx, at = plan.placement.batch(self._batch(step)), np.int32(step)  # the step: traced (augmentation)
             frame = None
             if rec is not None and rec.should_analyse(step):  # three executables, each compiled once
                 self.state, metrics, frame = fns.analysed_step(self.state, *data, idx, at, self.probe_x, self.analysis_x)

@@ -103,7 +103,7 @@ class StepFunctions:
 
 def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, capture: Capture,
                         frozen: Sequence[str] = (), augmentations: Sequence[str] = (), seed: int = 0,
-                        measured: Mapping[str, str] | None = None) -> StepFunctions:
+                        measured: Mapping[str, str] | None = None, batch_sharding: Any = None) -> StepFunctions:
     """Builds the jitted functions for `model`; frames come from `capture` (the public recorder API's capture,
     called inside these steps as a user's step calls it). The modules at the `frozen` paths run in inference
     mode in training too (recorder/transfer.py; `tx` must give them no updates). `augmentations` apply to the
@@ -111,6 +111,7 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
     the path of the module that computes it) every step also returns three scalars (`layer_measures`):
     `<layer>/weight_change` ‖W_t − W_0‖/‖W_0‖, `<layer>/update_ratio` ‖W_t − W_t−1‖/‖W_t‖ and
     `<layer>/grad_norm` ‖∂loss/∂W‖, over the module's parameters; W_0 is `start`, the steps' argument.
+    With `batch_sharding` (recorder/parallel.py), the gathered batch is constrained to it: data parallelism.
 
     The training state is donated: callers must not reuse a state after passing it in.
     """
@@ -140,6 +141,8 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
     def update(state: TrainState, images: jax.Array, labels: jax.Array, start: nnx.State, idx: jax.Array,
                step: jax.Array) -> tuple[TrainState, dict]:
         x, y = to_inputs(images[idx]), labels[idx]  # gather the batch on the device
+        if batch_sharding is not None:  # split along the mesh's data axis
+            x, y = (jax.lax.with_sharding_constraint(v, batch_sharding) for v in (x, y))
         if augmentations:
             x = augment(x, step_key(seed, step), augmentations)
         (loss, (acc, rest)), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(

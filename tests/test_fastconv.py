@@ -51,3 +51,43 @@ def test_as_the_conv_of_an_nnx_layer():
     plain = nnx.Conv(4, 4, (3, 3), padding="SAME", rngs=nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 28, 28, 4)), jnp.float32)
     np.testing.assert_allclose(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_impl_selects_the_cpu_paths_per_backend():
+    try:
+        fastconv.set_conv_impl("auto")
+        assert fastconv.cpu_paths("cpu") and not fastconv.cpu_paths("gpu") and not fastconv.cpu_paths("tpu")
+        fastconv.set_conv_impl("xla")
+        assert not fastconv.cpu_paths("cpu")
+        fastconv.set_conv_impl("banded")
+        assert fastconv.cpu_paths("gpu")
+        with pytest.raises(ValueError, match="conv_impl"):
+            fastconv.set_conv_impl("cudnn")
+    finally:
+        fastconv.set_conv_impl("auto")
+
+
+def test_conv_impl_changes_the_traced_program_not_the_numbers():
+    from recorder.models import build_model
+
+    model = build_model("learn_to_see", (28, 28, 1), 10, "tanh", 0)
+    x = jnp.asarray(np.random.default_rng(0).random((4, 28, 28, 1)), jnp.float32)
+    graphdef, state = nnx.split(model)
+
+    def make_forward():  # a new function per choice: JAX caches traces per function, and the choice is read
+        return lambda s, x: nnx.merge(graphdef, s)(x)  # while tracing
+
+    out = {}
+    try:
+        for impl in ("xla", "banded"):
+            fastconv.set_conv_impl(impl)
+            forward = make_forward()
+            text = str(jax.make_jaxpr(forward)(state, x))
+            out[impl] = (text.count("conv_general_dilated["), text.count("reduce_window"),
+                         np.asarray(jax.jit(forward)(state, x)))
+    finally:
+        fastconv.set_conv_impl("auto")
+    assert out["xla"][0] == 6 and out["banded"][0] == 3  # conv1..3 (Cin·Cout <= 32) take the banded path
+    assert out["xla"][1] == 2 and out["banded"][1] == 0  # XLA's pool (reduce_window) vs the custom one
+    assert "custom_vjp" in str(jax.make_jaxpr(make_forward())(state, x))  # auto on this CPU: the custom pool
+    np.testing.assert_allclose(out["xla"][2], out["banded"][2], rtol=1e-4, atol=1e-5)

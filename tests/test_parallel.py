@@ -1,0 +1,95 @@
+"""Data parallelism on a device mesh (recorder/parallel.py): 2 and 8 host devices against one, same global batch.
+
+JAX's CPU device count is fixed when its backends start, so the runs happen in a child process that asks for
+8 host devices first; this process compares the files they wrote. The sums over the batch (the gradient's
+all-reduce, BatchNorm's statistics) run in another order on a mesh, so values agree to float32 rounding, not
+bitwise. The runs use SGD: Adam's first update is lr · sign(g), so a gradient that is zero up to rounding
+moves its weight by ±lr depending on the summation order (seen on vgg_bn: a conv6 channel off by 1e-5 after
+one step), a property of Adam, not of the mesh. tiny_cnn meets rtol=1e-5, atol=1e-6. vgg_bn's BatchNorm divides
+by the standard deviation of 16 images per channel, which magnifies those roundings where it is small: after 3
+steps some conv1 values differ by 4e-6 (5e-5 of their size), and training amplifies such differences (2e-5
+after 5 steps), as any other summation order would; so it runs 3 steps and each array is held to
+rtol=1e-5 with atol=1e-5 of its largest magnitude (measured: at most 3.2e-5 on conv6, whose values reach 20).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recorder.config import ConfigError, RunConfig
+from recorder.run import make_plan
+from replay.run_file import open_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import sys
+import jax
+jax.config.update("jax_num_cpu_devices", 8)
+from recorder.config import RunConfig
+from recorder.run import record
+out = sys.argv[1]
+for model, batch, steps in (("tiny_cnn", 32, 6), ("vgg_bn", 16, 3)):
+    for name, devices in (("1", 1), ("2", 2), ("8", 8), ("2again", 2)):
+        config = RunConfig(model=model, activation="relu", dataset="synthetic", synthetic_size=256,
+                           batch_size=batch, steps=steps, eval_every=3, optimizer="sgd", learning_rate=0.05, eval_size=40, analysis_probes=16,
+                           dtype="float32", checkpoint_every=0, devices=devices, kernels="all")
+        record(config, f"{out}/{model}-{name}.h5", show_progress=False, log=lambda s: None)
+from recorder.config import ConfigError
+from recorder.run import make_plan
+try:
+    make_plan(RunConfig(model="tiny_cnn", dataset="synthetic", synthetic_size=256, batch_size=30, steps=2, devices=8))
+except ConfigError as e:
+    open(f"{out}/divide.txt", "w").write(str(e))
+"""
+
+
+def _contents(path: Path) -> dict[str, np.ndarray]:
+    with open_run(path) as run:
+        out = {f"act/{n}": run.activations(n) for n in run.layers}
+        out["logits"] = run.logits()
+        out |= {f"w/{p}": v for p, v in run.weights(int(run.weight_steps[-1])).items()}
+        out |= {f"gram/{n}": run.grams(n) for n in run.layers}
+        out["loss"] = run.train_metrics().loss
+    return out
+
+
+@pytest.fixture(scope="module")
+def mesh_runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mesh")
+    subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT), str(folder)], check=True, cwd=ROOT, timeout=600)
+    return folder
+
+
+@pytest.mark.parametrize("model", ["tiny_cnn", "vgg_bn"])
+def test_two_and_eight_devices_record_what_one_device_records(mesh_runs, model):
+    one = _contents(mesh_runs / f"{model}-1.h5")
+    for devices in ("2", "8"):
+        other = _contents(mesh_runs / f"{model}-{devices}.h5")
+        assert other.keys() == one.keys()
+        for key, value in one.items():
+            atol = 1e-6 if model == "tiny_cnn" else 1e-5 * float(np.abs(value).max())
+            np.testing.assert_allclose(other[key], value, rtol=1e-5, atol=atol, err_msg=f"{devices} devices: {key}")
+
+
+@pytest.mark.parametrize("model", ["tiny_cnn", "vgg_bn"])
+def test_the_same_layout_twice_is_bitwise_equal(mesh_runs, model):
+    a, b = _contents(mesh_runs / f"{model}-2.h5"), _contents(mesh_runs / f"{model}-2again.h5")
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_a_batch_that_does_not_divide_and_too_many_devices_are_clear_errors(mesh_runs):
+    assert (mesh_runs / "divide.txt").read_text() == ("batch_size 30 does not divide over 8 devices; use a multiple "
+                                                      "of 8 (e.g. 24)")
+    base = RunConfig(model="tiny_cnn", dataset="synthetic", synthetic_size=256, batch_size=30, steps=2)
+    with pytest.raises(ConfigError, match="devices=64 but JAX sees 1"):
+        make_plan(RunConfig(**{**base.__dict__, "devices": 64}))
+    with pytest.raises(ConfigError, match="devices=0|devices must be >= 1"):
+        RunConfig(**{**base.__dict__, "devices": 0}).validate()
