@@ -1,4 +1,4 @@
-"""`emergence record | resume | repair | info | replay | compare | serve`: parses arguments and calls importable functions; nothing else."""
+"""`emergence record | resume | repair | info | replay | compare | sweep | serve`: parses arguments and calls importable functions; nothing else."""
 
 from __future__ import annotations
 
@@ -128,6 +128,23 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    enable_compilation_cache()
+    from compare.sweep import sweep_report
+    from experiments.sweep import parse_grid, plan_sweep, record_sweep
+
+    grid = parse_grid(args.grid or [])
+    name = args.name or "-".join(["sweep", args.experiment, *grid])
+    folder = Path(args.out) / name
+    overrides = list(args.set or [])
+    runs = plan_sweep(args.experiment, grid, overrides, folder)
+    print(f"sweep: {len(runs)} runs of {args.experiment} -> {folder}")
+    for line in record_sweep(runs, args.experiment, overrides, args.jobs, args.overwrite, not args.no_progress):
+        print(f"  {line}")
+    print(sweep_report([(r.values, r.path) for r in runs], folder, f"{args.experiment}, {', '.join(args.grid)}"))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from viewer import serve
 
@@ -144,6 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Record how a CNN's conv features emerge during training, and replay them.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    swp = sub.add_parser(
+        "sweep", help="record every combination of a grid of config values, then report over them",
+        description="Record EXPERIMENT for every combination of the --grid values (complete runs with the same "
+        "config are reused), then write OUT/NAME/report.md: per run test accuracy and t50/t90; for seeds of the "
+        "same config the same-layer similarity and the layer-matching accuracy (compare/sweep.py).")
+    swp.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS)}")
+    swp.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a swept config key (repeatable), e.g. "
+                     "--grid activation=tanh,relu --grid seed=0,1,2")
+    swp.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run")
+    swp.add_argument("--jobs", type=int, default=1, help="runs recorded at a time, each in its own process")
+    swp.add_argument("--out", default="runs", help="output folder (default: runs)")
+    swp.add_argument("--name", help="sweep folder name (default: sweep-EXPERIMENT-KEYS)")
+    swp.add_argument("--overwrite", action="store_true", help="record every run again")
+    swp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    swp.set_defaults(func=_sweep)
 
     rec = sub.add_parser(
         "record",
