@@ -33,6 +33,7 @@ from replay.curves import write_comparison_curves
 from replay.gif import frame_duration_ms
 from replay.grid import GridStyle
 from replay.images import atomic_path
+from replay.render import DEFAULT_MAX_MB
 from replay.run_file import Run, open_run
 from replay.selection import StepRange, select_frames
 
@@ -46,7 +47,7 @@ class CompareOptions:
     every: int = 1
     zoom: int = 1
     fps: float = 20.0
-    max_mb: float | None = None
+    max_mb: float | None = DEFAULT_MAX_MB  # per side-by-side GIF; None or 0: no limit
     gifs: bool = True
     measures: bool = True  # per-channel measures and linear probes, re-running the model (compare/measures.py)
 

@@ -94,6 +94,7 @@ def _replay(args: argparse.Namespace) -> int:
         fps=args.fps,
         max_mb=args.max_mb,
         transpose=args.transpose,
+        wrap=not args.no_wrap,
         scales=tuple(parse_scale(s) for s in args.scale or ()),
         metrics_stamp=not args.no_metrics,
         mp4=args.mp4,
@@ -239,8 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--probes", metavar="LIST", help="probes to show, by position, e.g. 0,3 or 0:5")
     rep.add_argument("--zoom", type=int, default=1, help="integer enlargement of every tile (default 1: input size)")
     rep.add_argument("--fps", type=float, default=20.0, help="frames per second (default 20; browsers cap near 50)")
-    rep.add_argument("--max-mb", type=float, metavar="MB", help="largest size of each animation; frames are thinned "
-                     "evenly to fit and the drop is reported")
+    rep.add_argument("--max-mb", type=float, default=8.0, metavar="MB", help="largest size of each animation "
+                     "(default 8; 0: no limit); frames are thinned evenly to fit and the drop is reported")
+    rep.add_argument("--no-wrap", action="store_true", help="one column of channel rows even for wide layers "
+                     "(by default their rows are wrapped into side-by-side blocks, near square)")
     rep.add_argument("--transpose", action="store_true", help="one row per probe, one column per channel")
     rep.add_argument("--scale", action="append", metavar="[LAYER=]VALUE", help="colour scale override (repeatable): "
                      "S for [-S, S], LO:HI, 'channel' (per-channel percentile rule) or 'auto'")
@@ -272,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--every", type=int, default=1, metavar="K", help="every K-th shared frame in the GIFs")
     cmp.add_argument("--zoom", type=int, default=1)
     cmp.add_argument("--fps", type=float, default=20.0)
-    cmp.add_argument("--max-mb", type=float, metavar="MB", help="largest size of each side-by-side GIF")
+    cmp.add_argument("--max-mb", type=float, default=8.0, metavar="MB", help="largest size of each side-by-side GIF "
+                     "(default 8; 0: no limit)")
     cmp.add_argument("--no-gifs", action="store_true", help="measurements and plots only")
     cmp.add_argument("--no-measures", action="store_true", help="skip the per-channel measures and linear probes "
                      "(they re-run the model at every stored weight step on 2,000 held-out images)")

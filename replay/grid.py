@@ -29,13 +29,15 @@ from replay.scales import Scale, format_value
 MARGIN = 4
 GAP = 2
 BAR_HEIGHT = 8
-BAR_LEVEL_PX = 2  # each colour level is this many pixels wide in the colour bar
+BAR_LEVEL_PX = 2
+BLOCK_GAP = 12  # paper between blocks of channels  # each colour level is this many pixels wide in the colour bar
 
 
 @dataclasses.dataclass(frozen=True)
 class GridStyle:
     zoom: int = 1
     transpose: bool = False  # rows = probes, columns = channels
+    wrap: bool = True  # wide layers: channel rows in side-by-side blocks, the grid near square (choose_blocks)
     text_scale: int = 1
 
 
@@ -102,54 +104,65 @@ class LayerGrid:
         y += line + GAP
         labels_y = y
         y += line
-        x0 = MARGIN + label_w
         skip = (pitch[0] + 2 * GAP, pitch[1] + 2 * GAP) if probe_index is not None else (0, 0)
         if style.transpose:  # probe images form the first column, channels the next ones
-            n_rows, n_cols = p, len(channels)
-            probes_at = (y, x0)
-            grid_at = (y, x0 + skip[1])
-        else:  # probe images form the first row
-            n_rows, n_cols = len(channels), p
-            probes_at = (y, x0)
-            grid_at = (y + skip[0], x0)
+            blocks, n_rows, n_cols = 1, p, len(channels)
+            probes_at = (y, MARGIN + label_w)
+            grid_y = y
+        else:  # probe images form the first row of each block of channels
+            blocks = choose_blocks(len(channels), p, pitch, label_w) if style.wrap else 1
+            n_rows, n_cols = -(-len(channels) // blocks), p
+            probes_at = (y, MARGIN + label_w)
+            grid_y = y + skip[0]
         grid_h, grid_w = n_rows * pitch[0], n_cols * pitch[1]
-        bar_y = grid_at[0] + grid_h + GAP
+        block_w = label_w + grid_w + (BLOCK_GAP if blocks > 1 else 0)
+        grid_x0 = MARGIN + label_w + (skip[1] if style.transpose else 0)
+        self._blocks_x = [grid_x0 + b * block_w for b in range(blocks)]  # each block's first tile column
+        bar_y = grid_y + grid_h + GAP
         height = bar_y + BAR_HEIGHT * ts + GAP + 2 * line + MARGIN
         stamp_w = font.text_size(self.stamp.step_text(0) + "  TRAIN ACC 0.000  EVAL ACC 0.000", ts)[1]
         bar_w = N_LEVELS * BAR_LEVEL_PX
         rule_w = font.text_size(scale.short, ts)[1]
-        width = max(grid_at[1] + grid_w, MARGIN + max(stamp_w, bar_w, rule_w, font.text_size(title, ts)[1])) + MARGIN
+        grid_right = self._blocks_x[-1] + grid_w
+        width = max(grid_right, MARGIN + max(stamp_w, bar_w, rule_w, font.text_size(title, ts)[1])) + MARGIN
         self.shape = (height, width)
+        self.blocks, self.rows_per_block = blocks, n_rows
 
         canvas = np.full(self.shape, PAPER, np.uint8)
         font.draw_text(canvas, title, self._title_y, MARGIN, INK, ts)
-        # probe images, upscaled by zoom
         oy, ox = (cell[0] - shown[0]) // 2, (cell[1] - shown[1]) // 2
-        for k in range(p if probe_index is not None else 0):
-            probe_px = probe_index[k].repeat(style.zoom, axis=0).repeat(style.zoom, axis=1)  # [Hi*z, Wi*z]
-            y0 = probes_at[0] + (k * pitch[0] if style.transpose else 0) + oy
-            x1 = probes_at[1] + (0 if style.transpose else k * pitch[1]) + ox
-            canvas[y0 : y0 + shown[0], x1 : x1 + shown[1]] = probe_px
-        # labels
-        for j, text in enumerate(col_labels):
-            cx = (grid_at[1] if style.transpose else probes_at[1]) + j * pitch[1]
-            font.draw_text(canvas, font.fit_text(text, pitch[1] - GAP, ts), labels_y, cx, INK, ts)
-        for i, text in enumerate(row_labels):
-            cy = (probes_at[0] if style.transpose else grid_at[0]) + i * pitch[0] + (cell[0] - font.GLYPH_H * ts) // 2
-            font.draw_text(canvas, font.fit_text(text, label_w - GAP, ts), cy, MARGIN, INK, ts)
-        canvas[grid_at[0] - GAP // 2 : grid_at[0] + grid_h - GAP // 2, grid_at[1] - GAP // 2 : grid_at[1] + grid_w - GAP // 2] = RULE
-        draw_colour_bar(canvas, scale, bar_y, x0 if x0 + bar_w + MARGIN <= width else MARGIN, ts)
+        for b, bx in enumerate(self._blocks_x):
+            px = bx - (skip[1] if style.transpose else 0)  # where this block's probe images start
+            # probe images, upscaled by zoom
+            for k in range(p if probe_index is not None else 0):
+                probe_px = probe_index[k].repeat(style.zoom, axis=0).repeat(style.zoom, axis=1)  # [Hi*z, Wi*z]
+                y0 = probes_at[0] + (k * pitch[0] if style.transpose else 0) + oy
+                x1 = px + (0 if style.transpose else k * pitch[1]) + ox
+                canvas[y0 : y0 + shown[0], x1 : x1 + shown[1]] = probe_px
+            # labels
+            shown_rows = row_labels if style.transpose else row_labels[b * n_rows : (b + 1) * n_rows]
+            for j, text in enumerate(col_labels):
+                cx = (bx if style.transpose else px) + j * pitch[1]
+                font.draw_text(canvas, font.fit_text(text, pitch[1] - GAP, ts), labels_y, cx, INK, ts)
+            for i, text in enumerate(shown_rows):
+                cy = (probes_at[0] if style.transpose else grid_y) + i * pitch[0] + (cell[0] - font.GLYPH_H * ts) // 2
+                lx = bx - label_w - (skip[1] if style.transpose else 0)
+                font.draw_text(canvas, font.fit_text(text, label_w - GAP, ts), cy, lx, INK, ts)
+            rows_here = n_rows if style.transpose else len(shown_rows)
+            canvas[grid_y - GAP // 2 : grid_y + rows_here * pitch[0] - GAP // 2,
+                   bx - GAP // 2 : bx + grid_w - GAP // 2] = RULE
+        draw_colour_bar(canvas, scale, bar_y, MARGIN + label_w if MARGIN + label_w + bar_w + MARGIN <= width else MARGIN, ts)
         self.template = canvas
 
         # where the tiles go: see _tile_view
-        self._grid_at, self._grid_hw, self._pitch, self._cell = grid_at, (grid_h, grid_w), pitch, cell
+        self._grid_y, self._grid_hw, self._pitch, self._cell = grid_y, (grid_h, grid_w), pitch, cell
         self._rows_cols = (n_rows, n_cols)
         self._map_shape = (hm, wm)
         assert np.shares_memory(self._tile_view(canvas), canvas)  # a view: writes reach the canvas
 
-    def _tile_view(self, canvas: np.ndarray) -> np.ndarray:
-        """[rows, H, fy, cols, W, fx] view of `canvas` onto the tile pixels (writes go to the canvas)."""
-        (gy, gx), (gh, gw) = self._grid_at, self._grid_hw
+    def _tile_view(self, canvas: np.ndarray, block: int = 0) -> np.ndarray:
+        """[rows, H, fy, cols, W, fx] view of `canvas` onto the tile pixels of one block (writes reach it)."""
+        gy, gx, (gh, gw) = self._grid_y, self._blocks_x[block], self._grid_hw
         n_rows, n_cols = self._rows_cols
         area = canvas[gy : gy + gh, gx : gx + gw].reshape(n_rows, self._pitch[0], n_cols, self._pitch[1])
         oy, ox = self._tile_off
@@ -159,9 +172,10 @@ class LayerGrid:
 
     def tile_box(self, probe: int, channel: int) -> tuple[int, int, int, int]:
         """(y0, y1, x0, x1) of the tile of the `probe`-th shown probe and `channel`-th shown channel."""
-        row, col = (probe, channel) if self.style.transpose else (channel, probe)
-        y0 = self._grid_at[0] + row * self._pitch[0] + self._tile_off[0]
-        x0 = self._grid_at[1] + col * self._pitch[1] + self._tile_off[1]
+        block, row, col = (0, probe, channel) if self.style.transpose else (
+            channel // self.rows_per_block, channel % self.rows_per_block, probe)
+        y0 = self._grid_y + row * self._pitch[0] + self._tile_off[0]
+        x0 = self._blocks_x[block] + col * self._pitch[1] + self._tile_off[1]
         (hm, wm), (fy, fx) = self._map_shape, self._f
         return y0, y0 + hm * fy, x0, x0 + wm * fx
 
@@ -172,13 +186,30 @@ class LayerGrid:
     def render(self, index: np.ndarray, stamp: str) -> np.ndarray:
         """One frame, uint8 [height, width], from palette indices [P, H, W, C] and the stamp line."""
         canvas = self.template.copy()
-        view = self._tile_view(canvas)
         if self.style.transpose:  # rows = probes, cols = channels
-            view[...] = index.transpose(0, 1, 3, 2)[:, :, None, :, :, None]
-        else:  # rows = channels, cols = probes
-            view[...] = index.transpose(3, 1, 0, 2)[:, :, None, :, :, None]
+            self._tile_view(canvas)[...] = index.transpose(0, 1, 3, 2)[:, :, None, :, :, None]
+        else:  # rows = channels, cols = probes; block b holds channels b·R .. (b+1)·R − 1
+            r = self.rows_per_block
+            for b in range(self.blocks):
+                part = index[..., b * r : (b + 1) * r]
+                self._tile_view(canvas, b)[: part.shape[-1]] = part.transpose(3, 1, 0, 2)[:, :, None, :, :, None]
         font.draw_text(canvas, stamp, self.stamp.y, self.stamp.x, INK, self.stamp.scale)
         return canvas
+
+
+def choose_blocks(channels: int, probes: int, pitch: tuple[int, int], label_w: int) -> int:
+    """How many side-by-side blocks of channel rows make the grid closest to square (1 for narrow layers)."""
+    best, best_k = None, 1
+    for k in range(1, channels + 1):
+        rows = -(-channels // k)
+        if k > 1 and -(-channels // (k - 1)) == rows:
+            continue  # no fewer rows than k − 1 blocks
+        w = k * (label_w + probes * pitch[1] + BLOCK_GAP)
+        h = (rows + 1) * pitch[0]
+        off = abs(np.log(w / h))
+        if best is None or off < best - 1e-9:
+            best, best_k = off, k
+    return best_k
 
 
 def draw_colour_bar(canvas: np.ndarray, scale: Scale, y: int, x: int, ts: int = 1) -> None:

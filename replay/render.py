@@ -34,6 +34,7 @@ from replay.scales import ScaleSpec, spec_for
 from replay.selection import StepRange, parse_indices, select_frames
 
 SNAPSHOT_PROBE_ZOOM = 3
+DEFAULT_MAX_MB = 8.0  # per GIF: frames are thinned evenly to fit, and the index says how many were dropped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +46,9 @@ class ReplayOptions:
     probes: str | None = None  # positions among the run's probes
     zoom: int = 1
     fps: float = 20.0
-    max_mb: float | None = None  # per animation
+    max_mb: float | None = DEFAULT_MAX_MB  # per animation; None or 0: no limit
     transpose: bool = False
+    wrap: bool = True  # wide layers' channel rows in side-by-side blocks (replay/grid.py choose_blocks)
     scales: tuple[ScaleSpec, ...] = ()
     metrics_stamp: bool = True
     mp4: bool = False
@@ -66,6 +68,12 @@ class ReplayReport:
     seconds: float = 0.0
 
 
+def ordinal(n: int) -> str:
+    """2 -> '2nd', 3 -> '3rd', 11 -> '11th'."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def _channels(options: ReplayOptions, run: Run, layer: str) -> list[int] | None:
     if options.channels is None:
         return None
@@ -80,8 +88,8 @@ def _channels(options: ReplayOptions, run: Run, layer: str) -> list[int] | None:
 def _validate(options: ReplayOptions, run: Run) -> list[str]:
     if options.zoom < 1:
         raise ValueError(f"--zoom must be a whole number of at least 1, got {options.zoom}")
-    if options.max_mb is not None and options.max_mb <= 0:
-        raise ValueError(f"--max-mb must be positive, got {options.max_mb}")
+    if options.max_mb is not None and options.max_mb < 0:
+        raise ValueError(f"--max-mb must be positive (0: no limit), got {options.max_mb}")
     layers = list(options.layers) if options.layers else list(run.layers)
     unknown = [n for n in layers if n not in run.layers]
     if unknown:
@@ -112,7 +120,7 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
             report.notes.append(f"--fps {options.fps:g}: browsers play GIFs at most at about {BROWSER_MAX_FPS} fps")
         positions = select_frames(run.steps, options.steps, options.every)
         probes = parse_indices(options.probes, run.layer_shape(layers[0])[0], "probes") if options.probes else None
-        style = GridStyle(zoom=options.zoom, transpose=options.transpose)
+        style = GridStyle(zoom=options.zoom, transpose=options.transpose, wrap=options.wrap)
         duration = frame_duration_ms(options.fps)
         max_bytes = int(options.max_mb * 1e6) if options.max_mb else None
         entries: list[Entry] = []
@@ -121,7 +129,7 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
         def animate(name: str, frames: Frames, section: str, caption: str) -> Animation:
             result = write_animation(frames, positions, out / f"{name}.gif", duration, max_bytes, options.mp4)
             sizes[f"{name}.gif"] = frames.grid.shape[::-1]
-            dropped = (f"; --max-mb kept every {result.stride}th of {result.selected} selected frames (+ the last), "
+            dropped = (f"; --max-mb kept every {ordinal(result.stride)} of {result.selected} selected frames (+ the last), "
                        f"dropped {result.dropped}") if result.dropped else ""
             steps = run.steps[positions]
             video = f" Also as {result.mp4.name}." if result.mp4 else ""
@@ -129,6 +137,9 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
                                  f"{caption} {result.frames} frames, steps {steps[0]}–{steps[-1]}, "
                                  f"{duration} ms each; {result.bytes / 1e6:.2f} MB{dropped}.{video}"))
             log(f"{name}.gif  {result.frames} frames  {result.bytes / 1e6:.2f} MB{dropped}")
+            if result.dropped:
+                report.notes.append(f"{name}.gif: to stay within --max-mb {options.max_mb:g}, every {ordinal(result.stride)} "
+                                    f"of {result.selected} frames was kept (+ the last); --max-mb 0 keeps them all")
             if frames.nan_values:
                 report.notes.append(f"{name}: {frames.nan_values:,} NaN values in {frames.nan_frames} of the "
                                     f"{result.frames} frames shown, drawn magenta {NAN_RGB} (not a value of the scale)")

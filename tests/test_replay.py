@@ -9,6 +9,7 @@ from conftest import write_run
 from replay import font
 from replay.animate import LayerFrames
 from replay.gif import GifWriter
+from replay.grid import GridStyle
 from replay.palette import INK, build_palette
 from replay.render import ReplayOptions, replay
 from replay.scales import ScaleSpec, TopAbs, parse_scale, resolve_scale
@@ -259,3 +260,34 @@ def test_mp4_has_the_gif_frames(tmp_path):
     frames = np.frombuffer(decoded, np.uint8).reshape(-1, h + h % 2, w + w % 2, 3)
     assert len(frames) == animation.frames == 5
     assert np.abs(frames[-1][:h, :w].astype(int) - gif).mean() < 8  # lossy codec, same picture
+
+
+def test_wide_layers_wrap_into_near_square_blocks_with_every_tile_in_its_place(tmp_path):
+    from replay.grid import choose_blocks
+    from replay.palette import build_palette, value_to_index
+
+    c = 64
+    acts = np.broadcast_to(np.linspace(-1, 1, c, dtype=np.float32), (2, 10, 4, 4, c)).copy()  # channel c: one value
+    write_run(tmp_path / "r.h5", {"conv2": acts})
+    replay(tmp_path / "r.h5", tmp_path / "out", ReplayOptions(kernels=False, curves=False))
+    from replay.run_file import open_run
+
+    with open_run(tmp_path / "r.h5") as run:
+        frames = LayerFrames(run, "conv2")
+        narrow = LayerFrames(run, "conv2", style=GridStyle(wrap=False))
+    grid = frames.grid
+    assert grid.blocks > 1 and grid.rows_per_block == -(-c // grid.blocks)  # 64 rows of 10 probes: wrapped
+    h, w = grid.shape
+    assert 0.6 < w / h < 1.6 and narrow.grid.shape[0] / narrow.grid.shape[1] > 4
+    palette = build_palette("diverging")
+    rgb = gif_frames(tmp_path / "out" / "conv2.gif")[-1]
+    assert rgb.shape[:2] == grid.shape
+    boxes = set()
+    for channel in range(c):
+        want = palette[value_to_index(acts[0, 0, :1, 0, channel], -1, 1)[0]]
+        for probe in (0, 9):
+            y0, y1, x0, x1 = grid.tile_box(probe, channel)
+            boxes.add((y0, x0))
+            assert (rgb[y0:y1, x0:x1] == want).all(), (channel, probe)
+    assert len(boxes) == 2 * c  # no two tiles share a place
+    assert choose_blocks(4, 10, (18, 18), 20) == 1 and choose_blocks(16, 10, (18, 18), 20) == 1  # narrow: as before
