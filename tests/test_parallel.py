@@ -41,6 +41,13 @@ for model, batch, steps in (("tiny_cnn", 32, 6), ("vgg_bn", 16, 3)):
                            batch_size=batch, steps=steps, eval_every=3, optimizer="sgd", learning_rate=0.05, eval_size=40, analysis_probes=16,
                            dtype="float32", checkpoint_every=0, devices=devices, kernels="all")
         record(config, f"{out}/{model}-{name}.h5", show_progress=False, log=lambda s: None)
+from recorder.run import resume
+for name, devices, steps in (("straight", 1, 10), ("resumed", 2, 6)):
+    config = RunConfig(model="tiny_cnn", activation="relu", dataset="synthetic", synthetic_size=256, batch_size=32,
+                       steps=steps, eval_every=5, eval_size=40, analysis_probes=16, dtype="float32",
+                       optimizer="sgd", learning_rate=0.05, checkpoint_every=3, devices=devices)
+    record(config, f"{out}/{name}.h5", show_progress=False, log=lambda s: None)
+resume(f"{out}/resumed.h5", ["steps=10", "devices=1"], show_progress=False, log=lambda s: None)
 from recorder.config import ConfigError
 from recorder.run import make_plan
 try:
@@ -83,6 +90,13 @@ def test_the_same_layout_twice_is_bitwise_equal(mesh_runs, model):
     a, b = _contents(mesh_runs / f"{model}-2.h5"), _contents(mesh_runs / f"{model}-2again.h5")
     for key in a:
         assert np.array_equal(a[key], b[key]), key
+
+
+def test_a_run_recorded_on_two_devices_resumes_on_one(mesh_runs):
+    straight, resumed = _contents(mesh_runs / "straight.h5"), _contents(mesh_runs / "resumed.h5")
+    assert len(resumed["loss"]) == 10
+    for key, value in straight.items():
+        np.testing.assert_allclose(resumed[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_a_batch_that_does_not_divide_and_too_many_devices_are_clear_errors(mesh_runs):
