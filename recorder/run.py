@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from recorder import fastconv
-from recorder.analysis import choose_analysis_probes
+from recorder.analysis import ANALYSIS_FRAMES, STAT_NAMES, choose_analysis_probes
 from recorder.capture import Capture
 from recorder.checkpoints import Checkpoints, checkpoint_dir
 from recorder.config import RESUMABLE_KEYS, ConfigError, RunConfig, apply_overrides, config_from_json
@@ -39,7 +39,7 @@ from recorder.recorder import Probes, Recorder, RecorderError
 from recorder.schedule import recorded_steps, snapshot_steps
 from recorder.summary import format_summary
 from recorder.transfer import freezing, frozen_paths, initialise
-from recorder.weights import WeightsError
+from recorder.weights import WeightsError, flat_weights
 from recorder.train import (StepFunctions, TrainState, evaluate, learning_rate_schedule, make_optimizer,
                             make_step_functions, to_inputs)
 
@@ -207,6 +207,37 @@ def projected_bytes(rec: Recorder, weight_rows: int = 2) -> int:
         n = len(layout.analysis.indices)
         total += len(rec.analysis_steps) * len(layout.layers) * 4 * (n * (n + 1) // 2 + len(layout.analysis.stat_names))
     return total
+
+
+def budget_schedule(plan: RunPlan, budget_mb: float) -> tuple[str, str]:
+    """(schedule, explanation): the densest frame schedule whose run file fits `budget_mb` before compression:
+    every step if that fits, else the most log-spaced frames (dense early, where features change fastest)
+    that do. The analysis rows (at most ANALYSIS_FRAMES + 1) and the stored weights are counted first."""
+    c, cap = plan.config, plan.capture
+    item = np.dtype(c.dtype).itemsize
+    p = len(plan.probe_idx)
+    frame = sum(p * int(np.prod(l.shape)) * item for l in cap.layers)
+    frame += sum(4 * int(np.prod(l.kernel_shape)) for l in cap.layers if l.kernel_shape)
+    frame += 4 * p * max(cap.num_classes, 0) + 16
+    fixed = len(snapshot_steps(c.snapshots, plan.total)) * 4 * sum(
+        int(np.prod(np.shape(v))) for v, _ in flat_weights(RunPlan.weights(plan.fns.init_state)).values())
+    if plan.analysis_idx is not None:
+        n = len(plan.analysis_idx)
+        fixed += (ANALYSIS_FRAMES + 1) * len(cap.layers) * 4 * (n * (n + 1) // 2 + len(STAT_NAMES))
+    budget = budget_mb * 1e6
+    fits = int((budget - fixed) // frame)
+    need = f"{frame / 1e6:.3f} MB a frame, {fixed / 1e6:.1f} MB of analysis and weights"
+    if fits >= plan.total + 1:
+        return "every", f"budget_mb={budget_mb:g}: every step fits ({plan.total + 1} frames, {need})"
+    if fits < 2:
+        raise ConfigError(f"budget_mb={budget_mb:g} is too small: {need}, so even 2 frames need "
+                          f"{(fixed + 2 * frame) / 1e6:.1f} MB; raise it or record fewer probes")
+    steps = recorded_steps(f"log:{fits}", plan.total)
+    while len(steps) > fits:  # rounding of log-spaced steps never adds any, but be exact
+        fits -= 1
+        steps = recorded_steps(f"log:{fits}", plan.total)
+    return f"log:{fits}", (f"budget_mb={budget_mb:g}: {len(steps)} log-spaced frames of {plan.total + 1} steps "
+                           f"fit ({need}; at most {(fixed + len(steps) * frame) / 1e6:.1f} MB before compression)")
 
 
 class TrainingLoop:
@@ -410,6 +441,10 @@ def record(
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, `emergence resume {path}` to "
                               "continue it, or pick another --name")
     plan = make_plan(config, log)
+    if config.budget_mb:
+        schedule, why = budget_schedule(plan, config.budget_mb)
+        plan.config = config = dataclasses.replace(config, schedule=schedule)  # the file states what was chosen
+        log(why)
     d = plan.dataset
     log(format_summary(plan.capture.summary))
     rec = plan.recorder(path, overwrite=overwrite)

@@ -107,3 +107,26 @@ def test_a_batch_that_does_not_divide_and_too_many_devices_are_clear_errors(mesh
         make_plan(RunConfig(**{**base.__dict__, "devices": 64}))
     with pytest.raises(ConfigError, match="devices=0|devices must be >= 1"):
         RunConfig(**{**base.__dict__, "devices": 0}).validate()
+
+
+def test_a_byte_budget_chooses_the_densest_schedule_that_fits(tmp_path):
+    from recorder.run import budget_schedule, record
+    from recorder.schedule import recorded_steps
+
+    config = RunConfig(model="tiny_cnn", dataset="synthetic", synthetic_size=512, batch_size=16, steps=60,
+                       analysis_probes=16, eval_every=30, checkpoint_every=0)
+    plan = make_plan(config)
+    assert budget_schedule(plan, 1000)[0] == "every"
+    schedule, why = budget_schedule(plan, 2.0)
+    n = int(schedule.split(":")[1])
+    assert schedule.startswith("log:") and 2 <= n < 61 and "fit" in why
+    bigger = int(budget_schedule(plan, 2.5)[0].split(":")[1])
+    assert bigger > n  # a larger budget buys more frames
+    record(RunConfig(**{**config.__dict__, "budget_mb": 2.0}), tmp_path / "b.h5", show_progress=False,
+           log=lambda s: None)
+    with open_run(tmp_path / "b.h5") as run:
+        assert run.config["schedule"] == schedule and run.config["budget_mb"] == 2.0
+        assert run.steps.tolist() == recorded_steps(schedule, 60).tolist()
+    assert (tmp_path / "b.h5").stat().st_size <= 2.0e6
+    with pytest.raises(ConfigError, match="budget_mb=0.01 is too small"):
+        budget_schedule(plan, 0.01)
