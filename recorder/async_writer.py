@@ -29,6 +29,10 @@ _STOP = object()
 HEARTBEAT_SECONDS = 5.0  # an idle writer still flushes this often, so readers can tell it is alive
 
 
+BEHIND_SECONDS = 5.0  # training time spent waiting for the writer before it warns ...
+BEHIND_SHARE = 0.5  # ... if the writer spent at least this share of the time writing
+
+
 class WriterError(RuntimeError):
     """The background writer failed; the run file holds everything written before the failure."""
 
@@ -57,6 +61,12 @@ class AsyncRunWriter:
         self._heartbeat_seconds = heartbeat_seconds
         self._error: BaseException | None = None
         self._closed = False
+        self.frame_bytes = 0  # bytes of frames handed to the writer (host copies, before compression)
+        self.busy_seconds = 0.0  # time the worker spent writing (encoding, HDF5), after the host copy
+        self.waited_seconds = 0.0  # time the training side waited because the queue was full
+        self.on_behind: Any = None  # called once with a message when the training side first waits BEHIND_SECONDS
+        self._warned = False
+        self._started = time.monotonic()
         self._thread = threading.Thread(target=self._work, name="emergence-writer", daemon=True)
         self._thread.start()
 
@@ -79,8 +89,12 @@ class AsyncRunWriter:
                     return
                 if item is not None and self._error is None:
                     method, args = item
-                    host = to_host(args)
+                    host = to_host(args)  # waits for the step that computes them: not the writer's time
+                    t0 = time.perf_counter()
+                    if method == "write_frame":
+                        self.frame_bytes += sum(np.asarray(v).nbytes for v in host[1].values())
                     getattr(self if method.startswith("_") else self.writer, method)(*host)
+                    self.busy_seconds += time.perf_counter() - t0
                     dirty = True
                 if dirty and time.monotonic() - last_flush >= self._flush_seconds:
                     self.writer.flush()
@@ -115,7 +129,27 @@ class AsyncRunWriter:
         if self._closed:
             raise RuntimeError(f"{method}() after the writer of {self.path} was closed")
         self._raise_if_failed()
-        self._queue.put((method, args))
+        try:
+            self._queue.put_nowait((method, args))
+        except queue.Full:  # the writer is behind: training waits (host memory stays flat)
+            t0 = time.perf_counter()
+            self._queue.put((method, args))
+            self.waited_seconds += time.perf_counter() - t0
+            # behind = training waits AND the writer itself is busy most of the time (not waiting for the device:
+            # training also waits when the loop dispatches steps faster than the device computes them)
+            busy_share = self.busy_seconds / max(time.monotonic() - self._started, 1e-9)
+            if (not self._warned and self.waited_seconds >= BEHIND_SECONDS and busy_share >= BEHIND_SHARE
+                    and self.on_behind is not None):
+                self._warned = True
+                self.on_behind(f"warning: the writer is behind: training has waited {self.waited_seconds:.1f} s "
+                               f"for it so far, and it is busy {busy_share:.0%} of the time ({self.throughput()}); record fewer frames (schedule=log:N or "
+                               "budget_mb=MB), fewer probes, or dtype=float16")
+
+    def throughput(self) -> str:
+        """What the writer did so far, in words: MB of frames, seconds busy, MB/s while busy."""
+        rate = self.frame_bytes / 1e6 / self.busy_seconds if self.busy_seconds > 0 else float("nan")
+        return (f"{self.frame_bytes / 1e6:.1f} MB of frames in {self.busy_seconds:.1f} s of writing, {rate:.1f} MB/s; "
+                f"the loop waited {self.waited_seconds:.1f} s on its full queue (for steps to compute or be written)")
 
     def write_frame(self, step: int, frame: Any, wall_time: float | None = None) -> None:
         self._submit("write_frame", step, frame, wall_time)

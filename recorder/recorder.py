@@ -257,6 +257,14 @@ class Recorder:
         """Blocks until everything queued is written and flushed to the file (re-raises a writer failure)."""
         self._writer.wait()
 
+    def throughput(self) -> str:
+        """The writer's work so far, in words: MB of frames, seconds writing, MB/s, and how long training waited."""
+        return self._writer.throughput()
+
+    def warn_when_behind(self, log: Any) -> None:
+        """Calls `log(message)` once, when training has waited for the writer for a few seconds in all."""
+        self._writer.on_behind = log
+
     @property
     def last_steps(self) -> dict[str, int]:
         """The last step written (or queued) of each kind: frame, train, eval, scalars, weights; -1 for none."""

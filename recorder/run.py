@@ -376,6 +376,7 @@ def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_pr
     """Runs `loop` to the plan's end under `rec`, checkpointing, and ends the file with its honest status."""
     t0 = time.perf_counter()
     progress = Progress(plan.total, enabled=show_progress)
+    rec.warn_when_behind(log)
     stopped = None
     try:
         with rec, stop_on_signals(loop):
@@ -409,6 +410,7 @@ def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_pr
             raise KeyboardInterrupt
         raise RunStopped(f"{path}: {stopped[1]}")
     d = plan.dataset
+    log(f"writer: {rec.throughput()}")
     log(f"done: {plan.total} steps, {len(rec.frame_steps)} frames in {seconds:.1f} s; test accuracy {test_acc:.4f} "
         f"(loss {test_loss:.4f}, {len(d.test_labels)} images) -> {path}")
     return RunResult(path, plan.total, len(rec.frame_steps), test_loss, test_acc, seconds, dict(plan.fns.traces))

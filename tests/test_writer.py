@@ -1,5 +1,6 @@
 """The run file while it is written: background errors, live reading, and a SIGKILLed recorder."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -136,3 +137,28 @@ def test_chunks_written_directly_decode_through_hdf5s_own_filters(tmp_path, comp
         assert f["frames/logits"][:, 0, 0].tolist() == [0.0, 1.0, 2.0]
         if compression == "gzip":
             assert ds.id.get_storage_size() < np.stack(values).nbytes
+
+
+class _SlowDisk(H5RunWriter):
+    """The real writer on a disk that takes 40 ms per frame."""
+
+    def write_frame(self, step, frame, wall_time=None):
+        time.sleep(0.04)
+        super().write_frame(step, frame, wall_time)
+
+
+def test_a_writer_that_falls_behind_warns_once_and_reports_its_throughput(tmp_path, monkeypatch):
+    import recorder.async_writer as aw
+
+    monkeypatch.setattr(aw, "BEHIND_SECONDS", 0.3)
+    messages = []
+    layout = dataclasses.replace(_layout(), attrs={**_layout().attrs, "planned_steps": 40})
+    with AsyncRunWriter(_SlowDisk(tmp_path / "r.h5", layout), max_pending=2) as writer:
+        writer.on_behind = messages.append
+        for step in range(40):
+            writer.write_frame(step, _frame(0.1))
+        writer.wait()
+        assert writer.frame_bytes == 40 * (2 * 4 * 4 * 2 * 4 + 2 * 3 * 4)
+        assert writer.busy_seconds >= 40 * 0.04 and writer.waited_seconds >= 0.3
+    assert len(messages) == 1 and messages[0].startswith("warning: the writer is behind")
+    assert "MB/s" in writer.throughput()
