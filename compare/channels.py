@@ -5,7 +5,9 @@ For channel c of a layer, A_c(t) is its response at step t to the held-out measu
 feature map, over all images and positions (n·H·W values).
 
 * **correlation** ρ_c(t) = Pearson correlation of A_c(t) with A_c(T), T the last stored step: 1 when the
-  channel computes at t what it computes at the end (up to scale and offset). NaN when either is constant.
+  channel computes at t what it computes at the end (up to scale and offset). A channel that is constant at t
+  (a relu channel dead for a while) but not at the end computes none of it: ρ = 0. NaN when the channel is
+  constant at the end (nothing to settle to).
 * **progress** p_c(t) = (ρ_c(t) − ρ_c(0)) / (1 − ρ_c(0)): 0 at the first stored step, 1 at the end.
   Undefined (NaN) for a channel that ended where it started (1 − ρ_c(0) < MIN_CHANGE) or is constant.
 * **settle step** s50_c / s90_c: the first stored step from which p_c stays at or above 0.5 / 0.9 to the end
@@ -45,9 +47,10 @@ def correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-channel Pearson correlation of two responses [n, H, W, C] -> [C] (NaN for a constant channel)."""
     x, y = channel_columns(a), channel_columns(b)
     x, y = x - x.mean(0), y - y.mean(0)
-    den = np.sqrt((x * x).sum(0) * (y * y).sum(0))
+    sx, sy = (x * x).sum(0), (y * y).sum(0)
+    den = np.sqrt(sx * sy)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (x * y).sum(0) / np.where(den > 0, den, 1), np.nan)
+        return np.where(den > 0, (x * y).sum(0) / np.where(den > 0, den, 1), np.where(sy > 0, 0.0, np.nan))
 
 
 def progress(rho: np.ndarray) -> np.ndarray:

@@ -131,7 +131,8 @@ RULES = """## Definitions
   (recorded before schema 5) or the layer names no module.
 - **Per channel** (from the weights the file stores, re-running the model on held-out images; see
   compare/channels.py): ρ = correlation of a channel's response (every value of its map on every measure
-  image) with its own response at the last stored step; its progress (ρ(t) − ρ(0)) / (1 − ρ(0)); **s50 / s90**
+  image) with its own response at the last stored step (0 while the channel is constant, e.g. a dead relu
+  channel); its progress (ρ(t) − ρ(0)) / (1 − ρ(0)); **s50 / s90**
   = the first stored step from which that progress stays ≥ 0.5 / 0.9 (median [quartiles] over the channels
   that changed); **selectivity** = (μmax − μ−max) / (μmax + μ−max) of the class-conditional mean responses
   (Morcos et al. 2018; of |a| for activations that take both signs), mean over channels; **dead** = 0 on every

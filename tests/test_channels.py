@@ -28,7 +28,8 @@ def test_a_channel_copied_from_its_final_state_correlates_1_and_an_unchanged_one
     prog = ch.progress(rho)
     settle = ch.settle_steps(np.array([0, 10]), prog, 0.9)
     assert settle == [None, 10, None]  # channels 0 and 2 never changed: no settle step
-    assert np.isnan(ch.correlation(np.zeros((4, 2, 2, 1)), final[:4, :2, :2, :1]))[0]  # a constant channel
+    assert ch.correlation(np.zeros((4, 2, 2, 1)), final[:4, :2, :2, :1])[0] == 0.0  # dead for a while: none of it
+    assert np.isnan(ch.correlation(final[:4, :2, :2, :1], np.zeros((4, 2, 2, 1)))[0])  # dead at the end: undefined
 
 
 def test_correlation_ignores_scale_and_offset_and_settling_follows_progress():
