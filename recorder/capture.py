@@ -53,15 +53,19 @@ class LayerInfo:
     shape: tuple[int, int, int]  # (H, W, C) of one probe's activation
     stage: str  # AFTER_NONLINEARITY or PRE_ACTIVATION
     kernel_shape: tuple[int, ...] | None = None  # when the kernel is recorded with each frame
+    channels: tuple[int, ...] | None = None  # the channel numbers recorded (a subset); None: all
 
 
 def frame_from(values: Mapping[str, jax.Array], kernels: Mapping[str, jax.Array], logits: jax.Array | None,
-               p: int, dtype: Any, kernel_layers: Sequence[str], analysis: bool) -> dict[str, jax.Array]:
+               p: int, dtype: Any, kernel_layers: Sequence[str], analysis: bool,
+               channels: Mapping[str, Sequence[int]] | None = None) -> dict[str, jax.Array]:
     """The frame dict from one forward pass over the probes (the first `p` rows) and, when `analysis`, the
-    analysis images after them (traceable; the recorder's own step builds its frames with it too)."""
+    analysis images after them (traceable; the recorder's own step builds its frames with it too). A layer in
+    `channels` keeps only those channels in the frame; its analysis statistics use all of them."""
     frame: dict[str, jax.Array] = {}
     for name, a in values.items():
-        frame[name] = a[:p].astype(dtype)
+        kept = (channels or {}).get(name)
+        frame[name] = (a[:p] if kept is None else a[:p, ..., np.asarray(kept)]).astype(dtype)
         if analysis:  # float32 activations, before any storage rounding
             frame[f"analysis/gram/{name}"], frame[f"analysis/stats/{name}"] = gram_and_stats(a[p:])
     for name in kernel_layers:
@@ -69,6 +73,21 @@ def frame_from(values: Mapping[str, jax.Array], kernels: Mapping[str, jax.Array]
     if logits is not None:
         frame["logits"] = logits[:p].astype(jnp.float32)
     return frame
+
+
+def parse_channels(spec: str) -> list[int]:
+    """"A:B" (A to B − 1) or "a,b,c" -> sorted, unique channel numbers; raises CaptureError otherwise."""
+    try:
+        if ":" in spec:
+            a, _, b = spec.partition(":")
+            out = list(range(int(a or 0), int(b)))
+        else:
+            out = sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        out = []
+    if not out or min(out) < 0:
+        raise CaptureError(f"channels={spec!r}: expected A:B (channels A to B-1) or a list like 0,3,5")
+    return out
 
 
 def inference_view(model: nnx.Module) -> nnx.Module:
@@ -127,7 +146,26 @@ class Capture:
         or the Linen variables, or the function's params, as the constructor was given."""
         logits, values, kernels = self._forward(model, _stack(probe_x, analysis_x))
         return frame_from(values, kernels, logits if self.has_logits else None, probe_x.shape[0], self.dtype,
-                          self.kernel_layers, analysis_x is not None)
+                          self.kernel_layers, analysis_x is not None, self.channel_subsets)
+
+    @property
+    def channel_subsets(self) -> dict[str, tuple[int, ...]]:
+        return {l.name: l.channels for l in self.layers if l.channels is not None}
+
+    def with_channels(self, spec: str) -> "Capture":
+        """This capture recording only the channels `spec` names ("0:16": 0 to 15; "0,3,5") of every layer that
+        has more; a layer with no more channels than that keeps all of them. Returns self (changed)."""
+        wanted = parse_channels(spec)
+        layers = []
+        for l in self.layers:
+            kept = tuple(c for c in wanted if c < l.shape[-1])
+            if not kept:
+                raise CaptureError(f"channels={spec} selects none of {l.name}'s {l.shape[-1]} channels")
+            if kept != tuple(range(l.shape[-1])):
+                l = dataclasses.replace(l, shape=(*l.shape[:-1], len(kept)), channels=kept)
+            layers.append(l)
+        self.layers = tuple(layers)
+        return self
 
     # -- constructors ------------------------------------------------------------------------------
     @classmethod

@@ -71,6 +71,7 @@ class RunConfig:
     augment: tuple[str, ...] = ()  # on-device augmentation of training batches: shift, flip (recorder/augment.py)
     devices: int = 1  # data-parallel over this many devices (a 1-D mesh; recorder/parallel.py)
     conv_impl: str = "auto"  # auto (CPU speed paths on the CPU backend only) | xla | banded (recorder/fastconv.py)
+    channels: str = ""  # record only these channels of wider layers: "0:16" or "0,3,5" (analysis uses all)
     budget_mb: float = 0.0  # > 0: the densest frame schedule whose file fits this many MB (replaces schedule)
     snapshots: int = 0  # weights stored at this many log-spaced steps (>= 2); 0: step 0 and the last only
 
@@ -100,6 +101,13 @@ class RunConfig:
                 raise ConfigError(f"unknown augmentation {kind!r}; expected any of: {', '.join(AUGMENTATIONS)}")
         if self.snapshots < 0 or self.snapshots == 1:
             raise ConfigError(f"snapshots must be 0 (the first and last step only) or >= 2, got {self.snapshots}")
+        if self.channels:
+            from recorder.capture import CaptureError, parse_channels
+
+            try:
+                parse_channels(self.channels)
+            except CaptureError as e:
+                raise ConfigError(str(e)) from None
         if not self.budget_mb >= 0:
             raise ConfigError(f"budget_mb must be >= 0 (0: no budget), got {self.budget_mb}")
         if not self.weight_decay >= 0:

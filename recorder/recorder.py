@@ -144,7 +144,8 @@ class Recorder:
         acts = {l.name: activation if isinstance(activation, str) else activation.get(l.name, "unknown")
                 for l in capture.layers}
         layout = RunLayout(
-            layers=tuple(LayerSpec(l.name, l.shape, acts[l.name], l.kernel_shape, l.stage) for l in capture.layers),
+            layers=tuple(LayerSpec(l.name, l.shape, acts[l.name], l.kernel_shape, l.stage, l.channels)
+                         for l in capture.layers),
             num_classes=capture.num_classes,
             probe_images=probes.images, probe_labels=probes.labels, probe_indices=probes.indices,
             probe_dataset=probes.dataset,

@@ -27,7 +27,7 @@ from flax import nnx
 
 from recorder import fastconv
 from recorder.analysis import ANALYSIS_FRAMES, STAT_NAMES, choose_analysis_probes
-from recorder.capture import Capture
+from recorder.capture import Capture, CaptureError
 from recorder.checkpoints import Checkpoints, checkpoint_dir
 from recorder.config import RESUMABLE_KEYS, ConfigError, RunConfig, apply_overrides, config_from_json
 from recorder.data import Dataset, load_dataset
@@ -164,6 +164,11 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
                           dtype=config.dtype)
     if not capture.summary["taps"]:
         raise ConfigError(f"model {config.model!r} marks no layer with tap(); nothing would be recorded")
+    if config.channels:
+        try:
+            capture.with_channels(config.channels)
+        except CaptureError as e:
+            raise ConfigError(str(e)) from None
     init_note = ""
     if config.init_from:
         try:

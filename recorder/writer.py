@@ -35,7 +35,7 @@ import numpy as np
 from isal import isal_zlib
 
 SCHEMA = "emergence.run"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # the oldest file format that SWMR allows: HDF5 1.10 readers (Debian 12, MATLAB, older h5py) read every dataset
 LIBVER = ("v110", "latest")
 STATUS_BYTES = 16
@@ -70,6 +70,7 @@ class LayerSpec:
     activation: str
     kernel_shape: tuple[int, ...] | None = None  # (kh, kw, C_in, C_out) when the kernel is recorded
     stage: str = "after the nonlinearity"  # or "pre-activation": a conv's own output (recorder/capture.py)
+    channels: tuple[int, ...] | None = None  # the layer's channel numbers that are recorded; None: all of them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +260,8 @@ def layout_mismatch(f: h5py.File, layout: RunLayout) -> list[str]:
         ds = f[f"layers/{spec.name}/activations"]
         if ds.shape[1:] != (p, *spec.shape) or ds.dtype != np.dtype(layout.dtype):
             out.append(f"{spec.name}: {ds.dtype}{list(ds.shape[1:])} in the file, {layout.dtype}{[p, *spec.shape]} now")
+        elif json.loads(ds.attrs.get("channels_json", "null")) != (list(spec.channels) if spec.channels else None):
+            out.append(f"{spec.name}: other recorded channels")
     if not np.array_equal(f["probes/images"][()], layout.probe_images):
         out.append("the probe images differ")
     if layout.weights and "weights" in f and json.loads(f["weights"].attrs["specs_json"]) != [
@@ -376,6 +379,8 @@ class H5RunWriter:
             g["activations"].attrs["activation"] = spec.activation
             g["activations"].attrs["stage"] = spec.stage
             g["activations"].attrs["order"] = order
+            if spec.channels is not None:
+                g["activations"].attrs["channels_json"] = json.dumps([int(c) for c in spec.channels])
             if spec.kernel_shape is not None:
                 growing(g, "kernel", tuple(spec.kernel_shape), "f4")
 

@@ -97,7 +97,8 @@ class LayerFrames(Frames):
         p, h, w, c = run.layer_shape(layer)
         self.layer = layer
         self.probes = list(range(p)) if probes is None else list(probes)
-        self.channels = list(range(c)) if channels is None else list(channels)
+        self.channels = list(range(c)) if channels is None else list(channels)  # positions in the stored axis
+        numbers = run.layer_channels(layer)  # the model's channel numbers (a subset when recorded with channels=)
         activation = run.activation_label(layer)
         if scale is None:
             all_frames = np.arange(run.num_frames)
@@ -111,7 +112,7 @@ class LayerFrames(Frames):
         names = [run.class_names[int(labels[k])] if int(labels[k]) < len(run.class_names) else str(labels[k])
                  for k in self.probes]
         self.palette = build_palette(scale.kind, colours)
-        self.grid = LayerGrid(title or f"{layer}  {activation}", names, (h, w), self.channels, scale,
+        self.grid = LayerGrid(title or f"{layer}  {activation}", names, (h, w), [numbers[c] for c in self.channels], scale,
                               int(self._steps[-1]) if len(self._steps) else 0, style, probe_index=probe_index)
 
     def values(self, positions: np.ndarray) -> np.ndarray:

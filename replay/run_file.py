@@ -28,8 +28,8 @@ try:  # registers the zstd/lz4/... HDF5 filters, for run files recorded with com
 except ImportError:
     pass
 
-SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)  # 2 added /analysis; 3 /scalars, stage, interrupted; 4 the writer's identity;
-# 5 /weights
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6)  # 2 added /analysis; 3 /scalars, stage, interrupted; 4 the writer's identity;
+# 5 /weights; 6 the layers' channels_json (channel subsets)
 STALE_SECONDS = 60.0  # a `running` file with no flush (heartbeat) for this long was left by a recorder that is gone
 STATES = ("recording", "completed", "failed", "interrupted", "diverged", "killed")
 AFTER_NONLINEARITY = "after the nonlinearity"  # the stage of every layer of a version 1 or 2 file
@@ -187,6 +187,12 @@ class Run:
     def layer_shape(self, layer: str) -> tuple[int, ...]:
         """(P, H, W, C) of one frame of `layer`."""
         return tuple(self._dataset(layer).shape[1:])
+
+    def layer_channels(self, layer: str) -> list[int]:
+        """The layer's channel numbers, in the order stored: a subset when recorded with `channels=` (schema 6)."""
+        ds = self._dataset(layer)
+        stored = ds.attrs.get("channels_json")
+        return json.loads(stored) if stored is not None else list(range(ds.shape[-1]))
 
     def layer_dtype(self, layer: str) -> np.dtype:
         """The stored dtype of `layer`'s activations (float16 or float32)."""

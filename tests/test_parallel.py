@@ -130,3 +130,24 @@ def test_a_byte_budget_chooses_the_densest_schedule_that_fits(tmp_path):
     assert (tmp_path / "b.h5").stat().st_size <= 2.0e6
     with pytest.raises(ConfigError, match="budget_mb=0.01 is too small"):
         budget_schedule(plan, 0.01)
+
+
+def test_a_channel_subset_records_those_channels_exactly_and_analyses_all_of_them(tmp_path):
+    from recorder.run import record
+    from replay.animate import LayerFrames
+
+    base = RunConfig(model="tiny_cnn", dataset="synthetic", synthetic_size=256, batch_size=32, steps=4,
+                     analysis_probes=16, checkpoint_every=0, dtype="float32")
+    record(base, tmp_path / "all.h5", show_progress=False, log=lambda s: None)
+    record(RunConfig(**{**base.__dict__, "channels": "2,5,11"}), tmp_path / "sub.h5", show_progress=False,
+           log=lambda s: None)
+    with open_run(tmp_path / "all.h5") as full, open_run(tmp_path / "sub.h5") as sub:
+        for layer in full.layers:
+            assert sub.layer_channels(layer) == [2, 5, 11] if layer == "conv2" else [2, 5]  # conv1 has 8
+            want = full.activations(layer)[..., sub.layer_channels(layer)]
+            assert np.array_equal(sub.activations(layer), want)
+            assert np.array_equal(sub.grams(layer), full.grams(layer))
+        frames = LayerFrames(sub, "conv2")
+        assert frames.grid.num_channels == 3
+    with pytest.raises(ConfigError, match="channels='x:y'"):
+        RunConfig(channels="x:y").validate()

@@ -90,6 +90,7 @@ class Api:
         for name in run.layers:
             layers.append({
                 "name": name, "shape": list(run.layer_shape(name)), "activation": run.activation_label(name),
+                "channels": run.layer_channels(name),  # the model's channel numbers of the stored ones
                 "dtype": run.layer_dtype(name).name, "scale": scale_json(self.scales.layer_scale(rid, run, name)),
                 "max_frames": _range_cap(run, name, kernel=False),
             })

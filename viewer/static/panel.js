@@ -79,7 +79,7 @@ export class LayerPanel {
       const labels = cols.map((p) => run.class_names[run.probes.labels[p]] ?? String(run.probes.labels[p]));
       this.grid = new GridView({
         rows: rows.length, cols: cols.length, H, W, cellH: Hi, cellW: Wi, zoom: opts.zoom,
-        rowLabels: rows.map((c) => `C${c}`), colLabels: labels,
+        rowLabels: rows.map((c) => `C${info.channels ? info.channels[c] : c}`), colLabels: labels,
         header: opts.probeBytes ? probeStrip(opts.probeBytes, run.probes.shape, cols) : null,
         index: (r, c, y, x) => ((cols[c] * H + y) * W + x) * C + rows[r],
       });
