@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -27,14 +28,25 @@ def _record(args: argparse.Namespace) -> int:
     enable_compilation_cache()
     from experiments import get_experiment
     from recorder.config import apply_overrides
-    from recorder.parallel import use_host_devices
+    from recorder.parallel import start_processes, use_host_devices
     from recorder.run import record, resume
 
     overrides = list(args.set or [])
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")
     config = apply_overrides(get_experiment(args.experiment), overrides)
-    use_host_devices(config.devices)  # before JAX starts its backends: CPU devices for a data-parallel mesh
+    coordinator = args.coordinator or os.environ.get("EMERGENCE_COORDINATOR")
+    if coordinator:  # a multi-process run: join it before JAX starts
+        count = int(args.num_processes or os.environ.get("EMERGENCE_NUM_PROCESSES", "0"))
+        rank = int(args.process_id if args.process_id is not None else os.environ.get("EMERGENCE_PROCESS_ID", "-1"))
+        if count < 2 or rank < 0:
+            raise ValueError("--coordinator needs --num-processes P (>= 2) and --process-id I (or EMERGENCE_NUM_PROCESSES "
+                             "and EMERGENCE_PROCESS_ID)")
+        if config.devices < count:
+            config = dataclasses.replace(config, devices=count)  # at least one device per process
+        start_processes(coordinator, count, rank, config.devices)
+    else:
+        use_host_devices(config.devices)  # before JAX starts its backends: CPU devices for a data-parallel mesh
     name = args.name or "-".join([args.experiment, *(o.partition("=")[2].replace("/", "_") for o in args.set or [])])
     path = Path(args.out) / f"{name}.h5"
     if args.resume and path.exists():
@@ -192,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--name", help="file name without .h5 (default: the experiment and the override values)")
     rec.add_argument("--data-dir", help="folder holding the dataset files (else standard places, then download)")
     rec.add_argument("--overwrite", action="store_true", help="replace an existing run file of the same name")
+    rec.add_argument("--coordinator", metavar="HOST:PORT", help="join a multi-process run (jax.distributed) whose "
+                     "process 0 listens there; or EMERGENCE_COORDINATOR. Only process 0 writes the run file")
+    rec.add_argument("--num-processes", type=int, metavar="P", help="processes in the run (EMERGENCE_NUM_PROCESSES)")
+    rec.add_argument("--process-id", type=int, metavar="I", help="this process, 0..P-1 (EMERGENCE_PROCESS_ID)")
     rec.add_argument("--no-progress", action="store_true", help="no progress bar")
     rec.add_argument("--resume", action="store_true", help="if OUT/NAME.h5 exists, continue it (as emergence resume) "
                      "instead of refusing; else record it")

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from recorder.parallel import host
 from recorder.writer import RunWriter
 
 _STOP = object()
@@ -38,8 +39,9 @@ class WriterError(RuntimeError):
 
 
 def to_host(tree: Any) -> Any:
-    """Device arrays -> numpy (blocks until they are computed). Runs on the writer thread only."""
-    return jax.tree.map(np.asarray, tree)
+    """Device arrays -> numpy (blocks until they are computed). Runs on the writer thread only: a replicated
+    array of a multi-process run is read from this process's own replica, never through a collective."""
+    return jax.tree.map(host, tree)
 
 
 class AsyncRunWriter:

@@ -20,6 +20,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from recorder.parallel import host
+
 
 class CheckpointError(ValueError):
     """A checkpoint does not belong to this run or cannot be restored; the message says which and why."""
@@ -51,7 +53,7 @@ class Checkpoints:
 
     def _host(self, leaves: list[Any]) -> list[np.ndarray]:
         """Leaves as numpy arrays (typed PRNG keys as their raw key data)."""
-        return [np.asarray(jax.random.key_data(v) if i in self._keys else v) for i, v in enumerate(leaves)]
+        return [host(jax.random.key_data(v) if i in self._keys else v) for i, v in enumerate(leaves)]
 
     def steps(self) -> list[int]:
         """Steps of the finalised checkpoints, ascending."""
@@ -66,7 +68,7 @@ class Checkpoints:
         leaves = jax.tree.leaves(state)
         if len(leaves) != len(self._like):
             raise CheckpointError(f"state to checkpoint has {len(leaves)} arrays, the run's state {len(self._like)}")
-        arrays = {str(i): v for i, v in enumerate(self._host(jax.device_get(leaves)))}
+        arrays = {str(i): v for i, v in enumerate(self._host(leaves))}  # this process's replica: no collective
         meta = {**self.identity, "step": int(step)}
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
                                                          meta=ocp.args.JsonSave(meta)), force=True)

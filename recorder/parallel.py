@@ -10,6 +10,16 @@ replicated and the writer reads them without any collective.
 
 On the CPU, N host devices come from `jax_num_cpu_devices`, which must be set before JAX starts
 (`use_host_devices`; the CLI does it for `--set devices=N`).
+
+**Several processes** (`start_processes`: `jax.distributed.initialize`, gloo collectives on the CPU): the mesh
+spans every process's devices (`devices` counts them all). Every process loads the same data and runs the
+same loop; each feeds only its own rows of the same deterministic global batch
+(`jax.make_array_from_process_local_data`); replicated arrays are built from the value every process holds
+(`jax.make_array_from_callback`). Only process 0 creates and writes the run file; the others write through a
+`DiscardingWriter`, so the loops stay in step. Host copies of replicated results come from the process's own
+replica (`host`), never through a collective, and the writer thread runs none. Decisions that end the loop
+early (a non-finite value, Ctrl-C) are agreed by all processes every `SYNC_EVERY` steps (`agree`), on the main
+thread.
 """
 
 from __future__ import annotations
@@ -21,6 +31,53 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXIS = "data"
+SYNC_EVERY = 10  # steps between the processes' agreements on stopping early
+
+
+def host(x: Any) -> Any:
+    """A numpy copy of `x`; for an array spread over processes, this process's own replica (no collective)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
+def processes() -> int:
+    return jax.process_count()
+
+
+def is_primary() -> bool:
+    """Whether this is process 0, the one that writes the run file (always, with one process)."""
+    return jax.process_index() == 0
+
+
+def start_processes(coordinator: str, num_processes: int, process_id: int, devices: int) -> None:
+    """Joins a multi-process run before JAX starts: gloo collectives on the CPU, `devices / num_processes`
+    host devices here, then `jax.distributed.initialize`."""
+    if num_processes < 2:
+        return
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"process id {process_id} is not in 0..{num_processes - 1}")
+    if devices % num_processes:
+        raise ValueError(f"devices={devices} does not divide over {num_processes} processes")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    use_host_devices(max(devices // num_processes, 1))
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def agree(flag: bool) -> bool:
+    """Whether `flag` is true on any process (every process must call it at the same point)."""
+    if processes() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
+
+
+def barrier(name: str) -> None:
+    if processes() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 class Placement:
@@ -33,11 +90,30 @@ class Placement:
         self._replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
 
     def replicated(self, tree: Any) -> Any:
-        return jax.device_put(tree) if self.mesh is None else jax.device_put(tree, self._replicated)
+        if self.mesh is None:
+            return jax.device_put(tree)
+        if processes() == 1:
+            return jax.device_put(tree, self._replicated)
+        return jax.tree.map(self._global, tree)
+
+    def _global(self, leaf: Any) -> Any:
+        """A leaf every process holds, as one array replicated over the whole mesh."""
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = self._global(jax.random.key_data(leaf))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        value = host(leaf)
+        return jax.make_array_from_callback(value.shape, self._replicated, lambda index: value[index])
 
     def batch(self, x: np.ndarray) -> Any:
-        """A host array split along axis 0 over the mesh (one device: left on the host, copied in at dispatch)."""
-        return x if self.mesh is None else jax.device_put(x, self.batch_sharding)
+        """A host array split along axis 0 over the mesh (one device: left on the host, copied in at dispatch).
+        With several processes each passes the same global `x` and contributes only its own rows."""
+        if self.mesh is None:
+            return x
+        if processes() == 1:
+            return jax.device_put(x, self.batch_sharding)
+        rows = [index[0] for index in self.batch_sharding.addressable_devices_indices_map(x.shape).values()]
+        lo, hi = min(r.start for r in rows), max(r.stop for r in rows)
+        return jax.make_array_from_process_local_data(self.batch_sharding, x[lo:hi], x.shape)
 
     def describe(self) -> str:
         if self.mesh is None:
@@ -52,7 +128,7 @@ def data_placement(devices: int, batch_size: int) -> Placement:
         raise ValueError(f"devices must be >= 1, got {devices}")
     if devices == 1:
         return Placement(None)
-    available = jax.device_count()
+    available = jax.device_count()  # over every process
     if devices > available:
         hint = (f"; on the CPU, `--set devices={devices}` through the CLI sets jax_num_cpu_devices, or set "
                 f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} before starting Python"

@@ -35,7 +35,7 @@ from recorder.async_writer import AsyncRunWriter
 from recorder.capture import Capture
 from recorder.schedule import recorded_steps
 from recorder.weights import flat_weights, weight_specs
-from recorder.writer import AnalysisLayout, H5RunWriter, LayerSpec, RunLayout
+from recorder.writer import AnalysisLayout, DiscardingWriter, H5RunWriter, LayerSpec, RunLayout
 
 WRITER = "emergence.Recorder"
 
@@ -111,13 +111,15 @@ class Recorder:
                  compression: str = "gzip", eval_count: int = 0, data_origin: str = "", overwrite: bool = False,
                  versions: Mapping[str, str] | None = None, writer: str = WRITER, max_pending: int = 8,
                  writer_nice: int = 19, resume_after: int | None = None, weights: Any = None,
-                 initialised_from: str = ""):
+                 initialised_from: str = "", write_file: bool = True):
         path = Path(path)
-        if resume_after is None and path.exists() and not overwrite:
+        if not write_file:  # a process other than 0 of a multi-process run: same loop, no file
+            overwrite, resume_after = True, None
+        if write_file and resume_after is None and path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path")
         if resume_after is not None and not path.exists():
             raise FileNotFoundError(f"no run file at {path} to resume")
-        if path.exists():
+        if write_file and path.exists():
             refuse_live_writer(path)
         if planned_steps < 0:
             raise RecorderError(f"planned_steps must be >= 0, got {planned_steps}")
@@ -163,14 +165,17 @@ class Recorder:
             layout = dataclasses.replace(layout, weights=weight_specs(weights))
         self.layout = layout
         self._expected = self._frame_shapes()
-        if path.exists() and resume_after is None:
-            path.unlink()  # overwrite=True: only once everything above has been validated
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        try:
-            h5 = H5RunWriter(path, layout, resume_after=resume_after)
-        except ValueError as e:
-            raise RecorderError(str(e)) from None
+        if not write_file:
+            h5 = DiscardingWriter(path)
+        else:
+            if path.exists() and resume_after is None:
+                path.unlink()  # overwrite=True: only once everything above has been validated
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                h5 = H5RunWriter(path, layout, resume_after=resume_after)
+            except ValueError as e:
+                raise RecorderError(str(e)) from None
         self._writer = AsyncRunWriter(h5, max_pending=max_pending, nice=writer_nice)
         self._last = h5.last_steps()
         self._closed = False

@@ -32,7 +32,7 @@ from recorder.checkpoints import Checkpoints, checkpoint_dir
 from recorder.config import RESUMABLE_KEYS, ConfigError, RunConfig, apply_overrides, config_from_json
 from recorder.data import Dataset, load_dataset
 from recorder.models import build_model
-from recorder.parallel import Placement, data_placement
+from recorder.parallel import SYNC_EVERY, Placement, agree, barrier, data_placement, host, is_primary, processes
 from recorder.probes import choose_probes
 from recorder.progress import Progress
 from recorder.recorder import Probes, Recorder, RecorderError
@@ -127,7 +127,8 @@ class RunPlan:
                         analysis=self.analysis(), config=json_config(c), experiment=c.experiment,
                         activation=c.activation, compression=c.compression, eval_count=self.eval_count,
                         data_origin=self.dataset.origin, overwrite=overwrite, versions=versions(), writer=WRITER,
-                        weights=self.weights(self.fns.init_state), initialised_from=self.init_note, **kwargs)
+                        weights=self.weights(self.fns.init_state), initialised_from=self.init_note,
+                        write_file=is_primary(), **kwargs)
 
     @staticmethod
     def weights(state: TrainState) -> tuple[Any, Any]:
@@ -295,12 +296,32 @@ class TrainingLoop:
         """Whether the writer has seen a non-finite step and the config says to stop there."""
         return self.rec is not None and self.rec.nonfinite_step is not None and self.plan.config.on_nonfinite == "stop"
 
+    def stopped_early(self) -> bool:
+        """After `run`: whether it ended before the plan's end (all processes agree)."""
+        if processes() == 1:
+            return bool(self.stop_requested) or self.diverged()
+        if self.rec is not None:
+            self.rec.wait()
+        return agree(bool(self.stop_requested) or self.diverged() or self.step < self.plan.total)
+
+    def should_stop(self, step: int) -> bool:
+        """Whether to stop before update `step`: a stop was asked for or the run diverged. With several
+        processes they decide together, every SYNC_EVERY steps, once each has written all it was given (the
+        same rows on every process), so that all of them stop at the same step."""
+        if processes() == 1:
+            return bool(self.stop_requested) or self.diverged()
+        if (step - 1) % SYNC_EVERY:
+            return False
+        if self.rec is not None:
+            self.rec.wait()
+        return agree(bool(self.stop_requested) or self.diverged())
+
     def run(self, until: int, progress: Progress | None = None) -> None:
         """Trains (and records) steps step+1 .. until, or fewer (see the class doc)."""
         plan, fns, rec, c = self.plan, self.plan.fns, self.rec, self.plan.config
         data = (self.train_x, self.train_y, self.initial_params)
         for step in range(self.step + 1, until + 1):
-            if self.stop_requested or self.diverged():
+            if self.should_stop(step):
                 return
             idx, at = plan.placement.batch(self._batch(step)), np.int32(step)  # the step: traced (augmentation)
             frame = None
@@ -319,7 +340,7 @@ class TrainingLoop:
             if plan.learning_rates is not None:  # host values: no device work per step
                 rec.log_scalars(step, learning_rate=float(plan.learning_rates[step - 1]))
             if self.evaluate and (c.eval_every and step % c.eval_every == 0 or step == plan.total):
-                loss, acc = evaluate(fns, self.state, self.test_x[:plan.eval_count], self.test_y[:plan.eval_count])
+                loss, acc = evaluate(fns, self.state, self.test_x, self.test_y, count=plan.eval_count)
                 rec.log_eval(step, loss=loss, accuracy=acc)
             if c.checkpoint_every and step % c.checkpoint_every == 0 and step < until:
                 self.checkpoint()
@@ -340,7 +361,7 @@ class TrainingLoop:
 
     def test(self) -> tuple[float, float]:
         """The full test split (syncs: the end of the run)."""
-        loss, acc = (float(v) for v in evaluate(self.plan.fns, self.state, self.test_x, self.test_y))
+        loss, acc = (float(host(v)) for v in evaluate(self.plan.fns, self.state, self.test_x, self.test_y))
         if self.rec is not None:
             self.rec.log_test(loss=loss, accuracy=acc, count=len(self.plan.dataset.test_labels))
         return loss, acc
@@ -389,7 +410,7 @@ def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_pr
                 if loop.step == 0 and rec.last_steps["frame"] < 0:
                     loop.start()
                 loop.run(plan.total, progress)
-                if loop.stop_requested or loop.diverged():
+                if loop.stopped_early():
                     rec.wait()
                     stopped = _stop(loop, path)
                     rec.close(*stopped)
@@ -444,7 +465,9 @@ def record(
 ) -> RunResult:
     """Trains `config` and records it to `path` (HDF5, see docs/run_schema.md), checkpointing beside it."""
     path = Path(path)
-    if path.exists() and not overwrite:
+    if not is_primary():  # the other processes of a multi-process run: the same loop, silent, no file
+        log, show_progress = (lambda s: None), False
+    elif path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, `emergence resume {path}` to "
                               "continue it, or pick another --name")
     plan = make_plan(config, log)
@@ -455,7 +478,9 @@ def record(
     d = plan.dataset
     log(format_summary(plan.capture.summary))
     rec = plan.recorder(path, overwrite=overwrite)
-    shutil.rmtree(checkpoint_dir(path), ignore_errors=True)  # an earlier run's of this name: its file is replaced
+    if is_primary():
+        shutil.rmtree(checkpoint_dir(path), ignore_errors=True)  # an earlier run's of this name: its file is replaced
+    barrier("emergence: the run file and checkpoint folder are ready")
     ckpts = Checkpoints(path, plan.fns.init_state, checkpoint_identity(config, path))
     log(f"{config.experiment}: {config.model} ({config.activation}) on {d.name} [{d.origin}], {plan.total} steps "
         f"({plan.per_epoch}/epoch, batch {config.batch_size}), {len(rec.frame_steps)} frames ({config.schedule}) "

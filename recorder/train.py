@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -179,9 +180,11 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
         traces["probe_frame"] += 1
         return frame_of(params, rest, probe_x, analysis_x)
 
-    def eval_chunk(params, rest, images, labels, mask):
-        """Summed loss and correct count over the rows where mask is true (chunks are padded)."""
+    def eval_chunk(params, rest, images, labels, idx, mask):
+        """Summed loss and correct count over the rows `idx` of (images, labels) where mask is true (the last
+        chunk repeats its last row). Gathered here, on the device, as the training batches are."""
         traces["eval_chunk"] += 1
+        images, labels = images[idx], labels[idx]
         logits = inference(params, rest)(to_inputs(images))
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         correct = jnp.argmax(logits, -1) == labels
@@ -224,24 +227,17 @@ def layer_measures(measured: Mapping[str, str], params: nnx.State, start: nnx.St
 EVAL_CHUNK = 500
 
 
-def evaluate(fns: StepFunctions, state: TrainState, images: Any, labels: Any,
-             chunk: int = EVAL_CHUNK) -> tuple[jax.Array, jax.Array]:
-    """Mean loss and accuracy over all `images` (device uint8 [N, H, W, C]) in inference mode; device scalars.
-
-    Every chunk has the same shape whatever N (the last is padded and masked), so this compiles once.
-    """
-    n = images.shape[0]
-    total_loss = jnp.zeros((), jnp.float32)
-    total_correct = jnp.zeros((), jnp.int32)
+def evaluate(fns: StepFunctions, state: TrainState, images: Any, labels: Any, chunk: int = EVAL_CHUNK,
+             count: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """Mean loss and accuracy over the first `count` (default: all) `images` (device uint8 [N, H, W, C]) in
+    inference mode; device scalars (no wait). Every chunk has the same shape whatever N (the last repeats its
+    last row, masked out), so this compiles once; rows are gathered on the device."""
+    n = images.shape[0] if count is None else count
+    total_loss, total_correct = None, None
     for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        pad = chunk - (stop - start)
-        x, y = images[start:stop], labels[start:stop]
-        if pad:
-            x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-            y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
-        mask = jnp.arange(chunk) < (stop - start)
-        loss, correct = fns.eval_chunk(state.params, state.model_state, x, y, mask)
-        total_loss = total_loss + loss
-        total_correct = total_correct + correct
+        idx = np.minimum(np.arange(start, start + chunk), n - 1).astype(np.int32)
+        mask = np.arange(start, start + chunk) < n
+        loss, correct = fns.eval_chunk(state.params, state.model_state, images, labels, idx, mask)
+        total_loss = loss if total_loss is None else total_loss + loss
+        total_correct = correct if total_correct is None else total_correct + correct
     return total_loss / n, total_correct.astype(jnp.float32) / n

@@ -151,3 +151,47 @@ def test_a_channel_subset_records_those_channels_exactly_and_analyses_all_of_the
         assert frames.grid.num_channels == 3
     with pytest.raises(ConfigError, match="channels='x:y'"):
         RunConfig(channels="x:y").validate()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_two_devices_record_what_one_process_records(tmp_path):
+    """jax.distributed on loopback (gloo collectives): process 0 writes the file, process 1 only computes."""
+    from recorder.run import record
+
+    sets = ["steps=6", "synthetic_size=256", "batch_size=32", "eval_every=3", "eval_size=40", "analysis_probes=16",
+            "dtype=float32", "optimizer=sgd", "learning_rate=0.05", "checkpoint_every=3", "activation=relu"]
+    port = _free_port()
+    procs = []
+    for rank in (0, 1):
+        cmd = [sys.executable, "-m", "emergence", "record", "tiny", "--out", str(tmp_path), "--name", "two",
+               "--no-progress", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
+               str(rank), "--set", "devices=4", *[a for s in sets for a in ("--set", s)]]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=300)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "done: 6 steps" in outs[0] and "done:" not in outs[1]  # process 1 logs nothing of its own
+    from experiments import get_experiment
+    from recorder.config import apply_overrides
+
+    record(apply_overrides(get_experiment("tiny"), sets), tmp_path / "one.h5", show_progress=False, log=lambda s: None)
+    with open_run(tmp_path / "two.h5") as run:
+        assert run.writer_identity["pid"] == procs[0].pid and run.config["devices"] == 4
+        assert run.status == "completed"
+    one, two = _contents(tmp_path / "one.h5"), _contents(tmp_path / "two.h5")
+    for key, value in one.items():
+        np.testing.assert_allclose(two[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.ckpt", "one.h5", "two.ckpt", "two.h5"]
