@@ -41,6 +41,9 @@ class WriterError(RuntimeError):
 def to_host(tree: Any) -> Any:
     """Device arrays -> numpy (blocks until they are computed). Runs on the writer thread only: a replicated
     array of a multi-process run is read from this process's own replica, never through a collective."""
+    for leaf in jax.tree.leaves(tree):  # start every transfer of the item first: they overlap, then wait once
+        if isinstance(leaf, jax.Array) and leaf.is_fully_addressable:
+            leaf.copy_to_host_async()
     return jax.tree.map(host, tree)
 
 

@@ -189,7 +189,8 @@ def test_cifar10_vgg_records_on_format_exact_cifar_files(tmp_path, isolated_home
                                                             "analysis_probes=10", "eval_every=0", "checkpoint_every=0"])
     record(config, tmp_path / "cifar.h5", show_progress=False, log=lambda s: None)
     with open_run(tmp_path / "cifar.h5") as run:
-        assert run.status == "completed" and run.layer_shape("conv6") == (10, 8, 8, 64)
+        assert run.status == "completed" and run.layer_shape("conv6") == (10, 8, 8, 16)  # channels 0:16 of 64
+        assert run.layer_channels("conv6") == list(range(16)) and run.layer_shape("conv1") == (10, 32, 32, 16)
         assert run.probes()[0].shape == (10, 32, 32, 3) and run.config["head"] == "gap"
         dense = next(m for m in run.summary["modules"] if m["path"] == "dense")
         assert dense["params"] == 64 * 128 + 128
