@@ -1,6 +1,7 @@
 """Recording overhead: training steps/s of the built-in loop without recording vs recording every step.
 
     .venv/bin/python benchmarks/record_overhead.py [--trials 5] [--experiments vgg_bn:20,resnet8:20]
+        [--also channels=0:16]   # each experiment again with these overrides (e.g. a channel subset)
 
 Every loop below is `recorder.run.TrainingLoop`, the loop `emergence record` runs, over the same plan
 (data, model, compiled steps); trials alternate between them in one process (the machine is shared and
@@ -29,6 +30,7 @@ from typing import Callable
 import jax
 
 from experiments import get_experiment
+from recorder.config import apply_overrides
 from recorder.run import TrainingLoop, make_plan
 
 CASES = (("learn_to_see", 8), ("keras_fashion", 60))  # (experiment, steps per trial)
@@ -36,9 +38,9 @@ PAUSE_S = 0.5
 
 
 def bench(experiment: str, steps: int, trials: int, folder: Path, compression: str = "gzip",
-          others: dict[str, Callable[[int], float]] | None = None) -> dict:
+          others: dict[str, Callable[[int], float]] | None = None, overrides: tuple[str, ...] = ()) -> dict:
     """Medians of alternating trials; `others` (name -> run(steps) -> steps/s) join every trial's rotation."""
-    config = dataclasses.replace(get_experiment(experiment), compression=compression)
+    config = apply_overrides(dataclasses.replace(get_experiment(experiment), compression=compression), list(overrides))
     plan = make_plan(config)
     recorded = plan.recorder(folder / f"{experiment}.h5", overwrite=True)
     plain = plan.recorder(folder / f"{experiment}-nice0.h5", overwrite=True, writer_nice=0)
@@ -99,8 +101,12 @@ def main() -> None:
     parser.add_argument("--compression", default="gzip", help="run-file compression: gzip (default), lzf, zstd, none")
     parser.add_argument("--experiments", default=",".join(f"{e}:{s}" for e, s in CASES),
                         help="EXPERIMENT:STEPS_PER_TRIAL,... (default: %(default)s)")
+    parser.add_argument("--also", action="append", metavar="KEY=VALUE", help="measure each experiment again with these "
+                        "overrides (repeatable; one extra case with all of them)")
     args = parser.parse_args()
-    cases = [(name, int(steps)) for name, _, steps in (item.partition(":") for item in args.experiments.split(","))]
+    cases = [(name, int(steps), ()) for name, _, steps in (item.partition(":") for item in args.experiments.split(","))]
+    if args.also:
+        cases = [c for name, steps, _ in cases for c in ((name, steps, ()), (name, steps, tuple(args.also)))]
     print(f"JAX {jax.__version__}, backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
           f"{args.trials} alternating trials per loop, medians; run-file compression {args.compression}")
     print()
@@ -109,9 +115,10 @@ def main() -> None:
           "probe frame / recorded | CPU ratio | recorded, writer thread at normal priority: steps/s (ratio) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
-        for experiment, steps in cases:
-            r = bench(experiment, steps, args.trials, Path(folder), args.compression)
-            print(f"| {r['experiment']} | {r['batch']} | {r['unrecorded']:.2f} | {r['probes']:.2f} | {r['recorded']:.2f} | "
+        for experiment, steps, overrides in cases:
+            r = bench(experiment, steps, args.trials, Path(folder), args.compression, overrides=overrides)
+            label = r["experiment"] + (f" ({', '.join(overrides)})" if overrides else "")
+            print(f"| {label} | {r['batch']} | {r['unrecorded']:.2f} | {r['probes']:.2f} | {r['recorded']:.2f} | "
                   f"{r['ratio']:.3f} | {r['paired_ratio']:.3f} | {r['spread'][0]:.2f}–{r['spread'][1]:.2f} | "
                   f"{1000 * r['cpu_unrecorded']:.1f} / {1000 * r['cpu_probes']:.1f} / {1000 * r['cpu_recorded']:.1f} | {r['cpu_ratio']:.3f} | "
                   f"{r['nice0']:.2f} ({r['nice0'] / r['unrecorded']:.3f}) |", flush=True)
