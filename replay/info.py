@@ -19,6 +19,10 @@ def describe(run: Run) -> str:
     ]
     for name in run.layers:
         kernel = "  + kernel" if name in run.kernel_layers else ""
+        channels = run.layer_channels(name)
+        if channels != list(range(run.layer_shape(name)[-1])):  # recorded with channels=
+            full = next((t["shape"][-1] for t in run.summary.get("taps", []) if t["name"] == name and t.get("shape")), "?")
+            kernel += f"  channels {_ranges(np.asarray(channels))} of {full}"
         lines.append(f"  {name:<12} {[len(steps), *run.layer_shape(name)]}  {run.activation_label(name)}{kernel}")
     train = run.train_metrics()
     if len(train.step):

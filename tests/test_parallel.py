@@ -149,6 +149,9 @@ def test_a_channel_subset_records_those_channels_exactly_and_analyses_all_of_the
             assert np.array_equal(sub.grams(layer), full.grams(layer))
         frames = LayerFrames(sub, "conv2")
         assert frames.grid.num_channels == 3
+        from replay.info import describe
+
+        assert "channels 2, 5, 11 of 16" in describe(sub)
     with pytest.raises(ConfigError, match="channels='x:y'"):
         RunConfig(channels="x:y").validate()
 
