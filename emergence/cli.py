@@ -28,25 +28,13 @@ def _record(args: argparse.Namespace) -> int:
     enable_compilation_cache()
     from experiments import get_experiment
     from recorder.config import apply_overrides
-    from recorder.parallel import start_processes, use_host_devices
     from recorder.run import record, resume
 
     overrides = list(args.set or [])
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")
     config = apply_overrides(get_experiment(args.experiment), overrides)
-    coordinator = args.coordinator or os.environ.get("EMERGENCE_COORDINATOR")
-    if coordinator:  # a multi-process run: join it before JAX starts
-        count = int(args.num_processes or os.environ.get("EMERGENCE_NUM_PROCESSES", "0"))
-        rank = int(args.process_id if args.process_id is not None else os.environ.get("EMERGENCE_PROCESS_ID", "-1"))
-        if count < 2 or rank < 0:
-            raise ValueError("--coordinator needs --num-processes P (>= 2) and --process-id I (or EMERGENCE_NUM_PROCESSES "
-                             "and EMERGENCE_PROCESS_ID)")
-        if config.devices < count:
-            config = dataclasses.replace(config, devices=count)  # at least one device per process
-        start_processes(coordinator, count, rank, config.devices)
-    else:
-        use_host_devices(config.devices)  # before JAX starts its backends: CPU devices for a data-parallel mesh
+    config = dataclasses.replace(config, devices=_join(args, config.devices))
     name = args.name or "-".join([args.experiment, *(o.partition("=")[2].replace("/", "_") for o in args.set or [])])
     path = Path(args.out) / f"{name}.h5"
     if args.resume and path.exists():
@@ -57,18 +45,40 @@ def _record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _join(args: argparse.Namespace, devices: int) -> int:
+    """Before JAX starts: joins a multi-process run (--coordinator, or EMERGENCE_COORDINATOR) or asks for
+    `devices` CPU devices; returns the device count to use (at least one per process)."""
+    from recorder.parallel import start_processes, use_host_devices
+
+    coordinator = args.coordinator or os.environ.get("EMERGENCE_COORDINATOR")
+    if not coordinator:
+        use_host_devices(devices)
+        return devices
+    count = int(args.num_processes or os.environ.get("EMERGENCE_NUM_PROCESSES", "0"))
+    rank = int(args.process_id if args.process_id is not None else os.environ.get("EMERGENCE_PROCESS_ID", "-1"))
+    if count < 2 or rank < 0:
+        raise ValueError("--coordinator needs --num-processes P (>= 2) and --process-id I (or EMERGENCE_NUM_PROCESSES "
+                         "and EMERGENCE_PROCESS_ID)")
+    devices = max(devices, count)
+    start_processes(coordinator, count, rank, devices)
+    return devices
+
+
 def _resume(args: argparse.Namespace) -> int:
     enable_compilation_cache()
-    from recorder.parallel import use_host_devices
     from recorder.run import resume
     from replay.run_file import open_run
 
-    devices = [o.partition("=")[2] for o in args.set or [] if o.partition("=")[0].strip() == "devices"]
+    overrides = list(args.set or [])
+    devices = [o.partition("=")[2] for o in overrides if o.partition("=")[0].strip() == "devices"]
     if not devices:
         with open_run(args.run) as run:
             devices = [run.config.get("devices", 1)]
-    use_host_devices(int(devices[-1]) if str(devices[-1]).isdigit() else 1)
-    resume(args.run, list(args.set or []), show_progress=not args.no_progress)
+    wanted = int(devices[-1]) if str(devices[-1]).isdigit() else 1
+    joined = _join(args, wanted)
+    if joined != wanted:
+        overrides.append(f"devices={joined}")
+    resume(args.run, overrides, show_progress=not args.no_progress)
     print(args.run)
     return 0
 
@@ -165,6 +175,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _process_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="join a multi-process run (jax.distributed) whose "
+                   "process 0 listens there; or EMERGENCE_COORDINATOR. Only process 0 writes the run file")
+    p.add_argument("--num-processes", type=int, metavar="P", help="processes in the run (EMERGENCE_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=int, metavar="I", help="this process, 0..P-1 (EMERGENCE_PROCESS_ID)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from experiments import EXPERIMENTS
     from recorder.config import override_keys
@@ -204,10 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--name", help="file name without .h5 (default: the experiment and the override values)")
     rec.add_argument("--data-dir", help="folder holding the dataset files (else standard places, then download)")
     rec.add_argument("--overwrite", action="store_true", help="replace an existing run file of the same name")
-    rec.add_argument("--coordinator", metavar="HOST:PORT", help="join a multi-process run (jax.distributed) whose "
-                     "process 0 listens there; or EMERGENCE_COORDINATOR. Only process 0 writes the run file")
-    rec.add_argument("--num-processes", type=int, metavar="P", help="processes in the run (EMERGENCE_NUM_PROCESSES)")
-    rec.add_argument("--process-id", type=int, metavar="I", help="this process, 0..P-1 (EMERGENCE_PROCESS_ID)")
+    _process_arguments(rec)
     rec.add_argument("--no-progress", action="store_true", help="no progress bar")
     rec.add_argument("--resume", action="store_true", help="if OUT/NAME.h5 exists, continue it (as emergence resume) "
                      "instead of refusing; else record it")
@@ -223,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--set", action="append", metavar="KEY=VALUE", help="epochs, steps, checkpoint_every or "
                      "on_nonfinite (other keys would change what the recorded steps mean)")
     res.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _process_arguments(res)
     res.set_defaults(func=_resume)
 
     rep_ = sub.add_parser(

@@ -73,6 +73,16 @@ def agree(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
+def from_primary(flag: bool) -> bool:
+    """Process 0's `flag` on every process (every process must call it at the same point): decisions that
+    depend on the run file, which only process 0 has written."""
+    if processes() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
 def barrier(name: str) -> None:
     if processes() > 1:
         from jax.experimental import multihost_utils

@@ -32,7 +32,8 @@ from recorder.checkpoints import Checkpoints, checkpoint_dir
 from recorder.config import RESUMABLE_KEYS, ConfigError, RunConfig, apply_overrides, config_from_json
 from recorder.data import Dataset, load_dataset
 from recorder.models import build_model
-from recorder.parallel import SYNC_EVERY, Placement, agree, barrier, data_placement, host, is_primary, processes
+from recorder.parallel import (SYNC_EVERY, Placement, agree, barrier, data_placement, from_primary, host, is_primary,
+                               processes)
 from recorder.probes import choose_probes
 from recorder.progress import Progress
 from recorder.recorder import Probes, Recorder, RecorderError
@@ -407,7 +408,7 @@ def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_pr
     try:
         with rec, stop_on_signals(loop):
             try:
-                if loop.step == 0 and rec.last_steps["frame"] < 0:
+                if loop.step == 0 and from_primary(rec.last_steps["frame"] < 0):  # what the file holds decides
                     loop.start()
                 loop.run(plan.total, progress)
                 if loop.stopped_early():
@@ -523,8 +524,11 @@ def resume(path: str | Path, overrides: Sequence[str] = (), show_progress: bool 
         raise ConfigError(f"resume cannot change {', '.join(bad)}: only {', '.join(RESUMABLE_KEYS)} keep the steps "
                           "already recorded meaningful; record a new run for other changes")
     config = apply_overrides(config_from_json(json.dumps(base)), list(overrides))
-    if status == "running":
+    if not is_primary():  # the other processes of a multi-process run: the same loop, silent, no file
+        log, show_progress = (lambda s: None), False
+    if status == "running" and is_primary():
         log(f"repair: {repair(path)}")
+    barrier("emergence: the run file is repaired")
     plan = make_plan(config, log)
     if plan.total != planned and config.lr_schedule != "constant":
         raise ConfigError(f"{path} uses lr_schedule={config.lr_schedule}, which spans its {planned} planned steps; "
@@ -544,6 +548,7 @@ def resume(path: str | Path, overrides: Sequence[str] = (), show_progress: bool 
     usable = [s for s in ckpts.steps() if complete_through(s)]
     start = usable[-1] if usable else 0
     train_state = ckpts.restore(start) if start else None
+    barrier("emergence: every process has read the run file")  # before process 0 drops rows after `start`
     rec = plan.recorder(path, resume_after=start)
     loop = TrainingLoop(plan, rec, checkpoints=ckpts)
     if train_state is not None:

@@ -164,19 +164,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_of_two_devices_record_what_one_process_records(tmp_path):
-    """jax.distributed on loopback (gloo collectives): process 0 writes the file, process 1 only computes."""
-    from recorder.run import record
-
-    sets = ["steps=6", "synthetic_size=256", "batch_size=32", "eval_every=3", "eval_size=40", "analysis_probes=16",
-            "dtype=float32", "optimizer=sgd", "learning_rate=0.05", "checkpoint_every=3", "activation=relu"]
+def _two_processes(args: list[str]) -> list[str]:
+    """Runs `emergence ARGS` as two loopback processes of one jax.distributed run; returns their outputs."""
     port = _free_port()
-    procs = []
-    for rank in (0, 1):
-        cmd = [sys.executable, "-m", "emergence", "record", "tiny", "--out", str(tmp_path), "--name", "two",
-               "--no-progress", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
-               str(rank), "--set", "devices=4", *[a for s in sets for a in ("--set", s)]]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    procs = [subprocess.Popen([sys.executable, "-m", "emergence", *args, "--no-progress", "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(rank)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
     outs = []
     for p in procs:
         try:
@@ -186,15 +179,34 @@ def test_two_processes_of_two_devices_record_what_one_process_records(tmp_path):
                 q.kill()
             raise
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert "done: 6 steps" in outs[0] and "done:" not in outs[1]  # process 1 logs nothing of its own
+    return outs + [procs[0].pid]
+
+
+def test_two_processes_of_two_devices_record_and_resume_what_one_process_does(tmp_path):
+    """jax.distributed on loopback (gloo collectives): process 0 writes the file, process 1 only computes."""
     from experiments import get_experiment
     from recorder.config import apply_overrides
+    from recorder.run import record
 
+    sets = ["steps=6", "synthetic_size=256", "batch_size=32", "eval_every=3", "eval_size=40", "analysis_probes=16",
+            "dtype=float32", "optimizer=sgd", "learning_rate=0.05", "checkpoint_every=3", "activation=relu"]
+    out0, out1, pid = _two_processes(["record", "tiny", "--out", str(tmp_path), "--name", "two", "--set", "devices=4",
+                                      *[a for s in sets for a in ("--set", s)]])
+    assert "done: 6 steps" in out0 and "done:" not in out1  # process 1 logs nothing of its own
     record(apply_overrides(get_experiment("tiny"), sets), tmp_path / "one.h5", show_progress=False, log=lambda s: None)
     with open_run(tmp_path / "two.h5") as run:
-        assert run.writer_identity["pid"] == procs[0].pid and run.config["devices"] == 4
-        assert run.status == "completed"
+        assert run.writer_identity["pid"] == pid and run.config["devices"] == 4 and run.status == "completed"
     one, two = _contents(tmp_path / "one.h5"), _contents(tmp_path / "two.h5")
     for key, value in one.items():
         np.testing.assert_allclose(two[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.ckpt", "one.h5", "two.ckpt", "two.h5"]
+
+    # both processes continue the run from its last checkpoint to step 10; one process does the same
+    out0, out1, pid = _two_processes(["resume", str(tmp_path / "two.h5"), "--set", "steps=10"])
+    assert "resuming" in out0 and "done: 10 steps" in out0 and "done:" not in out1
+    record(apply_overrides(get_experiment("tiny"), [*sets, "steps=10"]), tmp_path / "one10.h5", show_progress=False,
+           log=lambda s: None)
+    one, two = _contents(tmp_path / "one10.h5"), _contents(tmp_path / "two.h5")
+    assert len(two["loss"]) == 10
+    for key, value in one.items():
+        np.testing.assert_allclose(two[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
