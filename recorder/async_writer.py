@@ -18,6 +18,7 @@ import os
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -207,6 +208,10 @@ class AsyncRunWriter:
         finally:
             try:
                 self.writer.close()
+                if self._error is not None and isinstance(self._error, OSError) and Path(self.path).exists():
+                    from recorder.repair import fit_end_of_file
+
+                    fit_end_of_file(self.path)  # a full disk: the space of the failed write was reserved
             finally:
                 self._raise_if_failed()
 

@@ -93,6 +93,50 @@ def clear_open_flags(path: str | Path) -> bool:
     return True
 
 
+def _superblock_end(path: str | Path) -> tuple[int, bytearray, int, int] | None:
+    """(offset, superblock bytes without the checksum, where its end-of-file address is, its width) of a
+    version 2/3 superblock whose checksum holds, else None."""
+    found = find_superblock(path)
+    if found is None or found[1][8] not in (2, 3):
+        return None
+    offset, head = found
+    width = head[9]
+    end = 12 + 4 * width
+    block = bytearray(head[:end])
+    if int.from_bytes(head[end:end + 4], "little") != lookup3(bytes(block)):
+        return None
+    return offset, block, 12 + 2 * width, width
+
+
+def fit_end_of_file(path: str | Path) -> bool:
+    """After a write failed at a full disk: HDF5 had already reserved the space of the write that failed, so
+    its superblock can claim more bytes than the file has. When the file opens with its end-of-file address
+    set to the bytes it does have (nothing it references lies beyond), that is kept; otherwise the superblock
+    is left as it was. True if the file was changed."""
+    size = Path(path).stat().st_size
+    found = _superblock_end(path)
+    if found is None:
+        return False
+    offset, block, at, width = found
+    eof = int.from_bytes(block[at:at + width], "little")
+    if offset + eof <= size:
+        return False
+    original = bytes(block) + lookup3(bytes(block)).to_bytes(4, "little")
+    block[at:at + width] = (size - offset).to_bytes(width, "little")
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes(block) + lookup3(bytes(block)).to_bytes(4, "little"))
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            f.visit(lambda name: None)  # every object header reachable
+        return True
+    except (OSError, RuntimeError, KeyError, ValueError):
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.write(original)
+        return False
+
+
 def repair(path: str | Path) -> str:
     """Repairs a killed run's file in place (see the module doc); returns what was done, in one line."""
     path = Path(path)

@@ -19,7 +19,7 @@ from recorder.checkpoints import checkpoint_dir
 from recorder.repair import RepairError, open_flags, repair
 from recorder.run import RunStopped, record
 from replay.identity import differences
-from replay.run_file import open_run
+from replay.run_file import RunFileError, open_run
 
 TINY = ["--set", "steps=160", "--set", "checkpoint_every=25", "--set", "eval_every=20"]
 LEARN = ["--set", "steps=9", "--set", "checkpoint_every=3", "--set", "eval_every=3", "--set", "eval_size=200",
@@ -262,3 +262,24 @@ def test_hdf5_1_10_tools_read_every_dataset(reference, tmp_path):
     record(tiny_config(steps=6), small, show_progress=False, log=lambda s: None)
     full = subprocess.run(["h5dump", "-o", os.devnull, str(small)], capture_output=True, text=True, timeout=300)
     assert full.returncode == 0 and "error" not in full.stderr.lower() and full.stdout.count('DATASET "gram"') == 2
+
+
+def test_a_superblock_that_claims_the_space_of_a_failed_write_is_fitted_to_the_file(tmp_path):
+    """A write that fails at a full disk leaves its reserved space in the superblock's end-of-file address."""
+    from recorder.repair import _superblock_end, fit_end_of_file, lookup3
+
+    path = tmp_path / "r.h5"
+    record(tiny_config(steps=4), path, show_progress=False, log=lambda s: None)
+    with open_run(path) as run:
+        want = run.activations("conv2")
+    offset, block, at, width = _superblock_end(path)
+    size = path.stat().st_size
+    block[at:at + width] = (size - offset + 26_326).to_bytes(width, "little")  # as the full-disk run left it
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes(block) + lookup3(bytes(block)).to_bytes(4, "little"))
+    with pytest.raises(RunFileError, match="cut short"):
+        open_run(path)
+    assert fit_end_of_file(path) and not fit_end_of_file(path)
+    with open_run(path) as run:
+        np.testing.assert_array_equal(run.activations("conv2"), want)
