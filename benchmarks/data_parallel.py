@@ -34,6 +34,7 @@ def main() -> None:
     counts = [int(n) for n in args.devices.split(",")]
     jax.config.update("jax_num_cpu_devices", max(counts))  # before JAX starts; only the CPU backend reads it
     from experiments import get_experiment
+    from record_overhead import advance
     from recorder.run import TrainingLoop, make_plan
 
     rows = []
@@ -47,13 +48,13 @@ def main() -> None:
                 loops[(n, "recorded")] = TrainingLoop(plan, rec, evaluate=False)
             for loop in loops.values():  # compile every step kind
                 loop.start()
-                _advance(loop, max(steps, 8))
+                advance(loop, max(steps, 8))
             times: dict = {k: [] for k in loops}
             for trial in range(args.trials):
                 order = list(loops)
                 for key in order[trial % len(order):] + order[:trial % len(order)]:
                     t = time.perf_counter()
-                    _advance(loops[key], steps)
+                    advance(loops[key], steps)
                     times[key].append(steps / (time.perf_counter() - t))
             for loop in loops.values():
                 if loop.rec is not None:
@@ -68,13 +69,6 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for e, b, n, un, rec, speed, ratio in rows:
         print(f"| {e} | {b} | {n} | {un:.2f} | {rec:.2f} | {speed:.3f} | {ratio:.3f} |")
-
-
-def _advance(loop, n: int) -> None:
-    loop.run(loop.step + n)
-    jax.block_until_ready(loop.state)
-    if loop.rec is not None:
-        loop.rec.wait()
 
 
 if __name__ == "__main__":

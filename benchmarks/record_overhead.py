@@ -37,6 +37,14 @@ CASES = (("learn_to_see", 8), ("keras_fashion", 60))  # (experiment, steps per t
 PAUSE_S = 0.5
 
 
+def advance(loop: TrainingLoop, n: int) -> None:
+    """`n` more steps of `loop`, computed and (when it records) on disk before it returns."""
+    loop.run(loop.step + n)
+    jax.block_until_ready(loop.state)
+    if loop.rec is not None:
+        loop.rec.wait()  # everything on disk (flushed at least once a second) before the clock stops
+
+
 def bench(experiment: str, steps: int, trials: int, folder: Path, compression: str = "gzip",
           others: dict[str, Callable[[int], float]] | None = None, overrides: tuple[str, ...] = ()) -> dict:
     """Medians of alternating trials; `others` (name -> run(steps) -> steps/s) join every trial's rotation."""
@@ -48,12 +56,6 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
              "probes": TrainingLoop(plan, None, frames=True, evaluate=False),
              "recorded": TrainingLoop(plan, recorded, evaluate=False),
              "recorded, writer at normal priority": TrainingLoop(plan, plain, evaluate=False)}
-
-    def advance(loop: TrainingLoop, n: int) -> None:
-        loop.run(loop.step + n)
-        jax.block_until_ready(loop.state)
-        if loop.rec is not None:
-            loop.rec.wait()  # everything on disk (flushed at least once a second) before the clock stops
 
     # compile every step kind, the analysed one included (the recorder's first analysed step after 0)
     warm = max(steps, int(recorded.analysis_steps[1]) if len(recorded.analysis_steps) > 1 else steps)

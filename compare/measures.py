@@ -99,12 +99,13 @@ def measure_run(run: Run, layers: list[str] | None = None, n: int = MEASURE_IMAG
               for n_ in layers}
     log(f"measures: {len(steps)} stored steps x {data.rule}; linear probes fit on {len(fit)}, evaluated on "
         f"{len(held)}")
-    _, final = snaps.forward(int(steps[-1]), data.images)
+    last = snaps.forward(int(steps[-1]), data.images)  # the end every correlation is to
+    final = last[1]
     rows: dict[str, dict[str, list]] = {n_: {k_: [] for k_ in ("rho", "si", "pref", "sat", "dead", "const", "probe")}
                                         for n_ in layers}
     logits_probe = []
     for i, s in enumerate(steps):
-        logits, acts = snaps.forward(int(s), data.images)
+        logits, acts = last if i == len(steps) - 1 else snaps.forward(int(s), data.images)
         logits_probe.append(probe(logits, i))
         for name in layers:
             a, r = acts[name], rows[name]

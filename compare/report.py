@@ -35,6 +35,7 @@ from replay.grid import GridStyle
 from replay.images import atomic_path
 from replay.render import DEFAULT_MAX_MB
 from replay.run_file import Run, open_run
+from replay.snapshots import SnapshotError
 from replay.selection import StepRange, select_frames
 
 SATURATING = ("tanh", "sigmoid")
@@ -214,8 +215,6 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
 
 def _measure(run: Run, layers: list[str], notes: list[str], log: Callable[[str], None]) -> RunMeasures | None:
     """The run's per-channel measures and linear probes, or None with a note saying why they are missing."""
-    from replay.snapshots import SnapshotError
-
     try:
         return measure_run(run, layers, log=log)
     except SnapshotError as e:

@@ -95,11 +95,11 @@ class AsyncRunWriter:
                     return
                 if item is not None and self._error is None:
                     method, args = item
-                    host = to_host(args)  # waits for the step that computes them: not the writer's time
+                    values = to_host(args)  # waits for the step that computes them: not the writer's time
                     t0 = time.perf_counter()
                     if method == "write_frame":
-                        self.frame_bytes += sum(np.asarray(v).nbytes for v in host[1].values())
-                    getattr(self if method.startswith("_") else self.writer, method)(*host)
+                        self.frame_bytes += sum(v.nbytes for v in values[1].values())
+                    getattr(self if method.startswith("_") else self.writer, method)(*values)
                     self.busy_seconds += time.perf_counter() - t0
                     dirty = True
                 if dirty and time.monotonic() - last_flush >= self._flush_seconds:
@@ -208,7 +208,7 @@ class AsyncRunWriter:
         finally:
             try:
                 self.writer.close()
-                if self._error is not None and isinstance(self._error, OSError) and Path(self.path).exists():
+                if isinstance(self._error, OSError) and Path(self.path).exists():
                     from recorder.repair import fit_end_of_file
 
                     fit_end_of_file(self.path)  # a full disk: the space of the failed write was reserved

@@ -10,6 +10,7 @@ from typing import Any
 
 from recorder.activations import ACTIVATIONS
 from recorder.augment import AUGMENTATIONS
+from recorder.capture import CaptureError, parse_channels
 from recorder.data import DATASETS
 from recorder.fastconv import CONV_IMPLS
 from recorder.models import MODELS
@@ -102,8 +103,6 @@ class RunConfig:
         if self.snapshots < 0 or self.snapshots == 1:
             raise ConfigError(f"snapshots must be 0 (the first and last step only) or >= 2, got {self.snapshots}")
         if self.channels:
-            from recorder.capture import CaptureError, parse_channels
-
             try:
                 parse_channels(self.channels)
             except CaptureError as e:

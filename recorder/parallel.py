@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXIS = "data"
@@ -68,8 +69,6 @@ def agree(flag: bool) -> bool:
     """Whether `flag` is true on any process (every process must call it at the same point)."""
     if processes() == 1:
         return flag
-    from jax.experimental import multihost_utils
-
     return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
@@ -78,15 +77,11 @@ def from_primary(flag: bool) -> bool:
     depend on the run file, which only process 0 has written."""
     if processes() == 1:
         return flag
-    from jax.experimental import multihost_utils
-
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
 def barrier(name: str) -> None:
     if processes() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 

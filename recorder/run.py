@@ -40,7 +40,8 @@ from recorder.recorder import Probes, Recorder, RecorderError
 from recorder.schedule import recorded_steps, snapshot_steps
 from recorder.summary import format_summary
 from recorder.transfer import freezing, frozen_paths, initialise
-from recorder.weights import WeightsError, flat_weights
+from recorder.weights import WeightsError, weight_specs
+from recorder.writer import WeightSpec
 from recorder.train import (StepFunctions, TrainState, evaluate, learning_rate_schedule, make_optimizer,
                             make_step_functions, to_inputs)
 
@@ -201,15 +202,25 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
                    min(config.eval_size, len(dataset.test_labels)), placement, init_note, learning_rates)
 
 
+def frame_bytes(layers: Sequence[Any], probes: int, dtype: str, num_classes: int) -> int:
+    """Bytes of one frame before compression: every layer's activations on the probes (`layers`: anything
+    with `shape` and `kernel_shape`, a capture's or a layout's), the recorded kernels, the logits, the step."""
+    item = np.dtype(dtype).itemsize
+    out = sum(probes * int(np.prod(l.shape)) * item for l in layers)
+    out += sum(4 * int(np.prod(l.kernel_shape)) for l in layers if l.kernel_shape)
+    return out + 4 * probes * max(num_classes, 0) + 16
+
+
+def weight_bytes(specs: Sequence[WeightSpec]) -> int:
+    """Bytes of one stored copy of the weights (float32)."""
+    return sum(4 * int(np.prod(s.shape)) for s in specs)
+
+
 def projected_bytes(rec: Recorder, weight_rows: int = 2) -> int:
     """An upper bound of the run file's size before compression (`weight_rows`: steps with stored weights)."""
     layout = rec.layout
-    p = len(layout.probe_labels)
-    item = np.dtype(layout.dtype).itemsize
-    frame = sum(p * int(np.prod(s.shape)) * item for s in layout.layers)
-    frame += sum(4 * int(np.prod(s.kernel_shape)) for s in layout.layers if s.kernel_shape)
-    frame += 4 * p * layout.num_classes + 16
-    total = len(rec.frame_steps) * frame + weight_rows * sum(4 * int(np.prod(s.shape)) for s in layout.weights)
+    frame = frame_bytes(layout.layers, len(layout.probe_labels), layout.dtype, layout.num_classes)
+    total = len(rec.frame_steps) * frame + weight_rows * weight_bytes(layout.weights)
     if layout.analysis is not None:
         n = len(layout.analysis.indices)
         total += len(rec.analysis_steps) * len(layout.layers) * 4 * (n * (n + 1) // 2 + len(layout.analysis.stat_names))
@@ -221,13 +232,9 @@ def budget_schedule(plan: RunPlan, budget_mb: float) -> tuple[str, str]:
     every step if that fits, else the most log-spaced frames (dense early, where features change fastest)
     that do. The analysis rows (at most ANALYSIS_FRAMES + 1) and the stored weights are counted first."""
     c, cap = plan.config, plan.capture
-    item = np.dtype(c.dtype).itemsize
-    p = len(plan.probe_idx)
-    frame = sum(p * int(np.prod(l.shape)) * item for l in cap.layers)
-    frame += sum(4 * int(np.prod(l.kernel_shape)) for l in cap.layers if l.kernel_shape)
-    frame += 4 * p * max(cap.num_classes, 0) + 16
-    fixed = len(snapshot_steps(c.snapshots, plan.total)) * 4 * sum(
-        int(np.prod(np.shape(v))) for v, _ in flat_weights(RunPlan.weights(plan.fns.init_state)).values())
+    frame = frame_bytes(cap.layers, len(plan.probe_idx), c.dtype, cap.num_classes)
+    weights = weight_specs(RunPlan.weights(plan.fns.init_state))
+    fixed = len(snapshot_steps(c.snapshots, plan.total)) * weight_bytes(weights)
     if plan.analysis_idx is not None:
         n = len(plan.analysis_idx)
         fixed += (ANALYSIS_FRAMES + 1) * len(cap.layers) * 4 * (n * (n + 1) // 2 + len(STAT_NAMES))
@@ -297,25 +304,25 @@ class TrainingLoop:
         """Whether the writer has seen a non-finite step and the config says to stop there."""
         return self.rec is not None and self.rec.nonfinite_step is not None and self.plan.config.on_nonfinite == "stop"
 
+    def _stop_wanted(self, unfinished: bool = False) -> bool:
+        """A stop was asked for or the run diverged (or, with `unfinished`, it is short of the plan's end). With
+        several processes they decide together, once each has written all it was given (the same rows on
+        every process), so that all of them stop at the same step."""
+        if processes() == 1:
+            return bool(self.stop_requested) or self.diverged()
+        if self.rec is not None:
+            self.rec.wait()
+        return agree(bool(self.stop_requested) or self.diverged() or (unfinished and self.step < self.plan.total))
+
     def stopped_early(self) -> bool:
         """After `run`: whether it ended before the plan's end (all processes agree)."""
-        if processes() == 1:
-            return bool(self.stop_requested) or self.diverged()
-        if self.rec is not None:
-            self.rec.wait()
-        return agree(bool(self.stop_requested) or self.diverged() or self.step < self.plan.total)
+        return self._stop_wanted(unfinished=True)
 
     def should_stop(self, step: int) -> bool:
-        """Whether to stop before update `step`: a stop was asked for or the run diverged. With several
-        processes they decide together, every SYNC_EVERY steps, once each has written all it was given (the
-        same rows on every process), so that all of them stop at the same step."""
-        if processes() == 1:
-            return bool(self.stop_requested) or self.diverged()
-        if (step - 1) % SYNC_EVERY:
+        """Whether to stop before update `step`; several processes decide only every SYNC_EVERY steps."""
+        if processes() > 1 and (step - 1) % SYNC_EVERY:
             return False
-        if self.rec is not None:
-            self.rec.wait()
-        return agree(bool(self.stop_requested) or self.diverged())
+        return self._stop_wanted()
 
     def run(self, until: int, progress: Progress | None = None) -> None:
         """Trains (and records) steps step+1 .. until, or fewer (see the class doc)."""
@@ -457,6 +464,12 @@ def _stop(loop: TrainingLoop, path: Path) -> tuple[str, str]:
                         f"(stopped at step {loop.step}; {keep}; on_nonfinite=continue records on)")
 
 
+def _primary_speaks(log: Callable[[str], None], show_progress: bool) -> tuple[Callable[[str], None], bool]:
+    """(log, show_progress) for this process: the other processes of a multi-process run run the same loop,
+    silently (and write no file)."""
+    return (log, show_progress) if is_primary() else ((lambda s: None), False)
+
+
 def record(
     config: RunConfig,
     path: str | Path,
@@ -466,9 +479,8 @@ def record(
 ) -> RunResult:
     """Trains `config` and records it to `path` (HDF5, see docs/run_schema.md), checkpointing beside it."""
     path = Path(path)
-    if not is_primary():  # the other processes of a multi-process run: the same loop, silent, no file
-        log, show_progress = (lambda s: None), False
-    elif path.exists() and not overwrite:
+    log, show_progress = _primary_speaks(log, show_progress)
+    if is_primary() and path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, `emergence resume {path}` to "
                               "continue it, or pick another --name")
     plan = make_plan(config, log)
@@ -488,7 +500,7 @@ def record(
         f"on {len(plan.probe_idx)} probes -> {path}")
     weight_rows = len(snapshot_steps(config.snapshots, plan.total))
     if config.snapshots:
-        size = weight_rows * sum(4 * int(np.prod(s.shape)) for s in rec.layout.weights)
+        size = weight_rows * weight_bytes(rec.layout.weights)
         log(f"snapshots: weights at {weight_rows} log-spaced steps, {size / 1e6:.1f} MB before compression")
     if plan.analysis_idx is not None:
         log(f"analysis: {len(plan.analysis_idx)} held-out test images at {len(rec.analysis_steps)} steps (centred "
@@ -524,8 +536,7 @@ def resume(path: str | Path, overrides: Sequence[str] = (), show_progress: bool 
         raise ConfigError(f"resume cannot change {', '.join(bad)}: only {', '.join(RESUMABLE_KEYS)} keep the steps "
                           "already recorded meaningful; record a new run for other changes")
     config = apply_overrides(config_from_json(json.dumps(base)), list(overrides))
-    if not is_primary():  # the other processes of a multi-process run: the same loop, silent, no file
-        log, show_progress = (lambda s: None), False
+    log, show_progress = _primary_speaks(log, show_progress)
     if status == "running" and is_primary():
         log(f"repair: {repair(path)}")
     barrier("emergence: the run file is repaired")

@@ -35,7 +35,8 @@ import optax
 
 from replay import font
 from replay.grid import GAP, MARGIN, Stamp
-from replay.palette import INK, PAPER, build_palette
+from replay.palette import INK, PAPER, build_palette, image_indices
+from replay.run_file import Run
 from replay.snapshots import Snapshots
 
 LOGITS = "logits"
@@ -169,20 +170,12 @@ IMAGE_COLOURS = 200  # palette indices 0..199: the images (grey ramp or a median
 
 
 def _palette_and_indices(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[S, C, h, w, Cin] in [0, 1] -> (palette [256, 3], indices [S, C, h, w]). Grey images: a fixed ramp
-    (value v is grey round(255 v), no rescaling); colour images: one median-cut palette over every tile."""
+    """[S, C, h, w, Cin] in [0, 1] -> (palette [256, 3], indices [S, C, h, w]). Grey images: a fixed ramp of
+    IMAGE_COLOURS levels (no rescaling); colour images: one median-cut palette over every tile."""
     pal = build_palette("diverging")
-    if images.shape[-1] == 1:
-        pal[:IMAGE_COLOURS] = np.rint(np.linspace(0, 255, IMAGE_COLOURS))[:, None].astype(np.uint8)
-        return pal, np.rint(images[..., 0] * (IMAGE_COLOURS - 1)).astype(np.uint8)
-    from PIL import Image
-
-    s, c, h, w, _ = images.shape
-    rgb = np.rint(np.clip(images, 0, 1) * 255).astype(np.uint8).reshape(s * c * h, w, 3)
-    quant = Image.fromarray(rgb).quantize(IMAGE_COLOURS, method=Image.Quantize.MEDIANCUT)
-    used = np.asarray(quant.getpalette()[: 3 * IMAGE_COLOURS], np.uint8).reshape(-1, 3)
-    pal[: len(used)] = used
-    return pal, np.asarray(quant, np.uint8).reshape(s, c, h, w)
+    index, colours = image_indices(images, IMAGE_COLOURS, 0, full=1.0)
+    pal[:IMAGE_COLOURS] = colours
+    return pal, index
 
 
 class MaximiseFrames:
@@ -237,38 +230,36 @@ class MaximiseFrames:
             yield frame
 
 
-def write_maximise_gifs(path: str | Path, out: str | Path, layers: list[str] | None = None,
+def write_maximise_gifs(run: Run, out: str | Path, layers: list[str] | None = None,
                         settings: MaximiseSettings = MaximiseSettings(), zoom: int = 1, fps: float = 4.0,
                         log: Callable[[str], None] = lambda s: None) -> list[tuple[Path, str, tuple[int, int]]]:
-    """One GIF per layer (default: every recorded layer, then the logits): the maximising inputs at every
-    stored step. Returns [(gif, caption, (width, height))]."""
+    """One GIF per layer of the open `run` (default: every recorded layer, then the logits): the maximising
+    inputs at every stored step. Returns [(gif, caption, (width, height))]."""
     from replay.animate import write_animation
     from replay.gif import frame_duration_ms
-    from replay.run_file import open_run
 
     out = Path(out)
     written = []
-    with open_run(path) as run:
-        snaps = Snapshots(run)
-        names = list(layers) if layers else [*run.layers, LOGITS]
-        unknown = [n for n in names if n != LOGITS and n not in run.layers]
-        if unknown:
-            raise ValueError(f"--maximise: no layer {', '.join(unknown)}; layers: {', '.join(run.layers)}, {LOGITS}")
-        out.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            m = maximise(snaps, name, settings=settings)
-            if name == LOGITS:
-                title, labels = "LOGITS: THE INPUT THAT MAXIMISES EACH CLASS", [c.replace("°", "") for c in run.class_names]
-            else:
-                title = f"{name} {run.activation_label(name)}: THE INPUT THAT MAXIMISES EACH CHANNEL'S CENTRE UNIT"
-                labels = [f"C{c}" for c in range(m.images.shape[1])]
-            frames = MaximiseFrames(m, title, labels, zoom)
-            gif = out / f"maximise_{name.replace('/', '_')}.gif"
-            anim = write_animation(frames, np.arange(len(m.steps)), gif, frame_duration_ms(fps), None)
-            gain = m.objective[:, -1, :] - m.objective[:, 0, :]
-            caption = (f"{name}: what each {'class' if name == LOGITS else 'channel'} responds to most, at the "
-                       f"{len(m.steps)} stored steps {m.steps[0]}-{m.steps[-1]}; {settings.describe(m.jitter)}; the objective "
-                       f"rose in {np.mean(gain > 0):.0%} of (step, {'class' if name == LOGITS else 'channel'}) pairs.")
-            log(f"{gif.name}  {anim.frames} frames  {anim.bytes / 1e6:.2f} MB")
-            written.append((gif, caption, frames.shape[::-1]))
+    snaps = Snapshots(run)
+    names = list(layers) if layers else [*run.layers, LOGITS]
+    unknown = [n for n in names if n != LOGITS and n not in run.layers]
+    if unknown:
+        raise ValueError(f"--maximise: no layer {', '.join(unknown)}; layers: {', '.join(run.layers)}, {LOGITS}")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        m = maximise(snaps, name, settings=settings)
+        if name == LOGITS:
+            title, labels = "LOGITS: THE INPUT THAT MAXIMISES EACH CLASS", [c.replace("°", "") for c in run.class_names]
+        else:
+            title = f"{name} {run.activation_label(name)}: THE INPUT THAT MAXIMISES EACH CHANNEL'S CENTRE UNIT"
+            labels = [f"C{c}" for c in range(m.images.shape[1])]
+        frames = MaximiseFrames(m, title, labels, zoom)
+        gif = out / f"maximise_{name.replace('/', '_')}.gif"
+        anim = write_animation(frames, np.arange(len(m.steps)), gif, frame_duration_ms(fps), None)
+        gain = m.objective[:, -1, :] - m.objective[:, 0, :]
+        caption = (f"{name}: what each {'class' if name == LOGITS else 'channel'} responds to most, at the "
+                   f"{len(m.steps)} stored steps {m.steps[0]}-{m.steps[-1]}; {settings.describe(m.jitter)}; the objective "
+                   f"rose in {np.mean(gain > 0):.0%} of (step, {'class' if name == LOGITS else 'channel'}) pairs.")
+        log(f"{gif.name}  {anim.frames} frames  {anim.bytes / 1e6:.2f} MB")
+        written.append((gif, caption, frames.shape[::-1]))
     return written

@@ -67,8 +67,8 @@ def build_palette(kind: str, probe_colours: np.ndarray | None = None) -> np.ndar
     return pal
 
 
-def grey_levels() -> np.ndarray:  # [64, 3] uint8, 0 and 255 included
-    g = np.rint(np.linspace(0, 255, N_PROBE_COLOURS)).astype(np.uint8)
+def grey_levels(count: int = N_PROBE_COLOURS) -> np.ndarray:  # [count, 3] uint8, 0 and 255 included
+    g = np.rint(np.linspace(0, 255, count)).astype(np.uint8)
     return np.repeat(g[:, None], 3, axis=1)
 
 
@@ -129,21 +129,28 @@ def _from_order_key(k: np.ndarray) -> np.ndarray:
 
 
 def probe_to_index(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(indices uint8 [P, H, W], colours [64, 3]) for probe images uint8 [P, H, W, 1 or 3].
+    """(indices uint8 [P, H, W], colours [64, 3]) for probe images uint8 [P, H, W, 1 or 3]: `image_indices`
+    with N_PROBE_COLOURS colours from PROBE_BASE on."""
+    return image_indices(images, N_PROBE_COLOURS, PROBE_BASE)
 
-    Grey images use 64 evenly spaced grey levels (rounded to the nearest); colour images get a 64-colour
-    median-cut palette computed over all the probes together.
+
+def image_indices(images: np.ndarray, count: int, base: int, full: float = 255.0) -> tuple[np.ndarray, np.ndarray]:
+    """(indices uint8 [..., H, W], colours [count, 3]) for images [..., H, W, 1 or 3] with values in [0, full].
+
+    Grey images use `count` evenly spaced grey levels (rounded to the nearest, never rescaled); colour images
+    get a `count`-colour median-cut palette computed over all the images together. Indices start at `base`.
     """
     if images.shape[-1] == 1:
-        level = np.rint(images[..., 0].astype(np.float32) * ((N_PROBE_COLOURS - 1) / 255.0)).astype(np.uint8)
-        return level + PROBE_BASE, grey_levels()
+        level = np.rint(images[..., 0].astype(np.float32) * ((count - 1) / full)).astype(np.uint8)
+        return level + base, grey_levels(count)
     from PIL import Image
 
-    p, h, w, _ = images.shape
-    strip = Image.fromarray(np.ascontiguousarray(images.reshape(p * h, w, 3)))
-    quant = strip.quantize(N_PROBE_COLOURS, method=Image.Quantize.MEDIANCUT)
-    colours = np.zeros((N_PROBE_COLOURS, 3), np.uint8)
-    used = np.asarray(quant.getpalette()[: 3 * N_PROBE_COLOURS], np.uint8).reshape(-1, 3)
+    rgb = images if images.dtype == np.uint8 else np.rint(np.clip(images / full, 0, 1) * 255).astype(np.uint8)
+    lead, (h, w) = rgb.shape[:-3], rgb.shape[-3:-1]
+    strip = Image.fromarray(np.ascontiguousarray(rgb.reshape(-1, w, 3)))
+    quant = strip.quantize(count, method=Image.Quantize.MEDIANCUT)
+    colours = np.zeros((count, 3), np.uint8)
+    used = np.asarray(quant.getpalette()[: 3 * count], np.uint8).reshape(-1, 3)
     colours[: len(used)] = used
-    idx = np.asarray(quant, np.uint8).reshape(p, h, w)
-    return idx + PROBE_BASE, colours
+    idx = np.asarray(quant, np.uint8).reshape(*lead, h, w)
+    return idx + base, colours

@@ -179,7 +179,7 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
         if options.maximise is not None:
             from replay.maximise import write_maximise_gifs
 
-            for gif, caption, size in write_maximise_gifs(path, out, list(options.maximise) or None,
+            for gif, caption, size in write_maximise_gifs(run, out, list(options.maximise) or None,
                                                           zoom=options.zoom, log=log):
                 entries.append(Entry("Feature visualisation", gif.stem, gif.name, caption))
                 sizes[gif.name] = size
