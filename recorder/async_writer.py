@@ -18,14 +18,13 @@ import os
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
 from recorder.parallel import host
-from recorder.writer import RunWriter
+from recorder.writer import H5RunWriter, RunWriter
 
 _STOP = object()
 HEARTBEAT_SECONDS = 5.0  # an idle writer still flushes this often, so readers can tell it is alive
@@ -208,10 +207,10 @@ class AsyncRunWriter:
         finally:
             try:
                 self.writer.close()
-                if isinstance(self._error, OSError) and Path(self.path).exists():
+                if self._error is not None and isinstance(self.writer, H5RunWriter):
                     from recorder.repair import fit_end_of_file
 
-                    fit_end_of_file(self.path)  # a full disk: the space of the failed write was reserved
+                    fit_end_of_file(self.path)  # a write HDF5 began and could not finish reserved its space
             finally:
                 self._raise_if_failed()
 

@@ -18,8 +18,8 @@ same loop; each feeds only its own rows of the same deterministic global batch
 (`jax.make_array_from_callback`). Only process 0 creates and writes the run file; the others write through a
 `DiscardingWriter`, so the loops stay in step. Host copies of replicated results come from the process's own
 replica (`host`), never through a collective, and the writer thread runs none. Decisions that end the loop
-early (a non-finite value, Ctrl-C) are agreed by all processes every `SYNC_EVERY` steps (`agree`), on the main
-thread.
+early (a non-finite value, Ctrl-C or SIGTERM to any one process) are agreed by all processes every
+`SYNC_EVERY` steps (`gather`), on the main thread, so all of them stop, checkpoint and close at the same step.
 """
 
 from __future__ import annotations
@@ -65,11 +65,13 @@ def start_processes(coordinator: str, num_processes: int, process_id: int, devic
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
 
 
-def agree(flag: bool) -> bool:
-    """Whether `flag` is true on any process (every process must call it at the same point)."""
+def gather(values: Any) -> np.ndarray:
+    """Every process's `values` (a few integers), stacked: [processes, len(values)] (every process must call
+    it at the same point)."""
+    values = np.asarray(values, np.int64).reshape(1, -1)
     if processes() == 1:
-        return flag
-    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
+        return values
+    return np.asarray(multihost_utils.process_allgather(values[0])).reshape(processes(), -1)
 
 
 def from_primary(flag: bool) -> bool:

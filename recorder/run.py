@@ -32,7 +32,7 @@ from recorder.checkpoints import Checkpoints, checkpoint_dir
 from recorder.config import RESUMABLE_KEYS, ConfigError, RunConfig, apply_overrides, config_from_json
 from recorder.data import Dataset, load_dataset
 from recorder.models import build_model
-from recorder.parallel import (SYNC_EVERY, Placement, agree, barrier, data_placement, from_primary, host, is_primary,
+from recorder.parallel import (SYNC_EVERY, Placement, barrier, data_placement, gather, from_primary, host, is_primary,
                                processes)
 from recorder.probes import choose_probes
 from recorder.progress import Progress
@@ -312,7 +312,12 @@ class TrainingLoop:
             return bool(self.stop_requested) or self.diverged()
         if self.rec is not None:
             self.rec.wait()
-        return agree(bool(self.stop_requested) or self.diverged() or (unfinished and self.step < self.plan.total))
+        signum = signal.Signals[self.stop_requested.split()[0]].value if self.stop_requested else 0  # SIGINT [to process I]
+        wanted = gather([signum, self.diverged(), unfinished and self.step < self.plan.total])
+        if not self.stop_requested and wanted[:, 0].any():  # a signal to another process stops this one too
+            rank = int(np.flatnonzero(wanted[:, 0])[0])
+            self.stop_requested = f"{signal.Signals(int(wanted[rank, 0])).name} to process {rank}"
+        return bool(wanted.any())
 
     def stopped_early(self) -> bool:
         """After `run`: whether it ended before the plan's end (all processes agree)."""

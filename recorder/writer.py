@@ -15,20 +15,35 @@ Cost per frame matters (it runs beside training on the same cores), so:
   bypassing HDF5's filter pipeline (`_encoder` reads the pipeline from the dataset itself). The deflate encoder is ISA-L's
   (`isal`) at level 1: 4× faster than zlib's level 1 on activations, for a 2% larger file; it runs
   without holding Python's GIL, so the training loop keeps dispatching meanwhile;
-- the small rows (steps, wall times, logits, kernels, metrics) are staged and written at `flush()`,
-  which `AsyncRunWriter` calls at least once a second and `close()` calls last. Each group's `step`
-  column is written after the rows it indexes, so its length always counts complete rows.
+- every row is staged and written at `flush()`, which `AsyncRunWriter` calls at least once a second and
+  `close()` calls last, or earlier for frames once `STAGE_BYTES` of them wait. So one HDF5 write (one
+  extent change, one call per dataset or per chunk) takes every frame of that second: a fast loop's
+  frames are batched, a slow loop's go one by one. The chunks of a batch are encoded on `encode_threads`
+  threads at once (ISA-L releases the GIL), by default a quarter of the CPUs, at most 4, one on a small
+  machine. Each group's `step` column is written after the rows it indexes, so its length always counts
+  complete rows; a killed run loses at most the staged second.
+
+A full disk must not cost what is already written: HDF5 is not consistent after a write that fails half
+way. So before rows are staged, the writer checks that they fit, with `ROOM_MARGIN` to spare, in what the
+disk and the process's file size limit leave (`room`, measured at each flush); when they might not, it
+writes what is staged first and measures again, and if they still do not fit it raises `OSError` (ENOSPC or
+EFBIG) before writing any of them: the file keeps every row before them and closes whole. A write that
+fails anyway marks the writer broken: it then writes nothing more but the status, and `close` closes the
+file as its last complete flush left it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 import h5py
 import numpy as np
@@ -44,6 +59,28 @@ STATUSES = ("running", "completed", "failed", "interrupted", "diverged", "killed
 COMPRESSIONS = ("none", "gzip", "lzf", "zstd")
 MAX_SCALARS = 256  # names of extra scalar series a run can log
 SCALAR_NAME_BYTES = 64
+STAGE_BYTES = 32 << 20  # frames staged beyond this many bytes are written before the next flush
+ROOM_MARGIN = 1 << 20  # bytes kept free beyond the rows themselves: the metadata HDF5 allocates with them
+
+
+def room(path: Path, file_end: int) -> tuple[int, int, str]:
+    """How many more bytes the file at `path` can take (`file_end`: HDF5's end of file), the errno a write
+    past that fails with, and what limits it: free disk space or the process's file size limit."""
+    st = os.statvfs(path.parent)
+    free = (st.f_bavail * st.f_frsize, errno.ENOSPC, "the free disk space")
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return free
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit - file_end < free[0]:
+        return limit - file_end, errno.EFBIG, "the process's file size limit"
+    return free
+
+
+def default_encode_threads() -> int:
+    """Threads encoding a batch's chunks: a quarter of the CPUs (the rest train), 1 to 4."""
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 class RunWriter(Protocol):
@@ -140,14 +177,15 @@ def _encoder(ds: h5py.Dataset) -> Any:
 class _Column:
     """One growing dataset (rows along axis 0), with its length tracked here.
 
-    `append` writes now; where `_encoder` has one, each row (one whole chunk) is encoded here and written
-    directly. `stage` keeps rows until `commit`.
+    `append` writes now, in one extent change; where `_encoder` has one, each row (one whole chunk) is
+    encoded here (or by the caller: `chunks`) and written directly. `stage` keeps rows until `commit`.
     """
 
     def __init__(self, ds: h5py.Dataset):
         self.ds, self.n, self.row, self.dtype = ds, ds.shape[0], ds.shape[1:], ds.dtype
         self.encode = _encoder(ds)
         self._staged: list[np.ndarray] = []
+        self.staged_bytes = 0
 
     def _rows(self, rows: Any) -> np.ndarray:
         rows = np.asarray(rows, self.dtype)
@@ -155,24 +193,36 @@ class _Column:
             raise ValueError(f"{self.ds.name}: expected rows of shape {self.row}, got {rows.shape[1:]}")
         return rows
 
-    def append(self, rows: Any) -> None:
+    def append(self, rows: Any, chunks: Any = None) -> None:
+        """Writes `rows`; `chunks`, if given, are their encoded chunks (an iterable, one per row, in order)."""
         rows = self._rows(rows)
         k = rows.shape[0]
         self.ds.id.set_extent((self.n + k, *self.row))
         if self.encode is not None:
             zeros = (0,) * len(self.row)
-            for i in range(k):
-                self.ds.id.write_direct_chunk((self.n + i, *zeros), self.encode(rows[i]))
+            chunks = (self.encode(row) for row in rows) if chunks is None else chunks
+            for i, chunk in enumerate(chunks):
+                self.ds.id.write_direct_chunk((self.n + i, *zeros), chunk)
         else:
             self.ds[self.n:] = rows
         self.n += k
 
     def stage(self, rows: Any) -> None:
-        self._staged.append(self._rows(rows))
+        rows = self._rows(rows)
+        self._staged.append(rows)
+        self.staged_bytes += rows.nbytes
+
+    def take(self) -> np.ndarray | None:
+        """The staged rows as one array (None if there are none), no longer staged."""
+        if not self._staged:
+            return None
+        rows = self._staged[0] if len(self._staged) == 1 else np.concatenate(self._staged)
+        self._staged, self.staged_bytes = [], 0
+        return rows
 
     def commit(self) -> None:
-        if self._staged:
-            rows, self._staged = np.concatenate(self._staged), []
+        rows = self.take()
+        if rows is not None:
             self.append(rows)
 
 
@@ -288,13 +338,17 @@ def layout_mismatch(f: h5py.File, layout: RunLayout) -> list[str]:
 class H5RunWriter:
     """Creates a run file and appends to it. Not thread-safe: one thread owns it."""
 
-    def __init__(self, path: str | Path, layout: RunLayout, *, resume_after: int | None = None):
+    def __init__(self, path: str | Path, layout: RunLayout, *, resume_after: int | None = None,
+                 encode_threads: int | None = None):
         """Creates the run file of `layout`; or, with `resume_after=S`, reopens an existing run file of the same
         layout to continue it after step S: rows of later steps are dropped (`trim_rows`), the test result is
         cleared, the planned steps and config become `layout`'s (an extended run) and the status is `running`
         again. The file must not be open for writing elsewhere (`recorder/repair.py` clears a killed writer's
-        flag)."""
+        flag). `encode_threads` encode a batch of frames' chunks at once (default: `default_encode_threads`)."""
         self.path = Path(path)
+        self._encode_threads = default_encode_threads() if encode_threads is None else max(1, int(encode_threads))
+        self._pool: ThreadPoolExecutor | None = None  # started on the writing thread, at its first batch
+        self._broken = False  # a write failed: nothing more is written but the status
         self._clock = time.perf_counter()
         f = self._file = h5py.File(self.path, "w" if resume_after is None else "r+", libver=LIBVER)
         try:
@@ -333,6 +387,8 @@ class H5RunWriter:
                 self._col[name] = _Column(obj)
 
         f.visititems(add_growing)
+        self._frame_columns = [self._col[f"layers/{name}/activations"] for name in self._layers]
+        self._frame_columns += [self._col[f"analysis/{name}/gram"] for name in self._layers if analysed]
         # commit order at flush: every group's step column after the rows it indexes
         small = [f"layers/{name}/kernel" for name in self._kernels] + ["frames/logits", "frames/wall_time"]
         small += [f"analysis/{name}/stats" for name in self._layers if analysed]
@@ -341,6 +397,8 @@ class H5RunWriter:
                   "eval/loss", "eval/accuracy", "eval/step", "scalars/series", "scalars/value", "scalars/step"]
         small += [f"weights/values/{p}" for p in self._weights] + (["weights/step"] if self._weights else [])
         self._commit_order = [self._col[name] for name in small]
+        self._staged_bytes = 0  # rows staged (or written) since `_room` was measured
+        self._room = room(self.path, self._file.id.get_filesize())[0]
 
     def last_steps(self) -> dict[str, int]:
         """The last step of each group's rows (-1 for none): frame, train, eval, scalars."""
@@ -438,9 +496,10 @@ class H5RunWriter:
         when the model has no logits) and `kernel/<layer>` to the kernel of each layer whose kernel is
         recorded. The activations (and Grams) are written now; the rest, and the step that makes the frame
         count, at the next `flush()`."""
+        self._reserve(sum(np.asarray(value).nbytes for value in frame.values()))
         c = self._col
         for name in self._layers:
-            c[f"layers/{name}/activations"].append(frame[name][None])
+            c[f"layers/{name}/activations"].stage(frame[name][None])
         for name in self._kernels:
             c[f"layers/{name}/kernel"].stage(frame[f"kernel/{name}"][None])
         logits = frame["logits"][None] if "logits" in frame else np.zeros((1, *c["frames/logits"].row), np.float32)
@@ -448,10 +507,49 @@ class H5RunWriter:
         c["frames/wall_time"].stage([self._now(wall_time)])
         if f"analysis/gram/{self._layers[0]}" in frame:
             for name in self._layers:
-                c[f"analysis/{name}/gram"].append(frame[f"analysis/gram/{name}"][self._triu][None])
+                c[f"analysis/{name}/gram"].stage(frame[f"analysis/gram/{name}"][self._triu][None])
                 c[f"analysis/{name}/stats"].stage(frame[f"analysis/stats/{name}"][None])
             c["analysis/step"].stage([step])
         c["frames/step"].stage([step])
+        if sum(column.staged_bytes for column in self._frame_columns) >= STAGE_BYTES:
+            with self._writing():
+                self._write_frames()
+
+    def _reserve(self, nbytes: int) -> None:
+        """Makes room for `nbytes` more rows (see the module doc): writes what is staged first if they might
+        not fit beside it; raises OSError, before any of them is staged, if they still do not fit."""
+        if self._staged_bytes + nbytes + ROOM_MARGIN > self._room:
+            self.flush()
+            if nbytes + ROOM_MARGIN > self._room:
+                free, code, what = room(self.path, self._file.id.get_filesize())
+                raise OSError(code, f"{what} leaves room for {max(free, 0) / 1e6:.2f} MB and the next rows need up to "
+                                    f"{nbytes / 1e6:.2f} MB + {ROOM_MARGIN / 1e6:.2f} MB for HDF5's metadata; they "
+                                    "were not written, so the file stays whole")
+        self._staged_bytes += nbytes
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Marks the writer broken if the writes inside fail (see the module doc)."""
+        try:
+            yield
+        except BaseException:
+            self._broken = True
+            raise
+
+    def _write_frames(self) -> None:
+        """Writes the staged activation and Gram rows, one extent change per dataset; with more than one
+        encoding thread, every chunk of the batch is encoded at once first."""
+        batch = [(column, rows) for column in self._frame_columns if (rows := column.take()) is not None]
+        if self._encode_threads > 1 and sum(len(rows) for _, rows in batch) > 1:
+            if self._pool is None:  # its threads inherit the writing thread's low priority
+                self._pool = ThreadPoolExecutor(self._encode_threads, thread_name_prefix="emergence-encode")
+            jobs = [(column, rows, [self._pool.submit(column.encode, row) for row in rows] if column.encode else None)
+                    for column, rows in batch]
+            for column, rows, futures in jobs:
+                column.append(rows, None if futures is None else (future.result() for future in futures))
+        else:
+            for column, rows in batch:
+                column.append(rows)
 
     def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None) -> None:
         """Appends the training metrics of one step, or of several (equal-length arrays); written at the next
@@ -492,6 +590,7 @@ class H5RunWriter:
     def write_weights(self, step: int, values: Mapping[str, np.ndarray]) -> None:
         """Appends the weights at `step` (`{path: array}` for every path of the layout); written at the next
         `flush()`, `/weights/step` last."""
+        self._reserve(sum(np.asarray(values[path]).nbytes for path in self._weights))
         c = self._col
         for path in self._weights:
             c[f"weights/values/{path}"].stage(np.asarray(values[path], np.float32)[None])
@@ -504,13 +603,27 @@ class H5RunWriter:
         self._file["status_message"][()] = np.bytes_(message.encode()[:MESSAGE_BYTES])
 
     def flush(self) -> None:
-        """Writes the staged rows (each step column last) and flushes the file to disk."""
-        for column in self._commit_order:
-            column.commit()
-        self._file["updated_unix"][()] = time.time()
-        self._file.flush()
+        """Writes the staged rows (the frames first, each step column last) and flushes the file to disk;
+        does nothing once the writer is broken."""
+        if self._broken:
+            return
+        with self._writing():
+            self._write_frames()
+            for column in self._commit_order:
+                column.commit()
+            self._file["updated_unix"][()] = time.time()
+            self._file.flush()
+        self._staged_bytes = 0
+        self._room = room(self.path, self._file.id.get_filesize())[0]
 
     def close(self) -> None:
-        if self._file.id.valid:
-            self.flush()
-            self._file.close()
+        """Writes what is staged (unless the writer is broken) and closes the file."""
+        try:
+            if self._file.id.valid:
+                try:
+                    self.flush()
+                finally:
+                    self._file.close()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()

@@ -210,3 +210,54 @@ def test_two_processes_of_two_devices_record_and_resume_what_one_process_does(tm
     assert len(two["loss"]) == 10
     for key, value in one.items():
         np.testing.assert_allclose(two[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_ctrl_c_to_one_process_stops_both_at_one_step_and_the_run_resumes(tmp_path):
+    """SIGINT to process 1, which writes nothing: the processes agree to stop at the same step (every
+    SYNC_EVERY steps), checkpoint there together, and process 0 closes the file as interrupted, naming the
+    signal and the process; the run then resumes in one process to its planned end with no gap."""
+    import signal
+    import time
+
+    from recorder.checkpoints import checkpoint_dir
+    from recorder.parallel import SYNC_EVERY
+
+    sets = ["steps=400", "synthetic_size=256", "batch_size=32", "eval_every=0", "eval_size=40",
+            "analysis_probes=16", "checkpoint_every=0", "devices=4"]
+    path = tmp_path / "two.h5"
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "emergence", "record", "tiny", "--out", str(tmp_path), "--name",
+                               "two", *[a for s in sets for a in ("--set", s)], "--no-progress", "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(rank)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and procs[0].poll() is None:  # until training is under way
+            time.sleep(0.5)
+            if path.exists():
+                try:
+                    with open_run(path) as run:
+                        if len(run.steps) >= 3:
+                            break
+                except OSError:
+                    pass  # not yet readable
+        procs[1].send_signal(signal.SIGINT)
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [130, 130], outs
+    with open_run(path) as run:
+        stopped = int(run.steps[-1])
+        assert run.status == "interrupted" and 0 < stopped < 400 and stopped % SYNC_EVERY == 0
+        assert f"interrupted (SIGINT to process 1) at step {stopped}" in run.status_message
+        assert run.steps.tolist() == list(range(stopped + 1))
+    assert stopped in [int(p.name) for p in checkpoint_dir(path).iterdir() if p.name.isdigit()]
+
+    resumed = subprocess.run([sys.executable, "-m", "emergence", "resume", str(path), "--no-progress"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"at step {stopped} of 400" in resumed.stdout + resumed.stderr
+    with open_run(path) as run:
+        assert run.status == "completed" and run.steps.tolist() == list(range(401))
+        assert run.train_metrics().step.tolist() == list(range(1, 401))

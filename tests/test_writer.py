@@ -106,10 +106,11 @@ def test_live_reading_and_sigkill(tmp_path):
         assert len(run.train_metrics().step) >= len(steps) - 2
 
 
-@pytest.mark.parametrize("compression", ["gzip", "none", "lzf"])
-def test_chunks_written_directly_decode_through_hdf5s_own_filters(tmp_path, compression):
-    """gzip and none rows are encoded by the writer itself (shuffle + zlib, H5Dwrite_chunk); h5py's
-    ordinary read path, i.e. HDF5's filter pipeline, must give back exactly the values written."""
+@pytest.mark.parametrize("compression,threads", [("gzip", 1), ("gzip", 3), ("none", 2), ("lzf", 2)])
+def test_chunks_written_directly_decode_through_hdf5s_own_filters(tmp_path, compression, threads):
+    """gzip and none rows are encoded by the writer itself (shuffle + zlib, H5Dwrite_chunk), a batch of
+    frames at once on `threads` threads; h5py's ordinary read path, i.e. HDF5's filter pipeline, must give
+    back exactly the values written, in order."""
     import dataclasses
 
     import h5py
@@ -117,14 +118,14 @@ def test_chunks_written_directly_decode_through_hdf5s_own_filters(tmp_path, comp
     path = tmp_path / "r.h5"
     layout = dataclasses.replace(_layout(), compression=compression, dtype="float16")
     rng = np.random.default_rng(0)
-    values = [rng.normal(size=(2, 4, 4, 2)).astype(np.float16) for _ in range(3)]
-    values[1][0] = 0.0  # a run of zeros, which deflate shortens a lot
-    writer = H5RunWriter(path, layout)
+    values = [rng.normal(size=(2, 4, 4, 2)).astype(np.float16) for _ in range(7)]
+    values[1][:] = values[4][:] = 0.0  # runs of zeros, which deflate shortens a lot
+    writer = H5RunWriter(path, layout, encode_threads=threads)
     for step, v in enumerate(values):
         writer.write_frame(step, {"conv1": v, "logits": np.full((2, 3), step, np.float32)}, 0.1 * step)
         writer.write_train(step, np.float32(step), np.float32(0.5), 0.0)
-    with h5py.File(path, "r", swmr=True) as f:  # nothing flushed yet: activations are there, steps are not
-        assert f["layers/conv1/activations"].shape[0] == 3 and f["frames/step"].shape[0] == 0
+    with h5py.File(path, "r", swmr=True) as f:  # nothing flushed yet: the batch is staged whole
+        assert f["layers/conv1/activations"].shape[0] == 0 and f["frames/step"].shape[0] == 0
     writer.close()
     with h5py.File(path, "r") as f:
         ds = f["layers/conv1/activations"]
@@ -133,10 +134,60 @@ def test_chunks_written_directly_decode_through_hdf5s_own_filters(tmp_path, comp
         expected = {"gzip": [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE], "none": [],
                     "lzf": [h5py.h5z.FILTER_SHUFFLE, 32000]}[compression]
         assert filters == expected
-        assert f["frames/step"][...].tolist() == [0, 1, 2] and f["train/loss"][...].tolist() == [0.0, 1.0, 2.0]
-        assert f["frames/logits"][:, 0, 0].tolist() == [0.0, 1.0, 2.0]
+        assert f["frames/step"][...].tolist() == list(range(7)) and f["train/loss"][...].tolist() == list(range(7))
+        assert f["frames/logits"][:, 0, 0].tolist() == list(range(7))
         if compression == "gzip":
             assert ds.id.get_storage_size() < np.stack(values).nbytes
+
+
+def test_frames_beyond_the_staging_bound_are_written_before_the_flush(tmp_path, monkeypatch):
+    """Host memory stays bounded: once STAGE_BYTES of frames wait, they are written as one batch; their
+    steps follow at the flush, so a reader meanwhile counts none of them."""
+    import recorder.writer as w
+
+    frame_bytes = 2 * 4 * 4 * 2 * np.dtype(_layout().dtype).itemsize
+    monkeypatch.setattr(w, "STAGE_BYTES", 3 * frame_bytes)
+    path = tmp_path / "r.h5"
+    writer = H5RunWriter(path, _layout(), encode_threads=2)
+    for step in range(5):
+        writer.write_frame(step, _frame(float(step)))
+    with open_run(path) as run:
+        assert run.steps.tolist() == []
+        assert run._f["layers/conv1/activations"].shape[0] == 3  # the first three, in one batch
+    writer.flush()
+    with open_run(path) as run:
+        assert run.steps.tolist() == [0, 1, 2, 3, 4]
+        assert run.activations("conv1")[:, 0, 0, 0, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    writer.close()
+
+
+def test_a_nearly_full_disk_stops_the_writer_before_a_write_that_would_not_fit(tmp_path, monkeypatch):
+    """HDF5 is not consistent after a write that fails half way, so the writer checks the room first: the
+    frames that fit are written, the first that might not is refused whole, and the file closes readable."""
+    import errno
+
+    import recorder.writer as w
+
+    frame_bytes = sum(v.nbytes for v in _frame(0.0).values())
+    end = {}
+
+    def room(path, file_end):  # a disk with 2.5 frames (and the margin) free once the file is created
+        end.setdefault("start", file_end)
+        return end["start"] + w.ROOM_MARGIN + int(2.5 * frame_bytes) - file_end, errno.ENOSPC, "the free disk space"
+
+    monkeypatch.setattr(w, "room", room)
+    path = tmp_path / "r.h5"
+    layout = dataclasses.replace(_layout(), compression="none", attrs={**_layout().attrs, "planned_steps": 5})
+    writer = AsyncRunWriter(H5RunWriter(path, layout))
+    for step in range(5):
+        writer.write_frame(step, _frame(float(step)))
+    with pytest.raises(WriterError, match=r"Errno 28\] the free disk space leaves room for .* not written"):
+        writer.close()
+    with open_run(path) as run:
+        assert run.status == "failed" and "Errno 28" in run.status_message
+        n = len(run.steps)
+        assert 1 <= n < 5 and run.steps.tolist() == list(range(n))
+        assert run.activations("conv1")[:, 0, 0, 0, 0].tolist() == [float(s) for s in range(n)]
 
 
 class _SlowDisk(H5RunWriter):
