@@ -1,7 +1,10 @@
-"""The writer alone: MB/s of frames into a run file, one HDF5 write per frame vs a batch of frames per write,
-with 1, 2 and 4 threads encoding the batch's chunks.
+"""Getting frames to disk: the writer alone, then the training loop with frames packed per transfer.
 
     .venv/bin/python benchmarks/writer_throughput.py [--trials 5] [--frames 240] [--experiments keras_fashion,vgg_bn]
+        [--loop keras_fashion:60]
+
+1. The writer alone: MB/s of frames into a run file, one HDF5 write per frame vs a batch of frames per
+   write, with 1, 2 and 4 threads encoding the batch's chunks.
 
 The frames are real: each experiment is recorded for 24 steps first (every step, float16, Fashion-MNIST
 probes), and its frames are then written again, cycling, by `H5RunWriter` on this thread with nothing else
@@ -10,6 +13,10 @@ chunk) takes: 1 is what a loop slower than one step a second gets; 16 is a fast 
 flushes once a second, or when `STAGE_BYTES` of frames wait). Trials alternate between the settings; the
 table gives medians and the ratio to one frame per write on one thread. Encoding threads help only where
 cores are free: in a run, training uses the others.
+
+2. The loop (`TrainingLoop`, recording every step): steps/s and process CPU per step unrecorded, recorded
+   with each frame sent as it is (frames_per_transfer=1: one host copy per array), and recorded with fast
+   frames packed 8 per transfer (the default, recorder/batching.py). Trials alternate; medians.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import time
 from pathlib import Path
 
 from experiments import get_experiment
+from record_overhead import _cpu_seconds, advance
 from recorder.run import TrainingLoop, make_plan
 from recorder.writer import H5RunWriter
 from replay import open_run
@@ -68,11 +76,34 @@ def write_rate(frames: list[dict], layout: object, path: Path, count: int, per_w
     return size / 1e6 / seconds
 
 
+def in_loop(experiment: str, steps: int, trials: int, folder: Path) -> dict[str, tuple[float, float]]:
+    """Median steps/s and CPU seconds per step of the loop unrecorded and recorded both ways."""
+    plan = make_plan(dataclasses.replace(get_experiment(experiment), eval_every=0))
+    recorders = {"one by one": plan.recorder(folder / "single.h5", overwrite=True, frames_per_transfer=1),
+                 "packed 8 per transfer": plan.recorder(folder / "packed.h5", overwrite=True)}
+    loops = {"unrecorded": TrainingLoop(plan, None, evaluate=False),
+             **{name: TrainingLoop(plan, rec, evaluate=False) for name, rec in recorders.items()}}
+    for loop in loops.values():
+        loop.start()
+        advance(loop, steps)  # compiles every step kind the trials use
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in loops}
+    names = list(loops)
+    for trial in range(trials):
+        for name in names[trial % len(names):] + names[: trial % len(names)]:
+            t, c = time.perf_counter(), _cpu_seconds()
+            advance(loops[name], steps)
+            times[name].append((steps / (time.perf_counter() - t), (_cpu_seconds() - c) / steps))
+    for rec in recorders.values():
+        rec.close()
+    return {name: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for name, v in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--experiments", default="keras_fashion,vgg_bn")
+    parser.add_argument("--loop", default="keras_fashion:60", help="EXPERIMENT:STEPS_PER_TRIAL,... for part 2")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs; {args.frames} frames a trial, {args.trials} alternating trials, medians\n")
     print("| experiment | MB a frame | frames per write | encoding threads | MB/s | ratio |")
@@ -90,6 +121,15 @@ def main() -> None:
             for (per_write, threads), values in rates.items():
                 rate = statistics.median(values)
                 print(f"| {experiment} | {mb:.2f} | {per_write} | {threads} | {rate:.0f} | {rate / base:.2f} |")
+
+        print("\n| experiment | loop | steps/s | ratio to unrecorded | CPU ms per step |")
+        print("|---|---|---|---|---|")
+        for item in args.loop.split(","):
+            experiment, _, steps = item.partition(":")
+            result = in_loop(experiment, int(steps), args.trials, folder)
+            base = result["unrecorded"][0]
+            for name, (rate, cpu) in result.items():
+                print(f"| {experiment} | {name} | {rate:.2f} | {rate / base:.3f} | {1000 * cpu:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from recorder.batching import FrameBatch
 from recorder.parallel import host
 from recorder.writer import H5RunWriter, RunWriter
 
@@ -98,6 +99,8 @@ class AsyncRunWriter:
                     t0 = time.perf_counter()
                     if method == "write_frame":
                         self.frame_bytes += sum(v.nbytes for v in values[1].values())
+                    elif method == "_frames":
+                        self.frame_bytes += values[0].nbytes
                     getattr(self if method.startswith("_") else self.writer, method)(*values)
                     self.busy_seconds += time.perf_counter() - t0
                     dirty = True
@@ -158,6 +161,14 @@ class AsyncRunWriter:
 
     def write_frame(self, step: int, frame: Any, wall_time: float | None = None) -> None:
         self._submit("write_frame", step, frame, wall_time)
+
+    def _frames(self, batch: FrameBatch) -> None:
+        for step, frame in batch.frames():
+            self.writer.write_frame(step, frame)
+
+    def write_frames(self, batch: FrameBatch) -> None:
+        """Queues packed frames (recorder/batching.py): one host copy per buffer, then each frame is written."""
+        self._submit("_frames", batch)
 
     def _train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any, watch: Any) -> None:
         if watch:

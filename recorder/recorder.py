@@ -11,7 +11,9 @@
 The recorder owns the file, the background writer and the schedule. `should_record(step)` and
 `should_analyse(step)` are pure functions of the step (like big_vision's `itstime`), so a jitted step can be
 chosen on the host without a sync. Nothing here touches a device value on the caller's thread: every
-device→host copy happens on the writer thread. On exit the file is `completed`, `failed` (an exception,
+device→host copy happens on the writer thread; frames that come fast are first packed on the device,
+`frames_per_transfer` at a time, into one buffer per dtype (recorder/batching.py; 1 sends each frame as it
+is). On exit the file is `completed`, `failed` (an exception,
 with its message) or `interrupted` (Ctrl-C), and everything written before stays readable.
 
 Users who do not want to touch their step call `rec.capture_and_write(step, model_or_params, probe_x)`:
@@ -32,6 +34,7 @@ import numpy as np
 from recorder.analysis import (ANALYSIS_FRAMES, STAT_DOCS, STAT_NAMES, analysis_steps, choose_analysis_probes,
                                probe_set_hash)
 from recorder.async_writer import AsyncRunWriter
+from recorder.batching import FRAMES_PER_TRANSFER, FrameBatcher
 from recorder.capture import Capture
 from recorder.schedule import recorded_steps
 from recorder.weights import flat_weights, weight_specs
@@ -111,7 +114,8 @@ class Recorder:
                  compression: str = "gzip", eval_count: int = 0, data_origin: str = "", overwrite: bool = False,
                  versions: Mapping[str, str] | None = None, writer: str = WRITER, max_pending: int = 8,
                  writer_nice: int = 19, resume_after: int | None = None, weights: Any = None,
-                 initialised_from: str = "", write_file: bool = True):
+                 initialised_from: str = "", write_file: bool = True,
+                 frames_per_transfer: int = FRAMES_PER_TRANSFER):
         path = Path(path)
         if not write_file:  # a process other than 0 of a multi-process run: same loop, no file
             overwrite, resume_after = True, None
@@ -177,6 +181,8 @@ class Recorder:
             except ValueError as e:
                 raise RecorderError(str(e)) from None
         self._writer = AsyncRunWriter(h5, max_pending=max_pending, nice=writer_nice)
+        self._frames = FrameBatcher(lambda step, frame: self._writer.write_frame(step, frame), self._writer.write_frames,
+                                    size=frames_per_transfer)
         self._last = h5.last_steps()
         self._closed = False
         self._own_forward: Callable[..., Any] | None = None
@@ -200,7 +206,7 @@ class Recorder:
         if frame is not None:
             self._check_frame(step, frame)
             self._advance("frame", step, strict=True)
-            self._writer.write_frame(step, dict(frame))
+            self._frames.add(step, dict(frame))
         if metrics:
             metrics = dict(metrics)
             watch = tuple(v for v in (metrics.get("loss"), metrics.pop("finite", None)) if v is not None)
@@ -261,6 +267,7 @@ class Recorder:
 
     def wait(self) -> None:
         """Blocks until everything queued is written and flushed to the file (re-raises a writer failure)."""
+        self._frames.drain()
         self._writer.wait()
 
     def throughput(self) -> str:
@@ -329,7 +336,10 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
-        self._writer.close(status, message)
+        try:
+            self._frames.drain()
+        finally:
+            self._writer.close(status, message)
 
     def __enter__(self) -> "Recorder":
         return self

@@ -155,6 +155,35 @@ def test_convenience_path_records_on_schedule_with_its_own_executable(tmp_path):
         assert run.train_metrics().step.tolist() == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.parametrize("gap,batches", [(60.0, 2), (0.0, 0)])
+def test_fast_frames_travel_packed_and_arrive_bit_for_bit(tmp_path, monkeypatch, gap, batches):
+    """Frames that come faster than the batcher's gap are packed 8 at a time into one buffer per dtype (one
+    transfer); slow ones go one by one. Either way the file holds exactly what frames_per_transfer=1 writes."""
+    from recorder.async_writer import AsyncRunWriter
+
+    sent = []
+    monkeypatch.setattr(AsyncRunWriter, "write_frames", lambda self, batch: (sent.append(batch.steps),
+                                                                              self._submit("_frames", batch)))
+    model = Small(nnx.Rngs(2))
+    probes = _probes()
+    x = jnp.asarray(probes.images, jnp.float32) / 255.0
+    capture = Capture.nnx(model, x)
+    frames = [capture(model, x * (1 + s / 10)) for s in range(20)]  # device arrays, float16 activations
+    for name, per_transfer in (("packed", 8), ("single", 1)):
+        with Recorder(tmp_path / f"{name}.h5", probes, capture, planned_steps=19, activation="tanh",
+                      frames_per_transfer=per_transfer) as rec:
+            rec._frames.gap = gap
+            for s, frame in enumerate(frames):
+                rec.write(s, frame, {"loss": 1.0, "accuracy": 0.5} if s else None)
+    assert sent == [tuple(range(1, 9)), tuple(range(9, 17))][:batches]  # the first frame has no predecessor
+    with open_run(tmp_path / "packed.h5") as packed, open_run(tmp_path / "single.h5") as single:
+        assert packed.steps.tolist() == single.steps.tolist() == list(range(20))
+        for read in (lambda r: r.activations("act"), lambda r: r.kernels("act"), lambda r: r.logits()):
+            np.testing.assert_array_equal(read(packed), read(single))
+        np.testing.assert_array_equal(single.activations("act", [7])[0],
+                                      np.asarray(frames[7]["act"], np.float32))
+
+
 def test_a_model_without_taps_records_its_conv_outputs_as_pre_activation(tmp_path):
     model = Small(nnx.Rngs(0), taps=False)
     probes = _probes()
