@@ -3,11 +3,9 @@
 import json
 
 import h5py
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from recorder.data import load_dataset
 from recorder.models import build_model

@@ -1,7 +1,6 @@
 """The run file while it is written: background errors, live reading, and a SIGKILLed recorder."""
 
 import dataclasses
-import os
 import signal
 import subprocess
 import sys
