@@ -8,7 +8,8 @@ one queue item, one wake-up of the writer thread. The writer unpacks the buffers
 (`FrameBatch.frames`), bit for bit the arrays the step computed.
 
 Frames are batched only while they come faster than one per `GAP_SECONDS` (a loop recording every step
-quickly); a frame after a longer gap, one of host arrays, or one of another structure (the analysed frames
+quickly); a frame after a longer gap, one of host arrays or of arrays split over devices, or one of another
+structure (the analysed frames
 carry Grams) first sends the waiting ones, one by one, so a slow loop's frames go straight to the writer and a
 live viewer sees them as soon as before. Only full batches are packed: one compilation per frame structure.
 A batch reaches the host as one, so its frames share one wall time (docs/run_schema.md).
@@ -30,9 +31,19 @@ FRAMES_PER_TRANSFER = 8
 GAP_SECONDS = 0.05  # frames further apart than this go to the writer one by one
 
 
-def _local(x: jax.Array) -> jax.Array:
-    """This process's replica of `x` on one device (frames are replicated)."""
-    return x.addressable_data(0) if len(x.sharding.device_set) > 1 else x
+def _on_one_device(frame: Mapping[str, Any]) -> dict[str, jax.Array] | None:
+    """`frame` with each replicated array replaced by this process's replica on its first device; None if
+    the frame cannot be packed: a host array, an array split over devices, or arrays on different devices."""
+    out = {}
+    for key, value in frame.items():
+        if not isinstance(value, jax.Array):
+            return None
+        if len(value.sharding.device_set) > 1:
+            if not value.sharding.is_fully_replicated:
+                return None
+            value = value.addressable_data(0)
+        out[key] = value
+    return out if len(set().union(*(v.devices() for v in out.values()))) == 1 else None
 
 
 def layout(frame: Mapping[str, Any]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
@@ -97,10 +108,12 @@ class FrameBatcher:
     def add(self, step: int, frame: dict) -> None:
         now = time.monotonic()
         fast, self._last = now - self._last <= self.gap, now
-        if self.size < 2 or not all(isinstance(v, jax.Array) for v in frame.values()):
+        local = _on_one_device(frame) if self.size > 1 else None
+        if local is None:
             self.drain()
             self.send(step, frame)
             return
+        frame = local
         frame_layout = layout(frame)
         if not fast or frame_layout != self._layout:
             self.drain()
@@ -110,7 +123,7 @@ class FrameBatcher:
             self.drain()
         elif len(self._waiting) == self.size:
             steps = tuple(s for s, _ in self._waiting)
-            buffers = pack([{k: _local(v) for k, v in f.items()} for _, f in self._waiting])
+            buffers = pack([f for _, f in self._waiting])
             self._waiting = []
             self.send_batch(FrameBatch(steps, buffers, frame_layout))
 
