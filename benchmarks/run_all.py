@@ -12,7 +12,10 @@ Sections (each row: medians of alternating trials, and the ratio that the target
 4. storage: the 291-step learn_to_see run file, per step and in total, and its activations rewritten with
    each compression filter (write speed and size);
 5. end to end: wall-clock of the README demo's own work, `emergence record learn_to_see` + `emergence replay`;
-6. host memory: peak RSS of a recording run of 100 vs 1000 steps.
+6. host memory: peak RSS of a recording run of 100 vs 1000 steps;
+7. writer: MB/s of keras_fashion's frames written one per HDF5 write vs a batch per write with this
+   machine's default encoding threads, and the loop's steps/s with frames sent one by one vs packed 8 per
+   device-to-host transfer (benchmarks/writer_throughput.py).
 Runs about 15 minutes on the 2-core development machine. Absolute times drift on shared machines; ratios
 measured in the same trials drift much less.
 """
@@ -39,8 +42,10 @@ import frameworks  # noqa: E402
 import record_overhead  # noqa: E402
 from recorder.writer import _shuffle_deflate  # noqa: E402
 import replay_speed  # noqa: E402
+import writer_throughput  # noqa: E402
+from recorder.writer import default_encode_threads  # noqa: E402
 
-SECTIONS = ("e2e", "overhead", "frameworks", "replay", "storage", "rss")
+SECTIONS = ("e2e", "overhead", "frameworks", "replay", "storage", "rss", "writer")
 ROWS: list[tuple[str, ...]] = []
 
 
@@ -215,6 +220,20 @@ def section_rss() -> None:
         f"{peaks[1000]:.0f} MB", f"100 steps {peaks[100]:.0f} MB", f"{ratio:.2f}", f"flat (≤ 1.10): {met(ratio <= 1.10)}")
 
 
+def section_writer(trials: int) -> None:
+    threads = default_encode_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        mb, rates = writer_throughput.writer_rates("keras_fashion", 240, trials, Path(tmp), ((1, 1), (16, threads)))
+        one, batched = rates[(1, 1)], rates[(16, threads)]
+        row("7 writer", f"keras_fashion frames ({mb:.2f} MB), writer alone: 16 frames per HDF5 write, {threads} "
+            "encoding thread(s) (this machine's default), MB/s", f"{batched:.0f}", f"one frame per write, 1 thread "
+            f"{one:.0f}", f"{batched / one:.2f}")
+        loop = writer_throughput.in_loop("keras_fashion", 60, trials, Path(tmp))
+        packed, single = loop["packed 8 per transfer"][0], loop["one by one"][0]
+        row("7 writer", "keras_fashion recorded every step, frames packed 8 per device-to-host transfer, steps/s",
+            f"{packed:.2f}", f"one by one {single:.2f}; unrecorded {loop['unrecorded'][0]:.2f}", f"{packed / single:.3f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=5)
@@ -240,6 +259,8 @@ def main() -> int:
             section_storage(run_path)
         if "rss" in only:
             section_rss()
+        if "writer" in only:
+            section_writer(args.trials)
     print(f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, JAX "
           f"{jax.__version__} ({jax.default_backend()}: {jax.devices()[0].device_kind}); {args.trials} trials, medians.\n")
     print("| section | measured | value | compared with | ratio | target |")

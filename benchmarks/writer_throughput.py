@@ -76,6 +76,17 @@ def write_rate(frames: list[dict], layout: object, path: Path, count: int, per_w
     return size / 1e6 / seconds
 
 
+def writer_rates(experiment: str, count: int, trials: int, folder: Path,
+                 settings: tuple[tuple[int, int], ...] = SETTINGS) -> tuple[float, dict[tuple[int, int], float]]:
+    """MB a frame of `experiment` and the median MB/s of each (frames per write, encoding threads) setting."""
+    frames, layout = real_frames(experiment, folder)
+    rates: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
+    for trial in range(trials):
+        for setting in settings[trial % len(settings):] + settings[: trial % len(settings)]:
+            rates[setting].append(write_rate(frames, layout, folder / "bench.h5", count, *setting))
+    return sum(v.nbytes for v in frames[0].values()) / 1e6, {s: statistics.median(v) for s, v in rates.items()}
+
+
 def in_loop(experiment: str, steps: int, trials: int, folder: Path) -> dict[str, tuple[float, float]]:
     """Median steps/s and CPU seconds per step of the loop unrecorded and recorded both ways."""
     plan = make_plan(dataclasses.replace(get_experiment(experiment), eval_every=0))
@@ -111,15 +122,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for experiment in args.experiments.split(","):
-            frames, layout = real_frames(experiment, folder)
-            rates: dict[tuple[int, int], list[float]] = {s: [] for s in SETTINGS}
-            for trial in range(args.trials):
-                for setting in SETTINGS[trial % len(SETTINGS):] + SETTINGS[: trial % len(SETTINGS)]:
-                    rates[setting].append(write_rate(frames, layout, folder / "bench.h5", args.frames, *setting))
-            base = statistics.median(rates[SETTINGS[0]])
-            mb = sum(v.nbytes for v in frames[0].values()) / 1e6
-            for (per_write, threads), values in rates.items():
-                rate = statistics.median(values)
+            mb, rates = writer_rates(experiment, args.frames, args.trials, folder)
+            base = rates[SETTINGS[0]]
+            for (per_write, threads), rate in rates.items():
                 print(f"| {experiment} | {mb:.2f} | {per_write} | {threads} | {rate:.0f} | {rate / base:.2f} |")
 
         print("\n| experiment | loop | steps/s | ratio to unrecorded | CPU ms per step |")
