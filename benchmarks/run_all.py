@@ -16,7 +16,7 @@ Sections (each row: medians of alternating trials, and the ratio that the target
 7. writer: MB/s of keras_fashion's frames written one per HDF5 write vs a batch per write with this
    machine's default encoding threads, and the loop's steps/s with frames sent one by one vs packed 8 per
    device-to-host transfer (benchmarks/writer_throughput.py).
-Runs about 15 minutes on the 2-core development machine. Absolute times drift on shared machines; ratios
+Runs about 19 minutes on the 2-core development machine. Absolute times drift on shared machines; ratios
 measured in the same trials drift much less.
 """
 
