@@ -41,7 +41,7 @@ from recorder.schedule import recorded_steps, snapshot_steps
 from recorder.summary import format_summary
 from recorder.transfer import freezing, frozen_paths, initialise
 from recorder.weights import WeightsError, weight_specs
-from recorder.writer import WeightSpec
+from recorder.writer import WeightSpec, room
 from recorder.train import (StepFunctions, TrainState, evaluate, learning_rate_schedule, make_optimizer,
                             make_step_functions, to_inputs)
 
@@ -225,6 +225,16 @@ def projected_bytes(rec: Recorder, weight_rows: int = 2) -> int:
         n = len(layout.analysis.indices)
         total += len(rec.analysis_steps) * len(layout.layers) * 4 * (n * (n + 1) // 2 + len(layout.analysis.stat_names))
     return total
+
+
+def _fitting(plan: RunPlan, free: float) -> str:
+    """What to do when a run may not fit in `free` bytes, in words."""
+    budget = int(free / 1e6 * 0.8)  # room for the checkpoints and HDF5's own metadata
+    try:
+        budget_schedule(plan, budget)
+    except ConfigError:
+        return "even two frames would not fit: free some space, or analyse fewer images (--set analysis_probes=32)"
+    return f"--set budget_mb={budget} picks a frame schedule that fits"
 
 
 def budget_schedule(plan: RunPlan, budget_mb: float) -> tuple[str, str]:
@@ -515,6 +525,11 @@ def record(
     if projected > LARGE_FILE_BYTES:
         log(f"warning: this run will write up to {projected / 1e9:.1f} GB; consider --set schedule=log:300 "
             "or schedule=every:K, or fewer probes")
+    free, _, what = room(path, path.stat().st_size) if is_primary() else (projected, 0, "")
+    if projected > free:
+        log(f"warning: {what} leaves room for {free / 1e6:.1f} MB, and this run may write up to {projected / 1e6:.1f} MB "
+            f"before compression (gzip often halves it); if it fills up, the run stops with one error and keeps "
+            f"every frame written; {_fitting(plan, free)}")
     return _drive(plan, rec, TrainingLoop(plan, rec, checkpoints=ckpts), path, show_progress, log)
 
 

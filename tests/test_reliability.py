@@ -241,6 +241,21 @@ def test_a_full_disk_fails_the_run_with_one_clear_message_and_keeps_what_was_wri
         assert n >= 1 and run.activations("conv2").shape == (n, 10, 11, 11, 16)
 
 
+@pytest.mark.parametrize("free_mb,advice", [(20.0, "--set budget_mb=16 picks a frame schedule that fits"),
+                                             (0.5, "even two frames would not fit")])
+def test_a_run_that_may_not_fit_the_disk_is_told_so_before_training(tmp_path, monkeypatch, free_mb, advice):
+    import errno
+
+    import recorder.run
+
+    monkeypatch.setattr(recorder.run, "room", lambda path, end: (free_mb * 1e6, errno.ENOSPC, "the free disk space"))
+    said = []
+    record(tiny_config(steps=200, checkpoint_every=0), tmp_path / "r.h5", show_progress=False, log=said.append)
+    warning = [s for s in said if s.startswith("warning: the free disk space leaves room for")]
+    projected = next(s for s in said if s.startswith("projected file size")).split("at most ")[1].split(" MB")[0]
+    assert len(warning) == 1 and f"may write up to {projected} MB" in warning[0] and advice in warning[0]
+
+
 def test_hdf5_1_10_tools_read_every_dataset(reference, tmp_path):
     """Debian's hdf5-tools (HDF5 1.10) list and dump every dataset, filtered ones included."""
     if shutil.which("h5dump") is None:
