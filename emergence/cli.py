@@ -349,12 +349,23 @@ def _damaged(args: argparse.Namespace, e: Exception) -> int:
     return 1
 
 
+def _several_processes() -> bool:
+    """Whether this process joined a multi-process run (JAX started and jax.distributed is up)."""
+    return "jax" in sys.modules and sys.modules["jax"].distributed.is_initialized()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("\nemergence: interrupted; everything recorded so far is in the run file", file=sys.stderr)
+        if type(e).__name__ != "RunInterrupted" and _several_processes():
+            # stopped at once (a second Ctrl-C), out of step with the other processes: JAX's shutdown barrier
+            # would wait for them forever. Leave now; they fail when this process's connections close.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     except USAGE_ERRORS as e:
         if isinstance(e, KeyError) and "Unable to synchronously" in str(e):  # h5py's KeyError for damaged metadata
@@ -373,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as e:  # HDF5 could not read or write a file: damaged, a full disk, no permission
         return _damaged(args, e)
+    finally:
+        if _several_processes():  # leave it before the interpreter's exit, Ctrl-C ignored while leaving
+            from recorder.parallel import leave_processes
+
+            leave_processes()
 
 
 if __name__ == "__main__":

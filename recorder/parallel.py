@@ -24,6 +24,7 @@ early (a non-finite value, Ctrl-C or SIGTERM to any one process) are agreed by a
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import jax
@@ -80,6 +81,18 @@ def from_primary(flag: bool) -> bool:
     if processes() == 1:
         return flag
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
+def leave_processes() -> None:
+    """Leaves a multi-process run (JAX's shutdown barrier, which every process must reach) with Ctrl-C
+    ignored: a second Ctrl-C arriving there would fail the barrier and abort every process."""
+    if not jax.distributed.is_initialized():
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        jax.distributed.shutdown()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def barrier(name: str) -> None:

@@ -394,15 +394,25 @@ class RunStopped(RuntimeError):
     """The run stopped before its last step (diverged); the file and the last finite checkpoint are kept."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run at a step every process agreed on; the file is closed as interrupted
+    and a checkpoint of that step is kept. (A second Ctrl-C stops at once with a plain KeyboardInterrupt.)"""
+
+
 @contextlib.contextmanager
 def stop_on_signals(loop: TrainingLoop) -> Iterator[None]:
-    """SIGINT (Ctrl-C) and SIGTERM ask the loop to stop after the step in flight; a second one stops at once."""
+    """SIGINT (Ctrl-C) and SIGTERM ask the loop to stop after the step in flight; a second one stops at once;
+    later ones are ignored, so that the run file closes whole (enter the recorder inside this context)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    forced = []
 
     def handler(signum: int, frame: Any) -> None:
+        if forced:
+            return
         if loop.stop_requested:
+            forced.append(signum)
             raise KeyboardInterrupt
         loop.stop_requested = signal.Signals(signum).name
 
@@ -428,7 +438,7 @@ def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_pr
     rec.warn_when_behind(log)
     stopped = None
     try:
-        with rec, stop_on_signals(loop):
+        with stop_on_signals(loop), rec:
             try:
                 if loop.step == 0 and from_primary(rec.last_steps["frame"] < 0):  # what the file holds decides
                     loop.start()
@@ -456,7 +466,7 @@ def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_pr
     if stopped is not None:
         log(f"{path}: {stopped[1]}")
         if stopped[0] == "interrupted":
-            raise KeyboardInterrupt
+            raise RunInterrupted(stopped[1])
         raise RunStopped(f"{path}: {stopped[1]}")
     d = plan.dataset
     log(f"writer: {rec.throughput()}")

@@ -212,40 +212,53 @@ def test_two_processes_of_two_devices_record_and_resume_what_one_process_does(tm
         np.testing.assert_allclose(two[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+LONG_RUN = ["steps=400", "synthetic_size=256", "batch_size=32", "eval_every=0", "eval_size=40", "analysis_probes=16",
+            "checkpoint_every=0", "devices=4"]
+
+
+def _recording_two(folder: Path) -> list[subprocess.Popen]:
+    """Two loopback processes recording LONG_RUN into folder/two.h5, returned once it holds a few frames."""
+    import time
+
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "emergence", "record", "tiny", "--out", str(folder), "--name",
+                               "two", *[a for s in LONG_RUN for a in ("--set", s)], "--no-progress", "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(rank)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and procs[0].poll() is None:  # until training is under way
+        time.sleep(0.5)
+        try:
+            with open_run(folder / "two.h5") as run:
+                if len(run.steps) >= 3:
+                    break
+        except (OSError, ValueError):
+            pass  # not there or not readable yet
+    return procs
+
+
+def _ended(procs: list[subprocess.Popen], timeout: float) -> list[str]:
+    """The processes' outputs, once all have ended within `timeout` seconds (killed and failed otherwise)."""
+    try:
+        return [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
 def test_ctrl_c_to_one_process_stops_both_at_one_step_and_the_run_resumes(tmp_path):
     """SIGINT to process 1, which writes nothing: the processes agree to stop at the same step (every
     SYNC_EVERY steps), checkpoint there together, and process 0 closes the file as interrupted, naming the
     signal and the process; the run then resumes in one process to its planned end with no gap."""
     import signal
-    import time
 
     from recorder.checkpoints import checkpoint_dir
     from recorder.parallel import SYNC_EVERY
 
-    sets = ["steps=400", "synthetic_size=256", "batch_size=32", "eval_every=0", "eval_size=40",
-            "analysis_probes=16", "checkpoint_every=0", "devices=4"]
     path = tmp_path / "two.h5"
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "emergence", "record", "tiny", "--out", str(tmp_path), "--name",
-                               "two", *[a for s in sets for a in ("--set", s)], "--no-progress", "--coordinator",
-                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(rank)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and procs[0].poll() is None:  # until training is under way
-            time.sleep(0.5)
-            if path.exists():
-                try:
-                    with open_run(path) as run:
-                        if len(run.steps) >= 3:
-                            break
-                except OSError:
-                    pass  # not yet readable
-        procs[1].send_signal(signal.SIGINT)
-        outs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
+    procs = _recording_two(tmp_path)
+    procs[1].send_signal(signal.SIGINT)
+    outs = _ended(procs, 120)
     assert [p.returncode for p in procs] == [130, 130], outs
     with open_run(path) as run:
         stopped = int(run.steps[-1])
@@ -261,3 +274,20 @@ def test_ctrl_c_to_one_process_stops_both_at_one_step_and_the_run_resumes(tmp_pa
     with open_run(path) as run:
         assert run.status == "completed" and run.steps.tolist() == list(range(401))
         assert run.train_metrics().step.tolist() == list(range(1, 401))
+
+
+def test_a_burst_of_ctrl_c_stops_at_once_closes_the_file_and_leaves_no_process_waiting(tmp_path):
+    """Ctrl-C pressed again and again on process 0: the second stops it at once, out of step with process 1,
+    so it leaves without JAX's shutdown barrier (which would wait forever) and process 1 ends when its
+    connections close; later presses are ignored until the file is closed, so it closes whole."""
+    import signal
+    import time
+
+    procs = _recording_two(tmp_path)
+    for _ in range(6):
+        procs[0].send_signal(signal.SIGINT)
+        time.sleep(0.1)
+    outs = _ended(procs, 60)
+    assert procs[0].returncode == 130 and procs[1].returncode != 0, outs
+    with open_run(tmp_path / "two.h5") as run:
+        assert run.status == "interrupted" and len(run.steps) >= 3
