@@ -34,7 +34,7 @@ def main() -> None:
     counts = [int(n) for n in args.devices.split(",")]
     jax.config.update("jax_num_cpu_devices", max(counts))  # before JAX starts; only the CPU backend reads it
     from experiments import get_experiment
-    from record_overhead import advance
+    from record_overhead import advance, rotated
     from recorder.run import TrainingLoop, make_plan
 
     rows = []
@@ -51,8 +51,7 @@ def main() -> None:
                 advance(loop, max(steps, 8))
             times: dict = {k: [] for k in loops}
             for trial in range(args.trials):
-                order = list(loops)
-                for key in order[trial % len(order):] + order[:trial % len(order)]:
+                for key in rotated(list(loops), trial):
                     t = time.perf_counter()
                     advance(loops[key], steps)
                     times[key].append(steps / (time.perf_counter() - t))

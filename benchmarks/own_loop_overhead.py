@@ -27,6 +27,7 @@ from flax import nnx
 from flax.training import train_state
 
 from experiments import own_loop_linen, own_loop_nnx
+from record_overhead import rotated
 from recorder import Capture, Probes, Recorder, load_dataset
 
 BATCH = 128
@@ -125,7 +126,7 @@ def main() -> None:
                 loops.run(name, warm)  # compile every variant, the analysed step included (K = 7 < warm)
             times: dict[str, list[float]] = {n: [] for n in VARIANTS}
             for trial in range(args.trials):
-                for name in VARIANTS[trial % len(VARIANTS):] + VARIANTS[: trial % len(VARIANTS)]:
+                for name in rotated(VARIANTS, trial):
                     time.sleep(PAUSE_S)
                     t = time.perf_counter()
                     loops.run(name, args.steps)

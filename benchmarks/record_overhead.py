@@ -25,7 +25,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence, TypeVar
 
 import jax
 
@@ -35,6 +35,14 @@ from recorder.run import TrainingLoop, make_plan
 
 CASES = (("learn_to_see", 8), ("keras_fashion", 60))  # (experiment, steps per trial)
 PAUSE_S = 0.5
+T = TypeVar("T")
+
+
+def rotated(items: Sequence[T], trial: int) -> list[T]:
+    """`items` in the order trial `trial` runs them: rotated by one each trial, so that slow drifts of a
+    shared machine fall on every item alike."""
+    k = trial % len(items)
+    return [*items[k:], *items[:k]]
 
 
 def advance(loop: TrainingLoop, n: int) -> None:
@@ -68,7 +76,7 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
     for trial in range(trials):
         # rotate the order every trial, and pause between loops: PyTorch's OpenMP threads spin for a while
         # after their work, which would otherwise slow whichever loop comes next
-        for name in order[trial % len(order):] + order[: trial % len(order)]:
+        for name in rotated(order, trial):
             time.sleep(PAUSE_S)
             if name in loops:
                 t, c = time.perf_counter(), _cpu_seconds()

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from experiments import get_experiment
-from record_overhead import _cpu_seconds, advance
+from record_overhead import _cpu_seconds, advance, rotated
 from recorder.run import TrainingLoop, make_plan
 from recorder.writer import H5RunWriter
 from replay import open_run
@@ -82,7 +82,7 @@ def writer_rates(experiment: str, count: int, trials: int, folder: Path,
     frames, layout = real_frames(experiment, folder)
     rates: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
     for trial in range(trials):
-        for setting in settings[trial % len(settings):] + settings[: trial % len(settings)]:
+        for setting in rotated(settings, trial):
             rates[setting].append(write_rate(frames, layout, folder / "bench.h5", count, *setting))
     return sum(v.nbytes for v in frames[0].values()) / 1e6, {s: statistics.median(v) for s, v in rates.items()}
 
@@ -98,9 +98,8 @@ def in_loop(experiment: str, steps: int, trials: int, folder: Path) -> dict[str,
         loop.start()
         advance(loop, steps)  # compiles every step kind the trials use
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in loops}
-    names = list(loops)
     for trial in range(trials):
-        for name in names[trial % len(names):] + names[: trial % len(names)]:
+        for name in rotated(list(loops), trial):
             t, c = time.perf_counter(), _cpu_seconds()
             advance(loops[name], steps)
             times[name].append((steps / (time.perf_counter() - t), (_cpu_seconds() - c) / steps))

@@ -78,7 +78,7 @@ class FrameBatch:
 
     @property
     def nbytes(self) -> int:
-        return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in self.layout) * len(self.steps)
+        return sum(buffer.nbytes for buffer in self.buffers.values())
 
     def frames(self) -> list[tuple[int, dict[str, np.ndarray]]]:
         """(step, frame) of each frame, its arrays views of the (host) buffers."""
@@ -108,20 +108,17 @@ class FrameBatcher:
     def add(self, step: int, frame: dict) -> None:
         now = time.monotonic()
         fast, self._last = now - self._last <= self.gap, now
-        local = _on_one_device(frame) if self.size > 1 else None
-        if local is None:
+        local = _on_one_device(frame) if fast and self.size > 1 else None
+        if local is None:  # a slow loop's frame, or one that cannot be packed: straight on
             self.drain()
             self.send(step, frame)
             return
-        frame = local
-        frame_layout = layout(frame)
-        if not fast or frame_layout != self._layout:
+        frame_layout = layout(local)
+        if frame_layout != self._layout:
             self.drain()
         self._layout = frame_layout
-        self._waiting.append((step, frame))
-        if not fast:  # a slow loop: straight on
-            self.drain()
-        elif len(self._waiting) == self.size:
+        self._waiting.append((step, local))
+        if len(self._waiting) == self.size:
             steps = tuple(s for s, _ in self._waiting)
             buffers = pack([f for _, f in self._waiting])
             self._waiting = []

@@ -78,9 +78,7 @@ def gather(values: Any) -> np.ndarray:
 def from_primary(flag: bool) -> bool:
     """Process 0's `flag` on every process (every process must call it at the same point): decisions that
     depend on the run file, which only process 0 has written."""
-    if processes() == 1:
-        return flag
-    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+    return bool(gather([flag])[0, 0])
 
 
 def leave_processes() -> None:

@@ -181,8 +181,7 @@ class Recorder:
             except ValueError as e:
                 raise RecorderError(str(e)) from None
         self._writer = AsyncRunWriter(h5, max_pending=max_pending, nice=writer_nice)
-        self._frames = FrameBatcher(lambda step, frame: self._writer.write_frame(step, frame), self._writer.write_frames,
-                                    size=frames_per_transfer)
+        self._frames = FrameBatcher(self._writer.write_frame, self._writer.write_frames, size=frames_per_transfer)
         self._last = h5.last_steps()
         self._closed = False
         self._own_forward: Callable[..., Any] | None = None

@@ -289,6 +289,7 @@ class TrainingLoop:
         self.snapshots = set(snapshot_steps(plan.config.snapshots, plan.total).tolist()) - {0, plan.total}
         self.step = 0
         self.stop_requested: str | None = None
+        self.stop_signal = 0  # the signal that set stop_requested, if one did
         self._perm = (-1, np.zeros(0, np.int32))  # (epoch, its shuffle)
 
     def restore(self, step: int, state: TrainState) -> None:
@@ -322,11 +323,12 @@ class TrainingLoop:
             return bool(self.stop_requested) or self.diverged()
         if self.rec is not None:
             self.rec.wait()
-        signum = signal.Signals[self.stop_requested.split()[0]].value if self.stop_requested else 0  # SIGINT [to process I]
-        wanted = gather([signum, self.diverged(), unfinished and self.step < self.plan.total])
-        if not self.stop_requested and wanted[:, 0].any():  # a signal to another process stops this one too
+        asked = (self.stop_signal or -1) if self.stop_requested else 0  # -1: asked for without a signal
+        wanted = gather([asked, self.diverged(), unfinished and self.step < self.plan.total])
+        if not self.stop_requested and wanted[:, 0].any():  # a stop asked of another process stops this one too
             rank = int(np.flatnonzero(wanted[:, 0])[0])
-            self.stop_requested = f"{signal.Signals(int(wanted[rank, 0])).name} to process {rank}"
+            code = int(wanted[rank, 0])
+            self.stop_requested = f"{signal.Signals(code).name if code > 0 else 'a stop'} to process {rank}"
         return bool(wanted.any())
 
     def stopped_early(self) -> bool:
@@ -414,7 +416,7 @@ def stop_on_signals(loop: TrainingLoop) -> Iterator[None]:
         if loop.stop_requested:
             forced.append(signum)
             raise KeyboardInterrupt
-        loop.stop_requested = signal.Signals(signum).name
+        loop.stop_requested, loop.stop_signal = signal.Signals(signum).name, signum
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

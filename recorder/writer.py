@@ -494,8 +494,8 @@ class H5RunWriter:
     def write_frame(self, step: int, frame: Mapping[str, np.ndarray], wall_time: float | None = None) -> None:
         """Appends one frame. `frame` maps layer names to [P, H, W, C], `logits` to [P, K] (zeros of width 0
         when the model has no logits) and `kernel/<layer>` to the kernel of each layer whose kernel is
-        recorded. The activations (and Grams) are written now; the rest, and the step that makes the frame
-        count, at the next `flush()`."""
+        recorded. Everything is staged and written at the next `flush()` (the activations and Grams earlier
+        once `STAGE_BYTES` of them wait), the step that makes the frame count last."""
         self._reserve(sum(np.asarray(value).nbytes for value in frame.values()))
         c = self._col
         for name in self._layers:
@@ -540,16 +540,15 @@ class H5RunWriter:
         """Writes the staged activation and Gram rows, one extent change per dataset; with more than one
         encoding thread, every chunk of the batch is encoded at once first."""
         batch = [(column, rows) for column in self._frame_columns if (rows := column.take()) is not None]
+        pool = None
         if self._encode_threads > 1 and sum(len(rows) for _, rows in batch) > 1:
             if self._pool is None:  # its threads inherit the writing thread's low priority
                 self._pool = ThreadPoolExecutor(self._encode_threads, thread_name_prefix="emergence-encode")
-            jobs = [(column, rows, [self._pool.submit(column.encode, row) for row in rows] if column.encode else None)
-                    for column, rows in batch]
-            for column, rows, futures in jobs:
-                column.append(rows, None if futures is None else (future.result() for future in futures))
-        else:
-            for column, rows in batch:
-                column.append(rows)
+            pool = self._pool
+        jobs = [(column, rows, [pool.submit(column.encode, row) for row in rows] if pool and column.encode else None)
+                for column, rows in batch]
+        for column, rows, futures in jobs:  # each column encodes its own rows where no thread did
+            column.append(rows, None if futures is None else (future.result() for future in futures))
 
     def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None) -> None:
         """Appends the training metrics of one step, or of several (equal-length arrays); written at the next
