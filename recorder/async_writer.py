@@ -1,7 +1,7 @@
 """Runs a `RunWriter`'s calls on one background thread: ordered, bounded, errors re-raised on the caller.
 
 `AsyncRunWriter` has the writer's own typed methods (write_frame, write_train, write_eval, write_test,
-write_scalars); each queues the call. The training loop hands over device arrays; this thread is where they
+write_scalars) and `write_block` (recorder/blocks.py); each queues a bound callable and its arguments. The training loop hands over device arrays; this thread is where they
 are copied to the host
 (`np.asarray` blocks until the step that produced them has finished), so the loop never waits for a
 transfer and can dispatch the next step at once. The queue is bounded: when the disk or the device falls
@@ -18,12 +18,13 @@ import os
 import queue
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from recorder.batching import FrameBatch
+from recorder.blocks import Block
 from recorder.parallel import host
 from recorder.writer import H5RunWriter, RunWriter
 
@@ -71,6 +72,8 @@ class AsyncRunWriter:
         self.busy_seconds = 0.0  # time the worker spent writing (encoding, HDF5), after the host copy
         self.waited_seconds = 0.0  # time the training side waited because the queue was full
         self.on_behind: Any = None  # called once with a message when the training side first waits BEHIND_SECONDS
+        self.seconds_per_step: float | None = None  # training's pace, measured between blocks' arrivals
+        self._arrived: float | None = None
         self._warned = False
         self._started = time.monotonic()
         self._thread = threading.Thread(target=self._work, name="emergence-writer", daemon=True)
@@ -94,14 +97,10 @@ class AsyncRunWriter:
                 if item is _STOP:
                     return
                 if item is not None and self._error is None:
-                    method, args = item
+                    call, args = item
                     values = to_host(args)  # waits for the step that computes them: not the writer's time
                     t0 = time.perf_counter()
-                    if method == "write_frame":
-                        self.frame_bytes += sum(v.nbytes for v in values[1].values())
-                    elif method == "_frames":
-                        self.frame_bytes += values[0].nbytes
-                    getattr(self if method.startswith("_") else self.writer, method)(*values)
+                    call(*values)
                     self.busy_seconds += time.perf_counter() - t0
                     dirty = True
                 if dirty and time.monotonic() - last_flush >= self._flush_seconds:
@@ -122,7 +121,7 @@ class AsyncRunWriter:
 
     def watch(self, step: Any, *values: Any) -> None:
         """Queues a finiteness check of `values` for `step` (device arrays are copied on this thread)."""
-        self._submit("_watch", step, values)
+        self._submit(self._watch, step, values)
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -132,16 +131,17 @@ class AsyncRunWriter:
                 "the file keeps every frame written before the failure."
             ) from self._error
 
-    def _submit(self, method: str, *args: Any) -> None:
-        """Queues `writer.method(*args)`; args may hold device arrays. Blocks while the queue is full."""
+    def _submit(self, call: Callable[..., None], *args: Any) -> None:
+        """Queues `call(*args)` (a method of the wrapped writer or of this one), to run on the worker with host
+        copies of `args` (which may hold device arrays). Blocks while the queue is full."""
         if self._closed:
-            raise RuntimeError(f"{method}() after the writer of {self.path} was closed")
+            raise RuntimeError(f"{call.__name__}() after the writer of {self.path} was closed")
         self._raise_if_failed()
         try:
-            self._queue.put_nowait((method, args))
+            self._queue.put_nowait((call, args))
         except queue.Full:  # the writer is behind: training waits (host memory stays flat)
             t0 = time.perf_counter()
-            self._queue.put((method, args))
+            self._queue.put((call, args))
             self.waited_seconds += time.perf_counter() - t0
             # behind = training waits AND the writer itself is busy most of the time (not waiting for the device:
             # training also waits when the loop dispatches steps faster than the device computes them)
@@ -160,15 +160,50 @@ class AsyncRunWriter:
                 f"the loop waited {self.waited_seconds:.1f} s on its full queue (for steps to compute or be written)")
 
     def write_frame(self, step: int, frame: Any, wall_time: float | None = None) -> None:
-        self._submit("write_frame", step, frame, wall_time)
+        self._submit(self._frame, step, frame, wall_time)
+
+    def _frame(self, step: int, frame: Any, wall_time: float | None) -> None:
+        self.frame_bytes += sum(v.nbytes for v in frame.values())
+        self.writer.write_frame(step, frame, wall_time)
 
     def _frames(self, batch: FrameBatch) -> None:
+        self.frame_bytes += batch.nbytes
         for step, frame in batch.frames():
             self.writer.write_frame(step, frame)
 
     def write_frames(self, batch: FrameBatch) -> None:
         """Queues packed frames (recorder/batching.py): one host copy per buffer, then each frame is written."""
-        self._submit("_frames", batch)
+        self._submit(self._frames, batch)
+
+    def write_block(self, block: Block) -> None:
+        """Queues a block of steps (recorder/blocks.py): one host copy per buffer, then one staged write per
+        dataset for its training rows, series, frames and analysis rows."""
+        self._submit(self._block, block)
+
+    def _block(self, block: Block) -> None:
+        now = time.monotonic()
+        if self._arrived is not None:  # the pace of training as the host sees it (compile and first block excluded)
+            per_step = (now - self._arrived) / len(block.steps)
+            self.seconds_per_step = per_step if self.seconds_per_step is None else (
+                0.7 * self.seconds_per_step + 0.3 * per_step)
+        self._arrived = now
+        steps = np.asarray(block.steps, np.int64)
+        columns = block.columns()
+        loss, accuracy, finite = columns.pop("loss"), columns.pop("accuracy"), columns.pop("finite", None)
+        ok = np.isfinite(loss) & (True if finite is None else finite > 0)
+        if self.nonfinite_step is None and not ok.all():
+            self.nonfinite_step = int(steps[np.argmin(ok)])
+        self.writer.write_train(steps, loss, accuracy)
+        series = {**columns, **block.scalars}
+        if series:
+            self.writer.write_series(steps, series)
+        arrays = block.frame_arrays()
+        if block.analysis_steps:
+            self.writer.write_analysis(block.analysis_steps, arrays)
+        if block.frame_steps:
+            self.frame_bytes += block.frame_nbytes
+            self.writer.write_frames(block.frame_steps, arrays)
+        self.latest_train = {"step": int(steps[-1]), "loss": float(loss[-1]), "accuracy": float(accuracy[-1])}
 
     def _train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any, watch: Any) -> None:
         if watch:
@@ -180,24 +215,24 @@ class AsyncRunWriter:
 
     def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None, watch: tuple = ()) -> None:
         """Queues training rows, and a finiteness check of the values in `watch` (see `_watch`)."""
-        self._submit("_train", step, loss, accuracy, wall_time, watch)
+        self._submit(self._train, step, loss, accuracy, wall_time, watch)
 
     def write_eval(self, step: int, loss: Any, accuracy: Any) -> None:
-        self._submit("write_eval", step, loss, accuracy)
+        self._submit(self.writer.write_eval, step, loss, accuracy)
 
     def write_test(self, loss: Any, accuracy: Any, count: int) -> None:
-        self._submit("write_test", loss, accuracy, count)
+        self._submit(self.writer.write_test, loss, accuracy, count)
 
     def write_scalars(self, step: int, values: Any) -> None:
-        self._submit("write_scalars", step, values)
+        self._submit(self.writer.write_scalars, step, values)
 
     def write_weights(self, step: int, values: Any) -> None:
-        self._submit("write_weights", step, values)
+        self._submit(self.writer.write_weights, step, values)
 
     def wait(self) -> None:
         """Blocks until everything submitted so far is written and flushed to the file; re-raises a background
         failure."""
-        self._submit("flush")
+        self._submit(self.writer.flush)
         self._queue.join()
         self._raise_if_failed()
 

@@ -75,6 +75,7 @@ class RunConfig:
     channels: str = ""  # record only these channels of wider layers: "0:16" or "0,3,5" (analysis uses all)
     budget_mb: float = 0.0  # > 0: the densest frame schedule whose file fits this many MB (replaces schedule)
     snapshots: int = 0  # weights stored at this many log-spaced steps (>= 2); 0: step 0 and the last only
+    block_steps: int = 0  # steps per dispatch at most (recorder/blocks.py); 0: as many frames as fit 32 MB, <= 64
 
     def validate(self) -> "RunConfig":
         """Raises ConfigError naming the bad field and the valid options; returns self."""
@@ -90,7 +91,7 @@ class RunConfig:
         for key in ("batch_size", "synthetic_size", "eval_size", "devices"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("epochs", "steps", "eval_every", "analysis_probes", "checkpoint_every", "train_size"):
+        for key in ("epochs", "steps", "eval_every", "analysis_probes", "checkpoint_every", "train_size", "block_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if 0 < self.analysis_probes < 4:

@@ -35,6 +35,7 @@ from recorder.analysis import (ANALYSIS_FRAMES, STAT_DOCS, STAT_NAMES, analysis_
                                probe_set_hash)
 from recorder.async_writer import AsyncRunWriter
 from recorder.batching import FRAMES_PER_TRANSFER, FrameBatcher
+from recorder.blocks import Block
 from recorder.capture import Capture
 from recorder.schedule import recorded_steps
 from recorder.weights import flat_weights, weight_specs
@@ -185,6 +186,7 @@ class Recorder:
         self._last = h5.last_steps()
         self._closed = False
         self._own_forward: Callable[..., Any] | None = None
+        self._checked_layout: tuple = ()
 
     # -- the schedule ------------------------------------------------------------------------------
     def should_record(self, step: int) -> bool:
@@ -216,6 +218,35 @@ class Recorder:
                 self._writer.watch(step, *watch)
             if metrics:
                 self.log_scalars(step, **metrics)
+
+    def write_block(self, block: Block) -> None:
+        """Queues a block of consecutive steps (recorder/blocks.py: what `BlockStep` returns, or one a loop
+        of your own builds): their training rows, per-step series, frames and analysis rows, as one item. The
+        host touches no device value here; the writer copies each buffer once."""
+        self._open()
+        if block.frame_layout:
+            self._check_layout(block)
+        for step in block.frame_steps:
+            self._advance("frame", step, strict=True)
+        self._advance("train", block.steps[0], strict=True)
+        self._last["train"] = block.steps[-1]
+        if len(block.metric_names) > 3 or block.scalars:  # more than loss, accuracy and finite: series
+            self._advance("scalars", block.steps[0], strict=False)
+            self._last["scalars"] = block.steps[-1]
+        self._frames.drain()  # frames written one by one before go first
+        self._writer.write_block(block)
+
+    def _check_layout(self, block: Block) -> None:
+        """The block's frames match the run's layout (checked once per layout)."""
+        if block.frame_layout == self._checked_layout:
+            return
+        got = {key: shape for key, shape, _ in block.frame_layout}
+        if got != self._expected:
+            raise RecorderError(f"the frames of steps {block.steps[0]}..{block.steps[-1]} do not match the run's "
+                                f"layout: {got} against {self._expected}")
+        if block.analysis_steps and self.analysis is None:
+            raise RecorderError("the block carries analysis statistics but the recorder has no analysis probes")
+        self._checked_layout = block.frame_layout
 
     def capture_and_write(self, step: int, model: Any, probe_x: Any, analysis_x: Any = None,
                           metrics: Mapping[str, Any] | None = None) -> None:
@@ -287,6 +318,11 @@ class Recorder:
         """The first step whose loss (or `finite` flag, see `write`) was not finite, as far as the writer thread
         has seen (it runs a few steps behind the loop; `wait()` first for an exact answer); None while all were."""
         return self._writer.nonfinite_step
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        """Training's pace as the writer sees blocks arrive (None before two blocks have)."""
+        return self._writer.seconds_per_step
 
     @property
     def latest_train(self) -> dict[str, float]:

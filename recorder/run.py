@@ -27,6 +27,7 @@ from flax import nnx
 
 from recorder import fastconv
 from recorder.analysis import ANALYSIS_FRAMES, STAT_NAMES, choose_analysis_probes
+from recorder.blocks import ANALYSE, BLOCK_SECONDS, FRAME, TRAIN, Block, BlockStep, block_size
 from recorder.capture import Capture, CaptureError
 from recorder.checkpoints import Checkpoints, checkpoint_dir
 from recorder.config import RESUMABLE_KEYS, ConfigError, RunConfig, apply_overrides, config_from_json
@@ -113,6 +114,7 @@ class RunPlan:
     placement: Placement = dataclasses.field(default_factory=lambda: Placement(None))
     init_note: str = ""  # what init_from did, in words
     learning_rates: np.ndarray | None = None  # [total] the rate of each update under a schedule (logged), else None
+    block_steps: int = 1  # K: the most steps one dispatch runs (recorder/blocks.py)
 
     def probes(self) -> Probes:
         d = self.dataset
@@ -198,8 +200,10 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
             log(f"note: analysis_probes={config.analysis_probes} but the {dataset.name} test split has {n} images; "
                 f"analysing all {n}")
         analysis_idx = choose_analysis_probes(dataset.test_labels, n, len(dataset.class_names))
+    block = block_size(frame_bytes(capture.layers, len(probe_idx), config.dtype, capture.num_classes),
+                       config.block_steps)
     return RunPlan(config, dataset, capture, fns, per_epoch, total, probe_idx, analysis_idx,
-                   min(config.eval_size, len(dataset.test_labels)), placement, init_note, learning_rates)
+                   min(config.eval_size, len(dataset.test_labels)), placement, init_note, learning_rates, block)
 
 
 def frame_bytes(layers: Sequence[Any], probes: int, dtype: str, num_classes: int) -> int:
@@ -287,6 +291,12 @@ class TrainingLoop:
         self.state = put(jax.tree.map(jnp.copy, fns.init_state))  # its own copy: the steps donate the state they get
         self.initial_params = put(jax.tree.map(jnp.copy, fns.init_state.params))  # W_0 of the per-layer measures
         self.snapshots = set(snapshot_steps(plan.config.snapshots, plan.total).tolist()) - {0, plan.total}
+        self._snapshot_steps = np.asarray(sorted(self.snapshots), np.int64)
+        self.data = (self.train_x, self.train_y, self.initial_params)
+        records = rec is not None or frames
+        self.blocks = BlockStep(fns.update, fns.frame_of, plan.block_steps, self.state, self.data,
+                                plan.config.batch_size, self.probe_x if records else None,
+                                self.analysis_x if rec is not None and len(rec.analysis_steps) else None)
         self.step = 0
         self.stop_requested: str | None = None
         self.stop_signal = 0  # the signal that set stop_requested, if one did
@@ -342,36 +352,79 @@ class TrainingLoop:
         return self._stop_wanted()
 
     def run(self, until: int, progress: Progress | None = None) -> None:
-        """Trains (and records) steps step+1 .. until, or fewer (see the class doc)."""
-        plan, fns, rec, c = self.plan, self.plan.fns, self.rec, self.plan.config
-        data = (self.train_x, self.train_y, self.initial_params)
-        for step in range(self.step + 1, until + 1):
-            if self.should_stop(step):
+        """Trains (and records) steps step+1 .. until, or fewer (see the class doc), a block at a time: the
+        host acts (stops, evaluates, checkpoints, stores weights, updates the progress line) between blocks."""
+        while self.step < until:
+            if self.should_stop(self.step + 1):
                 return
-            idx, at = plan.placement.batch(self._batch(step)), np.int32(step)  # the step: traced (augmentation)
-            frame = None
-            if rec is not None and rec.should_analyse(step):  # three executables, each compiled once
-                self.state, metrics, frame = fns.analysed_step(self.state, *data, idx, at, self.probe_x, self.analysis_x)
-            elif (rec is not None and rec.should_record(step)) or (rec is None and self.frames):
-                self.state, metrics, frame = fns.recorded_step(self.state, *data, idx, at, self.probe_x)
-            else:
-                self.state, metrics = fns.train_step(self.state, *data, idx, at)
-            self.step = step
-            if rec is None:
-                continue
-            rec.write(step, frame, metrics)
-            if step in self.snapshots:  # the first and the last are written by start() and at the end
-                rec.write_weights(step, plan.weights(self.state))
-            if plan.learning_rates is not None:  # host values: no device work per step
-                rec.log_scalars(step, learning_rate=float(plan.learning_rates[step - 1]))
-            if self.evaluate and (c.eval_every and step % c.eval_every == 0 or step == plan.total):
-                loss, acc = evaluate(fns, self.state, self.test_x, self.test_y, count=plan.eval_count)
-                rec.log_eval(step, loss=loss, accuracy=acc)
-            if c.checkpoint_every and step % c.checkpoint_every == 0 and step < until:
-                self.checkpoint()
-            if progress is not None:
-                latest = rec.latest_train
-                progress.update(latest.get("step", 0), latest.get("loss"), latest.get("accuracy"))
+            first = self.step + 1
+            last = min(first + self.block_length() - 1, until, self._next_event(first))
+            self._run_block(first, last)
+            self.step = last
+            self._after_block(until, progress)
+
+    def block_length(self) -> int:
+        """Steps in the next block: about BLOCK_SECONDS of training at the pace the writer measures (one step
+        until it has), at most K; K with several processes (their blocks must end at the same steps) or
+        without a recorder."""
+        k = self.plan.block_steps
+        if self.rec is None or processes() > 1:
+            return k
+        per_step = self.rec.seconds_per_step
+        return 1 if per_step is None else int(min(k, max(1, BLOCK_SECONDS // max(per_step, 1e-9))))
+
+    def _next_event(self, first: int) -> int:
+        """The first step >= `first` after which the host must act: an evaluation, a checkpoint, stored weights,
+        the processes' agreement on stopping, or the plan's end."""
+        c, rec = self.plan.config, self.rec
+        periods = [c.eval_every if rec is not None and self.evaluate else 0,
+                   c.checkpoint_every if self.checkpoints is not None and rec is not None else 0,
+                   SYNC_EVERY if processes() > 1 else 0]
+        out = [self.plan.total, *(-(-first // p) * p for p in periods if p)]
+        later = self._snapshot_steps[np.searchsorted(self._snapshot_steps, first):]
+        return min(out + ([int(later[0])] if rec is not None and len(later) else []))
+
+    def _kind(self, step: int) -> int:
+        rec = self.rec
+        if rec is None:
+            return FRAME if self.frames else TRAIN
+        return ANALYSE if rec.should_analyse(step) else FRAME if rec.should_record(step) else TRAIN
+
+    def _run_block(self, first: int, last: int) -> None:
+        """Dispatches steps first..last as one block and hands its results to the recorder (no wait)."""
+        plan, rec = self.plan, self.rec
+        steps = range(first, last + 1)
+        kinds = [self._kind(s) for s in steps]
+        host_plan = self.blocks.plan(steps, np.stack([self._batch(s) for s in steps]), kinds)
+        self.state, metrics, frames, analysis = self.blocks(
+            self.state, self.data, plan.placement.replicated(host_plan), len(steps), self.probe_x, self.analysis_x)
+        if rec is None:
+            return
+        frame_steps = tuple(s for s, k in zip(steps, kinds) if k >= FRAME)
+        analysis_steps = tuple(s for s, k in zip(steps, kinds) if k == ANALYSE)
+        scalars = {} if plan.learning_rates is None else {"learning_rate": plan.learning_rates[first - 1:last]}
+        rec.write_block(Block(  # only the filled rows of the buffers leave the device
+            tuple(steps), metrics, self.blocks.metric_names,
+            frame_steps, {d: b[:len(frame_steps)] for d, b in frames.items()} if frame_steps else {},
+            self.blocks.frame_layout,
+            analysis_steps, {d: b[:len(analysis_steps)] for d, b in analysis.items()} if analysis_steps else {},
+            self.blocks.analysis_layout, scalars))
+
+    def _after_block(self, until: int, progress: Progress | None) -> None:
+        """What the host does once a block is dispatched: weights, evaluation, checkpoint, progress."""
+        plan, rec, c, step = self.plan, self.rec, self.plan.config, self.step
+        if rec is None:
+            return
+        if step in self.snapshots:  # the first and the last are written by start() and at the end
+            rec.write_weights(step, plan.weights(self.state))
+        if self.evaluate and (c.eval_every and step % c.eval_every == 0 or step == plan.total):
+            loss, acc = evaluate(plan.fns, self.state, self.test_x, self.test_y, count=plan.eval_count)
+            rec.log_eval(step, loss=loss, accuracy=acc)
+        if c.checkpoint_every and step % c.checkpoint_every == 0 and step < until:
+            self.checkpoint()
+        if progress is not None:
+            latest = rec.latest_train
+            progress.update(latest.get("step", 0), latest.get("loss"), latest.get("accuracy"))
 
     def checkpoint(self) -> int | None:
         """Checkpoints the current state once the run file holds every row up to it, unless a non-finite
@@ -474,7 +527,8 @@ def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_pr
     log(f"writer: {rec.throughput()}")
     log(f"done: {plan.total} steps, {len(rec.frame_steps)} frames in {seconds:.1f} s; test accuracy {test_acc:.4f} "
         f"(loss {test_loss:.4f}, {len(d.test_labels)} images) -> {path}")
-    return RunResult(path, plan.total, len(rec.frame_steps), test_loss, test_acc, seconds, dict(plan.fns.traces))
+    return RunResult(path, plan.total, len(rec.frame_steps), test_loss, test_acc, seconds,
+                     {**plan.fns.traces, "block_step": loop.blocks.traces})
 
 
 def _stop(loop: TrainingLoop, path: Path) -> tuple[str, str]:

@@ -1,4 +1,5 @@
-"""The pure, jitted functions of a recorded run: one training step (optionally with the probe frame),
+"""The pure functions of a recorded run: one training step (`update`, jitted alone as `train_step`: the bare
+step the benchmarks compare with), the frame (`frame_of`; both run in blocks of steps, recorder/blocks.py),
 the probe forward alone (for step 0), and the evaluation of a chunk of images.
 
 The model is split once into a static graph definition, its parameters and the rest of its state (batch
@@ -95,11 +96,12 @@ class StepFunctions:
 
     init_state: TrainState
     train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
-    recorded_step: Callable[..., tuple[TrainState, dict[str, jax.Array], Frame]]
-    analysed_step: Callable[..., tuple[TrainState, dict[str, jax.Array], Frame]]  # + analysis/* entries
     probe_frame: Callable[..., Frame]  # (params, model_state, probe_x[, analysis_x]): step 0
     eval_chunk: Callable[..., tuple[jax.Array, jax.Array]]
     traces: dict[str, int]
+    # the same computations unjitted, for blocks of steps (recorder/blocks.py):
+    update: Callable[..., tuple[TrainState, dict[str, jax.Array]]]  # (state, images, labels, start, idx, step)
+    frame_of: Callable[..., Frame]  # (params, model_state, probe_x[, analysis_x]), inference mode
 
 
 def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, capture: Capture,
@@ -118,7 +120,7 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     check_model_state(rest)
-    traces = {"train_step": 0, "recorded_step": 0, "analysed_step": 0, "probe_frame": 0, "eval_chunk": 0}
+    traces = {"train_step": 0, "probe_frame": 0, "eval_chunk": 0}
 
     def training(params: nnx.State, rest: nnx.State, x: jax.Array) -> tuple[jax.Array, nnx.State]:
         """Logits in training mode, and the model state the forward pass left (updated statistics, RNGs)."""
@@ -158,23 +160,9 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
     def frame_of(params: nnx.State, rest: nnx.State, probe_x: jax.Array, analysis_x: jax.Array | None = None) -> Frame:
         return capture(inference(params, rest), probe_x, analysis_x)
 
-    def recorded(state: TrainState, metrics: dict, probe_x: jax.Array, analysis_x: jax.Array | None = None):
-        """The updated state's frame; the finiteness flag then also covers what the frame recorded."""
-        frame = frame_of(state.params, state.model_state, probe_x, analysis_x)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in frame.values()]))
-        return state, {**metrics, "finite": metrics["finite"] & finite}, frame
-
     def train_step(state, images, labels, start, idx, step):
         traces["train_step"] += 1  # runs only while tracing
         return update(state, images, labels, start, idx, step)
-
-    def recorded_step(state, images, labels, start, idx, step, probe_x):
-        traces["recorded_step"] += 1
-        return recorded(*update(state, images, labels, start, idx, step), probe_x)
-
-    def analysed_step(state, images, labels, start, idx, step, probe_x, analysis_x):
-        traces["analysed_step"] += 1
-        return recorded(*update(state, images, labels, start, idx, step), probe_x, analysis_x)
 
     def probe_frame(params, rest, probe_x, analysis_x=None):
         traces["probe_frame"] += 1
@@ -193,11 +181,11 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
     return StepFunctions(
         init_state=TrainState(params, tx.init(params), rest),
         train_step=jax.jit(train_step, donate_argnums=0),
-        recorded_step=jax.jit(recorded_step, donate_argnums=0),
-        analysed_step=jax.jit(analysed_step, donate_argnums=0),
         probe_frame=jax.jit(probe_frame),
         eval_chunk=jax.jit(eval_chunk),
         traces=traces,
+        update=update,
+        frame_of=frame_of,
     )
 
 

@@ -90,10 +90,13 @@ class RunWriter(Protocol):
     path: Path
 
     def write_frame(self, step: int, frame: Mapping[str, Any], wall_time: float | None = None) -> None: ...
+    def write_frames(self, steps: Any, frames: Mapping[str, Any], wall_time: float | None = None) -> None: ...
+    def write_analysis(self, steps: Any, arrays: Mapping[str, Any]) -> None: ...
     def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None) -> None: ...
     def write_eval(self, step: int, loss: Any, accuracy: Any) -> None: ...
     def write_test(self, loss: Any, accuracy: Any, count: int) -> None: ...
     def write_scalars(self, step: int, values: Mapping[str, Any]) -> None: ...
+    def write_series(self, steps: Any, values: Mapping[str, Any]) -> None: ...
     def write_weights(self, step: int, values: Mapping[str, Any]) -> None: ...
     def set_status(self, status: str, message: str = "") -> None: ...
     def flush(self) -> None: ...
@@ -494,23 +497,45 @@ class H5RunWriter:
     def write_frame(self, step: int, frame: Mapping[str, np.ndarray], wall_time: float | None = None) -> None:
         """Appends one frame. `frame` maps layer names to [P, H, W, C], `logits` to [P, K] (zeros of width 0
         when the model has no logits) and `kernel/<layer>` to the kernel of each layer whose kernel is
-        recorded. Everything is staged and written at the next `flush()` (the activations and Grams earlier
-        once `STAGE_BYTES` of them wait), the step that makes the frame count last."""
-        self._reserve(sum(np.asarray(value).nbytes for value in frame.values()))
+        recorded; at an analysed step also `analysis/gram/<layer>` [n, n] and `analysis/stats/<layer>`.
+        Everything is staged and written at the next `flush()` (the activations and Grams earlier once
+        `STAGE_BYTES` of them wait), the step that makes the frame count last."""
+        rows = {key: np.asarray(value)[None] for key, value in frame.items()}
+        if f"analysis/gram/{self._layers[0]}" in frame:
+            self.write_analysis([step], rows)
+        self.write_frames([step], rows, wall_time)
+
+    def write_frames(self, steps: Any, frames: Mapping[str, np.ndarray], wall_time: float | None = None) -> None:
+        """Appends the frames of `steps` ([n]): `frames` maps each key of `write_frame` to its n rows
+        ([n, P, H, W, C], ...); analysis entries are ignored here (`write_analysis`). One wall time for all."""
+        steps = np.reshape(steps, -1)
+        n, c = len(steps), self._col
+        keys = [*self._layers, *(f"kernel/{name}" for name in self._kernels), *(["logits"] if "logits" in frames else [])]
+        self._reserve(sum(np.asarray(frames[key]).nbytes for key in keys))
+        for name in self._layers:
+            c[f"layers/{name}/activations"].stage(frames[name])
+        for name in self._kernels:
+            c[f"layers/{name}/kernel"].stage(frames[f"kernel/{name}"])
+        logits = frames["logits"] if "logits" in frames else np.zeros((n, *c["frames/logits"].row), np.float32)
+        c["frames/logits"].stage(logits)
+        c["frames/wall_time"].stage(np.full(n, self._now(wall_time)))
+        c["frames/step"].stage(steps)
+        self._write_if_staged_enough()
+
+    def write_analysis(self, steps: Any, arrays: Mapping[str, np.ndarray]) -> None:
+        """Appends the analysis rows of `steps` ([n], frame steps): `analysis/gram/<layer>` [n, N, N] (the upper
+        triangle is stored) and `analysis/stats/<layer>` [n, S] for every layer."""
+        steps = np.reshape(steps, -1)
+        grams = {name: np.asarray(arrays[f"analysis/gram/{name}"])[:, self._triu[0], self._triu[1]] for name in self._layers}
+        self._reserve(sum(g.nbytes for g in grams.values()))
         c = self._col
         for name in self._layers:
-            c[f"layers/{name}/activations"].stage(frame[name][None])
-        for name in self._kernels:
-            c[f"layers/{name}/kernel"].stage(frame[f"kernel/{name}"][None])
-        logits = frame["logits"][None] if "logits" in frame else np.zeros((1, *c["frames/logits"].row), np.float32)
-        c["frames/logits"].stage(logits)
-        c["frames/wall_time"].stage([self._now(wall_time)])
-        if f"analysis/gram/{self._layers[0]}" in frame:
-            for name in self._layers:
-                c[f"analysis/{name}/gram"].stage(frame[f"analysis/gram/{name}"][self._triu][None])
-                c[f"analysis/{name}/stats"].stage(frame[f"analysis/stats/{name}"][None])
-            c["analysis/step"].stage([step])
-        c["frames/step"].stage([step])
+            c[f"analysis/{name}/gram"].stage(grams[name])
+            c[f"analysis/{name}/stats"].stage(arrays[f"analysis/stats/{name}"])
+        c["analysis/step"].stage(steps)
+        self._write_if_staged_enough()
+
+    def _write_if_staged_enough(self) -> None:
         if sum(column.staged_bytes for column in self._frame_columns) >= STAGE_BYTES:
             with self._writing():
                 self._write_frames()
@@ -574,17 +599,28 @@ class H5RunWriter:
 
     def write_scalars(self, step: int, values: Mapping[str, Any]) -> None:
         """Appends one value of each named series at `step` (a name is registered when it first appears)."""
+        self.write_series([step], {name: np.reshape(value, 1) for name, value in values.items()})
+
+    def write_series(self, steps: Any, values: Mapping[str, Any]) -> None:
+        """Appends the values of named series at `steps` ([n]; each value [n]), step by step."""
+        steps = np.reshape(steps, -1)
+        ids = [self._series_id(name) for name in values]
+        if not ids:
+            return
         c = self._col
-        for name, value in values.items():
-            if name not in self._scalar_names:
-                if len(self._scalar_names) >= MAX_SCALARS or not 0 < len(name.encode()) <= SCALAR_NAME_BYTES:
-                    raise ValueError(f"scalar series {name!r}: at most {MAX_SCALARS} series, names of 1 to "
-                                     f"{SCALAR_NAME_BYTES} bytes")
-                self._file["scalars/names"][len(self._scalar_names)] = np.bytes_(name.encode())
-                self._scalar_names.append(name)
-            c["scalars/series"].stage([self._scalar_names.index(name)])
-            c["scalars/value"].stage(np.reshape(np.asarray(value, np.float64), 1))
-            c["scalars/step"].stage([step])
+        c["scalars/series"].stage(np.tile(np.asarray(ids, np.int16), len(steps)))
+        c["scalars/value"].stage(np.stack([np.reshape(np.asarray(v, np.float64), -1) for v in values.values()], 1).ravel())
+        c["scalars/step"].stage(np.repeat(steps, len(ids)))
+
+    def _series_id(self, name: str) -> int:
+        """The index of series `name`, registered when it first appears."""
+        if name not in self._scalar_names:
+            if len(self._scalar_names) >= MAX_SCALARS or not 0 < len(name.encode()) <= SCALAR_NAME_BYTES:
+                raise ValueError(f"scalar series {name!r}: at most {MAX_SCALARS} series, names of 1 to "
+                                 f"{SCALAR_NAME_BYTES} bytes")
+            self._file["scalars/names"][len(self._scalar_names)] = np.bytes_(name.encode())
+            self._scalar_names.append(name)
+        return self._scalar_names.index(name)
 
     def write_weights(self, step: int, values: Mapping[str, np.ndarray]) -> None:
         """Appends the weights at `step` (`{path: array}` for every path of the layout); written at the next

@@ -1,0 +1,236 @@
+"""Blocks: up to K training steps in one dispatch, their frames and metrics staged on the device and handed
+to the host as one `Block`.
+
+On a GPU a step takes a millisecond or two, so any per-step host work (a dispatch, a transfer, a queue item,
+a Python loop over metrics) costs a visible share of it. The built-in loop therefore runs `n <= K` steps per
+call of one jitted function (`BlockStep`): a `lax.fori_loop` over the steps, with a trip count that is an
+argument, so any `n` runs the same executable. Each step trains; at a step that records, it also computes the
+probe frame (and at an analysed step the analysis Grams) and writes it into a slot of a device buffer. The
+host receives per block:
+
+- `metrics`: float32 [K, M], one row per step (loss, accuracy, the finiteness flag, the per-layer weight
+  measures, the learning rate), one device→host transfer;
+- `frames`: one buffer per dtype, [F, E] (row j: the j-th frame of the block, every array raveled in key
+  order), sliced to the block's frames on the device, one transfer per dtype; the same for the analysis
+  entries.
+
+So a block is one dispatch, one transfer per buffer, one writer queue item and one HDF5 write per dataset,
+whatever its length. Between blocks the loop makes no device→host transfer (tests/test_blocks.py checks it
+with `jax.transfer_guard_device_to_host`).
+
+K (`block_size`) is fixed for a run by the frame's bytes (the buffers stay within `BLOCK_BYTES`) and `MAX_BLOCK`,
+so every run of a config compiles the same executable; each step's arithmetic is the loop body's whatever n
+and wherever the step falls in its block, so a resumed run stays bitwise equal to an uninterrupted one. The
+number of steps per block, n, is chosen by the loop from the measured step time (about `BLOCK_SECONDS` of
+training per block: the live viewer and a kill lose at most that much more than before).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+BLOCK_BYTES = 32 << 20  # device bytes of one block's frame buffer
+MAX_BLOCK = 64  # steps per block at most
+BLOCK_SECONDS = 1.0  # training time per block the loop aims at (see TrainingLoop.block_length)
+TRAIN, FRAME, ANALYSE = 0, 1, 2  # what a step does besides training: nothing, the probe frame, frame + analysis
+
+Layout = tuple[tuple[str, tuple[int, ...], str], ...]  # (key, shape, dtype) of each array, in key order
+
+
+def block_size(frame_bytes: int, requested: int = 0) -> int:
+    """K, the most steps one block holds: `requested` if > 0, else as many frames as fit `BLOCK_BYTES`,
+    1 to `MAX_BLOCK`."""
+    if requested > 0:
+        return int(requested)
+    return int(max(1, min(MAX_BLOCK, BLOCK_BYTES // max(frame_bytes, 1))))
+
+
+def layout_of(tree: Mapping[str, Any]) -> Layout:
+    """(key, shape, dtype) of each array of `tree` (arrays or shape structs), in key order."""
+    return tuple((key, tuple(tree[key].shape), str(np.dtype(tree[key].dtype))) for key in sorted(tree))
+
+
+def _pack(values: Mapping[str, jax.Array], layout: Layout) -> dict[str, jax.Array]:
+    """One flat vector per dtype: the arrays of `values` raveled in `layout`'s order."""
+    parts: dict[str, list[jax.Array]] = {}
+    for key, _, dtype in layout:
+        parts.setdefault(dtype, []).append(jnp.ravel(values[key]).astype(dtype))
+    return {dtype: jnp.concatenate(arrays) for dtype, arrays in parts.items()}
+
+
+def _widths(layout: Layout) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for _, shape, dtype in layout:
+        out[dtype] = out.get(dtype, 0) + int(np.prod(shape))
+    return out
+
+
+def unpack(buffers: Mapping[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
+    """Host buffers [n, E] per dtype -> {key: [n, *shape]}, each a view of its buffer (no copy)."""
+    offsets = dict.fromkeys(buffers, 0)
+    out = {}
+    for key, shape, dtype in layout:
+        size, buffer = int(np.prod(shape)), buffers[dtype]
+        out[key] = buffer[:, offsets[dtype]:offsets[dtype] + size].reshape(len(buffer), *shape)
+        offsets[dtype] += size
+    return out
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass
+class Block:
+    """The results of training steps `steps` (host ints, consecutive) as the host receives them. The leaves
+    (metrics, frame and analysis buffers, host-known scalars) are what the writer copies to the host."""
+
+    steps: tuple[int, ...]
+    metrics: Any  # [K, M] float32, rows 0..len(steps)-1 valid
+    metric_names: tuple[str, ...]
+    frame_steps: tuple[int, ...] = ()
+    frames: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # dtype -> [len(frame_steps), E]
+    frame_layout: Layout = ()
+    analysis_steps: tuple[int, ...] = ()
+    analysis: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # dtype -> [len(analysis_steps), E]
+    analysis_layout: Layout = ()
+    scalars: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # host-known series: name -> [len(steps)]
+
+    def tree_flatten(self) -> tuple[tuple, tuple]:
+        return ((self.metrics, dict(self.frames), dict(self.analysis), dict(self.scalars)),
+                (self.steps, self.metric_names, self.frame_steps, self.frame_layout, self.analysis_steps,
+                 self.analysis_layout))
+
+    @classmethod
+    def tree_unflatten(cls, aux: tuple, children: tuple) -> "Block":
+        steps, names, frame_steps, frame_layout, analysis_steps, analysis_layout = aux
+        metrics, frames, analysis, scalars = children
+        return cls(steps, metrics, names, frame_steps, frames, frame_layout, analysis_steps, analysis,
+                   analysis_layout, scalars)
+
+    @property
+    def frame_nbytes(self) -> int:
+        return sum(int(np.prod(b.shape)) * np.dtype(b.dtype).itemsize for b in [*self.frames.values(),
+                                                                                 *self.analysis.values()])
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """(on host values) Each metric over the block's steps: name -> [len(steps)]."""
+        rows = np.asarray(self.metrics)[:len(self.steps)]
+        return {name: rows[:, i] for i, name in enumerate(self.metric_names)}
+
+    def frame_arrays(self) -> dict[str, np.ndarray]:
+        """(on host values) The frames' arrays, key -> [len(frame_steps), *shape], with the analysis entries."""
+        out = unpack(self.frames, self.frame_layout) if self.frame_steps else {}
+        if self.analysis_steps:
+            out.update(unpack(self.analysis, self.analysis_layout))
+        return out
+
+
+class BlockStep:
+    """The jitted block of a run's training step (`update`) and frame (`frame_of`, see recorder/train.py).
+
+    `update(state, *data, idx, step) -> (state, metrics)` trains one step on the batch rows `idx` [B];
+    `frame_of(params, model_state, probe_x[, analysis_x]) -> frame` computes a frame. With `probe_x` None the
+    block only trains. Call it with the state (donated), the data arguments, the probe and analysis inputs
+    and a host plan made by `plan` (one array, copied in at dispatch)."""
+
+    def __init__(self, update: Callable, frame_of: Callable, size: int, state: Any, data: Sequence[Any],
+                 batch: int, probe_x: Any = None, analysis_x: Any = None):
+        self.size, self.batch = size, batch
+        self._update, self._frame_of = update, frame_of
+        self.traces = 0
+        idx, step = jax.ShapeDtypeStruct((batch,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
+        metrics = jax.eval_shape(update, state, *data, idx, step)[1]
+        self.metric_names = tuple(sorted(metrics))
+        self.frame_layout: Layout = ()
+        self.analysis_layout: Layout = ()
+        self.kinds = [TRAIN]
+        if probe_x is not None:
+            frame = jax.eval_shape(frame_of, state.params, state.model_state, probe_x)
+            self.frame_layout = layout_of(frame)
+            self.kinds.append(FRAME)
+            if analysis_x is not None:
+                full = jax.eval_shape(frame_of, state.params, state.model_state, probe_x, analysis_x)
+                self.analysis_layout = layout_of({k: v for k, v in full.items() if k not in frame})
+                self.kinds.append(ANALYSE)
+        self._jitted = jax.jit(self._block, donate_argnums=0)
+
+    def plan(self, steps: Sequence[int], batches: np.ndarray, kinds: Sequence[int]) -> np.ndarray:
+        """The host plan of one block: int32 [K, B + 4], row k = (batch rows of step k, step, kind, frame
+        slot, analysis slot); rows past len(steps) are never run. `batches`: [len(steps), B] int32."""
+        n = len(steps)
+        if not 1 <= n <= self.size:
+            raise ValueError(f"a block holds 1 to {self.size} steps, got {n}")
+        out = np.zeros((self.size, self.batch + 4), np.int32)
+        kinds = np.asarray(kinds, np.int32)
+        out[:n, :self.batch] = batches
+        out[:n, self.batch] = steps
+        out[:n, self.batch + 1] = kinds
+        out[:n, self.batch + 2] = np.where(kinds >= FRAME, np.cumsum(kinds >= FRAME) - 1, self.size)  # K: discarded
+        out[:n, self.batch + 3] = np.where(kinds == ANALYSE, np.cumsum(kinds == ANALYSE) - 1, self.size)
+        return out
+
+    def __call__(self, state: Any, data: Sequence[Any], plan: Any, n: int, probe_x: Any = None,
+                 analysis_x: Any = None) -> tuple[Any, Any, dict[str, jax.Array], dict[str, jax.Array]]:
+        """Runs the first `n` steps of `plan`: (state, metrics [K, M], frame buffers [K + 1, E] per dtype,
+        analysis buffers [K + 1, E] per dtype). Nothing waits for the device."""
+        return self._jitted(state, tuple(data), plan, np.int32(n), probe_x, analysis_x)
+
+    def _zeros(self, layout: Layout, rows: int | None = None) -> dict[str, jax.Array]:
+        shape = (lambda w: (w,)) if rows is None else (lambda w: (rows, w))
+        return {dtype: jnp.zeros(shape(w), dtype) for dtype, w in _widths(layout).items()}
+
+    def _block(self, state: Any, data: tuple, plan: jax.Array, n: jax.Array, probe_x: Any, analysis_x: Any):
+        self.traces += 1  # runs only while tracing
+        k, b = self.size, self.batch
+        names = self.metric_names
+
+        def train(state, idx, step):
+            return self._update(state, *data, idx, step)
+
+        def row(metrics: Mapping[str, jax.Array]) -> jax.Array:
+            return jnp.stack([jnp.asarray(metrics[name], jnp.float32) for name in names])
+
+        def finite_frame(metrics, frame):
+            ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in frame.values()]))
+            return {**metrics, "finite": metrics["finite"] & ok}
+
+        def only_train(state, idx, step):
+            state, metrics = train(state, idx, step)
+            return state, row(metrics), self._zeros(self.frame_layout), self._zeros(self.analysis_layout)
+
+        def with_frame(state, idx, step):
+            state, metrics = train(state, idx, step)
+            frame = self._frame_of(state.params, state.model_state, probe_x)
+            return (state, row(finite_frame(metrics, frame)), _pack(frame, self.frame_layout),
+                    self._zeros(self.analysis_layout))
+
+        def with_analysis(state, idx, step):
+            state, metrics = train(state, idx, step)
+            full = self._frame_of(state.params, state.model_state, probe_x, analysis_x)
+            frame = {key: full[key] for key, _, _ in self.frame_layout}
+            rest = {key: full[key] for key, _, _ in self.analysis_layout}
+            return (state, row(finite_frame(metrics, full)), _pack(frame, self.frame_layout),
+                    _pack(rest, self.analysis_layout))
+
+        branches = [only_train, with_frame, with_analysis][:len(self.kinds)]
+
+        def body(i, carry):
+            state, rows, frames, analysis = carry
+            p = plan[i]
+            idx, step, kind, fslot, aslot = p[:b], p[b], p[b + 1], p[b + 2], p[b + 3]
+            if len(branches) == 1:
+                state, m, f, a = branches[0](state, idx, step)
+            else:
+                state, m, f, a = lax.switch(jnp.clip(kind, 0, len(branches) - 1), branches, state, idx, step)
+            rows = lax.dynamic_update_slice(rows, m[None], (i, 0))
+            frames = {d: lax.dynamic_update_slice(frames[d], f[d][None], (fslot, 0)) for d in frames}
+            analysis = {d: lax.dynamic_update_slice(analysis[d], a[d][None], (aslot, 0)) for d in analysis}
+            return state, rows, frames, analysis
+
+        carry = (state, jnp.zeros((k, len(names)), jnp.float32), self._zeros(self.frame_layout, k + 1),
+                 self._zeros(self.analysis_layout, k + 1))
+        return lax.fori_loop(0, n, body, carry)
