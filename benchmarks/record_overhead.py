@@ -2,18 +2,24 @@
 
     .venv/bin/python benchmarks/record_overhead.py [--trials 5] [--experiments vgg_bn:20,resnet8:20]
         [--also channels=0:16]   # each experiment again with these overrides (e.g. a channel subset)
+        [--compression none]     # the CPU proxy: `--experiments tiny:400 --compression none`
 
-Every loop below is `recorder.run.TrainingLoop`, the loop `emergence record` runs, over the same plan
-(data, model, compiled steps); trials alternate between them in one process (the machine is shared and
-noisy; alternating cancels slow drifts), and the table reports medians and their ratio. Held-out
-evaluations are off in all of them: the comparison is training with and without recording.
+The loops below run over the same plan (data, model, compiled steps); trials alternate between them in one
+process (the machine is shared and noisy; alternating cancels slow drifts), and the table reports medians
+and their ratios. Held-out evaluations are off in all of them: the comparison is training with and without
+recording.
 
-- unrecorded: the loop with no recorder: the jitted training step alone.
-- probe frame, no writer: the loop computing each step's probe frame inside the step and dropping it
+- bare step: the jitted training step alone, one dispatch per step from a Python loop (what a plain JAX
+  loop does, and what the loop did before blocks).
+- unrecorded: `recorder.run.TrainingLoop`, the loop `emergence record` runs, with no recorder: blocks of K
+  steps per dispatch (recorder/blocks.py).
+- probe frame, no writer: the same computing each step's probe frame inside the block and dropping it
   (separates the cost of the extra forward pass from the cost of getting frames to disk).
 - recorded: the loop with the public `Recorder` on its default schedule (every step; the analysis Grams
   every 7th step for learn_to_see, every 98th for keras_fashion), writing a real run file in a temp folder.
-- recorded, writer at normal priority: the same with the writer thread not lowered to nice 19.
+
+"host CPU µs per step added" is the process CPU time (every thread: the loop, the writer, the encoder,
+XLA's) per step of the recorded loop minus the unrecorded loop's.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 import jax
+import numpy as np
 
 from experiments import get_experiment
 from recorder.config import apply_overrides
-from recorder.run import TrainingLoop, make_plan
+from recorder.run import RunPlan, TrainingLoop, make_plan
 
 CASES = (("learn_to_see", 8), ("keras_fashion", 60))  # (experiment, steps per trial)
 PAUSE_S = 0.5
@@ -45,7 +52,28 @@ def rotated(items: Sequence[T], trial: int) -> list[T]:
     return [*items[k:], *items[:k]]
 
 
-def advance(loop: TrainingLoop, n: int) -> None:
+class BareLoop:
+    """The jitted training step alone, dispatched step by step (the batches of the same data order)."""
+
+    def __init__(self, plan: RunPlan):
+        self.reference = TrainingLoop(plan, None, evaluate=False)  # its data, state and batch order
+        self.plan, self.rec, self.step = plan, None, 0
+
+    @property
+    def state(self):
+        return self.reference.state
+
+    def start(self) -> None:
+        pass
+
+    def run(self, until: int) -> None:
+        ref, put = self.reference, self.plan.placement.batch
+        for step in range(self.step + 1, until + 1):
+            ref.state, _ = self.plan.fns.train_step(ref.state, *ref.data, put(ref._batch(step)), np.int32(step))
+        self.step = until
+
+
+def advance(loop: TrainingLoop | BareLoop, n: int) -> None:
     """`n` more steps of `loop`, computed and (when it records) on disk before it returns."""
     loop.run(loop.step + n)
     jax.block_until_ready(loop.state)
@@ -59,11 +87,10 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
     config = apply_overrides(dataclasses.replace(get_experiment(experiment), compression=compression), list(overrides))
     plan = make_plan(config)
     recorded = plan.recorder(folder / f"{experiment}.h5", overwrite=True)
-    plain = plan.recorder(folder / f"{experiment}-nice0.h5", overwrite=True, writer_nice=0)
-    loops = {"unrecorded": TrainingLoop(plan, None, evaluate=False),
+    loops = {"bare": BareLoop(plan),
+             "unrecorded": TrainingLoop(plan, None, evaluate=False),
              "probes": TrainingLoop(plan, None, frames=True, evaluate=False),
-             "recorded": TrainingLoop(plan, recorded, evaluate=False),
-             "recorded, writer at normal priority": TrainingLoop(plan, plain, evaluate=False)}
+             "recorded": TrainingLoop(plan, recorded, evaluate=False)}
 
     # compile every step kind, the analysed one included (the recorder's first analysed step after 0)
     warm = max(steps, int(recorded.analysis_steps[1]) if len(recorded.analysis_steps) > 1 else steps)
@@ -86,14 +113,13 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
             else:
                 times[name].append(others[name](steps))
     recorded.close()
-    plain.close()
-    un, pr, rec = (statistics.median(times[k]) for k in ("unrecorded", "probes", "recorded"))
-    cpu_un, cpu_pr, cpu_rec = (statistics.median(cpu[k]) for k in ("unrecorded", "probes", "recorded"))
-    return {"experiment": experiment, "batch": config.batch_size, "unrecorded": un, "probes": pr, "recorded": rec,
-            "ratio": rec / un,
+    bare, un, pr, rec = (statistics.median(times[k]) for k in ("bare", "unrecorded", "probes", "recorded"))
+    cpu_bare, cpu_un, cpu_pr, cpu_rec = (statistics.median(cpu[k]) for k in ("bare", "unrecorded", "probes", "recorded"))
+    return {"experiment": experiment, "batch": config.batch_size, "block": plan.block_steps, "bare": bare,
+            "unrecorded": un, "probes": pr, "recorded": rec, "ratio": rec / un, "ratio_bare": rec / bare,
             "paired_ratio": statistics.median(r / u for r, u in zip(times["recorded"], times["unrecorded"])),
-            "nice0": statistics.median(times["recorded, writer at normal priority"]),
-            "cpu_unrecorded": cpu_un, "cpu_probes": cpu_pr, "cpu_recorded": cpu_rec, "cpu_ratio": cpu_un / cpu_rec,
+            "cpu_bare": cpu_bare, "cpu_unrecorded": cpu_un, "cpu_probes": cpu_pr, "cpu_recorded": cpu_rec,
+            "cpu_ratio": cpu_un / cpu_rec,
             "spread": (min(times["recorded"]) / max(times["unrecorded"]), max(times["recorded"]) / min(times["unrecorded"])),
             "others": {name: statistics.median(times[name]) for name in others or {}}, "times": times}
 
@@ -120,18 +146,18 @@ def main() -> None:
     print(f"JAX {jax.__version__}, backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
           f"{args.trials} alternating trials per loop, medians; run-file compression {args.compression}")
     print()
-    print("| model | batch | unrecorded steps/s | step with probe frame, no writer | recorded every step, steps/s | "
-          "ratio recorded/unrecorded | median of paired trial ratios | ratio range | CPU ms per step, unrecorded / "
-          "probe frame / recorded | CPU ratio | recorded, writer thread at normal priority: steps/s (ratio) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | batch | K | bare step, steps/s | unrecorded (blocks) | probe frame, no writer | recorded every step | "
+          "ratio recorded/unrecorded | median of paired trial ratios | ratio recorded/bare step | CPU ms per step, bare "
+          "/ unrecorded / probe frame / recorded | host CPU µs per step added by recording |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for experiment, steps, overrides in cases:
             r = bench(experiment, steps, args.trials, Path(folder), args.compression, overrides=overrides)
             label = r["experiment"] + (f" ({', '.join(overrides)})" if overrides else "")
-            print(f"| {label} | {r['batch']} | {r['unrecorded']:.2f} | {r['probes']:.2f} | {r['recorded']:.2f} | "
-                  f"{r['ratio']:.3f} | {r['paired_ratio']:.3f} | {r['spread'][0]:.2f}–{r['spread'][1]:.2f} | "
-                  f"{1000 * r['cpu_unrecorded']:.1f} / {1000 * r['cpu_probes']:.1f} / {1000 * r['cpu_recorded']:.1f} | {r['cpu_ratio']:.3f} | "
-                  f"{r['nice0']:.2f} ({r['nice0'] / r['unrecorded']:.3f}) |", flush=True)
+            ms = " / ".join(f"{1000 * r[k]:.2f}" for k in ("cpu_bare", "cpu_unrecorded", "cpu_probes", "cpu_recorded"))
+            print(f"| {label} | {r['batch']} | {r['block']} | {r['bare']:.1f} | {r['unrecorded']:.1f} | {r['probes']:.1f} | "
+                  f"{r['recorded']:.1f} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} | {r['ratio_bare']:.3f} | {ms} | "
+                  f"{1e6 * (r['cpu_recorded'] - r['cpu_unrecorded']):.0f} |", flush=True)
 
 
 if __name__ == "__main__":

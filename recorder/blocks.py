@@ -18,8 +18,8 @@ So a block is one dispatch, one transfer per buffer, one writer queue item and o
 whatever its length. Between blocks the loop makes no device→host transfer (tests/test_blocks.py checks it
 with `jax.transfer_guard_device_to_host`).
 
-K (`block_size`) is fixed for a run by the frame's bytes (the buffers stay within `BLOCK_BYTES`) and `MAX_BLOCK`,
-so every run of a config compiles the same executable; each step's arithmetic is the loop body's whatever n
+K (`block_size`) is fixed for a run by the frame's bytes (the buffers stay within `BLOCK_BYTES`) and `MAX_BLOCK`
+(on the CPU backend K = 1: see `block_size`), so every run of a config compiles the same executable; each step's arithmetic is the loop body's whatever n
 and wherever the step falls in its block, so a resumed run stays bitwise equal to an uninterrupted one. The
 number of steps per block, n, is chosen by the loop from the measured step time (about `BLOCK_SECONDS` of
 training per block: the live viewer and a kill lose at most that much more than before).
@@ -43,11 +43,15 @@ TRAIN, FRAME, ANALYSE = 0, 1, 2  # what a step does besides training: nothing, t
 Layout = tuple[tuple[str, tuple[int, ...], str], ...]  # (key, shape, dtype) of each array, in key order
 
 
-def block_size(frame_bytes: int, requested: int = 0) -> int:
-    """K, the most steps one block holds: `requested` if > 0, else as many frames as fit `BLOCK_BYTES`,
-    1 to `MAX_BLOCK`."""
+def block_size(frame_bytes: int, requested: int = 0, backend: str | None = None) -> int:
+    """K, the most steps one block holds: `requested` if > 0; on the CPU backend 1 (XLA's CPU backend runs
+    a loop body several times slower than the same operations outside a loop: 27 against 7 ms per step of
+    the `tiny` model, measured; a CPU step is slow enough that one dispatch per step costs little); else as
+    many frames as fit `BLOCK_BYTES`, 1 to `MAX_BLOCK`."""
     if requested > 0:
         return int(requested)
+    if (backend or jax.default_backend()) == "cpu":
+        return 1
     return int(max(1, min(MAX_BLOCK, BLOCK_BYTES // max(frame_bytes, 1))))
 
 
@@ -156,7 +160,7 @@ class BlockStep:
                 full = jax.eval_shape(frame_of, state.params, state.model_state, probe_x, analysis_x)
                 self.analysis_layout = layout_of({k: v for k, v in full.items() if k not in frame})
                 self.kinds.append(ANALYSE)
-        self._jitted = jax.jit(self._block, donate_argnums=0)
+        self._jitted = jax.jit(self._block, donate_argnums=0, static_argnums=6)
 
     def plan(self, steps: Sequence[int], batches: np.ndarray, kinds: Sequence[int]) -> np.ndarray:
         """The host plan of one block: int32 [K, B + 4], row k = (batch rows of step k, step, kind, frame
@@ -173,17 +177,31 @@ class BlockStep:
         out[:n, self.batch + 3] = np.where(kinds == ANALYSE, np.cumsum(kinds == ANALYSE) - 1, self.size)
         return out
 
+    def variants(self, kinds: Sequence[int]) -> list[int | None]:
+        """The executables that blocks of steps of these `kinds` run: one (None: the kind is read per step on
+        the device) when K > 1; with K = 1, one per kind, each straight-line (XLA's CPU backend also runs
+        conditional branches slowly)."""
+        return [None] if self.size > 1 else sorted(set(kinds))
+
+    def compile(self, state: Any, data: Sequence[Any], plan: Any, probe_x: Any = None, analysis_x: Any = None,
+                variant: int | None = None) -> None:
+        """Compiles one variant (see `variants`) ahead of its first call, which then reuses it."""
+        self._jitted.lower(state, tuple(data), plan, np.int32(1), probe_x, analysis_x, variant).compile()
+
     def __call__(self, state: Any, data: Sequence[Any], plan: Any, n: int, probe_x: Any = None,
-                 analysis_x: Any = None) -> tuple[Any, Any, dict[str, jax.Array], dict[str, jax.Array]]:
-        """Runs the first `n` steps of `plan`: (state, metrics [K, M], frame buffers [K + 1, E] per dtype,
-        analysis buffers [K + 1, E] per dtype). Nothing waits for the device."""
-        return self._jitted(state, tuple(data), plan, np.int32(n), probe_x, analysis_x)
+                 analysis_x: Any = None, kind: int = TRAIN) -> tuple[Any, Any, dict[str, jax.Array], dict[str, jax.Array]]:
+        """Runs the first `n` steps of `plan` (with K = 1: the one step, of `kind`): (state, metrics [K, M],
+        frame buffers [K + 1, E] per dtype, analysis buffers [K + 1, E] per dtype; [1, E] when K = 1).
+        Nothing waits for the device."""
+        return self._jitted(state, tuple(data), plan, np.int32(n), probe_x, analysis_x,
+                            None if self.size > 1 else int(kind))
 
     def _zeros(self, layout: Layout, rows: int | None = None) -> dict[str, jax.Array]:
         shape = (lambda w: (w,)) if rows is None else (lambda w: (rows, w))
         return {dtype: jnp.zeros(shape(w), dtype) for dtype, w in _widths(layout).items()}
 
-    def _block(self, state: Any, data: tuple, plan: jax.Array, n: jax.Array, probe_x: Any, analysis_x: Any):
+    def _block(self, state: Any, data: tuple, plan: jax.Array, n: jax.Array, probe_x: Any, analysis_x: Any,
+               variant: int | None):
         self.traces += 1  # runs only while tracing
         k, b = self.size, self.batch
         names = self.metric_names
@@ -222,8 +240,8 @@ class BlockStep:
             state, rows, frames, analysis = carry
             p = plan[i]
             idx, step, kind, fslot, aslot = p[:b], p[b], p[b + 1], p[b + 2], p[b + 3]
-            if len(branches) == 1:
-                state, m, f, a = branches[0](state, idx, step)
+            if variant is not None or len(branches) == 1:
+                state, m, f, a = branches[variant or 0](state, idx, step)
             else:
                 state, m, f, a = lax.switch(jnp.clip(kind, 0, len(branches) - 1), branches, state, idx, step)
             rows = lax.dynamic_update_slice(rows, m[None], (i, 0))
@@ -231,6 +249,9 @@ class BlockStep:
             analysis = {d: lax.dynamic_update_slice(analysis[d], a[d][None], (aslot, 0)) for d in analysis}
             return state, rows, frames, analysis
 
-        carry = (state, jnp.zeros((k, len(names)), jnp.float32), self._zeros(self.frame_layout, k + 1),
-                 self._zeros(self.analysis_layout, k + 1))
+        slots = k if k == 1 else k + 1  # the last slot takes the frames of steps that record none
+        carry = (state, jnp.zeros((k, len(names)), jnp.float32), self._zeros(self.frame_layout, slots),
+                 self._zeros(self.analysis_layout, slots))
+        if k == 1:  # one step, straight-line: no loop (a slot index past the end is clamped to the only one)
+            return body(0, carry)
         return lax.fori_loop(0, n, body, carry)

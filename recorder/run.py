@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -40,10 +41,11 @@ from recorder.progress import Progress
 from recorder.recorder import Probes, Recorder, RecorderError
 from recorder.schedule import recorded_steps, snapshot_steps
 from recorder.summary import format_summary
+from recorder.timing import Phases, process_age
 from recorder.transfer import freezing, frozen_paths, initialise
 from recorder.weights import WeightsError, weight_specs
 from recorder.writer import WeightSpec, room
-from recorder.train import (StepFunctions, TrainState, evaluate, learning_rate_schedule, make_optimizer,
+from recorder.train import (EVAL_CHUNK, StepFunctions, TrainState, evaluate, learning_rate_schedule, make_optimizer,
                             make_step_functions, to_inputs)
 
 LARGE_FILE_BYTES = 2 * 1024**3
@@ -201,7 +203,7 @@ def make_plan(config: RunConfig, log: Callable[[str], None] = lambda s: None) ->
                 f"analysing all {n}")
         analysis_idx = choose_analysis_probes(dataset.test_labels, n, len(dataset.class_names))
     block = block_size(frame_bytes(capture.layers, len(probe_idx), config.dtype, capture.num_classes),
-                       config.block_steps)
+                       config.block_steps, jax.default_backend())
     return RunPlan(config, dataset, capture, fns, per_epoch, total, probe_idx, analysis_idx,
                    min(config.eval_size, len(dataset.test_labels)), placement, init_note, learning_rates, block)
 
@@ -293,10 +295,10 @@ class TrainingLoop:
         self.snapshots = set(snapshot_steps(plan.config.snapshots, plan.total).tolist()) - {0, plan.total}
         self._snapshot_steps = np.asarray(sorted(self.snapshots), np.int64)
         self.data = (self.train_x, self.train_y, self.initial_params)
-        records = rec is not None or frames
+        self.blocks_probe_x = self.probe_x if rec is not None or frames else None
+        self.blocks_analysis_x = self.analysis_x if rec is not None and len(rec.analysis_steps) else None
         self.blocks = BlockStep(fns.update, fns.frame_of, plan.block_steps, self.state, self.data,
-                                plan.config.batch_size, self.probe_x if records else None,
-                                self.analysis_x if rec is not None and len(rec.analysis_steps) else None)
+                                plan.config.batch_size, self.blocks_probe_x, self.blocks_analysis_x)
         self.step = 0
         self.stop_requested: str | None = None
         self.stop_signal = 0  # the signal that set stop_requested, if one did
@@ -313,6 +315,28 @@ class TrainingLoop:
         if self._perm[0] != epoch:
             self._perm = (epoch, epoch_permutation(c.seed, epoch, len(self.plan.dataset.train_labels)))
         return self._perm[1][i * c.batch_size:(i + 1) * c.batch_size]  # [B] int32, copied in at dispatch
+
+    def compile(self) -> None:
+        """Compiles the block, the step-0 frame and the evaluation before training, at once on threads
+        (XLA compiles without holding the GIL), so that training starts with nothing left to compile."""
+        fns, state, d = self.plan.fns, self.state, self.plan.dataset
+        plan = self.plan.placement.replicated(np.zeros((self.plan.block_steps, self.plan.config.batch_size + 4), np.int32))
+        analysis_x = self.analysis_x if self.rec is not None and self.rec.should_analyse(0) else None
+        chunk = np.zeros(min(EVAL_CHUNK, len(d.test_labels)), np.int32)
+        kinds = {TRAIN if self.rec is None and not self.frames else FRAME}
+        if self.rec is not None:
+            steps = range(self.step + 1, self.plan.total + 1)
+            kinds = {self._kind(s) for s in steps} if len(steps) <= 10_000 else {TRAIN, FRAME, ANALYSE}
+        jobs = [lambda v=v: self.blocks.compile(state, self.data, plan, self.blocks_probe_x, self.blocks_analysis_x, v)
+                for v in self.blocks.variants(sorted(kinds))]
+        if self.rec is not None:
+            jobs.append(lambda: fns.probe_frame.lower(state.params, state.model_state, self.probe_x, analysis_x).compile())
+            if self.evaluate:
+                jobs.append(lambda: fns.eval_chunk.lower(state.params, state.model_state, self.test_x, self.test_y,
+                                                         chunk, chunk > 0).compile())
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            for job in [pool.submit(j) for j in jobs]:
+                job.result()
 
     def start(self) -> None:
         """Step 0: the initial model's frame."""
@@ -380,9 +404,9 @@ class TrainingLoop:
         periods = [c.eval_every if rec is not None and self.evaluate else 0,
                    c.checkpoint_every if self.checkpoints is not None and rec is not None else 0,
                    SYNC_EVERY if processes() > 1 else 0]
-        out = [self.plan.total, *(-(-first // p) * p for p in periods if p)]
+        out = [*([self.plan.total] if self.plan.total >= first else []), *(-(-first // p) * p for p in periods if p)]
         later = self._snapshot_steps[np.searchsorted(self._snapshot_steps, first):]
-        return min(out + ([int(later[0])] if rec is not None and len(later) else []))
+        return min(out + ([int(later[0])] if rec is not None and len(later) else []), default=first + self.plan.block_steps)
 
     def _kind(self, step: int) -> int:
         rec = self.rec
@@ -396,18 +420,18 @@ class TrainingLoop:
         steps = range(first, last + 1)
         kinds = [self._kind(s) for s in steps]
         host_plan = self.blocks.plan(steps, np.stack([self._batch(s) for s in steps]), kinds)
-        self.state, metrics, frames, analysis = self.blocks(
-            self.state, self.data, plan.placement.replicated(host_plan), len(steps), self.probe_x, self.analysis_x)
+        self.state, metrics, frames, analysis = self.blocks(self.state, self.data, plan.placement.replicated(host_plan),
+                                                            len(steps), self.blocks_probe_x, self.blocks_analysis_x,
+                                                            kinds[0])
         if rec is None:
             return
         frame_steps = tuple(s for s, k in zip(steps, kinds) if k >= FRAME)
         analysis_steps = tuple(s for s, k in zip(steps, kinds) if k == ANALYSE)
         scalars = {} if plan.learning_rates is None else {"learning_rate": plan.learning_rates[first - 1:last]}
+        filled = lambda buffers, n: {d: b if b.shape[0] == n else b[:n] for d, b in buffers.items()} if n else {}
         rec.write_block(Block(  # only the filled rows of the buffers leave the device
-            tuple(steps), metrics, self.blocks.metric_names,
-            frame_steps, {d: b[:len(frame_steps)] for d, b in frames.items()} if frame_steps else {},
-            self.blocks.frame_layout,
-            analysis_steps, {d: b[:len(analysis_steps)] for d, b in analysis.items()} if analysis_steps else {},
+            tuple(steps), metrics, self.blocks.metric_names, frame_steps, filled(frames, len(frame_steps)),
+            self.blocks.frame_layout, analysis_steps, filled(analysis, len(analysis_steps)),
             self.blocks.analysis_layout, scalars))
 
     def _after_block(self, until: int, progress: Progress | None) -> None:
@@ -486,32 +510,37 @@ def checkpoint_identity(config: RunConfig, path: Path) -> dict[str, Any]:
 
 
 def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_progress: bool,
-           log: Callable[[str], None]) -> RunResult:
+           log: Callable[[str], None], phases: Phases) -> RunResult:
     """Runs `loop` to the plan's end under `rec`, checkpointing, and ends the file with its honest status."""
     t0 = time.perf_counter()
+    with phases("compile"):
+        loop.compile()
     progress = Progress(plan.total, enabled=show_progress)
     rec.warn_when_behind(log)
     stopped = None
     try:
         with stop_on_signals(loop), rec:
             try:
-                if loop.step == 0 and from_primary(rec.last_steps["frame"] < 0):  # what the file holds decides
-                    loop.start()
-                loop.run(plan.total, progress)
+                with phases(f"train ({_train_covers(plan, loop)})"):
+                    if loop.step == 0 and from_primary(rec.last_steps["frame"] < 0):  # what the file holds decides
+                        loop.start()
+                    loop.run(plan.total, progress)
                 if loop.stopped_early():
                     rec.wait()
                     stopped = _stop(loop, path)
                     rec.close(*stopped)
                 else:
-                    test_loss, test_acc = loop.test()
-                    rec.write_weights(loop.step, plan.weights(loop.state))  # the final weights (init_from=RUN.h5)
-                    loop.checkpoint()  # the end, too: `emergence resume --set epochs=N` extends from here
-                    rec.wait()
-                    latest = rec.latest_train
-                    progress.update(plan.total, latest.get("loss"), latest.get("accuracy"), force=True)
-                    first = rec.nonfinite_step
-                    rec.close("completed", "" if first is None else
-                              f"non-finite values from step {first} on (on_nonfinite=continue)")
+                    with phases("test and final weights"):
+                        test_loss, test_acc = loop.test()
+                        rec.write_weights(loop.step, plan.weights(loop.state))  # the final weights (init_from=RUN.h5)
+                        loop.checkpoint()  # the end, too: `emergence resume --set epochs=N` extends from here
+                    with phases("writer drain and close"):
+                        rec.wait()
+                        latest = rec.latest_train
+                        progress.update(plan.total, latest.get("loss"), latest.get("accuracy"), force=True)
+                        first = rec.nonfinite_step
+                        rec.close("completed", "" if first is None else
+                                  f"non-finite values from step {first} on (on_nonfinite=continue)")
             finally:
                 progress.close()
     finally:
@@ -525,10 +554,22 @@ def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_pr
         raise RunStopped(f"{path}: {stopped[1]}")
     d = plan.dataset
     log(f"writer: {rec.throughput()}")
+    log(phases.line())
     log(f"done: {plan.total} steps, {len(rec.frame_steps)} frames in {seconds:.1f} s; test accuracy {test_acc:.4f} "
         f"(loss {test_loss:.4f}, {len(d.test_labels)} images) -> {path}")
     return RunResult(path, plan.total, len(rec.frame_steps), test_loss, test_acc, seconds,
                      {**plan.fns.traces, "block_step": loop.blocks.traces})
+
+
+def _train_covers(plan: RunPlan, loop: TrainingLoop) -> str:
+    """What the train phase includes, in words."""
+    c = plan.config
+    parts = [f"{plan.total - loop.step} steps in blocks of at most {plan.block_steps}"]
+    if c.eval_every:
+        parts.append(f"evaluations every {c.eval_every}")
+    if c.checkpoint_every:
+        parts.append(f"checkpoints every {c.checkpoint_every}")
+    return ", ".join(parts)
 
 
 def _stop(loop: TrainingLoop, path: Path) -> tuple[str, str]:
@@ -543,6 +584,15 @@ def _stop(loop: TrainingLoop, path: Path) -> tuple[str, str]:
     keep = f"the last finite checkpoint is step {last[-1]}" if last else "no checkpoint was taken"
     return "diverged", (f"diverged at step {loop.rec.nonfinite_step}: a non-finite loss, gradient or activation "
                         f"(stopped at step {loop.step}; {keep}; on_nonfinite=continue records on)")
+
+
+def _phases() -> Phases:
+    """A phase timer that starts with the process's start-up (interpreter, imports) where it is known."""
+    phases = Phases()
+    age = process_age()
+    if age is not None:
+        phases.add("start-up", age)
+    return phases
 
 
 def _primary_speaks(log: Callable[[str], None], show_progress: bool) -> tuple[Callable[[str], None], bool]:
@@ -560,11 +610,13 @@ def record(
 ) -> RunResult:
     """Trains `config` and records it to `path` (HDF5, see docs/run_schema.md), checkpointing beside it."""
     path = Path(path)
+    phases = _phases()
     log, show_progress = _primary_speaks(log, show_progress)
     if is_primary() and path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, `emergence resume {path}` to "
                               "continue it, or pick another --name")
-    plan = make_plan(config, log)
+    with phases("data and model"):
+        plan = make_plan(config, log)
     if config.budget_mb:
         schedule, why = budget_schedule(plan, config.budget_mb)
         plan.config = config = dataclasses.replace(config, schedule=schedule)  # the file states what was chosen
@@ -596,7 +648,9 @@ def record(
         log(f"warning: {what} leaves room for {free / 1e6:.1f} MB, and this run may write up to {projected / 1e6:.1f} MB "
             f"before compression (gzip often halves it); if it fills up, the run stops with one error and keeps "
             f"every frame written; {_fitting(plan, free)}")
-    return _drive(plan, rec, TrainingLoop(plan, rec, checkpoints=ckpts), path, show_progress, log)
+    log(f"blocks: at most {plan.block_steps} steps per dispatch (--set block_steps=K), about {BLOCK_SECONDS:g} s "
+        "of training each; stops, evaluations and checkpoints act between blocks")
+    return _drive(plan, rec, TrainingLoop(plan, rec, checkpoints=ckpts), path, show_progress, log, phases)
 
 
 def resume(path: str | Path, overrides: Sequence[str] = (), show_progress: bool = True,
@@ -626,7 +680,9 @@ def resume(path: str | Path, overrides: Sequence[str] = (), show_progress: bool 
     if status == "running" and is_primary():
         log(f"repair: {repair(path)}")
     barrier("emergence: the run file is repaired")
-    plan = make_plan(config, log)
+    phases = _phases()
+    with phases("data and model"):
+        plan = make_plan(config, log)
     if plan.total != planned and config.lr_schedule != "constant":
         raise ConfigError(f"{path} uses lr_schedule={config.lr_schedule}, which spans its {planned} planned steps; "
                           "it cannot be extended (record a longer run instead)")
@@ -653,4 +709,4 @@ def resume(path: str | Path, overrides: Sequence[str] = (), show_progress: bool 
     log(f"resuming {path} ({state}) at step {start} of {plan.total}"
         + (" from its checkpoint" if start else " from the initial model (no usable checkpoint)")
         + (f"; the file's rows after step {start} are dropped" if train_last > start else ""))
-    return _drive(plan, rec, loop, path, show_progress, log)
+    return _drive(plan, rec, loop, path, show_progress, log, phases)

@@ -97,8 +97,10 @@ def test_a_users_loop_writes_the_file_emergence_record_writes(tmp_path):
                 continue  # clocks; the user evaluated nothing
             x, y = a[name][()], b[name][()]
             assert x.dtype == y.dtype and x.shape == y.shape, name
-            if name.startswith(("layers/", "analysis/", "frames/logits", "train/loss", "weights/values/",
-                                "scalars/value")):
+            if x.dtype == np.float16:  # two XLA programs: float32 last bits, one float16 unit after rounding
+                np.testing.assert_allclose(x.astype(np.float32), y.astype(np.float32), rtol=2 ** -10, atol=2 ** -24)
+            elif name.startswith(("layers/", "analysis/", "frames/logits", "train/loss", "weights/values/",
+                                  "scalars/value")):
                 np.testing.assert_allclose(x, y, rtol=2e-6, atol=1e-6, err_msg=name)  # two XLA programs: last bits
             else:
                 assert np.array_equal(x, y), name
@@ -163,7 +165,7 @@ def test_fast_frames_travel_packed_and_arrive_bit_for_bit(tmp_path, monkeypatch,
 
     sent = []
     monkeypatch.setattr(AsyncRunWriter, "write_frames", lambda self, batch: (sent.append(batch.steps),
-                                                                              self._submit("_frames", batch)))
+                                                                              self._submit(self._frames, batch)))
     model = Small(nnx.Rngs(2))
     probes = _probes()
     x = jnp.asarray(probes.images, jnp.float32) / 255.0
