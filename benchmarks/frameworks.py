@@ -47,7 +47,7 @@ def available() -> dict[str, str | None]:
 Runner = Callable[[int], float]
 
 
-def _runner(step: Callable[[int], None], batches: int, warmup: int = 2) -> Runner:
+def _runner(step: Callable[[int], None], batches: int, warmup: int = 2, sync: Callable[[], None] | None = None) -> Runner:
     position = [0]
 
     def advance() -> None:
@@ -61,6 +61,8 @@ def _runner(step: Callable[[int], None], batches: int, warmup: int = 2) -> Runne
         t = time.perf_counter()
         for _ in range(steps):
             advance()
+        if sync is not None:
+            sync()
         return steps / (time.perf_counter() - t)
 
     return run
@@ -90,19 +92,20 @@ def torch_runner(experiment: str, train_x: np.ndarray, train_y: np.ndarray, perm
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
     layers.append(nn.Linear(width, 10))
-    model = nn.Sequential(*layers)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the data set lives there, as ours does
+    model = nn.Sequential(*layers).to(device)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     loss_fn = nn.CrossEntropyLoss()
-    x_all = torch.from_numpy(train_x).permute(0, 3, 1, 2)  # uint8 NCHW view; batches are converted per step
-    y_all = torch.from_numpy(train_y.astype(np.int64))
-    probe_x = torch.from_numpy(probes).permute(0, 3, 1, 2).float().div(255)
+    x_all = torch.from_numpy(train_x).permute(0, 3, 1, 2).to(device)  # uint8 NCHW; batches are converted per step
+    y_all = torch.from_numpy(train_y.astype(np.int64)).to(device)
+    probe_x = torch.from_numpy(probes).permute(0, 3, 1, 2).float().div(255).to(device)
     captured: list[np.ndarray] = []
     if record:
         for t in taps:
-            t.register_forward_hook(lambda m, i, o: captured.append(o.detach().numpy().copy()) if not torch.is_grad_enabled() else None)
+            t.register_forward_hook(lambda m, i, o: captured.append(o.detach().cpu().numpy().copy()) if not torch.is_grad_enabled() else None)
 
     def step(i: int) -> None:
-        idx = torch.from_numpy(perm[i * batch : (i + 1) * batch])
+        idx = torch.from_numpy(perm[i * batch : (i + 1) * batch]).to(device)
         xb = x_all[idx].float().div(255)
         opt.zero_grad()
         loss = loss_fn(model(xb), y_all[idx])
@@ -114,7 +117,7 @@ def torch_runner(experiment: str, train_x: np.ndarray, train_y: np.ndarray, perm
                 model(probe_x)
             captured.clear()  # kept only for this step: memory stays flat
 
-    return _runner(step, len(perm) // batch)
+    return _runner(step, len(perm) // batch, sync=torch.cuda.synchronize if device == "cuda" else None)
 
 
 def keras_runner(experiment: str, train_x: np.ndarray, train_y: np.ndarray, perm: np.ndarray, batch: int,

@@ -124,6 +124,22 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
             "others": {name: statistics.median(times[name]) for name in others or {}}, "times": times}
 
 
+def torch_runners(experiment: str) -> dict[str, Callable[[int], float]] | None:
+    """PyTorch eager runners of the same model and batches (benchmarks/frameworks.py), or None."""
+    import frameworks
+    from recorder.data import load_dataset
+    from recorder.probes import choose_probes
+    from recorder.run import epoch_permutation
+
+    if experiment not in frameworks.ARCHITECTURES or not frameworks.available().get("torch"):
+        return None
+    ds = load_dataset("fashion_mnist")
+    batch = get_experiment(experiment).batch_size
+    perm, probes = epoch_permutation(0, 0, len(ds.train_labels)), ds.test_images[choose_probes(ds)]
+    return {f"torch{'+hooks' if rec else ''}": frameworks.torch_runner(experiment, ds.train_images, ds.train_labels,
+                                                                      perm, batch, probes, rec) for rec in (False, True)}
+
+
 def _cpu_seconds() -> float:
     """User + system CPU time of this process (every thread): the work done, which a busy neighbour on a
     shared machine slows down far less than it slows down wall-clock time."""
@@ -139,6 +155,8 @@ def main() -> None:
                         help="EXPERIMENT:STEPS_PER_TRIAL,... (default: %(default)s)")
     parser.add_argument("--also", action="append", metavar="KEY=VALUE", help="measure each experiment again with these "
                         "overrides (repeatable; one extra case with all of them)")
+    parser.add_argument("--torch", action="store_true", help="also PyTorch eager, plain and with forward hooks copying "
+                        "the probes' conv outputs to the host every step (learn_to_see, keras_fashion; on its GPU if any)")
     args = parser.parse_args()
     cases = [(name, int(steps), ()) for name, _, steps in (item.partition(":") for item in args.experiments.split(","))]
     if args.also:
@@ -152,12 +170,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for experiment, steps, overrides in cases:
-            r = bench(experiment, steps, args.trials, Path(folder), args.compression, overrides=overrides)
+            others = torch_runners(experiment) if args.torch and not overrides else None
+            r = bench(experiment, steps, args.trials, Path(folder), args.compression, others=others, overrides=overrides)
             label = r["experiment"] + (f" ({', '.join(overrides)})" if overrides else "")
             ms = " / ".join(f"{1000 * r[k]:.2f}" for k in ("cpu_bare", "cpu_unrecorded", "cpu_probes", "cpu_recorded"))
             print(f"| {label} | {r['batch']} | {r['block']} | {r['bare']:.1f} | {r['unrecorded']:.1f} | {r['probes']:.1f} | "
                   f"{r['recorded']:.1f} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} | {r['ratio_bare']:.3f} | {ms} | "
                   f"{1e6 * (r['cpu_recorded'] - r['cpu_unrecorded']):.0f} |", flush=True)
+            for name, rate in r["others"].items():
+                print(f"| {label}: PyTorch eager{' + hooks' if 'hooks' in name else ''} | {r['batch']} | | {rate:.1f} | | | | "
+                      f"ours recorded / this: {r['recorded'] / rate:.2f} | | | | |", flush=True)
 
 
 if __name__ == "__main__":

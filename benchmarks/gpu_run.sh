@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every GPU measurement in one call, from the project's root on the device machine (../shared/gpu/README.md):
+#   bash ../shared/gpu/prepare.sh            # here: data and wheels into .gpu/
+#   device run, carry [".gpu"]:  bash .gpu/run.sh bash benchmarks/gpu_run.sh
+# Results go to $OUT (or out/gpu): record_overhead.md, block1.md, record_*.log, demo.log. Sections run in order
+# of importance, each with its own time limit, so a slow one leaves the others' results.
+set -u
+out=${OUT:-out/gpu}; mkdir -p "$out"
+export EMERGENCE_CACHE=/tmp/emergence-cache
+section() { echo "== $1 ($(date +%T))" | tee -a "$out/sections.log"; }
+section "recording overhead, 4 models, gzip, with PyTorch eager"
+timeout 240 python3 benchmarks/record_overhead.py --trials 3 --torch \
+  --experiments learn_to_see:300,keras_fashion:600,vgg_bn:300,resnet8:300 | tee "$out/record_overhead.md"
+section "emergence record keras_fashion (4,685 steps), the full loop"
+timeout 90 python3 -m emergence record keras_fashion --out /tmp/runs --no-progress --overwrite > "$out/record_keras_fashion.log" 2>&1
+tail -4 "$out/record_keras_fashion.log"
+section "README demo: record learn_to_see + replay, cold cache then warm"
+for pass in cold warm; do
+  rm -f /tmp/runs/learn_to_see.h5; rm -rf /tmp/runs/learn_to_see.ckpt /tmp/runs/learn_to_see
+  t0=$(date +%s.%N)
+  timeout 60 python3 -m emergence record learn_to_see --out /tmp/runs --no-progress > "$out/demo_record_$pass.log" 2>&1
+  t1=$(date +%s.%N)
+  timeout 60 python3 -m emergence replay /tmp/runs/learn_to_see.h5 > "$out/demo_replay_$pass.log" 2>&1
+  t2=$(date +%s.%N)
+  awk -v a="$t0" -v b="$t1" -v c="$t2" -v p="$pass" 'BEGIN { printf "demo %s: record %.1f s, replay %.1f s\n", p, b - a, c - b }' | tee -a "$out/demo.log"
+  tail -3 "$out/demo_record_$pass.log"
+done
+section "one step per dispatch (block_steps=1) against blocks, learn_to_see and keras_fashion"
+timeout 150 python3 benchmarks/record_overhead.py --trials 3 --experiments learn_to_see:300,keras_fashion:600 \
+  --also block_steps=1 | tee "$out/block1.md"
+section "done"
