@@ -8,6 +8,7 @@ Two ways in:
 """
 
 from recorder.activations import ACTIVATIONS, get_activation
+from recorder.blocks import Block, BlockStep
 from recorder.capture import AFTER_NONLINEARITY, PRE_ACTIVATION, Capture, CaptureError
 from recorder.config import ConfigError, RunConfig, apply_overrides
 from recorder.data import DATASETS, Dataset, DatasetNotFoundError, load_dataset
@@ -19,7 +20,7 @@ from recorder.train import layer_measures
 from recorder.weights import flat_weights
 
 __all__ = [
-    "ACTIVATIONS", "AFTER_NONLINEARITY", "Capture", "CaptureError", "ConfigError", "DATASETS", "Dataset",
+    "ACTIVATIONS", "AFTER_NONLINEARITY", "Block", "BlockStep", "Capture", "CaptureError", "ConfigError", "DATASETS", "Dataset",
     "DatasetNotFoundError", "MODELS", "PRE_ACTIVATION", "Probes", "Recorder", "RecorderError", "RunConfig",
     "RunResult", "Tap", "TapKernel", "apply_overrides", "build_model", "flat_weights", "get_activation",
     "layer_measures", "load_dataset", "record", "register_model", "tap",

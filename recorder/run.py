@@ -505,8 +505,10 @@ def stop_on_signals(loop: TrainingLoop) -> Iterator[None]:
 
 def checkpoint_identity(config: RunConfig, path: Path) -> dict[str, Any]:
     """What a run's checkpoints must match to be resumed: its config (but the keys resume may change)."""
-    return {"run": path.name, "config_json": json.dumps({k: v for k, v in json_config(config).items()
-                                                           if k not in RESUMABLE_KEYS}, sort_keys=True)}
+    kept = {k: v for k, v in json_config(config).items() if k not in RESUMABLE_KEYS}
+    if not kept.get("block_steps"):  # the default: left out, so checkpoints from before the key still match
+        kept.pop("block_steps", None)
+    return {"run": path.name, "config_json": json.dumps(kept, sort_keys=True)}
 
 
 def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_progress: bool,
