@@ -319,10 +319,10 @@ class TrainingLoop:
     def compile(self) -> None:
         """Compiles the block, the step-0 frame and the evaluation before training, at once on threads
         (XLA compiles without holding the GIL), so that training starts with nothing left to compile."""
-        fns, state, d = self.plan.fns, self.state, self.plan.dataset
+        fns, state = self.plan.fns, self.state
         plan = self.plan.placement.replicated(np.zeros((self.plan.block_steps, self.plan.config.batch_size + 4), np.int32))
         analysis_x = self.analysis_x if self.rec is not None and self.rec.should_analyse(0) else None
-        chunk = np.zeros(min(EVAL_CHUNK, len(d.test_labels)), np.int32)
+        chunk = np.zeros(EVAL_CHUNK, np.int32)  # every chunk has this shape (recorder/train.py `evaluate`)
         kinds = {TRAIN if self.rec is None and not self.frames else FRAME}
         if self.rec is not None:
             steps = range(self.step + 1, self.plan.total + 1)

@@ -80,12 +80,12 @@ def test_schedule_every_k_compiles_each_step_kind_once(tmp_path):
     with open_run(result.path) as run:
         assert run.steps.tolist() == [0, 4, 8, 9]
         assert run.train_metrics().step.tolist() == list(range(1, 10))
-    assert result.traces["block_step"] == 1
-    # 51 frames: analysis on every 2nd frame (K = ceil(50 / 48)); three step kinds in one block, compiled once
+    assert result.traces["block_step"] == 2  # on the CPU a block is one step: one executable per kind (train, analysed)
+    # 51 frames: analysis on every 2nd frame (K = ceil(50 / 48)); three step kinds, each compiled once
     result = record(tiny_config(steps=100, schedule="every:2"), tmp_path / "a.h5", show_progress=False, log=lambda s: None)
     with open_run(result.path) as run:
         assert run.analysis_steps.tolist() == list(range(0, 101, 4))
-    assert result.traces == {"train_step": 0, "block_step": 1, "probe_frame": 1, "eval_chunk": 1}
+    assert result.traces == {"train_step": 0, "block_step": 3, "probe_frame": 1, "eval_chunk": 1}
 
 
 def test_refuses_to_overwrite_and_keeps_the_file(tiny_run):
