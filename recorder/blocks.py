@@ -206,44 +206,38 @@ class BlockStep:
         k, b = self.size, self.batch
         names = self.metric_names
 
-        def train(state, idx, step):
-            return self._update(state, *data, idx, step)
-
         def row(metrics: Mapping[str, jax.Array]) -> jax.Array:
             return jnp.stack([jnp.asarray(metrics[name], jnp.float32) for name in names])
 
-        def finite_frame(metrics, frame):
-            ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in frame.values()]))
-            return {**metrics, "finite": metrics["finite"] & ok}
+        def all_finite(frame: Mapping[str, jax.Array]) -> jax.Array:
+            return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in frame.values()]))
 
-        def only_train(state, idx, step):
-            state, metrics = train(state, idx, step)
-            return state, row(metrics), self._zeros(self.frame_layout), self._zeros(self.analysis_layout)
+        # what a step records besides training, on the updated state: (finite, frame vectors, analysis vectors)
+        def nothing(state):
+            return jnp.bool_(True), self._zeros(self.frame_layout), self._zeros(self.analysis_layout)
 
-        def with_frame(state, idx, step):
-            state, metrics = train(state, idx, step)
+        def frame_only(state):
             frame = self._frame_of(state.params, state.model_state, probe_x)
-            return (state, row(finite_frame(metrics, frame)), _pack(frame, self.frame_layout),
-                    self._zeros(self.analysis_layout))
+            return all_finite(frame), _pack(frame, self.frame_layout), self._zeros(self.analysis_layout)
 
-        def with_analysis(state, idx, step):
-            state, metrics = train(state, idx, step)
+        def frame_and_analysis(state):
             full = self._frame_of(state.params, state.model_state, probe_x, analysis_x)
             frame = {key: full[key] for key, _, _ in self.frame_layout}
             rest = {key: full[key] for key, _, _ in self.analysis_layout}
-            return (state, row(finite_frame(metrics, full)), _pack(frame, self.frame_layout),
-                    _pack(rest, self.analysis_layout))
+            return all_finite(full), _pack(frame, self.frame_layout), _pack(rest, self.analysis_layout)
 
-        branches = [only_train, with_frame, with_analysis][:len(self.kinds)]
+        branches = [nothing, frame_only, frame_and_analysis][:len(self.kinds)]
 
         def body(i, carry):
             state, rows, frames, analysis = carry
             p = plan[i]
             idx, step, kind, fslot, aslot = p[:b], p[b], p[b + 1], p[b + 2], p[b + 3]
+            state, metrics = self._update(state, *data, idx, step)  # the training step: outside any branch
             if variant is not None or len(branches) == 1:
-                state, m, f, a = branches[variant or 0](state, idx, step)
-            else:
-                state, m, f, a = lax.switch(jnp.clip(kind, 0, len(branches) - 1), branches, state, idx, step)
+                finite, f, a = branches[variant or 0](state)
+            else:  # only the frame's forward pass is conditional
+                finite, f, a = lax.switch(jnp.clip(kind, 0, len(branches) - 1), branches, state)
+            m = row({**metrics, "finite": metrics["finite"] & finite})
             rows = lax.dynamic_update_slice(rows, m[None], (i, 0))
             frames = {d: lax.dynamic_update_slice(frames[d], f[d][None], (fslot, 0)) for d in frames}
             analysis = {d: lax.dynamic_update_slice(analysis[d], a[d][None], (aslot, 0)) for d in analysis}
