@@ -229,6 +229,15 @@ class AsyncRunWriter:
     def write_weights(self, step: int, values: Any) -> None:
         self._submit(self.writer.write_weights, step, values)
 
+    def after_written(self, call: Callable[..., None], *args: Any) -> None:
+        """Queues `call(*host copies of args)`, to run on the worker once everything submitted before is
+        written and flushed to the file."""
+        def after_flush(*values: Any) -> None:
+            self.writer.flush()
+            call(*values)
+
+        self._submit(after_flush, *args)
+
     def wait(self) -> None:
         """Blocks until everything submitted so far is written and flushed to the file; re-raises a background
         failure."""

@@ -5,9 +5,9 @@ other state (BatchNorm statistics, RNG stream keys and counters). The data order
 shuffle of every epoch is a pure function of (seed, epoch) (recorder/run.py), so the step says where the
 data stream stands. Next to the state, a small JSON record names the step and the run's config.
 
-Saving copies the state to the host (the caller has synchronised anyway: a checkpoint is taken only once
-the run file holds every row up to S, so that resuming from S never leaves a gap) and writes it on orbax's
-background thread; a checkpoint exists only once orbax has finalised it, so a kill during a save leaves the
+Saving copies the state to the host (a checkpoint is taken only once the run file holds every row up to S,
+so that resuming from S never leaves a gap: the built-in loop queues its periodic checkpoints behind the
+rows on the writer thread, `Recorder.after_written`) and writes it on orbax's background thread; a checkpoint exists only once orbax has finalised it, so a kill during a save leaves the
 previous one. The newest `keep` are kept.
 """
 
@@ -59,16 +59,25 @@ class Checkpoints:
         """Steps of the finalised checkpoints, ascending."""
         return sorted(self._manager.all_steps())
 
+    def device_copy(self, state: Any) -> list[Any]:
+        """The state's leaves copied on the device (typed PRNG keys as their key data), for `save_leaves` on
+        another thread: later steps may donate the state's own buffers. No wait."""
+        leaves = jax.tree.leaves(state)
+        return [jax.random.key_data(v) if i in self._keys else jax.numpy.copy(v) for i, v in enumerate(leaves)]
+
     def save(self, step: int, state: Any) -> None:
         """Checkpoints `state` (the state after update `step`); returns once it is on the host. A step already
         saved by this process is not saved again (a stop right after a periodic checkpoint)."""
+        self.save_leaves(step, self._host(jax.tree.leaves(state)))
+
+    def save_leaves(self, step: int, leaves: list[np.ndarray]) -> None:
+        """`save` of host leaves as `device_copy` lays them out (this process's replica: no collective)."""
         if step == self._last_saved:
             return
         self._last_saved = step
-        leaves = jax.tree.leaves(state)
         if len(leaves) != len(self._like):
             raise CheckpointError(f"state to checkpoint has {len(leaves)} arrays, the run's state {len(self._like)}")
-        arrays = {str(i): v for i, v in enumerate(self._host(leaves))}  # this process's replica: no collective
+        arrays = {str(i): np.asarray(v) for i, v in enumerate(leaves)}
         meta = {**self.identity, "step": int(step)}
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
                                                          meta=ocp.args.JsonSave(meta)), force=True)

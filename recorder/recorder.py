@@ -295,6 +295,14 @@ class Recorder:
         self._advance("scalars", step, strict=False)
         self._writer.write_scalars(step, values)
 
+    def after_written(self, call: Callable[..., None], *args: Any) -> None:
+        """Runs `call(*args)` on the writer thread once everything queued before is written and flushed to the
+        file, with host copies of the device arrays in `args` (the loop does not wait: a checkpoint that must
+        not run ahead of the file, for instance)."""
+        self._open()
+        self._frames.drain()
+        self._writer.after_written(call, *args)
+
     def wait(self) -> None:
         """Blocks until everything queued is written and flushed to the file (re-raises a writer failure)."""
         self._frames.drain()

@@ -445,16 +445,27 @@ class TrainingLoop:
             loss, acc = evaluate(plan.fns, self.state, self.test_x, self.test_y, count=plan.eval_count)
             rec.log_eval(step, loss=loss, accuracy=acc)
         if c.checkpoint_every and step % c.checkpoint_every == 0 and step < until:
-            self.checkpoint()
+            self.checkpoint(wait=False)
         if progress is not None:
             latest = rec.latest_train
             progress.update(latest.get("step", 0), latest.get("loss"), latest.get("accuracy"))
 
-    def checkpoint(self) -> int | None:
+    def checkpoint(self, wait: bool = True) -> int | None:
         """Checkpoints the current state once the run file holds every row up to it, unless a non-finite
-        value was seen (the last finite checkpoint is kept). Returns the step checkpointed, or None."""
+        value was seen (the last finite checkpoint is kept). Returns the step checkpointed, or None. With
+        `wait=False` (one process) the checkpoint is queued behind the rows on the writer thread and the loop
+        goes on at once; returns the step it will checkpoint."""
         if self.checkpoints is None or self.rec is None:
             return None
+        if not wait and processes() == 1:  # several processes save on the main thread: orbax may sync them
+            step, ckpts, rec = self.step, self.checkpoints, self.rec
+
+            def save(leaves: list[np.ndarray]) -> None:  # on the writer thread, the file flushed up to `step`
+                if rec.nonfinite_step is None:
+                    ckpts.save_leaves(step, leaves)
+
+            rec.after_written(save, ckpts.device_copy(self.state))
+            return step
         self.rec.wait()  # every row up to self.step is in the file: resuming from this step leaves no gap
         if self.rec.nonfinite_step is not None:
             return None
