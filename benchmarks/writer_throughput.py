@@ -77,9 +77,13 @@ def write_rate(frames: list[dict], layout: object, path: Path, count: int, per_w
 
 
 def writer_rates(experiment: str, count: int, trials: int, folder: Path,
-                 settings: tuple[tuple[int, int], ...] = SETTINGS) -> tuple[float, dict[tuple[int, int], float]]:
-    """MB a frame of `experiment` and the median MB/s of each (frames per write, encoding threads) setting."""
+                 settings: tuple[tuple[int, int], ...] = SETTINGS,
+                 compression: str | None = None) -> tuple[float, dict[tuple[int, int], float]]:
+    """MB a frame of `experiment` and the median MB/s of each (frames per write, encoding threads) setting
+    (`compression`: the file's, default the experiment's)."""
     frames, layout = real_frames(experiment, folder)
+    if compression:
+        layout = dataclasses.replace(layout, compression=compression)
     rates: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
     for trial in range(trials):
         for setting in rotated(settings, trial):
@@ -113,7 +117,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--experiments", default="keras_fashion,vgg_bn")
-    parser.add_argument("--loop", default="keras_fashion:60", help="EXPERIMENT:STEPS_PER_TRIAL,... for part 2")
+    parser.add_argument("--compression", default=None, help="write with this compression (none, gzip, ...)")
+    parser.add_argument("--loop", default="keras_fashion:60", help="EXPERIMENT:STEPS_PER_TRIAL,... for part 2 ('' skips it)")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs; {args.frames} frames a trial, {args.trials} alternating trials, medians\n")
     print("| experiment | MB a frame | frames per write | encoding threads | MB/s | ratio |")
@@ -121,11 +126,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for experiment in args.experiments.split(","):
-            mb, rates = writer_rates(experiment, args.frames, args.trials, folder)
+            mb, rates = writer_rates(experiment, args.frames, args.trials, folder, compression=args.compression)
             base = rates[SETTINGS[0]]
             for (per_write, threads), rate in rates.items():
                 print(f"| {experiment} | {mb:.2f} | {per_write} | {threads} | {rate:.0f} | {rate / base:.2f} |")
 
+        if not args.loop:
+            return
         print("\n| experiment | loop | steps/s | ratio to unrecorded | CPU ms per step |")
         print("|---|---|---|---|---|")
         for item in args.loop.split(","):

@@ -39,7 +39,8 @@ from recorder.blocks import Block
 from recorder.capture import Capture
 from recorder.schedule import recorded_steps
 from recorder.weights import flat_weights, weight_specs
-from recorder.writer import AnalysisLayout, DiscardingWriter, H5RunWriter, LayerSpec, RunLayout
+from recorder.writer import (AnalysisLayout, DiscardingWriter, H5RunWriter, LayerSpec, RunLayout,
+                             default_encode_threads)
 
 WRITER = "emergence.Recorder"
 
@@ -178,7 +179,8 @@ class Recorder:
                 path.unlink()  # overwrite=True: only once everything above has been validated
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                h5 = H5RunWriter(path, layout, resume_after=resume_after)
+                h5 = H5RunWriter(path, layout, resume_after=resume_after,
+                                 encode_threads=default_encode_threads(jax.default_backend() != "cpu"))
             except ValueError as e:
                 raise RecorderError(str(e)) from None
         self._writer = AsyncRunWriter(h5, max_pending=max_pending, nice=writer_nice)
