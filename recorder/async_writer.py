@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from recorder.batching import FrameBatch
-from recorder.blocks import Block
+from recorder.blocks import Block, unpack
 from recorder.parallel import host
 from recorder.writer import H5RunWriter, RunWriter
 
@@ -168,8 +168,10 @@ class AsyncRunWriter:
 
     def _frames(self, batch: FrameBatch) -> None:
         self.frame_bytes += batch.nbytes
-        for step, frame in batch.frames():
-            self.writer.write_frame(step, frame)
+        arrays = unpack({d: b.reshape(len(batch.steps), -1) for d, b in batch.buffers.items()}, batch.layout)
+        if any(key.startswith("analysis/") for key, _, _ in batch.layout):
+            self.writer.write_analysis(batch.steps, arrays)
+        self.writer.write_frames(batch.steps, arrays)  # one staged call for the batch
 
     def write_frames(self, batch: FrameBatch) -> None:
         """Queues packed frames (recorder/batching.py): one host copy per buffer, then each frame is written."""

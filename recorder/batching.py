@@ -5,7 +5,8 @@ array is its own device→host transfer, and on a GPU stepping every millisecond
 when frames come fast, `FrameBatcher` keeps the last `size` of them on the device and packs them with one
 jitted concatenation into one flat buffer per dtype (`pack`): one transfer per dtype for `size` frames, and
 one queue item, one wake-up of the writer thread. The writer unpacks the buffers into views of each frame
-(`FrameBatch.frames`), bit for bit the arrays the step computed.
+(`recorder.blocks.unpack`: each dtype's buffer is [frames, E], a frame's arrays raveled in key order), bit for
+bit the arrays the step computed, and writes the batch in one staged call.
 
 Frames are batched only while they come faster than one per `GAP_SECONDS` (a loop recording every step
 quickly); a frame after a longer gap, one of host arrays or of arrays split over devices, or one of another
@@ -26,29 +27,45 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import SingleDeviceSharding
 
 FRAMES_PER_TRANSFER = 8
-GAP_SECONDS = 0.05  # frames further apart than this go to the writer one by one
+METRICS_PER_TRANSFER = 32
+GAP_SECONDS = 0.05  # frames (metrics) further apart than this go to the writer one by one
 
 
 def _on_one_device(frame: Mapping[str, Any]) -> dict[str, jax.Array] | None:
     """`frame` with each replicated array replaced by this process's replica on its first device; None if
     the frame cannot be packed: a host array, an array split over devices, or arrays on different devices."""
     out = {}
+    devices = set()
     for key, value in frame.items():
         if not isinstance(value, jax.Array):
             return None
-        if len(value.sharding.device_set) > 1:
-            if not value.sharding.is_fully_replicated:
-                return None
+        sharding = value.sharding
+        if isinstance(sharding, SingleDeviceSharding):  # the common case, checked cheaply
+            devices.add(value.device)
+        elif not sharding.is_fully_replicated:
+            return None
+        else:
             value = value.addressable_data(0)
+            devices.update(value.devices())
         out[key] = value
-    return out if len(set().union(*(v.devices() for v in out.values()))) == 1 else None
+    return out if len(devices) == 1 else None
+
+
+_DTYPE_NAMES: dict[Any, str] = {}  # str(dtype) costs microseconds; a frame asks it of every array, every step
 
 
 def layout(frame: Mapping[str, Any]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
     """(key, shape, dtype) of each array of `frame`, in key order: how `pack` lays a frame out."""
-    return tuple((key, tuple(frame[key].shape), str(frame[key].dtype)) for key in sorted(frame))
+    out = []
+    for key in sorted(frame):
+        value = frame[key]
+        dtype = value.dtype
+        name = _DTYPE_NAMES.get(dtype) or _DTYPE_NAMES.setdefault(dtype, str(dtype))
+        out.append((key, tuple(value.shape), name))
+    return tuple(out)
 
 
 @jax.jit
@@ -79,19 +96,6 @@ class FrameBatch:
     @property
     def nbytes(self) -> int:
         return sum(buffer.nbytes for buffer in self.buffers.values())
-
-    def frames(self) -> list[tuple[int, dict[str, np.ndarray]]]:
-        """(step, frame) of each frame, its arrays views of the (host) buffers."""
-        offsets = dict.fromkeys(self.buffers, 0)
-        out = []
-        for step in self.steps:
-            frame = {}
-            for key, shape, dtype in self.layout:
-                size = int(np.prod(shape))
-                frame[key] = self.buffers[dtype][offsets[dtype]:offsets[dtype] + size].reshape(shape)
-                offsets[dtype] += size
-            out.append((step, frame))
-        return out
 
 
 class FrameBatcher:
@@ -129,3 +133,52 @@ class FrameBatcher:
         waiting, self._waiting = self._waiting, []
         for step, frame in waiting:
             self.send(step, frame)
+
+
+@jax.jit
+def stack_rows(rows: Sequence[Mapping[str, Any]]) -> jax.Array:
+    """The steps' metrics as one float32 buffer [len(rows), M], names in sorted order."""
+    names = sorted(rows[0])
+    return jnp.stack([jnp.stack([jnp.asarray(r[k]).astype(jnp.float32) for k in names]) for r in rows])
+
+
+class MetricsBatcher:
+    """Collects the metrics of steps that come fast and hands them on `size` at a time as one `Block`
+    (recorder/blocks.py, without frames): one jitted stack into a [size, M] float32 buffer, so one transfer
+    and one writer item for `size` steps instead of a few of each per step. Metrics need `loss` and
+    `accuracy` and scalar values to be batched; others, a step after a longer gap than `gap_seconds`, or a
+    change of names first send the waiting ones, one by one (`send(step, metrics)`). `drain()` does too."""
+
+    def __init__(self, send: Callable[[int, dict], None], send_block: Callable[[Any], None],
+                 size: int = METRICS_PER_TRANSFER, gap_seconds: float = GAP_SECONDS):
+        self.send, self.send_block, self.size, self.gap = send, send_block, size, gap_seconds
+        self._waiting: list[tuple[int, dict]] = []
+        self._names: tuple[str, ...] = ()
+        self._last = -np.inf
+
+    def add(self, step: int, metrics: dict) -> None:
+        from recorder.blocks import Block
+
+        now = time.monotonic()
+        fast, self._last = now - self._last <= self.gap, now
+        if (not fast or self.size <= 1 or "loss" not in metrics or "accuracy" not in metrics
+                or any(np.shape(v) != () for v in metrics.values())):
+            self.drain()
+            self.send(step, metrics)
+            return
+        names = tuple(sorted(metrics))
+        if names != self._names:
+            self.drain()
+        self._names = names
+        self._waiting.append((step, metrics))
+        if len(self._waiting) == self.size:
+            rows = stack_rows([m for _, m in self._waiting])
+            steps = tuple(s for s, _ in self._waiting)
+            self._waiting = []
+            self.send_block(Block(steps, rows, names))
+
+    def drain(self) -> None:
+        """Sends the waiting steps' metrics, one by one."""
+        waiting, self._waiting = self._waiting, []
+        for step, metrics in waiting:
+            self.send(step, metrics)

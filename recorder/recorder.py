@@ -34,7 +34,7 @@ import numpy as np
 from recorder.analysis import (ANALYSIS_FRAMES, STAT_DOCS, STAT_NAMES, analysis_steps, choose_analysis_probes,
                                probe_set_hash)
 from recorder.async_writer import AsyncRunWriter
-from recorder.batching import FRAMES_PER_TRANSFER, FrameBatcher
+from recorder.batching import FRAMES_PER_TRANSFER, FrameBatcher, MetricsBatcher
 from recorder.blocks import Block
 from recorder.capture import Capture
 from recorder.schedule import recorded_steps
@@ -185,6 +185,8 @@ class Recorder:
                 raise RecorderError(str(e)) from None
         self._writer = AsyncRunWriter(h5, max_pending=max_pending, nice=writer_nice)
         self._frames = FrameBatcher(self._writer.write_frame, self._writer.write_frames, size=frames_per_transfer)
+        self._metrics = MetricsBatcher(self._send_metrics, self._writer.write_block,
+                                       size=4 * frames_per_transfer if frames_per_transfer > 1 else 1)
         self._last = h5.last_steps()
         self._closed = False
         self._own_forward: Callable[..., Any] | None = None
@@ -212,14 +214,26 @@ class Recorder:
             self._frames.add(step, dict(frame))
         if metrics:
             metrics = dict(metrics)
-            watch = tuple(v for v in (metrics.get("loss"), metrics.pop("finite", None)) if v is not None)
             if "loss" in metrics or "accuracy" in metrics:
                 self._advance("train", step, strict=True)
-                self._writer.write_train(step, metrics.pop("loss", np.nan), metrics.pop("accuracy", np.nan), watch=watch)
-            elif watch:
-                self._writer.watch(step, *watch)
-            if metrics:
-                self.log_scalars(step, **metrics)
+            if set(metrics) - {"loss", "accuracy", "finite"}:
+                self._advance("scalars", step, strict=False)
+            self._metrics.add(step, metrics)
+
+    def _send_metrics(self, step: int, metrics: dict) -> None:
+        """One step's metrics to the writer (see `write`; the checks are done)."""
+        watch = tuple(v for v in (metrics.get("loss"), metrics.pop("finite", None)) if v is not None)
+        if "loss" in metrics or "accuracy" in metrics:
+            self._writer.write_train(step, metrics.pop("loss", np.nan), metrics.pop("accuracy", np.nan), watch=watch)
+        elif watch:
+            self._writer.watch(step, *watch)
+        if metrics:
+            self._writer.write_scalars(step, metrics)
+
+    def _drain(self) -> None:
+        """Sends what the batchers hold (frames first)."""
+        self._frames.drain()
+        self._metrics.drain()
 
     def write_block(self, block: Block) -> None:
         """Queues a block of consecutive steps (recorder/blocks.py: what `BlockStep` returns, or one a loop
@@ -235,7 +249,7 @@ class Recorder:
         if len(block.metric_names) > 3 or block.scalars:  # more than loss, accuracy and finite: series
             self._advance("scalars", block.steps[0], strict=False)
             self._last["scalars"] = block.steps[-1]
-        self._frames.drain()  # frames written one by one before go first
+        self._drain()  # frames and metrics handed over one by one before go first
         self._writer.write_block(block)
 
     def _check_layout(self, block: Block) -> None:
@@ -302,12 +316,12 @@ class Recorder:
         file, with host copies of the device arrays in `args` (the loop does not wait: a checkpoint that must
         not run ahead of the file, for instance)."""
         self._open()
-        self._frames.drain()
+        self._drain()
         self._writer.after_written(call, *args)
 
     def wait(self) -> None:
         """Blocks until everything queued is written and flushed to the file (re-raises a writer failure)."""
-        self._frames.drain()
+        self._drain()
         self._writer.wait()
 
     def throughput(self) -> str:
@@ -382,7 +396,7 @@ class Recorder:
             return
         self._closed = True
         try:
-            self._frames.drain()
+            self._drain()
         finally:
             self._writer.close(status, message)
 
