@@ -185,9 +185,17 @@ def _process_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--process-id", type=int, metavar="I", help="this process, 0..P-1 (EMERGENCE_PROCESS_ID)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from experiments import EXPERIMENTS
-    from recorder.config import override_keys
+LIGHT_COMMANDS = ("info", "replay", "serve")  # read files only: their parser does not import JAX (start-up)
+
+
+def build_parser(light: bool = False) -> argparse.ArgumentParser:
+    """The CLI's parser. `light`: the experiment and config-key lists in the help of `record` and `sweep` are
+    left out, so that building it imports no JAX (for the commands that only read files)."""
+    if light:
+        EXPERIMENTS, override_keys = ("see `emergence record --help`",), lambda: ["see `emergence record --help`"]
+    else:
+        from experiments import EXPERIMENTS
+        from recorder.config import override_keys
 
     parser = argparse.ArgumentParser(
         prog="emergence",
@@ -358,7 +366,9 @@ def _several_processes() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(light=command in LIGHT_COMMANDS).parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt as e:

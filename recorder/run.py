@@ -661,7 +661,8 @@ def record(
         log(f"warning: {what} leaves room for {free / 1e6:.1f} MB, and this run may write up to {projected / 1e6:.1f} MB "
             f"before compression (gzip often halves it); if it fills up, the run stops with one error and keeps "
             f"every frame written; {_fitting(plan, free)}")
-    log(f"blocks: at most {plan.block_steps} steps per dispatch (--set block_steps=K), about {BLOCK_SECONDS:g} s "
+    k = plan.block_steps
+    log(f"blocks: at most {k} step{'s' if k != 1 else ''} per dispatch (--set block_steps=K), about {BLOCK_SECONDS:g} s "
         "of training each; stops, evaluations and checkpoints act between blocks")
     return _drive(plan, rec, TrainingLoop(plan, rec, checkpoints=ckpts), path, show_progress, log, phases)
 

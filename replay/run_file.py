@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,6 +52,7 @@ class Run:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.lock = threading.RLock()  # threads reading one run (replay renders layers at once) take turns
         if not self.path.is_file():
             raise FileNotFoundError(f"no run file at {self.path}")
         problem = superblock_problem(self.path)
@@ -251,7 +253,8 @@ class Run:
     def read_frames(self, layer: str, positions: np.ndarray, kernel: bool = False) -> np.ndarray:
         """Frames at increasing `positions` (indices into `steps`), as stored: [len, P, H, W, C] activations,
         or [len, kh, kw, C_in, C_out] kernels. Nearby positions are read as one slice."""
-        return _read_rows(self._f["layers"][layer]["kernel"] if kernel else self._dataset(layer), positions)
+        with self.lock:
+            return _read_rows(self._f["layers"][layer]["kernel"] if kernel else self._dataset(layer), positions)
 
     def kernels(self, layer: str, steps: Sequence[int] | None = None) -> np.ndarray:
         """[len(steps), kh, kw, C_in, C_out] of `layer` (only for layers in `kernel_layers`)."""

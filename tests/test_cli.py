@@ -58,3 +58,21 @@ def test_help(capsys, command):
         main([*command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: emergence" in capsys.readouterr().out
+
+
+def test_info_and_replay_start_without_jax(tmp_path):
+    """The commands that only read a run file never import JAX (seconds of start-up): checked in a fresh
+    interpreter, on a real run file."""
+    import subprocess
+    import sys
+
+    from conftest import write_run
+    import numpy as np
+
+    path = tmp_path / "r.h5"
+    write_run(path, {"conv1": np.zeros((3, 2, 4, 4, 2), np.float16)})
+    for argv in (["info", str(path)], ["replay", str(path), "--out", str(tmp_path / "out")]):
+        code = ("import sys; from emergence.cli import main; code = main(sys.argv[1:]); "
+                "sys.exit(3 if 'jax' in sys.modules else code)")
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (argv[0], done.returncode, done.stderr[-2000:])
