@@ -407,8 +407,8 @@ class Recorder:
         step = self._last["train"]
         if kind is None:
             self.close("completed")
-        elif issubclass(kind, KeyboardInterrupt):
-            self.close("interrupted", f"interrupted (Ctrl-C) at step {step}")
+        elif issubclass(kind, KeyboardInterrupt):  # a signal handler may name its signal (recorder/run.py)
+            self.close("interrupted", f"interrupted ({getattr(error, 'signal_name', 'Ctrl-C')}) at step {step}")
         else:
             self.close("failed", f"{kind.__name__}: {error} at step {step}")
 

@@ -486,7 +486,15 @@ class RunStopped(RuntimeError):
 
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped the run at a step every process agreed on; the file is closed as interrupted
-    and a checkpoint of that step is kept. (A second Ctrl-C stops at once with a plain KeyboardInterrupt.)"""
+    and a checkpoint of that step is kept. (A second signal stops at once with `SignalStop`.)"""
+
+
+class SignalStop(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM: stop at once. Its argument names the signal (the file says which)."""
+
+    @property
+    def signal_name(self) -> str:
+        return self.args[0]
 
 
 @contextlib.contextmanager
@@ -503,7 +511,7 @@ def stop_on_signals(loop: TrainingLoop) -> Iterator[None]:
             return
         if loop.stop_requested:
             forced.append(signum)
-            raise KeyboardInterrupt
+            raise SignalStop(signal.Signals(signum).name)
         loop.stop_requested, loop.stop_signal = signal.Signals(signum).name, signum
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

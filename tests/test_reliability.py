@@ -298,3 +298,20 @@ def test_a_superblock_that_claims_the_space_of_a_failed_write_is_fitted_to_the_f
     assert fit_end_of_file(path) and not fit_end_of_file(path)
     with open_run(path) as run:
         np.testing.assert_array_equal(run.activations("conv2"), want)
+
+
+def test_two_sigterms_are_named_sigterm_not_ctrl_c(tmp_path):
+    path = tmp_path / "run.h5"
+    proc = start(tmp_path, "run", sets=["--set", "steps=100000", "--set", "checkpoint_every=0"])
+    try:
+        wait_until(proc, lambda: frames_of(path) >= 5)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        assert finish(proc, 60) == 130, proc.stderr_text[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            finish(proc, 30)
+    with h5py.File(path, "r") as f:
+        message = f["status_message"][()].decode()
+        assert f["status"][()] == b"interrupted" and "(SIGTERM)" in message and "Ctrl-C" not in message, message

@@ -178,10 +178,24 @@ def test_a_foreign_host_header_is_refused(server, host):
     assert status == 403 and b"Host" in body
 
 
-def test_loopback_host_headers_are_accepted():
-    for host in ("localhost", "localhost:8421", "127.0.0.1:1", "127.5.6.7", "[::1]:8421", "::1"):
+def test_loopback_host_headers_are_accepted_in_the_strict_grammar_only():
+    for host in ("localhost", "localhost:8421", "127.0.0.1:1", "127.5.6.7", "[::1]:8421", "[::1]", "LOCALHOST"):
         assert is_loopback_host(host, set())
     assert is_loopback_host("myhost:8421", {"myhost"}) and not is_loopback_host("other:8421", {"myhost"})
+    # host[:port] and nothing else: user info, paths, bare IPv6, two ports, long ports, spaces inside
+    for host in ("localhost:80@evil.com", "evil.com@localhost", "localhost/x", "::1", "127.0.0.1:80:81",
+                 "localhost:123456", "local host", "localhost:", "[::1", "127.0.0.1\tevil"):
+        assert not is_loopback_host(host, set()), host
+
+
+def test_two_host_headers_get_400(server):
+    port = server.server_address[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: evil.example\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 400 and b"one Host header" in response.read()
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
@@ -306,3 +320,107 @@ def test_a_port_in_use_is_one_clear_error(server, tmp_path):
     r = subprocess.run([sys.executable, "-m", "emergence.cli", "serve", str(tmp_path), "--port", port],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_file_names_in_headers_are_encoded_whatever_they_hold(tmp_path):
+    """CR/LF, quotes and non-Latin-1 in a run's name: the answer is whole, with no header of the name's making."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    names = ["x\r\nSet-Cookie: pwn=1\r\nX-Injected: yes", 'quote"d; a=b', "名前"]
+    data = np.tanh(np.random.default_rng(0).normal(size=(2, 3, 4, 4, 2))).astype(np.float32)
+    for name in names:
+        write_run(folder / f"{name}.h5", {"conv1": data})
+    srv = start_in_thread(folder)
+    try:
+        rows = ids(srv)
+        assert sorted(rows) == sorted(names)
+        for name in names:
+            status, headers, body = request(srv, f"/api/runs/{rows[name]['id']}/frame.png?layer=conv1&step=1")
+            assert status == 200 and body.startswith(b"\x89PNG")
+            assert "set-cookie" not in headers and "x-injected" not in headers
+            disposition = headers["content-disposition"]
+            assert re.fullmatch(r'inline; filename="[A-Za-z0-9._-]+"; filename\*=UTF-8\'\'[A-Za-z0-9._~%-]+', disposition)
+            from urllib.parse import unquote
+            assert unquote(disposition.split("''", 1)[1]) == f"{name}_conv1_step1.png"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _hostile_oversized(path):
+    """A valid run file of 3 frames whose conv1 declares 2 probes x 4096 x 4096 x 2 float16 (134 MB a frame)
+    and stores no chunk: a few kB on disk."""
+    write_run(path, {"conv1": np.zeros((3, 2, 4, 4, 2), np.float16)})
+    with h5py.File(path, "r+") as f:
+        old = f["layers/conv1/activations"]
+        attrs = dict(old.attrs)
+        del f["layers/conv1/activations"]
+        ds = f["layers/conv1"].create_dataset("activations", shape=(3, 2, 4096, 4096, 2), dtype="f2",
+                                              maxshape=(None, 2, 4096, 4096, 2), chunks=(1, 2, 512, 512, 2))
+        ds.attrs.update(attrs)
+
+
+def _peak_rss_mb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_file_declaring_huge_frames_is_refused_before_anything_is_allocated(tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    _hostile_oversized(folder / "huge.h5")
+    assert (folder / "huge.h5").stat().st_size < 1_000_000
+    proc = subprocess.Popen([sys.executable, "-m", "emergence", "serve", str(folder), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", url).group(1))
+
+        class Srv:
+            server_address = ("127.0.0.1", port)
+
+        status, _, body = request(Srv, "/api/runs")
+        assert status == 200
+        before = _peak_rss_mb(proc.pid)
+        rid = json.loads(body)["runs"][0]["id"]
+        status, _, body = request(Srv, f"/api/runs/{rid}")
+        layer = json.loads(body)["layers"][0]
+        assert status == 200 and layer["max_frames"] == 0 and "134 MB" in layer["too_large"]
+        for path in (f"/api/runs/{rid}/frames?layer=conv1&start=0&count=1", f"/api/runs/{rid}/frame.png?layer=conv1&step=0"):
+            status, _, body = request(Srv, path)
+            assert status == 413 and "emergence replay" in json.loads(body)["error"]
+        assert _peak_rss_mb(proc.pid) - before < 100
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_idle_connections_close_and_connections_are_capped(tmp_path, monkeypatch):
+    import viewer.server as server_module
+
+    monkeypatch.setattr(server_module.Handler, "timeout", 0.5)
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 3)
+    (tmp_path / "runs").mkdir()
+    logged = []
+    srv = start_in_thread(tmp_path / "runs")
+    srv.log = logged.append
+    port = srv.server_address[1]
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:  # the fourth: refused at once
+            assert extra.recv(100).startswith(b"HTTP/1.1 503")
+        for sock in idle:  # the idle ones are closed by the server after its timeout
+            assert sock.recv(100) == b""
+            sock.close()
+        time.sleep(0.2)
+        assert request(srv, "/api/runs")[0] == 200  # their slots are free again
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # a client that leaves mid-request
+            sock.sendall(b"GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        time.sleep(0.8)
+        assert all("Traceback" not in line for line in logged) and len(logged) <= 1
+    finally:
+        srv.shutdown()
+        srv.server_close()

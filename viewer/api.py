@@ -21,8 +21,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 from typing import Any, Mapping
+from urllib.parse import quote
 
 import numpy as np
 
@@ -32,6 +34,7 @@ from replay.curves import SMOOTHING, ema
 from replay.images import png_bytes
 from replay.palette import DIVERGING, NAN_RGB, SEQUENTIAL, colour_map, level_thresholds
 from replay.run_file import Run
+from replay.scales import Scale
 from viewer.catalog import Catalog
 from viewer.scales import ScaleBook, scale_json
 
@@ -88,17 +91,20 @@ class Api:
         state, reason = run.state()
         layers = []
         for name in run.layers:
+            refused = too_large(run, name)
             layers.append({
                 "name": name, "shape": list(run.layer_shape(name)), "activation": run.activation_label(name),
                 "channels": run.layer_channels(name),  # the model's channel numbers of the stored ones
-                "dtype": run.layer_dtype(name).name, "scale": scale_json(self.scales.layer_scale(rid, run, name)),
-                "max_frames": _range_cap(run, name, kernel=False),
+                "dtype": run.layer_dtype(name).name, "max_frames": _range_cap(run, name, kernel=False),
+                "scale": scale_json(_NOT_SERVED if refused else self.scales.layer_scale(rid, run, name)),
+                "too_large": refused,
             })
         kernels = []
         for name in run.kernel_layers:
+            refused = too_large(run, name, kernel=True)
             kernels.append({"name": name, "shape": list(run.kernel_shape(name)), "dtype": "float32",
-                            "scale": scale_json(self.scales.kernel_scale(rid, run, name)),
-                            "max_frames": _range_cap(run, name, kernel=True)})
+                            "scale": scale_json(_NOT_SERVED if refused else self.scales.kernel_scale(rid, run, name)),
+                            "max_frames": _range_cap(run, name, kernel=True), "too_large": refused})
         images, labels, indices = run.probes()
         return json_reply({
             "id": rid, "name": run_name, "experiment": run.experiment, "config": run.config, "facts": run.facts(),
@@ -116,6 +122,9 @@ class Api:
             layer = _layer(run, query, kernel)
             total = run.num_frames
             start, count = _int(query, "start", 0), _int(query, "count", 1)
+            refused = too_large(run, layer, kernel)
+            if refused:
+                raise ApiError(413, refused)
             cap = _range_cap(run, layer, kernel)
             if count < 1 or count > cap:
                 raise ApiError(400, f"count must be 1 to {cap} frames of {layer} per request, got {count}")
@@ -158,6 +167,9 @@ class Api:
         entry = self.catalog.file(rid)
         with self.catalog.open(rid) as run:
             layer = _layer(run, query, kernel=False)
+            refused = too_large(run, layer)
+            if refused:
+                raise ApiError(413, refused)
             step = _int(query, "step", -1)
             steps = run.steps
             position = int(np.searchsorted(steps, step))
@@ -167,7 +179,7 @@ class Api:
             picture = next(iter(frames(np.array([position]))))
             body = png_bytes(picture, frames.palette)
         name = f"{entry.name.replace('/', '_')}_{layer}_step{step}.png"
-        return Reply(200, "image/png", body, {"Content-Disposition": f'inline; filename="{name}"'})
+        return Reply(200, "image/png", body, {"Content-Disposition": content_disposition(name)})
 
     # -- two runs -----------------------------------------------------------------------------------
     def compare(self, query: Mapping[str, str]) -> Reply:
@@ -194,6 +206,14 @@ class Api:
         return json_reply(out)
 
 
+def content_disposition(name: str) -> str:
+    """`inline` with `name` as RFC 6266 says: an ASCII fallback (anything but letters, digits and `._-` as
+    `_`) and the exact name percent-encoded as UTF-8 (RFC 5987), so that no name (CR/LF, quotes, any script)
+    can end the header or fail to encode."""
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "frame.png"
+    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
 def palettes() -> dict[str, Any]:
     """The data colours of each scale kind (replay/palette.py) and the NaN colour."""
     return {"diverging": colour_map(DIVERGING).tolist(), "sequential": colour_map(SEQUENTIAL).tolist(),
@@ -205,11 +225,32 @@ def _test(run: Run) -> dict[str, Any] | None:
     return {"loss": _num(loss), "accuracy": _num(acc), "count": count} if count else None
 
 
-def _range_cap(run: Run, layer: str, kernel: bool) -> int:
-    """Frames of `layer` (or of its kernel) one request may ask for: MAX_RANGE, fewer if they exceed MAX_BYTES."""
+def frame_nbytes(run: Run, layer: str, kernel: bool) -> int:
+    """Bytes of one frame of `layer` (or of its kernel) as its file declares it, before anything is read."""
     shape = run.kernel_shape(layer) if kernel else run.layer_shape(layer)
     itemsize = 4 if kernel else run.layer_dtype(layer).itemsize  # kernels are stored float32
-    return max(1, min(MAX_RANGE, MAX_BYTES // (itemsize * math.prod(shape))))
+    return itemsize * math.prod(shape)
+
+
+def too_large(run: Run, layer: str, kernel: bool = False) -> str | None:
+    """Why the viewer does not serve `layer` (one frame over MAX_BYTES), or None. Checked before any read, so a
+    small file declaring huge shapes allocates nothing."""
+    n = frame_nbytes(run, layer, kernel)
+    if n <= MAX_BYTES:
+        return None
+    what = f"{layer}'s kernel" if kernel else layer
+    return (f"one frame of {what} is {n / 1e6:.0f} MB, over the viewer's {MAX_BYTES / 1e6:.0f} MB per answer; "
+            "`emergence replay` renders it")
+
+
+def _range_cap(run: Run, layer: str, kernel: bool) -> int:
+    """Frames of `layer` (or of its kernel) one request may ask for: MAX_RANGE, fewer if they exceed MAX_BYTES
+    (0: not even one)."""
+    return min(MAX_RANGE, MAX_BYTES // frame_nbytes(run, layer, kernel))
+
+
+_NOT_SERVED = Scale(np.float32(-1), np.float32(1), "diverging", "not computed: the frames are too large to serve",
+                    "not served")
 
 
 def _layer(run: Run, query: Mapping[str, str], kernel: bool) -> str:

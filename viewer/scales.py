@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from replay.animate import READ_BLOCK, kernel_scale
+
+READ_BYTES = 16 << 20  # read at a time while a scale streams a layer in
 from replay.palette import level_thresholds
 from replay.run_file import Run
 from replay.scales import Scale, ScaleSpec, TopAbs, fixed_scale, percentile_scale, values_per_frame
@@ -70,9 +72,12 @@ class ScaleBook:
 
     @staticmethod
     def _advance(stream: _Stream, run: Run, layer: str, total: int, kernel: bool) -> None:
-        """Streams frames [counted, total) of `layer` in."""
-        for start in range(stream.counted, total, READ_BLOCK):
-            block = run.read_frames(layer, np.arange(start, min(start + READ_BLOCK, total)), kernel=kernel)
+        """Streams frames [counted, total) of `layer` in, at most READ_BYTES at a time."""
+        shape = run.kernel_shape(layer) if kernel else run.layer_shape(layer)
+        itemsize = 4 if kernel else run.layer_dtype(layer).itemsize
+        per_read = max(1, min(READ_BLOCK, READ_BYTES // max(1, itemsize * int(np.prod(shape)))))
+        for start in range(stream.counted, total, per_read):
+            block = run.read_frames(layer, np.arange(start, min(start + per_read, total)), kernel=kernel)
             if kernel:
                 if block.size:
                     m = float(np.nanmax(np.abs(block))) if not np.isnan(block).all() else 0.0

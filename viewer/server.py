@@ -2,8 +2,14 @@
 
 A local tool that must not become a hole:
 * it binds 127.0.0.1 unless told otherwise (and then warns);
-* a request whose Host header is not a loopback name or address (or the address it was told to bind) gets 403,
-  so a web page cannot reach it through DNS rebinding;
+* a request whose Host header is not exactly `host[:port]` naming a loopback name or address (or the address it
+  was told to bind) gets 403, and one with two Host headers 400, so a web page cannot reach it through DNS
+  rebinding;
+* connections idle for IDLE_SECONDS are closed, at most MAX_CONNECTIONS are served at once (503 beyond), and
+  a client that disconnects is not logged as an error;
+* an answer's size is bounded before anything is read: a layer whose single frame exceeds the per-answer
+  limit is listed as too large and its frames get 413 (viewer/api.py `too_large`);
+* a file name in a header is encoded as RFC 6266 says (`content_disposition`);
 * GET and HEAD only; every other method gets 405;
 * routes are matched exactly; runs are addressed by the catalog's opaque ids and static files by a fixed
   table read at start-up, so no part of a request ever reaches the filesystem;
@@ -21,7 +27,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 from replay.run_file import RunFileError
@@ -55,21 +61,26 @@ def load_static() -> dict[str, Reply]:
     return table
 
 
+HOST_HEADER = re.compile(r"(?:\[(?P<ip6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9.-]+))(?::(?P<port>[0-9]{1,5}))?")
+
+
 def is_loopback_host(host_header: str, extra: set[str]) -> bool:
-    """Whether a Host header names this machine's loopback (or one of `extra`), port or not."""
-    host = host_header.strip().lower()
-    if host.startswith("["):  # [::1]:port
-        host = host[1 : host.find("]")] if "]" in host else ""
-    elif host.count(":") == 1:
-        host = host.rsplit(":", 1)[0]
-    if not host:
+    """Whether a Host header is exactly `host[:port]` (RFC 7230: a name, an IPv4 address or a bracketed IPv6
+    one, nothing else: no user info, no path) naming this machine's loopback or one of `extra`."""
+    match = HOST_HEADER.fullmatch(host_header.strip().lower())
+    if match is None:
         return False
+    host = match["ip6"] or match["name"]
     if host in LOOPBACK_NAMES or host in extra:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+IDLE_SECONDS = 30.0  # a connection that sends nothing for this long is closed (its thread ends)
+MAX_CONNECTIONS = 64  # connections served at once; more get 503 and are closed
 
 
 class ViewerServer(ThreadingHTTPServer):
@@ -84,6 +95,7 @@ class ViewerServer(ThreadingHTTPServer):
         self.extra_hosts = {host.lower()} if host not in ("", "0.0.0.0", "::") else set()
         self.log = log
         self._stopping = threading.Event()  # before binding: a failed bind calls server_close()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__((host, port), Handler)
         self._janitor = threading.Thread(target=self._close_idle, name="emergence-serve-janitor", daemon=True)
         self._janitor.start()
@@ -93,6 +105,29 @@ class ViewerServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
         return f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/"
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, at most MAX_CONNECTIONS of them: beyond, a 503 and the connection closed."""
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that goes away mid-answer is not an error of ours: one line at most, never a traceback."""
+        kind, error = sys.exc_info()[:2]
+        if self.log is not None and not isinstance(error, (ConnectionError, TimeoutError)):
+            self.log(f"connection from {client_address[0]}: {kind.__name__ if kind else 'error'}: {error}")
 
     def _close_idle(self) -> None:
         while not self._stopping.wait(min(1.0, self.catalog.idle_seconds / 2)):
@@ -109,6 +144,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "emergence"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_SECONDS  # socket timeout: an idle keep-alive connection ends instead of holding its thread
     disable_nagle_algorithm = True  # headers and body are two writes: without this, each answer waits ~40 ms for an ACK
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server naming
@@ -139,7 +175,10 @@ class Handler(BaseHTTPRequestHandler):
             self.server.log(f"{self.command} {self.path[:200]} -> {reply.status} ({(time.perf_counter() - started) * 1e3:.0f} ms)")
 
     def _route(self) -> Reply:
-        if not is_loopback_host(self.headers.get("Host", ""), self.server.extra_hosts):
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            return _error(400, "one Host header, please")
+        if not is_loopback_host(hosts[0] if hosts else "", self.server.extra_hosts):
             return _error(403, "this viewer answers requests addressed to a loopback name only (Host header refused)")
         target = self.path
         if len(target) > MAX_TARGET or "\x00" in target or "\\" in target:
