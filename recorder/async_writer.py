@@ -14,6 +14,7 @@ go idle, and the writer catches up (benchmarks/README.md has the measurements).
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -34,6 +35,17 @@ HEARTBEAT_SECONDS = 5.0  # an idle writer still flushes this often, so readers c
 
 BEHIND_SECONDS = 5.0  # training time spent waiting for the writer before it warns ...
 BEHIND_SHARE = 0.5  # ... if the writer spent at least this share of the time writing
+
+
+def describe(error: BaseException) -> str:
+    """`Type: message` on one line: HDF5's errors carry a multi-line stack with buffer addresses; the first
+    line says what failed."""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first[:300]}"
+
+
+def _disk_full(error: BaseException) -> bool:
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error)
 
 
 class WriterError(RuntimeError):
@@ -125,8 +137,12 @@ class AsyncRunWriter:
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
+            if _disk_full(self._error):
+                raise WriterError(f"writing {self.writer.path} failed: the disk is full ({describe(self._error)}); the "
+                                  f"file keeps every row written before, up to step {self.latest_train.get('step', 0)}"
+                                  "; free some space, then `emergence resume` it") from self._error
             raise WriterError(
-                f"writing {self.writer.path} failed: {type(self._error).__name__}: {self._error}. "
+                f"writing {self.writer.path} failed: {describe(self._error)}. "
                 "Check free disk space and that the file is not written by another process; "
                 "the file keeps every frame written before the failure."
             ) from self._error
@@ -258,7 +274,7 @@ class AsyncRunWriter:
         self._thread.join()
         try:
             if self._error is not None and status != "failed":
-                status, message = "failed", f"writer error: {type(self._error).__name__}: {self._error}"
+                status, message = "failed", f"writer error: {describe(self._error)}"
             if status is not None:
                 self.writer.set_status(status, message)
         finally:

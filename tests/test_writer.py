@@ -212,3 +212,38 @@ def test_a_writer_that_falls_behind_warns_once_and_reports_its_throughput(tmp_pa
         assert writer.busy_seconds >= 40 * 0.04 and writer.waited_seconds >= 0.3
     assert len(messages) == 1 and messages[0].startswith("warning: the writer is behind")
     assert "MB/s" in writer.throughput()
+
+
+def test_a_full_disk_in_the_writer_is_one_line_that_says_what_was_kept(tmp_path):
+    """HDF5's raw error (a multi-line stack, buffer addresses) is never the message."""
+    import errno as errno_codes
+
+    from recorder.async_writer import AsyncRunWriter, WriterError
+
+    class Full:
+        path = tmp_path / "x.h5"
+
+        def write_eval(self, *args):
+            raise OSError(errno_codes.ENOSPC, "No space left on device\n  #000: H5Dio.c line 179 in H5Dwrite(): "
+                                              "can't write data\n    major: Dataset at 0x55d0c0ffee")
+
+        def flush(self):
+            pass
+
+        def set_status(self, status, message):
+            self.status = (status, message)
+
+        def close(self):
+            pass
+
+    writer = Full()
+    w = AsyncRunWriter(writer)
+    w.write_eval(3, 0.5, 0.9)
+    with pytest.raises(WriterError) as caught:
+        w.wait()
+    message = str(caught.value)
+    assert "\n" not in message and "0x55d0c0ffee" not in message and "the disk is full" in message
+    assert "free some space" in message
+    with pytest.raises(WriterError):
+        w.close()
+    assert writer.status[0] == "failed" and "\n" not in writer.status[1]
