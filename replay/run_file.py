@@ -40,6 +40,35 @@ class RunFileError(ValueError):
     """The file is not a run file this version can read."""
 
 
+def foreign_layout(f: h5py.File) -> str | None:
+    """What in `f` the recorder never writes and no reader should follow, or None: a link that is not a hard
+    link (an external or soft link reaches data outside the file or elsewhere in it), a dataset stored outside
+    the file (external storage) or assembled from others (virtual), or a frame dataset whose chunks are not
+    one whole frame each. Checked when a run is opened, before any data is read."""
+    found: list[str] = []
+
+    def link(name: str, value: Any) -> None:
+        if not found and not isinstance(value, h5py.HardLink):
+            found.append(f"{'an external' if isinstance(value, h5py.ExternalLink) else 'a soft'} link at /{name}")
+
+    f.visititems_links(link)
+    if found:
+        return found[0]
+
+    def dataset(name: str, obj: Any) -> None:
+        if found or not isinstance(obj, h5py.Dataset):
+            return
+        if obj.is_virtual:
+            found.append(f"a virtual dataset at /{name}")
+        elif obj.external:
+            found.append(f"a dataset stored in other files at /{name}")
+        elif name.startswith("layers/") and name.endswith("/activations") and obj.chunks != (1, *obj.shape[1:]):
+            found.append(f"/{name} is not chunked one frame per chunk ({obj.chunks} for frames of {obj.shape[1:]})")
+
+    f.visititems(dataset)
+    return found[0] if found else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Metrics:
     step: np.ndarray
@@ -66,6 +95,15 @@ class Run:
         if attrs.get("schema") != "emergence.run":
             self._f.close()
             raise RunFileError(f"{self.path} is an HDF5 file but not an emergence run (no schema attribute)")
+        try:
+            foreign = foreign_layout(self._f)
+        except (RuntimeError, OSError, KeyError, ValueError) as e:  # damaged metadata met while walking the file
+            self._f.close()
+            raise RunFileError(f"{self.path} is not a readable HDF5 run file ({e})") from e
+        if foreign:
+            self._f.close()
+            raise RunFileError(f"{self.path} is not laid out as emergence writes run files: {foreign}; refused, "
+                               "nothing read from it")
         version = int(attrs["schema_version"])
         if version not in SUPPORTED_VERSIONS:
             self._f.close()

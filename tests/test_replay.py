@@ -291,3 +291,42 @@ def test_wide_layers_wrap_into_near_square_blocks_with_every_tile_in_its_place(t
             assert (rgb[y0:y1, x0:x1] == want).all(), (channel, probe)
     assert len(boxes) == 2 * c  # no two tiles share a place
     assert choose_blocks(4, 10, (18, 18), 20) == 1 and choose_blocks(16, 10, (18, 18), 20) == 1  # narrow: as before
+
+
+@pytest.mark.parametrize("kind", ["external link", "soft link", "virtual", "external storage", "chunks"])
+def test_layouts_the_recorder_never_writes_are_refused_by_every_reader(tmp_path, kind):
+    """Data from outside the file (or assembled from elsewhere) never reaches a reader: info, replay, compare
+    and the viewer all open runs through open_run, which refuses with the reason."""
+    import h5py
+
+    from replay.run_file import RunFileError
+
+    path = tmp_path / "run.h5"
+    write_run(path, {"conv1": np.zeros((2, 3, 4, 4, 2), np.float32)})
+    outside = tmp_path / "outside.h5"
+    with h5py.File(outside, "w") as f:
+        f["secret"] = np.arange(4, dtype=np.float32)
+    with h5py.File(path, "r+") as f:
+        if kind == "external link":
+            f["layers/conv1/extra"] = h5py.ExternalLink(str(outside), "/secret")
+        elif kind == "soft link":
+            f["layers/extra"] = h5py.SoftLink("/layers/conv1/activations")
+        elif kind == "virtual":
+            layout = h5py.VirtualLayout(shape=(4,), dtype="f4")
+            layout[:] = h5py.VirtualSource(str(outside), "secret", shape=(4,))
+            f.create_virtual_dataset("layers/conv1/virtual", layout)
+        elif kind == "external storage":
+            (tmp_path / "raw.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+            f.create_dataset("layers/conv1/stored_outside", shape=(4,), dtype="f4",
+                             external=[(str(tmp_path / "raw.bin"), 0, 16)])
+        else:
+            data = f["layers/conv1/activations"][()]
+            attrs = dict(f["layers/conv1/activations"].attrs)
+            del f["layers/conv1/activations"]
+            ds = f["layers/conv1"].create_dataset("activations", data=data, maxshape=(None, *data.shape[1:]),
+                                                  chunks=(2, *data.shape[1:]))
+            ds.attrs.update(attrs)
+    from replay.run_file import open_run
+
+    with pytest.raises(RunFileError, match="not laid out as emergence writes run files"):
+        open_run(path)

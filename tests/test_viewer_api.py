@@ -356,7 +356,7 @@ def _hostile_oversized(path):
         attrs = dict(old.attrs)
         del f["layers/conv1/activations"]
         ds = f["layers/conv1"].create_dataset("activations", shape=(3, 2, 4096, 4096, 2), dtype="f2",
-                                              maxshape=(None, 2, 4096, 4096, 2), chunks=(1, 2, 512, 512, 2))
+                                              maxshape=(None, 2, 4096, 4096, 2), chunks=(1, 2, 4096, 4096, 2))
         ds.attrs.update(attrs)
 
 
