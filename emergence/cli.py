@@ -193,9 +193,10 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     left out, so that building it imports no JAX (for the commands that only read files)."""
     if light:
         EXPERIMENTS, override_keys = ("see `emergence record --help`",), lambda: ["see `emergence record --help`"]
+        RESUMABLE_KEYS: tuple[str, ...] = ("see `emergence resume --help`",)
     else:
         from experiments import EXPERIMENTS
-        from recorder.config import override_keys
+        from recorder.config import RESUMABLE_KEYS, override_keys
 
     parser = argparse.ArgumentParser(
         prog="emergence",
@@ -245,8 +246,8 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         "the checkpoint are dropped and recorded again, so the finished file equals an uninterrupted run's (bitwise "
         "on the CPU). A completed run is extended with --set epochs=N or steps=N.")
     res.add_argument("run", metavar="RUN.h5")
-    res.add_argument("--set", action="append", metavar="KEY=VALUE", help="epochs, steps, checkpoint_every or "
-                     "on_nonfinite (other keys would change what the recorded steps mean)")
+    res.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"any of {', '.join(RESUMABLE_KEYS)} "
+                     "(other keys would change what the recorded steps mean)")
     res.add_argument("--no-progress", action="store_true", help="no progress bar")
     _process_arguments(res)
     res.set_defaults(func=_resume)

@@ -1,4 +1,4 @@
-"""Reads a run file (docs/run_schema.md, version 1), also while it is still being written.
+"""Reads a run file (docs/run_schema.md, every version in SUPPORTED_VERSIONS), also while it is still being written.
 
     run = open_run("runs/learn_to_see.h5")
     run.layers                      # ['conv1', ..., 'conv6'] in call order
