@@ -32,7 +32,7 @@ from flax import linen, nnx
 
 from record_overhead import rotated
 from recorder import Block, Capture, Probes, Recorder, tap
-from recorder.blocks import _pack, layout_of
+from recorder.blocks import layout_of, pack_frame
 
 BLOCK = 32
 
@@ -59,7 +59,7 @@ def inputs() -> tuple[Probes, Capture, dict, dict, Block]:
     frame = jax.jit(lambda m, x: capture(m, x))(model, x)
     metrics = {"loss": jnp.float32(0.5), "accuracy": jnp.float32(0.9), "finite": jnp.bool_(True)}
     layout = layout_of(frame)
-    stacked = jax.jit(lambda f: {d: jnp.stack([v] * BLOCK) for d, v in _pack(f, layout).items()})(frame)
+    stacked = jax.jit(lambda f: {d: jnp.stack([v] * BLOCK) for d, v in pack_frame(f, layout).items()})(frame)
     rows = jnp.tile(jnp.asarray([[0.9, 1.0, 0.5]], jnp.float32), (BLOCK, 1))
     block = Block(tuple(range(BLOCK)), rows, ("accuracy", "finite", "loss"), tuple(range(BLOCK)), stacked, layout)
     return probes, capture, frame, metrics, block

@@ -60,8 +60,9 @@ def layout_of(tree: Mapping[str, Any]) -> Layout:
     return tuple((key, tuple(tree[key].shape), str(np.dtype(tree[key].dtype))) for key in sorted(tree))
 
 
-def _pack(values: Mapping[str, jax.Array], layout: Layout) -> dict[str, jax.Array]:
-    """One flat vector per dtype: the arrays of `values` raveled in `layout`'s order."""
+def pack_frame(values: Mapping[str, jax.Array], layout: Layout) -> dict[str, jax.Array]:
+    """One flat vector per dtype: the arrays of `values` raveled in `layout`'s order (traceable: a loop of
+    one's own builds a `Block`'s frame buffers by stacking these, one row per frame)."""
     parts: dict[str, list[jax.Array]] = {}
     for key, _, dtype in layout:
         parts.setdefault(dtype, []).append(jnp.ravel(values[key]).astype(dtype))
@@ -218,13 +219,13 @@ class BlockStep:
 
         def frame_only(state):
             frame = self._frame_of(state.params, state.model_state, probe_x)
-            return all_finite(frame), _pack(frame, self.frame_layout), self._zeros(self.analysis_layout)
+            return all_finite(frame), pack_frame(frame, self.frame_layout), self._zeros(self.analysis_layout)
 
         def frame_and_analysis(state):
             full = self._frame_of(state.params, state.model_state, probe_x, analysis_x)
             frame = {key: full[key] for key, _, _ in self.frame_layout}
             rest = {key: full[key] for key, _, _ in self.analysis_layout}
-            return all_finite(full), _pack(frame, self.frame_layout), _pack(rest, self.analysis_layout)
+            return all_finite(full), pack_frame(frame, self.frame_layout), pack_frame(rest, self.analysis_layout)
 
         branches = [nothing, frame_only, frame_and_analysis][:len(self.kinds)]
 
