@@ -206,7 +206,9 @@ class Recorder:
         """Queues the frame of `step` (if given) and its training metrics (`loss`, `accuracy`, computed with the
         parameters before the update; `finite`, an optional in-step flag that gradients and activations were
         finite; any other key goes to the extra scalar series). Never waits for the device: values are copied
-        to the host on the writer thread, which also notes the first non-finite step (`nonfinite_step`)."""
+        to the host on the writer thread, which also notes the first non-finite step (`nonfinite_step`). The
+        metrics of steps that come fast travel 32 at a time (recorder/batching.py), so the writer sees them up
+        to 32 steps late; `wait()` sends everything."""
         self._open()
         if frame is not None:
             self._check_frame(step, frame)
