@@ -1,0 +1,33 @@
+"""recorder/checksum.py against HDF5's own Fletcher-32 filter, byte for byte."""
+
+import h5py
+import numpy as np
+import pytest
+
+from recorder.checksum import fletcher32, with_checksum
+
+rng = np.random.default_rng(0)
+CASES = [b"", b"\x00", b"\x01", b"\xff\xff", b"\xff\xff\xff", bytes(1000), b"\xff" * 600_000,
+         b"\x00" * 719 + b"\x01"] + [rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+                                    for n in (1, 3, 719, 720, 721, 1439, 4096, 100_001, 600_000)]
+
+
+@pytest.mark.parametrize("data", CASES, ids=lambda d: f"{len(d)} bytes")
+def test_the_chunk_is_what_hdf5s_filter_stores(tmp_path, data):
+    if not data:
+        assert fletcher32(data) == 0
+        return
+    array = np.frombuffer(data, np.uint8)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset("x", data=array, chunks=(len(array),), fletcher32=True)
+        stored = f["x"].id.read_direct_chunk((0,))[1]
+    assert with_checksum(array) == stored == with_checksum(data)
+
+
+def test_a_flipped_byte_changes_the_checksum():
+    data = bytearray(rng.integers(0, 256, 10_000, dtype=np.uint8).tobytes())
+    before = fletcher32(data)
+    for position in (0, 1, 4999, 9999):
+        data[position] ^= 0x10
+        assert fletcher32(data) != before
+        data[position] ^= 0x10
