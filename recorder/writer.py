@@ -49,8 +49,10 @@ import h5py
 import numpy as np
 from isal import isal_zlib
 
+from recorder.checksum import with_checksum
+
 SCHEMA = "emergence.run"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # the oldest file format that SWMR allows: HDF5 1.10 readers (Debian 12, MATLAB, older h5py) read every dataset
 LIBVER = ("v110", "latest")
 STATUS_BYTES = 16
@@ -167,9 +169,21 @@ def _raw(row: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(row)  # H5Dwrite_chunk reads the buffer itself: no copy to bytes
 
 
+def _raw_checked(row: np.ndarray) -> bytes:
+    return with_checksum(np.ascontiguousarray(row))
+
+
+def _shuffle_deflate_checked(row: np.ndarray) -> bytes:
+    return with_checksum(_shuffle_deflate(row))
+
+
 # filter pipeline of a dataset -> the encoder that stores a whole chunk as that pipeline would (the deflate
-# level is not part of the format); datasets with other pipelines (lzf, zstd) go through HDF5's filters
-_ENCODERS = {(): _raw, (h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE): _shuffle_deflate}
+# level is not part of the format); datasets with other pipelines (lzf, zstd) go through HDF5's filters.
+# Schema 7 ends every pipeline with Fletcher-32 (recorder/checksum.py); files of older schemas, resumed, keep theirs
+_SHUFFLE, _DEFLATE, _FLETCHER32 = h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_FLETCHER32
+_ENCODERS = {(): _raw, (_SHUFFLE, _DEFLATE): _shuffle_deflate,
+             (_FLETCHER32,): _raw_checked, (_SHUFFLE, _DEFLATE, _FLETCHER32): _shuffle_deflate_checked}
+CHECKED = {"fletcher32": True, "chunks": True}  # the datasets written once: checksummed chunks too
 
 
 def _encoder(ds: h5py.Dataset) -> Any:
@@ -419,7 +433,7 @@ class H5RunWriter:
     def _growing(group: h5py.Group, name: str, row: tuple[int, ...], dtype: str, **kw: Any) -> None:
         # a zero-width axis (logits of a model without them) is left unlimited: chunks must be >= 1 wide
         group.create_dataset(name, shape=(0, *row), maxshape=(None, *(d or None for d in row)), dtype=dtype,
-                             chunks=(1, *(d or 1 for d in row)) if row else (1024,), **kw)
+                             chunks=(1, *(d or 1 for d in row)) if row else (1024,), fletcher32=True, **kw)
 
     @classmethod
     def _create(cls, f: h5py.File, layout: RunLayout) -> None:
@@ -433,9 +447,9 @@ class H5RunWriter:
         f.create_dataset("updated_unix", data=time.time(), dtype="f8")
 
         probes = f.create_group("probes")
-        probes.create_dataset("images", data=np.asarray(layout.probe_images, np.uint8))
-        probes.create_dataset("labels", data=np.asarray(layout.probe_labels, np.int64))
-        probes.create_dataset("indices", data=np.asarray(layout.probe_indices, np.int64))
+        probes.create_dataset("images", data=np.asarray(layout.probe_images, np.uint8), **CHECKED)
+        probes.create_dataset("labels", data=np.asarray(layout.probe_labels, np.int64), **CHECKED)
+        probes.create_dataset("indices", data=np.asarray(layout.probe_indices, np.int64), **CHECKED)
         probes["indices"].attrs["dataset"] = layout.probe_dataset
         probes["indices"].attrs["split"] = "test"
         p = len(layout.probe_labels)
@@ -467,8 +481,8 @@ class H5RunWriter:
             group.attrs.update(dataset=layout.probe_dataset, split="test", sha256=a.sha256, count=n, rule=a.rule,
                                stats_json=json.dumps(list(a.stat_names)), stat_docs_json=json.dumps(dict(a.stat_docs)),
                                planned_steps_json=json.dumps([int(x) for x in a.steps]))
-            group.create_dataset("indices", data=np.asarray(a.indices, np.int64))
-            group.create_dataset("labels", data=np.asarray(a.labels, np.int64))
+            group.create_dataset("indices", data=np.asarray(a.indices, np.int64), **CHECKED)
+            group.create_dataset("labels", data=np.asarray(a.labels, np.int64), **CHECKED)
             growing(group, "step", (), "i8")
             for spec in layout.layers:
                 g = group.create_group(spec.name)

@@ -29,8 +29,8 @@ try:  # registers the zstd/lz4/... HDF5 filters, for run files recorded with com
 except ImportError:
     pass
 
-SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6)  # 2 added /analysis; 3 /scalars, stage, interrupted; 4 the writer's identity;
-# 5 /weights; 6 the layers' channels_json (channel subsets)
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6, 7)  # 2 added /analysis; 3 /scalars, stage, interrupted; 4 the writer's
+# identity; 5 /weights; 6 the layers' channels_json (channel subsets); 7 Fletcher-32 checksums on every chunk
 STALE_SECONDS = 60.0  # a `running` file with no flush (heartbeat) for this long was left by a recorder that is gone
 STATES = ("recording", "completed", "failed", "interrupted", "diverged", "killed")
 AFTER_NONLINEARITY = "after the nonlinearity"  # the stage of every layer of a version 1 or 2 file

@@ -25,7 +25,7 @@ def tiny_run(tmp_path_factory):
 def test_schema_and_shapes(tiny_run):
     path, result = tiny_run
     with h5py.File(path, "r") as f:
-        assert f.attrs["schema"] == "emergence.run" and f.attrs["schema_version"] == 6
+        assert f.attrs["schema"] == "emergence.run" and f.attrs["schema_version"] == 7
         assert f["frames/step"][()].tolist() == list(range(7))  # step 0 (initial model) .. 6
         acts = f["layers/conv1/activations"]
         assert acts.shape == (7, 10, 26, 26, 8) and acts.dtype == np.float16 and acts.chunks[0] == 1

@@ -315,3 +315,26 @@ def test_two_sigterms_are_named_sigterm_not_ctrl_c(tmp_path):
     with h5py.File(path, "r") as f:
         message = f["status_message"][()].decode()
         assert f["status"][()] == b"interrupted" and "(SIGTERM)" in message and "Ctrl-C" not in message, message
+
+
+def test_a_flipped_byte_in_a_frame_is_caught_by_every_hdf5_reader(tmp_path, capsys):
+    """Fletcher-32 on every chunk (schema 7): h5py, h5dump and emergence refuse the damaged frame instead of
+    returning wrong numbers; the other frames still read."""
+    path = tmp_path / "run.h5"
+    record(tiny_config(steps=3), path, show_progress=False, log=lambda s: None)
+    with h5py.File(path, "r") as f:
+        info = f["layers/conv1/activations"].id.get_chunk_info(1)  # the frame of step 1
+        good = f["layers/conv1/activations"][2]
+    data = bytearray(path.read_bytes())
+    data[info.byte_offset + info.size // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with h5py.File(path, "r") as f:
+        with pytest.raises(OSError, match="filter returned failure|checksum"):
+            f["layers/conv1/activations"][1]
+        np.testing.assert_array_equal(f["layers/conv1/activations"][2], good)
+    if shutil.which("h5dump") or ON_CI:
+        dump = subprocess.run(["h5dump", "-d", "/layers/conv1/activations", "-o", os.devnull, str(path)],
+                              capture_output=True, text=True, timeout=60)
+        assert dump.returncode != 0
+    code, _, err = cli(capsys, "replay", str(path), "--out", str(tmp_path / "out"))
+    assert code != 0 and err.count("\n") == 1 and "Traceback" not in err
