@@ -381,7 +381,8 @@ class H5RunWriter:
                 trim_rows(f, resume_after)
                 if layout.weights and "weights" not in f:  # a file of an older schema gains the group
                     _create_weights(f, layout.weights, self._growing)
-                    f.attrs["schema_version"] = SCHEMA_VERSION
+                    f.attrs["schema_version"] = max(int(f.attrs["schema_version"]), 5)  # /weights came in 5; not
+                    # more: the file's older datasets keep their filters (no checksums before 7)
                 self._clock -= float(f["frames/wall_time"][-1]) if f["frames/wall_time"].shape[0] else 0.0
                 for name in ("planned_steps", "config_json"):
                     f.attrs[name] = layout.attrs[name]

@@ -190,3 +190,34 @@ def test_a_run_being_recorded_appears_grows_and_keeps_a_set_cursor(browser, page
     assert other.evaluate("document.body.dataset.step") == "2"
     assert other.evaluate("window.__emergence.current.steps.length") == 13
     other.close()
+
+
+def test_a_layer_too_large_to_serve_is_named_and_the_others_shown(browser, tmp_path):
+    import h5py
+
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    acts = np.tanh(np.random.default_rng(0).normal(size=(3, 2, 4, 4, 2))).astype(np.float32)
+    write_run(folder / "big.h5", {"conv1": acts, "conv2": acts})
+    with h5py.File(folder / "big.h5", "r+") as f:  # conv2 declares 134 MB frames and stores none
+        attrs = dict(f["layers/conv2/activations"].attrs)
+        del f["layers/conv2/activations"]
+        ds = f["layers/conv2"].create_dataset("activations", shape=(3, 2, 4096, 4096, 2), dtype="f2",
+                                              maxshape=(None, 2, 4096, 4096, 2), chunks=(1, 2, 4096, 4096, 2))
+        ds.attrs.update(attrs)
+    server = start_in_thread(folder, idle_seconds=0.5)
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    pg = context.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        pg.goto(f"http://127.0.0.1:{server.server_address[1]}/#/run/{run_id('big.h5')}")
+        pg.wait_for_function("() => window.__emergence && window.__emergence.ready === true", timeout=20000)
+        layers = pg.eval_on_selector_all(".panel", "ps => ps.map(p => p.dataset.layer)")
+        assert layers == ["conv1"]
+        assert "not shown: one frame of conv2 is 134 MB" in pg.text_content("body")
+        assert errors == []
+    finally:
+        context.close()
+        server.shutdown()
+        server.server_close()

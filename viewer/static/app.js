@@ -344,7 +344,7 @@ class RunView extends SteppedView {
     this.curveLegend = el("p", { class: "legend" });
     const opts = { zoom: this.zoom, probes: this.probes, channels: this.channels, probeBytes: this.probeBytes };
     this.panels = this.shownLayers(run).map((l) => new LayerPanel(run, l, opts, this.stores.get(l.name)));
-    this.kernelPanels = run.kernels.slice(0, 1).map((k) => new LayerPanel(run, k, { zoom: this.zoom, kernels: true }, this.stores.get(`kernel ${k.name}`)));
+    this.kernelPanels = servedKernels(run).map((k) => new LayerPanel(run, k, { zoom: this.zoom, kernels: true }, this.stores.get(`kernel ${k.name}`)));
     for (const p of this.panels) {
       const link = el("a", { class: "export", target: "_blank", rel: "noopener", text: "PNG" });
       link.title = "this frame rendered by replay's own renderer (the GIF's frame)";
@@ -363,13 +363,13 @@ class RunView extends SteppedView {
     this.timers.push(setInterval(() => this.poll().catch(fail), 1000));
   }
 
-  shownLayers(run) {
-    return run.layers.filter((l) => !this.layerFilter || this.layerFilter.includes(l.name));
+  shownLayers(run) {  // a layer too large to serve (its frames get 413) is named in the facts instead
+    return run.layers.filter((l) => !l.too_large && (!this.layerFilter || this.layerFilter.includes(l.name)));
   }
 
   // stores for the shown layers and the first kernel layer, each asked for frame `pos` alone
   firstFetches(run, pos) {
-    const items = [...this.shownLayers(run).map((l) => [l.name, l, false]), ...run.kernels.slice(0, 1).map((k) => [`kernel ${k.name}`, k, true])];
+    const items = [...this.shownLayers(run).map((l) => [l.name, l, false]), ...servedKernels(run).map((k) => [`kernel ${k.name}`, k, true])];
     for (const [key, info, kernels] of items) {
       const store = new FrameStore(run.id, info.name, { dtype: info.dtype, shape: info.shape, maxFrames: info.max_frames, kernels });
       store.setTotal(run.steps.length);
@@ -388,8 +388,10 @@ class RunView extends SteppedView {
     const r = this.run;
     const test = r.test ? `test accuracy ${fmt(r.test.accuracy, 4)} on ${r.test.count} images` : "no test result yet";
     const state = el("span", { class: `state ${r.state}`, id: "run-state", text: r.state + (r.reason ? `: ${r.reason}` : "") });
+    const refused = [...r.layers, ...r.kernels].filter((l) => l.too_large).map((l) => el("p", { class: "notice", text: `not shown: ${l.too_large}` }));
     this.facts.replaceChildren(el("h2", { text: r.name }), el("p", {},
-      state, el("span", { text: ` · ${r.experiment}: ${r.training} · ${r.steps.length} frames of ${r.planned_steps} steps (${r.schedule}) · ${test}` })));
+      state, el("span", { text: ` · ${r.experiment}: ${r.training} · ${r.steps.length} frames of ${r.planned_steps} steps (${r.schedule}) · ${test}` })),
+      ...refused);
   }
 
   panelPositions(pos) {
@@ -486,3 +488,8 @@ class CompareView extends SteppedView {
 
 window.addEventListener("hashchange", route);
 route();
+
+// the first kernel layer, when it can be served
+function servedKernels(run) {
+  return run.kernels.slice(0, 1).filter((k) => !k.too_large);
+}
