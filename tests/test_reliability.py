@@ -1,6 +1,7 @@
 """Never lose a run: kill -9 and signals leave files that repair and resume to exactly the uninterrupted
 run; honest states; a second writer refused; divergence caught; every HDF5 tool reads the files."""
 
+import json
 import os
 import shutil
 import signal
@@ -338,3 +339,25 @@ def test_a_flipped_byte_in_a_frame_is_caught_by_every_hdf5_reader(tmp_path, caps
         assert dump.returncode != 0
     code, _, err = cli(capsys, "replay", str(path), "--out", str(tmp_path / "out"))
     assert code != 0 and err.count("\n") == 1 and "Traceback" not in err
+    code, out, _ = cli(capsys, "verify", str(path))  # names the dataset and the step of the damaged frame
+    assert code == 1 and "damaged: /layers/conv1/activations (steps 1)" in out
+    code, out, _ = cli(capsys, "info", str(path))
+    assert code == 1 and "DAMAGED: /layers/conv1/activations (steps 1)" in out
+    code, out, _ = cli(capsys, "verify", "--quick", str(path))  # the quick check skips the frames
+    assert code == 0 and "every chunk but the frames'" in out
+
+
+def test_verify_names_damaged_rows_by_their_steps_and_passes_a_whole_file(tmp_path, capsys):
+    path = tmp_path / "run.h5"
+    record(tiny_config(steps=3, snapshots=3), path, show_progress=False, log=lambda s: None)
+    code, out, _ = cli(capsys, "verify", str(path))
+    assert code == 0 and ": ok: metadata and every chunk read back" in out
+    with h5py.File(path, "r") as f:
+        weights = json.loads(f["weights"].attrs["specs_json"])[0]["path"]
+        info = f[f"weights/values/{weights}"].id.get_chunk_info(2)  # the weights of the last stored step
+        last = int(f["weights/step"][2])
+    data = bytearray(path.read_bytes())
+    data[info.byte_offset + 1] ^= 0x40
+    path.write_bytes(bytes(data))
+    code, out, _ = cli(capsys, "verify", str(path))
+    assert code == 1 and f"/weights/values/{weights} (steps {last})" in out
