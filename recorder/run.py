@@ -555,6 +555,9 @@ def _drive(plan: RunPlan, rec: Recorder, loop: TrainingLoop, path: Path, show_pr
                         test_loss, test_acc = loop.test()
                         rec.write_weights(loop.step, plan.weights(loop.state))  # the final weights (init_from=RUN.h5)
                         loop.checkpoint()  # the end, too: `emergence resume --set epochs=N` extends from here
+                        if loop.checkpoints is not None:  # finalised before the file says completed: a kill in
+                            loop.checkpoints.wait()  # between leaves a running (resumable) file, never a
+                            # completed one whose final checkpoint is a half-written orbax temp folder
                     with phases("writer drain and close"):
                         rec.wait()
                         latest = rec.latest_train

@@ -424,3 +424,24 @@ def test_idle_connections_close_and_connections_are_capped(tmp_path, monkeypatch
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_listed_file_swapped_for_a_link_out_of_the_folder_is_not_served(tmp_path):
+    folder, outside = tmp_path / "runs", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    data = np.tanh(np.random.default_rng(0).normal(size=(2, 3, 4, 4, 2))).astype(np.float32)
+    write_run(folder / "a.h5", {"conv1": data})
+    write_run(outside / "secret.h5", {"conv1": data * 0 + 0.25})
+    srv = start_in_thread(folder, idle_seconds=0.2)
+    try:
+        rid = ids(srv)["a"]["id"]
+        assert request(srv, f"/api/runs/{rid}/frames?layer=conv1&start=0&count=1")[0] == 200
+        time.sleep(0.5)  # the idle handle is closed
+        (folder / "a.h5").unlink()
+        (folder / "a.h5").symlink_to(outside / "secret.h5")
+        status, _, body = request(srv, f"/api/runs/{rid}/frames?layer=conv1&start=0&count=1")
+        assert status == 404 and b"replaced by a link" in body
+    finally:
+        srv.shutdown()
+        srv.server_close()

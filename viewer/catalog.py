@@ -143,10 +143,14 @@ class Catalog:
         with self.lock:
             now = time.monotonic()
             try:
-                st = entry.path.stat()
-            except OSError:
+                real = entry.path.resolve(strict=True)  # checked at every open, not only when listed
+                st = real.stat()
+            except (OSError, RuntimeError):
                 self._close(rid)
                 raise UnknownRun(f"run {entry.name} is gone from {self.root}") from None
+            if real != entry.path or not real.is_relative_to(self.root):
+                self._close(rid)
+                raise UnknownRun(f"run {entry.name}: its file was replaced by a link since it was listed; not served")
             inode = (st.st_dev, st.st_ino)
             handle = self._handles.get(rid)
             if handle is not None and handle.inode != inode:  # the file was replaced: a new run
