@@ -110,7 +110,9 @@ def _info(args: argparse.Namespace) -> int:
                 print(f"integrity   {'metadata and every chunk but the frames' if quick else 'every chunk'} "
                       f"read back{' (`emergence verify` reads the frames too)' if quick else ''}")
             else:
-                print(f"status      DAMAGED: {'; '.join(d.describe() for d in verdict.damaged)}")
+                damage = "; ".join(d.describe() for d in verdict.damaged)
+                print(f"status      DAMAGED: {damage}")
+                print(f"emergence: error: {path}: damaged: {damage}", file=sys.stderr)
                 code = 1
     return code
 
@@ -124,7 +126,9 @@ def _verify(args: argparse.Namespace) -> int:
         with open_run(path) as run:
             verdict = verify(run, quick=args.quick)
         print(verdict.describe())
-        code = code or (0 if verdict.ok else 1)
+        if not verdict.ok:
+            print(f"emergence: error: {path}: damaged (see above)", file=sys.stderr)
+            code = 1
     return code
 
 

@@ -499,7 +499,7 @@ class H5RunWriter:
         for name, dtype in (("step", "i8"), ("loss", "f4"), ("accuracy", "f4")):
             growing(ev, name, (), dtype)
         scalars = f.create_group("scalars")
-        scalars.create_dataset("names", data=np.zeros(MAX_SCALARS, f"S{SCALAR_NAME_BYTES}"))
+        scalars.create_dataset("names", data=np.zeros(MAX_SCALARS, f"S{SCALAR_NAME_BYTES}"), **CHECKED)
         for name, dtype in (("step", "i8"), ("series", "i2"), ("value", "f8")):
             growing(scalars, name, (), dtype)
         if layout.weights:
