@@ -98,41 +98,63 @@ class FrameBatch:
         return sum(buffer.nbytes for buffer in self.buffers.values())
 
 
-class FrameBatcher:
+class _Batcher:
+    """What both batchers share: the pace of arrivals, a batch of `size` items with one structure (`key`),
+    and `drain()`, which sends the waiting items one by one through `send(step, item)`."""
+
+    def __init__(self, send: Callable[[int, dict], None], size: int, gap_seconds: float):
+        self.send, self.size, self.gap = send, size, gap_seconds
+        self._waiting: list[tuple[int, dict]] = []
+        self._key: Any = None
+        self._last = -np.inf  # when the previous item came
+
+    def _fast(self) -> bool:
+        """Whether this item comes within `gap` of the previous one (and batches are on at all)."""
+        now = time.monotonic()
+        fast, self._last = now - self._last <= self.gap, now
+        return fast and self.size > 1
+
+    def _straight_on(self, step: int, item: dict) -> None:
+        self.drain()
+        self.send(step, item)
+
+    def _hold(self, step: int, item: dict, key: Any) -> list[tuple[int, dict]] | None:
+        """Keeps (step, item), after sending the waiting ones if their structure differs; returns the batch,
+        no longer waiting, once `size` items are held."""
+        if key != self._key:
+            self.drain()
+        self._key = key
+        self._waiting.append((step, item))
+        if len(self._waiting) < self.size:
+            return None
+        full, self._waiting = self._waiting, []
+        return full
+
+    def drain(self) -> None:
+        """Sends the waiting items, one by one."""
+        waiting, self._waiting = self._waiting, []
+        for step, item in waiting:
+            self.send(step, item)
+
+
+class FrameBatcher(_Batcher):
     """Collects frames and hands them on: `send(step, frame)` one by one, or `send_batch(FrameBatch)` for
     `size` frames that came fast (see the module doc). `drain()` sends the waiting ones."""
 
     def __init__(self, send: Callable[[int, dict], None], send_batch: Callable[[FrameBatch], None],
                  size: int = FRAMES_PER_TRANSFER, gap_seconds: float = GAP_SECONDS):
-        self.send, self.send_batch, self.size, self.gap = send, send_batch, size, gap_seconds
-        self._waiting: list[tuple[int, dict]] = []
-        self._layout: tuple = ()
-        self._last = -np.inf  # when the previous frame came
+        super().__init__(send, size, gap_seconds)
+        self.send_batch = send_batch
 
     def add(self, step: int, frame: dict) -> None:
-        now = time.monotonic()
-        fast, self._last = now - self._last <= self.gap, now
-        local = _on_one_device(frame) if fast and self.size > 1 else None
+        local = _on_one_device(frame) if self._fast() else None
         if local is None:  # a slow loop's frame, or one that cannot be packed: straight on
-            self.drain()
-            self.send(step, frame)
+            self._straight_on(step, frame)
             return
         frame_layout = layout(local)
-        if frame_layout != self._layout:
-            self.drain()
-        self._layout = frame_layout
-        self._waiting.append((step, local))
-        if len(self._waiting) == self.size:
-            steps = tuple(s for s, _ in self._waiting)
-            buffers = pack([f for _, f in self._waiting])
-            self._waiting = []
-            self.send_batch(FrameBatch(steps, buffers, frame_layout))
-
-    def drain(self) -> None:
-        """Sends the waiting frames, one by one."""
-        waiting, self._waiting = self._waiting, []
-        for step, frame in waiting:
-            self.send(step, frame)
+        full = self._hold(step, local, frame_layout)
+        if full:
+            self.send_batch(FrameBatch(tuple(s for s, _ in full), pack([f for _, f in full]), frame_layout))
 
 
 @jax.jit
@@ -142,7 +164,7 @@ def stack_rows(rows: Sequence[Mapping[str, Any]]) -> jax.Array:
     return jnp.stack([jnp.stack([jnp.asarray(r[k]).astype(jnp.float32) for k in names]) for r in rows])
 
 
-class MetricsBatcher:
+class MetricsBatcher(_Batcher):
     """Collects the metrics of steps that come fast and hands them on `size` at a time as one `Block`
     (recorder/blocks.py, without frames): one jitted stack into a [size, M] float32 buffer, so one transfer
     and one writer item for `size` steps instead of a few of each per step. Metrics need `loss` and
@@ -151,34 +173,17 @@ class MetricsBatcher:
 
     def __init__(self, send: Callable[[int, dict], None], send_block: Callable[[Any], None],
                  size: int = METRICS_PER_TRANSFER, gap_seconds: float = GAP_SECONDS):
-        self.send, self.send_block, self.size, self.gap = send, send_block, size, gap_seconds
-        self._waiting: list[tuple[int, dict]] = []
-        self._names: tuple[str, ...] = ()
-        self._last = -np.inf
+        super().__init__(send, size, gap_seconds)
+        self.send_block = send_block
 
     def add(self, step: int, metrics: dict) -> None:
         from recorder.blocks import Block
 
-        now = time.monotonic()
-        fast, self._last = now - self._last <= self.gap, now
-        if (not fast or self.size <= 1 or "loss" not in metrics or "accuracy" not in metrics
+        if (not self._fast() or "loss" not in metrics or "accuracy" not in metrics
                 or any(np.shape(v) != () for v in metrics.values())):
-            self.drain()
-            self.send(step, metrics)
+            self._straight_on(step, metrics)
             return
         names = tuple(sorted(metrics))
-        if names != self._names:
-            self.drain()
-        self._names = names
-        self._waiting.append((step, metrics))
-        if len(self._waiting) == self.size:
-            rows = stack_rows([m for _, m in self._waiting])
-            steps = tuple(s for s, _ in self._waiting)
-            self._waiting = []
-            self.send_block(Block(steps, rows, names))
-
-    def drain(self) -> None:
-        """Sends the waiting steps' metrics, one by one."""
-        waiting, self._waiting = self._waiting, []
-        for step, metrics in waiting:
-            self.send(step, metrics)
+        full = self._hold(step, metrics, names)
+        if full:
+            self.send_block(Block(tuple(s for s, _ in full), stack_rows([m for _, m in full]), names))
