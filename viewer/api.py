@@ -36,7 +36,7 @@ from replay.palette import DIVERGING, NAN_RGB, SEQUENTIAL, colour_map, level_thr
 from replay.run_file import Run
 from replay.scales import Scale
 from viewer.catalog import Catalog
-from viewer.scales import ScaleBook, scale_json
+from viewer.scales import ScaleBook, frame_nbytes, scale_json
 
 MAX_RANGE = 64  # frames per request
 MAX_BYTES = 16 << 20  # bytes per frame or kernel request
@@ -223,13 +223,6 @@ def palettes() -> dict[str, Any]:
 def _test(run: Run) -> dict[str, Any] | None:
     loss, acc, count = run.test_metrics()
     return {"loss": _num(loss), "accuracy": _num(acc), "count": count} if count else None
-
-
-def frame_nbytes(run: Run, layer: str, kernel: bool) -> int:
-    """Bytes of one frame of `layer` (or of its kernel) as its file declares it, before anything is read."""
-    shape = run.kernel_shape(layer) if kernel else run.layer_shape(layer)
-    itemsize = 4 if kernel else run.layer_dtype(layer).itemsize  # kernels are stored float32
-    return itemsize * math.prod(shape)
 
 
 def too_large(run: Run, layer: str, kernel: bool = False) -> str | None:

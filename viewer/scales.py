@@ -12,6 +12,7 @@ counting thresholds, so the browser applies `value_to_index` without a copy of i
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -73,9 +74,7 @@ class ScaleBook:
     @staticmethod
     def _advance(stream: _Stream, run: Run, layer: str, total: int, kernel: bool) -> None:
         """Streams frames [counted, total) of `layer` in, at most READ_BYTES at a time."""
-        shape = run.kernel_shape(layer) if kernel else run.layer_shape(layer)
-        itemsize = 4 if kernel else run.layer_dtype(layer).itemsize
-        per_read = max(1, min(READ_BLOCK, READ_BYTES // max(1, itemsize * int(np.prod(shape)))))
+        per_read = max(1, min(READ_BLOCK, READ_BYTES // max(1, frame_nbytes(run, layer, kernel))))
         for start in range(stream.counted, total, per_read):
             block = run.read_frames(layer, np.arange(start, min(start + per_read, total)), kernel=kernel)
             if kernel:
@@ -86,6 +85,13 @@ class ScaleBook:
                 stream.top.add(block)
             stream.scale = None
         stream.counted = max(stream.counted, total)
+
+
+def frame_nbytes(run: Run, layer: str, kernel: bool) -> int:
+    """Bytes of one frame of `layer` (or of its kernel) as its file declares it, before anything is read."""
+    shape = run.kernel_shape(layer) if kernel else run.layer_shape(layer)
+    itemsize = 4 if kernel else run.layer_dtype(layer).itemsize  # kernels are stored float32
+    return itemsize * math.prod(shape)
 
 
 def scale_json(scale: Scale) -> dict[str, Any]:
