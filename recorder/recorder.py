@@ -43,6 +43,7 @@ from recorder.writer import (AnalysisLayout, DiscardingWriter, H5RunWriter, Laye
                              default_encode_threads)
 
 WRITER = "emergence.Recorder"
+TRAIN_KEYS = {"loss", "accuracy", "finite"}  # metrics of the training rows; any other key is a scalar series
 
 
 class RecorderError(ValueError):
@@ -218,7 +219,7 @@ class Recorder:
             metrics = dict(metrics)
             if "loss" in metrics or "accuracy" in metrics:
                 self._advance("train", step, strict=True)
-            if set(metrics) - {"loss", "accuracy", "finite"}:
+            if set(metrics) - TRAIN_KEYS:
                 self._advance("scalars", step, strict=False)
             self._metrics.add(step, metrics)
 
@@ -248,7 +249,7 @@ class Recorder:
             self._advance("frame", step, strict=True)
         self._advance("train", block.steps[0], strict=True)
         self._last["train"] = block.steps[-1]
-        if len(block.metric_names) > 3 or block.scalars:  # more than loss, accuracy and finite: series
+        if set(block.metric_names) - TRAIN_KEYS or block.scalars:  # anything else is a series
             self._advance("scalars", block.steps[0], strict=False)
             self._last["scalars"] = block.steps[-1]
         self._drain()  # frames and metrics handed over one by one before go first
