@@ -34,8 +34,8 @@ def datasets(path: Path) -> dict[str, np.ndarray]:
 
 def check(path: Path, original: dict[str, np.ndarray]) -> str:
     """'detected', 'unchanged' or 'silent' for the damaged copy at `path` (run in a child)."""
-    from replay.run_file import RunFileError, open_run
-    from replay.verify import verify
+    from runfile.reader import RunFileError, open_run
+    from runfile.verify import verify
 
     try:
         with open_run(path) as run:

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/checksum_cost.py [--trials 5] [--experiment keras_fashion]
 
 The chunks are real: every activation row of a short recording of the experiment (writer_throughput.py's
-frames), encoded as the writer encodes them (recorder/writer.py: shuffle + ISA-L deflate for gzip, the raw
+frames), encoded as the writer encodes them (runfile/writer.py: shuffle + ISA-L deflate for gzip, the raw
 bytes for none) with and without the checksum appended. Trials alternate; medians. The encoding is the only
 part of a write the checksum changes (HDF5 writes the 4 more bytes with the chunk).
 """
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from record_overhead import rotated
-from recorder.writer import _raw, _raw_checked, _shuffle_deflate, _shuffle_deflate_checked
+from runfile.writer import _raw, _raw_checked, _shuffle_deflate, _shuffle_deflate_checked
 from writer_throughput import real_frames
 
 ENCODERS = {("gzip", False): _shuffle_deflate, ("gzip", True): _shuffle_deflate_checked,

@@ -35,7 +35,8 @@ def main() -> None:
     jax.config.update("jax_num_cpu_devices", max(counts))  # before JAX starts; only the CPU backend reads it
     from experiments import get_experiment
     from record_overhead import advance, rotated
-    from recorder.run import TrainingLoop, make_plan
+    from recorder.loop import TrainingLoop
+    from recorder.plan import make_plan
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,7 +4,7 @@
 
 The training step of `emergence record` returns, every step, each tapped layer's weight change from
 initialisation, update ratio and gradient norm (recorder/train.py `layer_measures`). Both loops below are
-`recorder.run.TrainingLoop` without a recorder (the jitted training step alone) over the same data, model and
+`recorder.loop.TrainingLoop` without a recorder (the jitted training step alone) over the same data, model and
 initial weights; one compiled with the measures, one without. Trials alternate; medians and their ratio.
 """
 
@@ -20,7 +20,8 @@ import numpy as np
 
 from experiments import get_experiment
 from recorder.models import build_model
-from recorder.run import TrainingLoop, make_plan
+from recorder.loop import TrainingLoop
+from recorder.plan import make_plan
 from recorder.train import make_optimizer, make_step_functions
 
 CASES = "learn_to_see:8,keras_fashion:60"

@@ -11,7 +11,7 @@ recording.
 
 - bare step: the jitted training step alone, one dispatch per step from a Python loop (what a plain JAX
   loop does, and what the loop did before blocks).
-- unrecorded: `recorder.run.TrainingLoop`, the loop `emergence record` runs, with no recorder: blocks of K
+- unrecorded: `recorder.loop.TrainingLoop`, the loop `emergence record` runs, with no recorder: blocks of K
   steps per dispatch (recorder/blocks.py).
 - probe frame, no writer: the same computing each step's probe frame inside the block and dropping it
   (separates the cost of the extra forward pass from the cost of getting frames to disk).
@@ -38,7 +38,8 @@ import numpy as np
 
 from experiments import get_experiment
 from recorder.config import apply_overrides
-from recorder.run import RunPlan, TrainingLoop, make_plan
+from recorder.plan import RunPlan, make_plan
+from recorder.loop import TrainingLoop
 
 CASES = (("learn_to_see", 8), ("keras_fashion", 60))  # (experiment, steps per trial)
 PAUSE_S = 0.5
@@ -129,7 +130,7 @@ def torch_runners(experiment: str) -> dict[str, Callable[[int], float]] | None:
     import frameworks
     from recorder.data import load_dataset
     from recorder.probes import choose_probes
-    from recorder.run import epoch_permutation
+    from recorder.plan import epoch_permutation
 
     if experiment not in frameworks.ARCHITECTURES or not frameworks.available().get("torch"):
         return None

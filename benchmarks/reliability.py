@@ -7,7 +7,7 @@
    first frame and its last step, and measures how old the newest frame in the file was at the kill (an
    upper bound of the training time lost from the file; the loop may also have finished steps whose frames
    were still queued). Then repairs the file, opens it with plain h5py and Debian's `h5dump` (HDF5 1.10,
-   when installed), resumes it, and compares it with the reference (`replay/identity.py`).
+   when installed), resumes it, and compares it with the reference (`runfile/identity.py`).
 2. Checkpoint cost: recorded steps/s of `TrainingLoop` with a checkpoint every K steps vs none, trials
    alternating in one process, medians and their ratio.
 """
@@ -34,11 +34,13 @@ sys.path.insert(0, str(ROOT))
 from experiments import get_experiment  # noqa: E402
 from recorder.checkpoints import Checkpoints, checkpoint_dir  # noqa: E402
 from recorder.config import apply_overrides  # noqa: E402
-from recorder.repair import repair  # noqa: E402
-from recorder.run import TrainingLoop, checkpoint_identity, make_plan  # noqa: E402
+from runfile.repair import repair  # noqa: E402
+from recorder.loop import TrainingLoop  # noqa: E402
+from recorder.run import checkpoint_identity  # noqa: E402
+from recorder.plan import make_plan  # noqa: E402
 from recorder.run import resume  # noqa: E402
-from replay.identity import differences  # noqa: E402
-from replay.run_file import open_run  # noqa: E402
+from runfile.identity import differences  # noqa: E402
+from runfile.reader import open_run  # noqa: E402
 
 
 def record_cmd(experiment: str, out: Path, name: str, sets: list[str]) -> list[str]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from replay.animate import LayerFrames, write_animation
 from replay.gif import frame_duration_ms
-from replay.run_file import open_run
+from runfile.reader import open_run
 
 
 def ours_fps(frames: LayerFrames, values: np.ndarray) -> float:

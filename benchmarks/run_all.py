@@ -40,10 +40,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import frameworks  # noqa: E402
 import record_overhead  # noqa: E402
-from recorder.writer import _shuffle_deflate  # noqa: E402
+from runfile.writer import _shuffle_deflate  # noqa: E402
 import replay_speed  # noqa: E402
 import writer_throughput  # noqa: E402
-from recorder.writer import default_encode_threads  # noqa: E402
+from runfile.writer import default_encode_threads  # noqa: E402
 
 SECTIONS = ("e2e", "overhead", "frameworks", "replay", "storage", "rss", "writer")
 ROWS: list[tuple[str, ...]] = []
@@ -83,7 +83,7 @@ def section_e2e(folder: Path) -> Path:
 def section_overhead_and_frameworks(trials: int, with_frameworks: bool) -> None:
     from recorder.data import load_dataset
     from recorder.probes import choose_probes
-    from recorder.run import epoch_permutation
+    from recorder.plan import epoch_permutation
 
     versions = frameworks.available() if with_frameworks else {}
     ds = load_dataset("fashion_mnist")
@@ -139,7 +139,7 @@ def _torch_threads() -> int:
 
 def section_replay(run_path: Path, trials: int) -> None:
     from replay.animate import LayerFrames
-    from replay.run_file import open_run
+    from runfile.reader import open_run
 
     with open_run(run_path) as run:
         frames = LayerFrames(run, "conv6")

@@ -31,8 +31,9 @@ from pathlib import Path
 
 from experiments import get_experiment
 from record_overhead import _cpu_seconds, advance, rotated
-from recorder.run import TrainingLoop, make_plan
-from recorder.writer import H5RunWriter
+from recorder.loop import TrainingLoop
+from recorder.plan import make_plan
+from runfile.writer import H5RunWriter
 from replay import open_run
 
 SETTINGS = ((1, 1), (16, 1), (16, 2), (16, 4))  # (frames per write, encoding threads)

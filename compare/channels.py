@@ -20,7 +20,7 @@ feature map, over all images and positions (n·H·W values).
   1: it responds to one class only. NaN for a channel whose responses are all 0.
 * **dead**: every value exactly 0 on every measure image; **constant**: one value everywhere (it ignores its
   input; a dead channel is constant too); **saturated** (tanh, sigmoid): more than SATURATED_SHARE of its
-  values have |a| > 0.99 (recorder/analysis.py SATURATION). Flagged by name at the last stored step.
+  values have |a| > 0.99 (runfile/schema.py SATURATION). Flagged by name at the last stored step.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import dataclasses
 import numpy as np
 
 from compare.settling import settled_at
-from recorder.analysis import SATURATION
+from runfile.schema import SATURATION
 
 MIN_CHANGE = 0.005  # as compare/dynamics.py: below this the channel did not change
 SATURATED_SHARE = 0.9

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from compare.similarity import cka_matrix, debiased_cka
-from replay.run_file import Run
+from runfile.reader import Run
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ For layer ℓ with centred Grams K_t at the analysed steps t (recorder/analysis.
   below 0.05 it is flagged as a small change).
   Their resolution is the analysis schedule's spacing.
 
-A layer is called "no change" only when its weights agree (compare/weights.py: moved less than 5% of their
+A layer is called "no change" only when its weights agree (compare/weight_change.py: moved less than 5% of their
 initial norm, or the file stores no weights); a layer whose geometry stayed while its weights moved is
 flagged "similar geometry" with both numbers: debiased CKA is blind to what a near-linear first layer
 computes, not to how far it moved.
@@ -26,8 +26,8 @@ import numpy as np
 
 from compare.settling import settled_at
 from compare.similarity import debiased_cka
-from compare.weights import weight_change
-from replay.run_file import Run
+from compare.weight_change import weight_change
+from runfile.reader import Run
 
 NULL_SEED = 0
 MIN_CHANGE = 0.005  # 1 − drift(0) below this: the layer ended where it started, progress is not defined
@@ -47,7 +47,7 @@ class LayerDynamics:
     t90: int | None
     activity: dict[str, np.ndarray]  # name -> [A]
     flags: list[str]
-    weight_change: float | None = None  # ‖W_last − W_first‖ / ‖W_first‖ from the stored weights (compare/weights.py)
+    weight_change: float | None = None  # ‖W_last − W_first‖ / ‖W_first‖ from the stored weights (compare/weight_change.py)
 
     @property
     def init_vs_final(self) -> float:

@@ -1,5 +1,5 @@
-"""The per-channel measures (compare/channels.py) and linear probes (compare/probes.py) of one run, over the
-steps whose weights it stores (replay/snapshots.py): one forward pass of the measure images per step.
+"""The per-channel measures (compare/channels.py) and linear probes (compare/linear_probes.py) of one run, over the
+steps whose weights it stores (recorder/snapshots.py): one forward pass of the measure images per step.
 
     with open_run("runs/learn_to_see.h5") as run:
         m = measure_run(run)
@@ -19,10 +19,10 @@ import numpy as np
 from flax import nnx
 
 from compare import channels as ch
-from compare.probes import ProbeResult, linear_probe, probe_positions, split_balanced
-from replay.snapshots import MEASURE_IMAGES, MeasureSet, Snapshots, measure_set
-from replay.run_file import Run
-from recorder.capture import PRE_ACTIVATION
+from compare.linear_probes import ProbeResult, linear_probe, probe_positions, split_balanced
+from recorder.snapshots import MEASURE_IMAGES, MeasureSet, Snapshots, measure_set
+from runfile.reader import Run
+from runfile.schema import PRE_ACTIVATION
 
 
 @dataclasses.dataclass

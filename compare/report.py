@@ -25,7 +25,7 @@ from compare import plots
 from compare.channels import distribution
 from compare.dynamics import LayerDynamics, run_dynamics
 from compare.measures import RunMeasures, measure_run
-from compare.weights import weight_change, weight_series, weight_settled
+from compare.weight_change import weight_change, weight_series, weight_settled
 from compare.side_by_side import PairFrames, shared_steps
 from compare.cross import cross_similarity, probe_set_mismatch
 from replay.animate import write_animation
@@ -34,8 +34,8 @@ from replay.gif import frame_duration_ms
 from replay.grid import GridStyle
 from replay.images import atomic_path
 from replay.render import DEFAULT_MAX_MB
-from replay.run_file import Run, open_run
-from replay.snapshots import SnapshotError
+from runfile.reader import Run, open_run
+from recorder.snapshots import SnapshotError
 from replay.selection import StepRange, select_frames
 
 SATURATING = ("tanh", "sigmoid")

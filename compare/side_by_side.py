@@ -14,7 +14,7 @@ import numpy as np
 from replay.animate import LayerFrames
 from replay.grid import GridStyle
 from replay.palette import PAPER
-from replay.run_file import Run
+from runfile.reader import Run
 
 SEPARATOR = 12  # pixels of paper between the halves
 

@@ -24,7 +24,7 @@ import numpy as np
 from compare.cross import cross_similarity, probe_set_mismatch
 from compare.dynamics import run_dynamics
 from replay.images import atomic_path
-from replay.run_file import open_run
+from runfile.reader import open_run
 
 SEED = "seed"
 

@@ -71,7 +71,7 @@ def _join(args: argparse.Namespace, devices: int) -> int:
 def _resume(args: argparse.Namespace) -> int:
     enable_compilation_cache()
     from recorder.run import resume
-    from replay.run_file import open_run
+    from runfile.reader import open_run
 
     overrides = list(args.set or [])
     devices = [o.partition("=")[2] for o in overrides if o.partition("=")[0].strip() == "devices"]
@@ -88,7 +88,7 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _repair(args: argparse.Namespace) -> int:
-    from recorder.repair import repair
+    from runfile.repair import repair
 
     for path in args.runs:
         print(repair(path))
@@ -97,8 +97,8 @@ def _repair(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from replay.info import describe
-    from replay.run_file import open_run
-    from replay.verify import verify
+    from runfile.reader import open_run
+    from runfile.verify import verify
 
     code = 0
     for path in args.runs:
@@ -118,8 +118,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from replay.run_file import open_run
-    from replay.verify import verify
+    from runfile.reader import open_run
+    from runfile.verify import verify
 
     code = 0
     for path in args.runs:

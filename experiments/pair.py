@@ -17,8 +17,9 @@ from typing import Callable
 from compare import CompareOptions, compare
 from experiments.configs import get_experiment
 from recorder.config import RunConfig, apply_overrides
-from recorder.run import json_config, record
-from replay.run_file import RunFileError, open_run
+from recorder.plan import json_config
+from recorder.run import record
+from runfile.reader import RunFileError, open_run
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ from experiments.pair import reusable
 from recorder.config import RunConfig, apply_overrides
 from recorder.data import load_dataset
 from recorder.run import record
-from replay.run_file import open_run
+from runfile.reader import open_run
 
 FINE_TUNE_EPOCHS = 2
 VARIANTS = ("frozen", "all", "scratch")

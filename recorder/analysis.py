@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from runfile.schema import SATURATION
+
 ANALYSIS_FRAMES = 48
-SATURATION = 0.99  # |a| above this counts as saturated (tanh)
 STAT_NAMES = ("saturated_fraction", "dead_fraction", "constant_fraction", "zero_fraction", "mean", "std")
 STAT_DOCS = {
     "saturated_fraction": f"fraction of values with |a| > {SATURATION}",

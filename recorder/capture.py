@@ -29,14 +29,11 @@ from flax import nnx
 
 from recorder.analysis import gram_and_stats
 from recorder.taps import capture_taps, flatten_taps, path_name
+from runfile.schema import AFTER_NONLINEARITY, KERNEL_CHOICES, PRE_ACTIVATION, STAGES
 
-AFTER_NONLINEARITY = "after the nonlinearity"
-PRE_ACTIVATION = "pre-activation"  # a conv layer's own output: what is recorded when the model marks nothing
-STAGES = (AFTER_NONLINEARITY, PRE_ACTIVATION)
 NNX_MODE = "inference: the model in Module.eval() (BatchNorm running statistics, no dropout)"
 LINEN_MODE = "as module.apply(variables, x) computes it (the module's own defaults for BatchNorm and Dropout)"
 FUNCTION_MODE = "as the recorded function computes it"
-KERNEL_CHOICES = ("first", "all", "none")
 
 
 class CaptureError(ValueError):

@@ -2,7 +2,7 @@
 
 A checkpoint at step S holds the `TrainState` after update S: parameters, optimizer state and the model's
 other state (BatchNorm statistics, RNG stream keys and counters). The data order needs nothing more: the
-shuffle of every epoch is a pure function of (seed, epoch) (recorder/run.py), so the step says where the
+shuffle of every epoch is a pure function of (seed, epoch) (recorder/plan.py), so the step says where the
 data stream stands. Next to the state, a small JSON record names the step and the run's config.
 
 Saving copies the state to the host (a checkpoint is taken only once the run file holds every row up to S,

@@ -16,14 +16,13 @@ from recorder.fastconv import CONV_IMPLS
 from recorder.models import MODELS
 from recorder.schedule import parse_schedule
 from recorder.train import LR_SCHEDULES
-from recorder.writer import COMPRESSIONS
+from runfile.schema import COMPRESSIONS, KERNEL_CHOICES
 
 OPTIMIZERS = ("adam", "sgd")
 ON_NONFINITE = ("stop", "continue")
 # what `emergence resume --set` may change: keys that do not change what the steps already recorded mean
 RESUMABLE_KEYS = ("epochs", "steps", "checkpoint_every", "on_nonfinite", "conv_impl", "devices")
 DTYPES = ("float16", "float32")
-KERNEL_CHOICES = ("first", "all", "none")
 PADDINGS = ("default", "same", "valid")  # default: the model's own
 DOWNSAMPLES = ("default", "pool", "stride")
 HEADS = ("default", "flatten", "gap")

@@ -33,13 +33,13 @@ import numpy as np
 
 from recorder.analysis import (ANALYSIS_FRAMES, STAT_DOCS, STAT_NAMES, analysis_steps, choose_analysis_probes,
                                probe_set_hash)
-from recorder.async_writer import AsyncRunWriter
+from recorder.device_writer import DeviceWriter
 from recorder.batching import FRAMES_PER_TRANSFER, FrameBatcher, MetricsBatcher
 from recorder.blocks import Block
 from recorder.capture import Capture
 from recorder.schedule import recorded_steps
 from recorder.weights import flat_weights, weight_specs
-from recorder.writer import (AnalysisLayout, DiscardingWriter, H5RunWriter, LayerSpec, RunLayout,
+from runfile.writer import (AnalysisLayout, DiscardingWriter, H5RunWriter, LayerSpec, RunLayout,
                              default_encode_threads)
 
 WRITER = "emergence.Recorder"
@@ -184,7 +184,7 @@ class Recorder:
                                  encode_threads=default_encode_threads(jax.default_backend() != "cpu"))
             except ValueError as e:
                 raise RecorderError(str(e)) from None
-        self._writer = AsyncRunWriter(h5, max_pending=max_pending, nice=writer_nice)
+        self._writer = DeviceWriter(h5, max_pending=max_pending, nice=writer_nice)
         self._frames = FrameBatcher(self._writer.write_frame, self._writer.write_frames, size=frames_per_transfer)
         self._metrics = MetricsBatcher(self._send_metrics, self._writer.write_block,
                                        size=4 * frames_per_transfer if frames_per_transfer > 1 else 1)
@@ -410,7 +410,7 @@ class Recorder:
         step = self._last["train"]
         if kind is None:
             self.close("completed")
-        elif issubclass(kind, KeyboardInterrupt):  # a signal handler may name its signal (recorder/run.py)
+        elif issubclass(kind, KeyboardInterrupt):  # a signal handler may name its signal (recorder/lifecycle.py)
             self.close("interrupted", f"interrupted ({getattr(error, 'signal_name', 'Ctrl-C')}) at step {step}")
         else:
             self.close("failed", f"{kind.__name__}: {error} at step {step}")
@@ -418,7 +418,7 @@ class Recorder:
 
 def refuse_live_writer(path: Path) -> None:
     """Raises RecorderError when another live process is writing the run file at `path`."""
-    from replay.run_file import RunFileError, open_run
+    from runfile.reader import RunFileError, open_run
 
     try:
         with open_run(path) as run:

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from recorder.taps import path_name
-from recorder.writer import WeightSpec
+from runfile.writer import WeightSpec
 
 PARAM, BATCH_STAT = "Param", "BatchStat"
 
@@ -92,7 +92,7 @@ def read_weights(spec: str) -> LoadedWeights:
 
 
 def _from_run(path: Path, step: int | None) -> LoadedWeights:
-    from replay.run_file import RunFileError, open_run
+    from runfile.reader import RunFileError, open_run
 
     try:
         with open_run(path) as run:

@@ -21,7 +21,7 @@ import numpy as np
 from replay.gif import GifWriter
 from replay.grid import GridStyle, LayerGrid
 from replay.palette import build_palette, probe_to_index
-from replay.run_file import Run
+from runfile.reader import Run
 from replay.scales import Scale, ScaleSpec, resolve_scale
 from replay.selection import thin
 from replay.video import Mp4Writer

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from replay.images import atomic_path
-from replay.run_file import Run
+from runfile.reader import Run
 
 SMOOTHING = 0.9  # EMA decay of the smoothed train line, bias-corrected at the start
 

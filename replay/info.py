@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from replay.run_file import Run, _ranges
+from runfile.reader import Run, step_summary
 
 
 def describe(run: Run) -> str:
@@ -13,7 +13,7 @@ def describe(run: Run) -> str:
         f"run         {run.path}",
         f"experiment  {run.experiment}: {run.describe_training()}",
         f"status      {run.describe_status()}",
-        f"frames      {len(steps)} of steps {_ranges(steps)} (schedule {run.schedule}, {run.planned_steps} steps planned)",
+        f"frames      {len(steps)} of steps {step_summary(steps)} (schedule {run.schedule}, {run.planned_steps} steps planned)",
         f"probes      {len(run.probes()[1])} test images, indices {list(map(int, run.probes()[2]))}",
         "layers ([T, P, H, W, C]; values after the nonlinearity unless marked pre-activation):",
     ]
@@ -22,7 +22,7 @@ def describe(run: Run) -> str:
         channels = run.layer_channels(name)
         if channels != list(range(run.layer_shape(name)[-1])):  # recorded with channels=
             full = next((t["shape"][-1] for t in run.summary.get("taps", []) if t["name"] == name and t.get("shape")), "?")
-            kernel += f"  channels {_ranges(np.asarray(channels))} of {full}"
+            kernel += f"  channels {step_summary(np.asarray(channels))} of {full}"
         lines.append(f"  {name:<12} {[len(steps), *run.layer_shape(name)]}  {run.activation_label(name)}{kernel}")
     train = run.train_metrics()
     if len(train.step):
@@ -42,7 +42,7 @@ def describe(run: Run) -> str:
     specs, stored = run.weight_specs, run.weight_steps
     if specs:
         count = {k: sum(int(np.prod(s["shape"])) for s in specs if s["kind"] == k) for k in ("Param", "BatchStat")}
-        lines.append(f"weights     at steps {_ranges(stored)}: {count['Param']:,} parameters, {count['BatchStat']:,} running "
+        lines.append(f"weights     at steps {step_summary(stored)}: {count['Param']:,} parameters, {count['BatchStat']:,} running "
                      "statistics (init_from=RUN.h5[@STEP])")
     if run.initialised_from:
         lines.append(f"init        {run.initialised_from}")

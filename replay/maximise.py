@@ -36,8 +36,8 @@ import optax
 from replay import font
 from replay.grid import GAP, MARGIN, Stamp
 from replay.palette import INK, PAPER, build_palette, image_indices
-from replay.run_file import Run
-from replay.snapshots import Snapshots
+from runfile.reader import Run
+from recorder.snapshots import Snapshots
 
 LOGITS = "logits"
 

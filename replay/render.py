@@ -31,7 +31,7 @@ from replay.grid import GridStyle
 from replay.images import save_png
 from replay.index_page import Entry, write_index
 from replay.palette import NAN_RGB
-from replay.run_file import Run, open_run
+from runfile.reader import Run, open_run
 from replay.scales import ScaleSpec, spec_for
 from replay.selection import StepRange, parse_indices, select_frames
 

@@ -83,7 +83,7 @@ def write_run(path: Path, layers: dict, steps=None, activation="tanh", status="c
     """
     import json
 
-    from recorder.writer import H5RunWriter, LayerSpec, RunLayout
+    from runfile.writer import H5RunWriter, LayerSpec, RunLayout
 
     first = next(iter(layers.values()))
     t, p = first.shape[:2]

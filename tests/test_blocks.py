@@ -16,9 +16,11 @@ from conftest import tiny_config
 from experiments import get_experiment
 from recorder.config import apply_overrides
 from recorder.blocks import ANALYSE, FRAME, TRAIN, Block, BlockStep, block_size, unpack
-from recorder.run import TrainingLoop, make_plan, record
-from replay.identity import differences
-from replay.run_file import open_run
+from recorder.loop import TrainingLoop
+from recorder.plan import make_plan
+from recorder.run import record
+from runfile.identity import differences
+from runfile.reader import open_run
 from test_reliability import cli, finish, frames_of, start, wait_until
 
 BLOCKS = ["--set", "steps=120", "--set", "checkpoint_every=25", "--set", "eval_every=20", "--set", "block_steps=8"]
@@ -157,8 +159,8 @@ def test_a_block_is_one_writer_item_and_one_row_group(tmp_path):
     rec = plan.recorder(tmp_path / "b.h5")
     loop = TrainingLoop(plan, rec, evaluate=False)
     submitted = []
-    original = rec._writer._submit
-    rec._writer._submit = lambda call, *args: (submitted.append(call.__name__), original(call, *args))[1]
+    original = rec._writer.submit
+    rec._writer.submit = lambda call, *args: (submitted.append(call.__name__), original(call, *args))[1]
     with rec:
         loop.start()
         loop._run_block(1, 8)

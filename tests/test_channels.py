@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from compare import channels as ch
-from compare.probes import linear_probe, probe_positions, split_balanced
+from compare.linear_probes import linear_probe, probe_positions, split_balanced
 from recorder.config import ConfigError, RunConfig
 from recorder.run import record
 from recorder.schedule import snapshot_steps
-from replay.run_file import open_run
+from runfile.reader import open_run
 
 from conftest import tiny_config
 
@@ -111,7 +111,7 @@ def snapshot_run(tmp_path_factory):
 
 
 def test_the_rebuilt_model_reproduces_the_recorded_frames(snapshot_run):
-    from replay.snapshots import Snapshots
+    from recorder.snapshots import Snapshots
 
     with open_run(snapshot_run) as run:
         assert run.weight_steps.tolist() == snapshot_steps(5, 12).tolist()
@@ -127,7 +127,7 @@ def test_the_rebuilt_model_reproduces_the_recorded_frames(snapshot_run):
 
 def test_activation_maximisation_raises_its_objective_and_is_deterministic(snapshot_run):
     from replay.maximise import LOGITS, MaximiseSettings, maximise
-    from replay.snapshots import Snapshots
+    from recorder.snapshots import Snapshots
 
     settings = MaximiseSettings(iterations=24)
     with open_run(snapshot_run) as run:

@@ -1,10 +1,10 @@
-"""recorder/checksum.py against HDF5's own Fletcher-32 filter, byte for byte."""
+"""runfile/checksum.py against HDF5's own Fletcher-32 filter, byte for byte."""
 
 import h5py
 import numpy as np
 import pytest
 
-from recorder.checksum import fletcher32, with_checksum
+from runfile.checksum import fletcher32, with_checksum
 
 rng = np.random.default_rng(0)
 CASES = [b"", b"\x00", b"\x01", b"\xff\xff", b"\xff\xff\xff", bytes(1000), b"\xff" * 600_000,

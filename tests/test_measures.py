@@ -8,11 +8,11 @@ import pytest
 from flax import nnx
 
 from compare.dynamics import layer_dynamics
-from compare.weights import weight_change, weight_series, weight_settled
+from compare.weight_change import weight_change, weight_series, weight_settled
 from recorder.config import RunConfig
 from recorder.run import record
 from recorder.train import layer_measures
-from replay.run_file import open_run
+from runfile.reader import open_run
 
 
 def _state(**leaves):

@@ -11,7 +11,9 @@ from flax import nnx
 from conftest import tiny_config
 from recorder import Capture, Probes, Recorder, tap
 from recorder.models import MODELS, register_model
-from recorder.run import TrainingLoop, make_plan, record
+from recorder.loop import TrainingLoop
+from recorder.plan import make_plan
+from recorder.run import record
 from recorder.train import TrainState, make_optimizer, make_step_functions
 from replay import open_run
 

@@ -15,7 +15,7 @@ from recorder.models import build_model
 from recorder.run import record
 from recorder.summary import summarize
 from recorder.train import learning_rate_schedule, make_optimizer
-from replay.run_file import open_run
+from runfile.reader import open_run
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])
@@ -92,7 +92,7 @@ def test_bad_option_values_name_the_valid_ones(override, message):
 
 
 def test_an_option_a_model_does_not_take_is_one_error():
-    from recorder.run import make_plan
+    from recorder.plan import make_plan
 
     with pytest.raises(ConfigError, match=r"model 'vgg_bn' has no option downsample \(its options: dropout, head\)"):
         make_plan(dataclasses.replace(RunConfig(), model="vgg_bn", downsample="stride", dataset="synthetic"))
@@ -144,7 +144,7 @@ def test_an_augmented_run_repeats_for_its_seed_and_differs_from_an_unaugmented_o
 
 def test_training_subset_is_class_balanced_and_leaves_the_test_split():
     from recorder.data import load_dataset
-    from recorder.run import training_subset
+    from recorder.plan import training_subset
 
     full = load_dataset("synthetic", synthetic_size=512)
     sub = training_subset(full, 100)

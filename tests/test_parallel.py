@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from recorder.config import ConfigError, RunConfig
-from recorder.run import make_plan
-from replay.run_file import open_run
+from recorder.plan import make_plan
+from runfile.reader import open_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ for name, devices, steps in (("straight", 1, 10), ("resumed", 2, 6)):
     record(config, f"{out}/{name}.h5", show_progress=False, log=lambda s: None)
 resume(f"{out}/resumed.h5", ["steps=10", "devices=1"], show_progress=False, log=lambda s: None)
 from recorder.config import ConfigError
-from recorder.run import make_plan
+from recorder.plan import make_plan
 try:
     make_plan(RunConfig(model="tiny_cnn", dataset="synthetic", synthetic_size=256, batch_size=30, steps=2, devices=8))
 except ConfigError as e:
@@ -110,7 +110,8 @@ def test_a_batch_that_does_not_divide_and_too_many_devices_are_clear_errors(mesh
 
 
 def test_a_byte_budget_chooses_the_densest_schedule_that_fits(tmp_path):
-    from recorder.run import budget_schedule, record
+    from recorder.budget import budget_schedule
+    from recorder.run import record
     from recorder.schedule import recorded_steps
 
     config = RunConfig(model="tiny_cnn", dataset="synthetic", synthetic_size=512, batch_size=16, steps=60,

@@ -14,7 +14,8 @@ from flax import nnx
 from conftest import tiny_config
 from recorder import (PRE_ACTIVATION, Capture, CaptureError, Probes, Recorder, RecorderError, build_model,
                       layer_measures, load_dataset, tap)
-from recorder.run import epoch_permutation, record
+from recorder.plan import epoch_permutation
+from recorder.run import record
 from replay import open_run
 from replay.render import ReplayOptions, replay
 
@@ -161,11 +162,11 @@ def test_convenience_path_records_on_schedule_with_its_own_executable(tmp_path):
 def test_fast_frames_travel_packed_and_arrive_bit_for_bit(tmp_path, monkeypatch, gap, batches):
     """Frames that come faster than the batcher's gap are packed 8 at a time into one buffer per dtype (one
     transfer); slow ones go one by one. Either way the file holds exactly what frames_per_transfer=1 writes."""
-    from recorder.async_writer import AsyncRunWriter
+    from recorder.device_writer import DeviceWriter
 
     sent = []
-    monkeypatch.setattr(AsyncRunWriter, "write_frames", lambda self, batch: (sent.append(batch.steps),
-                                                                              self._submit(self._frames, batch)))
+    monkeypatch.setattr(DeviceWriter, "write_frames", lambda self, batch: (sent.append(batch.steps),
+                                                                           self.submit(self._frames, batch)))
     model = Small(nnx.Rngs(2))
     probes = _probes()
     x = jnp.asarray(probes.images, jnp.float32) / 255.0

@@ -17,10 +17,11 @@ from conftest import tiny_config
 from emergence.cli import main
 from recorder import Capture, Probes, Recorder
 from recorder.checkpoints import checkpoint_dir
-from recorder.repair import RepairError, open_flags, repair
-from recorder.run import RunStopped, record
-from replay.identity import differences
-from replay.run_file import RunFileError, open_run
+from runfile.repair import RepairError, open_flags, repair
+from recorder.lifecycle import RunStopped
+from recorder.run import record
+from runfile.identity import differences
+from runfile.reader import RunFileError, open_run
 
 TINY = ["--set", "steps=160", "--set", "checkpoint_every=25", "--set", "eval_every=20"]
 LEARN = ["--set", "steps=9", "--set", "checkpoint_every=3", "--set", "eval_every=3", "--set", "eval_size=200",
@@ -130,7 +131,7 @@ def test_resume_without_any_checkpoint_starts_from_the_initial_model(reference, 
     path = tmp_path / "run.h5"
     shutil.copy(reference, path)
     with h5py.File(path, "r+") as f:  # as if killed early: no checkpoint, the file holds steps 0..40
-        from recorder.writer import trim_rows
+        from runfile.writer import trim_rows
 
         trim_rows(f, 40)
         f["status"][()] = np.bytes_(b"killed")
@@ -282,7 +283,7 @@ def test_hdf5_1_10_tools_read_every_dataset(reference, tmp_path):
 
 def test_a_superblock_that_claims_the_space_of_a_failed_write_is_fitted_to_the_file(tmp_path):
     """A write that fails at a full disk leaves its reserved space in the superblock's end-of-file address."""
-    from recorder.repair import _superblock_end, fit_end_of_file, lookup3
+    from runfile.repair import _superblock_end, fit_end_of_file, lookup3
 
     path = tmp_path / "r.h5"
     record(tiny_config(steps=4), path, show_progress=False, log=lambda s: None)

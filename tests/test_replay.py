@@ -50,7 +50,7 @@ def test_tanh_zero_is_white_and_the_ends_are_the_colour_map_ends(tmp_path):
     write_run(tmp_path / "r.h5", {"conv1": acts})
     report = replay(tmp_path / "r.h5", tmp_path / "out", ReplayOptions(kernels=False, curves=False))
     assert [a.frames for _, a, _ in report.animations] == [2]
-    from replay.run_file import open_run
+    from runfile.reader import open_run
 
     with open_run(tmp_path / "r.h5") as run:
         frames = LayerFrames(run, "conv1")
@@ -72,7 +72,7 @@ def test_nan_is_drawn_magenta_and_counted(tmp_path):
     report = replay(tmp_path / "r.h5", tmp_path / "out", ReplayOptions(kernels=False, curves=False))
     assert any(note.startswith("conv1: 33 NaN values in 2 of the 3 frames shown, drawn magenta (255, 0, 255)")
                for note in report.notes), report.notes
-    from replay.run_file import open_run
+    from runfile.reader import open_run
 
     with open_run(tmp_path / "r.h5") as run:
         frames = LayerFrames(run, "conv1")
@@ -97,7 +97,7 @@ def test_unbounded_scale_is_the_percentile_of_all_steps_and_fixed(tmp_path):
     for c in range(2):
         assert per_channel.hi[c] == pytest.approx(np.percentile(acts[..., c], 99.9, method="inverted_cdf"))
     # the same scale on every frame: a value of S/2 is the same colour in the first and last frame
-    from replay.run_file import open_run
+    from runfile.reader import open_run
 
     with open_run(tmp_path / "r.h5") as run:
         frames = LayerFrames(run, "conv1")
@@ -132,7 +132,7 @@ def test_stamp_reads_back_as_the_stored_step(tmp_path):
     acts = np.linspace(-1, 1, len(steps) * 2 * 4 * 4 * 2, dtype=np.float32).reshape(len(steps), 2, 4, 4, 2)
     write_run(tmp_path / "r.h5", {"conv1": acts}, steps=steps)
     replay(tmp_path / "r.h5", tmp_path / "out", ReplayOptions(kernels=False, curves=False))
-    from replay.run_file import open_run
+    from runfile.reader import open_run
 
     with open_run(tmp_path / "r.h5") as run:
         frames = LayerFrames(run, "conv1")
@@ -144,7 +144,7 @@ def test_frame_selection_follows_every_and_steps(tmp_path):
     write_run(tmp_path / "r.h5", {"conv1": acts})
     options = ReplayOptions(every=3, steps=parse_step_range("2:15"), kernels=False, curves=False)
     report = replay(tmp_path / "r.h5", tmp_path / "out", options)
-    from replay.run_file import open_run
+    from runfile.reader import open_run
 
     with open_run(tmp_path / "r.h5") as run:
         frames = LayerFrames(run, "conv1")
@@ -270,7 +270,7 @@ def test_wide_layers_wrap_into_near_square_blocks_with_every_tile_in_its_place(t
     acts = np.broadcast_to(np.linspace(-1, 1, c, dtype=np.float32), (2, 10, 4, 4, c)).copy()  # channel c: one value
     write_run(tmp_path / "r.h5", {"conv2": acts})
     replay(tmp_path / "r.h5", tmp_path / "out", ReplayOptions(kernels=False, curves=False))
-    from replay.run_file import open_run
+    from runfile.reader import open_run
 
     with open_run(tmp_path / "r.h5") as run:
         frames = LayerFrames(run, "conv2")
@@ -299,7 +299,7 @@ def test_layouts_the_recorder_never_writes_are_refused_by_every_reader(tmp_path,
     and the viewer all open runs through open_run, which refuses with the reason."""
     import h5py
 
-    from replay.run_file import RunFileError
+    from runfile.reader import RunFileError
 
     path = tmp_path / "run.h5"
     write_run(path, {"conv1": np.zeros((2, 3, 4, 4, 2), np.float32)})
@@ -326,7 +326,7 @@ def test_layouts_the_recorder_never_writes_are_refused_by_every_reader(tmp_path,
             ds = f["layers/conv1"].create_dataset("activations", data=data, maxshape=(None, *data.shape[1:]),
                                                   chunks=(2, *data.shape[1:]))
             ds.attrs.update(attrs)
-    from replay.run_file import open_run
+    from runfile.reader import open_run
 
     with pytest.raises(RunFileError, match="not laid out as emergence writes run files"):
         open_run(path)

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import tiny_config
 from recorder.run import record
-from recorder.writer import SCHEMA_VERSION
+from runfile.schema import SCHEMA_VERSION
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "run_schema.md"
 

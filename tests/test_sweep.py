@@ -10,7 +10,7 @@ import pytest
 from compare.cross import cross_similarity
 from emergence.cli import main
 from experiments.sweep import parse_grid
-from replay.run_file import open_run
+from runfile.reader import open_run
 
 SETS = ["steps=12", "synthetic_size=256", "batch_size=32", "analysis_probes=32", "eval_size=40",
         "checkpoint_every=0"]

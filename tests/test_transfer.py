@@ -12,11 +12,12 @@ from flax import nnx, serialization
 
 from recorder.config import ConfigError, RunConfig, apply_overrides
 from recorder.models import build_model
-from recorder.run import make_plan, record
+from recorder.plan import make_plan
+from recorder.run import record
 from recorder.summary import format_summary, summarize
 from recorder.transfer import frozen_paths, head_path, initialise
 from recorder.weights import WeightsError, flat_weights
-from replay.run_file import open_run
+from runfile.reader import open_run
 
 TINY = RunConfig(experiment="t", model="tiny_cnn", dataset="synthetic", synthetic_size=512, batch_size=64, steps=6,
                  eval_every=3, analysis_probes=16, checkpoint_every=0)

@@ -111,7 +111,7 @@ def test_thresholds_give_replays_level_for_every_half_and_random_floats():
 
 
 def test_the_scale_of_a_growing_run_is_the_rule_over_the_frames_so_far(tmp_path):
-    from viewer.scales import ScaleBook
+    from viewer.scale_book import ScaleBook
 
     rng = np.random.default_rng(2)
     acts = (rng.standard_exponential(size=(9, 2, 3, 3, 2)) * np.arange(1, 10)[:, None, None, None, None]).astype(np.float32)

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from recorder.async_writer import AsyncRunWriter, WriterError
-from recorder.writer import H5RunWriter, LayerSpec, RunLayout
+from runfile.async_writer import AsyncRunWriter, WriterError
+from runfile.writer import H5RunWriter, LayerSpec, RunLayout
 from replay import open_run
 
 
@@ -142,7 +142,7 @@ def test_chunks_written_directly_decode_through_hdf5s_own_filters(tmp_path, comp
 def test_frames_beyond_the_staging_bound_are_written_before_the_flush(tmp_path, monkeypatch):
     """Host memory stays bounded: once STAGE_BYTES of frames wait, they are written as one batch; their
     steps follow at the flush, so a reader meanwhile counts none of them."""
-    import recorder.writer as w
+    import runfile.writer as w
 
     frame_bytes = 2 * 4 * 4 * 2 * np.dtype(_layout().dtype).itemsize
     monkeypatch.setattr(w, "STAGE_BYTES", 3 * frame_bytes)
@@ -165,7 +165,7 @@ def test_a_nearly_full_disk_stops_the_writer_before_a_write_that_would_not_fit(t
     frames that fit are written, the first that might not is refused whole, and the file closes readable."""
     import errno
 
-    import recorder.writer as w
+    import runfile.writer as w
 
     frame_bytes = sum(v.nbytes for v in _frame(0.0).values())
     end = {}
@@ -198,7 +198,7 @@ class _SlowDisk(H5RunWriter):
 
 
 def test_a_writer_that_falls_behind_warns_once_and_reports_its_throughput(tmp_path, monkeypatch):
-    import recorder.async_writer as aw
+    import runfile.async_writer as aw
 
     monkeypatch.setattr(aw, "BEHIND_SECONDS", 0.3)
     messages = []
@@ -218,7 +218,7 @@ def test_a_full_disk_in_the_writer_is_one_line_that_says_what_was_kept(tmp_path)
     """HDF5's raw error (a multi-line stack, buffer addresses) is never the message."""
     import errno as errno_codes
 
-    from recorder.async_writer import AsyncRunWriter, WriterError
+    from runfile.async_writer import AsyncRunWriter, WriterError
 
     class Full:
         path = tmp_path / "x.h5"

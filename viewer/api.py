@@ -33,10 +33,10 @@ from replay.animate import LayerFrames
 from replay.curves import SMOOTHING, ema
 from replay.images import png_bytes
 from replay.palette import DIVERGING, NAN_RGB, SEQUENTIAL, colour_map, level_thresholds
-from replay.run_file import Run
+from runfile.reader import Run
 from replay.scales import Scale
 from viewer.catalog import Catalog
-from viewer.scales import ScaleBook, frame_nbytes, scale_json
+from viewer.scale_book import ScaleBook, frame_nbytes, scale_json
 
 MAX_RANGE = 64  # frames per request
 MAX_BYTES = 16 << 20  # bytes per frame or kernel request

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from replay.run_file import Run, RunFileError
+from runfile.reader import Run, RunFileError
 
 MAX_RUNS = 2000  # files listed at most; a folder with more is cut and says so
 MAX_DEPTH = 6  # folder levels below RUNS_DIR that are scanned

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qsl
 
-from replay.run_file import RunFileError
+from runfile.reader import RunFileError
 from viewer.api import Api, ApiError, Reply, json_reply
 from viewer.catalog import Catalog, UnknownRun
 

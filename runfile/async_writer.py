@@ -1,10 +1,10 @@
 """Runs a `RunWriter`'s calls on one background thread: ordered, bounded, errors re-raised on the caller.
 
 `AsyncRunWriter` has the writer's own typed methods (write_frame, write_train, write_eval, write_test,
-write_scalars) and `write_block` (recorder/blocks.py); each queues a bound callable and its arguments. The training loop hands over device arrays; this thread is where they
-are copied to the host
-(`np.asarray` blocks until the step that produced them has finished), so the loop never waits for a
-transfer and can dispatch the next step at once. The queue is bounded: when the disk or the device falls
+write_scalars, write_weights); each queues a bound callable and its arguments, and `submit` queues any
+callable. The arguments are made host values on this thread by `to_host` (the identity by default; the
+recorder's `DeviceWriter` copies device arrays there, recorder/device_writer.py), so a training loop that
+hands over device arrays never waits for a transfer and can dispatch the next step at once. The queue is bounded: when the disk or the device falls
 behind, `submit` blocks, which keeps host memory flat however long the run.
 
 The thread runs at a low scheduling priority (Linux nice 19 for this thread only), so compressing frames
@@ -21,13 +21,10 @@ import threading
 import time
 from typing import Any, Callable
 
-import jax
 import numpy as np
 
-from recorder.batching import FrameBatch
-from recorder.blocks import Block, unpack
-from recorder.parallel import host
-from recorder.writer import H5RunWriter, RunWriter
+from runfile.errors import describe
+from runfile.writer import RunWriter
 
 _STOP = object()
 HEARTBEAT_SECONDS = 5.0  # an idle writer still flushes this often, so readers can tell it is alive
@@ -37,28 +34,12 @@ BEHIND_SECONDS = 5.0  # training time spent waiting for the writer before it war
 BEHIND_SHARE = 0.5  # ... if the writer spent at least this share of the time writing
 
 
-def describe(error: BaseException) -> str:
-    """`Type: message` on one line: HDF5's errors carry a multi-line stack with buffer addresses; the first
-    line says what failed."""
-    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-    return f"{type(error).__name__}: {first[:300]}"
-
-
 def _disk_full(error: BaseException) -> bool:
     return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error)
 
 
 class WriterError(RuntimeError):
     """The background writer failed; the run file holds everything written before the failure."""
-
-
-def to_host(tree: Any) -> Any:
-    """Device arrays -> numpy (blocks until they are computed). Runs on the writer thread only: a replicated
-    array of a multi-process run is read from this process's own replica, never through a collective."""
-    for leaf in jax.tree.leaves(tree):  # start every transfer of the item first: they overlap, then wait once
-        if isinstance(leaf, jax.Array) and leaf.is_fully_addressable:
-            leaf.copy_to_host_async()
-    return jax.tree.map(host, tree)
 
 
 class AsyncRunWriter:
@@ -71,6 +52,7 @@ class AsyncRunWriter:
     def __init__(self, writer: RunWriter, max_pending: int = 8, flush_seconds: float = 1.0, nice: int = 19,
                  heartbeat_seconds: float = HEARTBEAT_SECONDS):
         self.writer = writer
+        self.to_host: Callable[[tuple], tuple] = lambda args: args  # run on the worker before each call
         self.path = writer.path
         self.latest_train: dict[str, float] = {}
         self.nonfinite_step: int | None = None  # the first step whose watched values were not all finite
@@ -84,8 +66,6 @@ class AsyncRunWriter:
         self.busy_seconds = 0.0  # time the worker spent writing (encoding, HDF5), after the host copy
         self.waited_seconds = 0.0  # time the training side waited because the queue was full
         self.on_behind: Any = None  # called once with a message when the training side first waits BEHIND_SECONDS
-        self.seconds_per_step: float | None = None  # training's pace, measured between blocks' arrivals
-        self._arrived: float | None = None
         self._warned = False
         self._started = time.monotonic()
         self._thread = threading.Thread(target=self._work, name="emergence-writer", daemon=True)
@@ -110,7 +90,7 @@ class AsyncRunWriter:
                     return
                 if item is not None and self._error is None:
                     call, args = item
-                    values = to_host(args)  # waits for the step that computes them: not the writer's time
+                    values = self.to_host(args)  # waits for the step that computes them: not the writer's time
                     t0 = time.perf_counter()
                     call(*values)
                     self.busy_seconds += time.perf_counter() - t0
@@ -133,7 +113,7 @@ class AsyncRunWriter:
 
     def watch(self, step: Any, *values: Any) -> None:
         """Queues a finiteness check of `values` for `step` (device arrays are copied on this thread)."""
-        self._submit(self._watch, step, values)
+        self.submit(self._watch, step, values)
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -147,7 +127,7 @@ class AsyncRunWriter:
                 "the file keeps every frame written before the failure."
             ) from self._error
 
-    def _submit(self, call: Callable[..., None], *args: Any) -> None:
+    def submit(self, call: Callable[..., None], *args: Any) -> None:
         """Queues `call(*args)` (a method of the wrapped writer or of this one), to run on the worker with host
         copies of `args` (which may hold device arrays). Blocks while the queue is full."""
         if self._closed:
@@ -176,52 +156,11 @@ class AsyncRunWriter:
                 f"the loop waited {self.waited_seconds:.1f} s on its full queue (for steps to compute or be written)")
 
     def write_frame(self, step: int, frame: Any, wall_time: float | None = None) -> None:
-        self._submit(self._frame, step, frame, wall_time)
+        self.submit(self._frame, step, frame, wall_time)
 
     def _frame(self, step: int, frame: Any, wall_time: float | None) -> None:
         self.frame_bytes += sum(v.nbytes for v in frame.values())
         self.writer.write_frame(step, frame, wall_time)
-
-    def _frames(self, batch: FrameBatch) -> None:
-        self.frame_bytes += batch.nbytes
-        arrays = unpack({d: b.reshape(len(batch.steps), -1) for d, b in batch.buffers.items()}, batch.layout)
-        if any(key.startswith("analysis/") for key, _, _ in batch.layout):
-            self.writer.write_analysis(batch.steps, arrays)
-        self.writer.write_frames(batch.steps, arrays)  # one staged call for the batch
-
-    def write_frames(self, batch: FrameBatch) -> None:
-        """Queues packed frames (recorder/batching.py): one host copy per buffer, then each frame is written."""
-        self._submit(self._frames, batch)
-
-    def write_block(self, block: Block) -> None:
-        """Queues a block of steps (recorder/blocks.py): one host copy per buffer, then one staged write per
-        dataset for its training rows, series, frames and analysis rows."""
-        self._submit(self._block, block)
-
-    def _block(self, block: Block) -> None:
-        now = time.monotonic()
-        if self._arrived is not None:  # the pace of training as the host sees it (compile and first block excluded)
-            per_step = (now - self._arrived) / len(block.steps)
-            self.seconds_per_step = per_step if self.seconds_per_step is None else (
-                0.7 * self.seconds_per_step + 0.3 * per_step)
-        self._arrived = now
-        steps = np.asarray(block.steps, np.int64)
-        columns = block.columns()
-        loss, accuracy, finite = columns.pop("loss"), columns.pop("accuracy"), columns.pop("finite", None)
-        ok = np.isfinite(loss) & (True if finite is None else finite > 0)
-        if self.nonfinite_step is None and not ok.all():
-            self.nonfinite_step = int(steps[np.argmin(ok)])
-        self.writer.write_train(steps, loss, accuracy)
-        series = {**columns, **block.scalars}
-        if series:
-            self.writer.write_series(steps, series)
-        arrays = block.frame_arrays()
-        if block.analysis_steps:
-            self.writer.write_analysis(block.analysis_steps, arrays)
-        if block.frame_steps:
-            self.frame_bytes += block.frame_nbytes
-            self.writer.write_frames(block.frame_steps, arrays)
-        self.latest_train = {"step": int(steps[-1]), "loss": float(loss[-1]), "accuracy": float(accuracy[-1])}
 
     def _train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any, watch: Any) -> None:
         if watch:
@@ -233,19 +172,19 @@ class AsyncRunWriter:
 
     def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None, watch: tuple = ()) -> None:
         """Queues training rows, and a finiteness check of the values in `watch` (see `_watch`)."""
-        self._submit(self._train, step, loss, accuracy, wall_time, watch)
+        self.submit(self._train, step, loss, accuracy, wall_time, watch)
 
     def write_eval(self, step: int, loss: Any, accuracy: Any) -> None:
-        self._submit(self.writer.write_eval, step, loss, accuracy)
+        self.submit(self.writer.write_eval, step, loss, accuracy)
 
     def write_test(self, loss: Any, accuracy: Any, count: int) -> None:
-        self._submit(self.writer.write_test, loss, accuracy, count)
+        self.submit(self.writer.write_test, loss, accuracy, count)
 
     def write_scalars(self, step: int, values: Any) -> None:
-        self._submit(self.writer.write_scalars, step, values)
+        self.submit(self.writer.write_scalars, step, values)
 
     def write_weights(self, step: int, values: Any) -> None:
-        self._submit(self.writer.write_weights, step, values)
+        self.submit(self.writer.write_weights, step, values)
 
     def after_written(self, call: Callable[..., None], *args: Any) -> None:
         """Queues `call(*host copies of args)`, to run on the worker once everything submitted before is
@@ -254,12 +193,12 @@ class AsyncRunWriter:
             self.writer.flush()
             call(*values)
 
-        self._submit(after_flush, *args)
+        self.submit(after_flush, *args)
 
     def wait(self) -> None:
         """Blocks until everything submitted so far is written and flushed to the file; re-raises a background
         failure."""
-        self._submit(self.writer.flush)
+        self.submit(self.writer.flush)
         self._queue.join()
         self._raise_if_failed()
 
@@ -279,11 +218,7 @@ class AsyncRunWriter:
                 self.writer.set_status(status, message)
         finally:
             try:
-                self.writer.close()
-                if self._error is not None and isinstance(self.writer, H5RunWriter):
-                    from recorder.repair import fit_end_of_file
-
-                    fit_end_of_file(self.path)  # a write HDF5 began and could not finish reserved its space
+                self.writer.close(failed=self._error is not None)
             finally:
                 self._raise_if_failed()
 

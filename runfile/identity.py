@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from replay.run_file import open_run
+from runfile.reader import open_run
 
 TIMING = ("frames/wall_time", "train/wall_time", "updated_unix", "status_message")
 VOLATILE_ATTRS = ("created_unix", "writer_pid", "writer_host", "writer_started_unix", "versions_json")

@@ -1,5 +1,5 @@
 """A run's model at the steps whose weights the file stores, run again on fixed held-out images: what the
-per-channel measures (compare/channels.py), the linear probes (compare/probes.py) and feature visualisation
+per-channel measures (compare/channels.py), the linear probes (compare/linear_probes.py) and feature visualisation
 (replay/maximise.py) read.
 
 The model is rebuilt from the run's config with `recorder.models.build_model` (model, activation, options,
@@ -34,7 +34,7 @@ from recorder.data import load_dataset
 from recorder.models import MODELS, build_model
 from recorder.taps import capture_taps, flatten_taps, path_name
 from recorder.train import to_inputs
-from replay.run_file import Run
+from runfile.reader import Run
 
 MEASURE_IMAGES = 2000  # held-out images the measures run on (fewer when the test split is smaller)
 BATCH = 500  # images per forward pass

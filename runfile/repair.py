@@ -19,9 +19,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from recorder.writer import LIBVER, MESSAGE_BYTES, trim_rows
-from replay.preflight import find_superblock
-from replay.run_file import open_run
+from runfile.schema import LIBVER, MESSAGE_BYTES
+from runfile.writer import trim_rows
+from runfile.preflight import find_superblock
+from runfile.reader import open_run
 
 FLAGS_AT = 11  # superblock versions 2 and 3: signature, version, size of offsets, size of lengths, flags
 _M = 0xFFFFFFFF

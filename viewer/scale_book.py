@@ -21,7 +21,7 @@ from replay.animate import READ_BLOCK, kernel_scale
 
 READ_BYTES = 16 << 20  # read at a time while a scale streams a layer in
 from replay.palette import level_thresholds
-from replay.run_file import Run
+from runfile.reader import Run
 from replay.scales import Scale, ScaleSpec, TopAbs, fixed_scale, percentile_scale, values_per_frame
 
 AUTO = ScaleSpec(None, "auto")

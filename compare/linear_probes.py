@@ -10,7 +10,7 @@ and its held-out accuracy is argmax(X_eval W + b) = label on the evaluation imag
 λ = mean(diag K) × 10^k, k = -6 .. 2. The choice is scale-invariant, so a layer whose activations are tiny
 (at initialisation) is probed as fairly as a large one.
 
-Fit and evaluation images (`split_balanced`): the measure set (replay/snapshots.py), alternating within
+Fit and evaluation images (`split_balanced`): the measure set (recorder/snapshots.py), alternating within
 each class: each half is class-balanced, and no image is in both.
 """
 

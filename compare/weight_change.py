@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from compare.settling import settled_at
-from replay.run_file import Run
+from runfile.reader import Run
 
 MEASURES = ("weight_change", "update_ratio", "grad_norm")  # the per-layer series of docs/run_schema.md
 

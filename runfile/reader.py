@@ -22,18 +22,15 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from replay.preflight import superblock_problem
+from runfile.preflight import superblock_problem
+from runfile.schema import AFTER_NONLINEARITY, SCHEMA, SUPPORTED_VERSIONS
 
 try:  # registers the zstd/lz4/... HDF5 filters, for run files recorded with compression=zstd
     import hdf5plugin  # noqa: F401
 except ImportError:
     pass
 
-SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6, 7)  # 2 added /analysis; 3 /scalars, stage, interrupted; 4 the writer's
-# identity; 5 /weights; 6 the layers' channels_json (channel subsets); 7 Fletcher-32 checksums on every chunk
 STALE_SECONDS = 60.0  # a `running` file with no flush (heartbeat) for this long was left by a recorder that is gone
-STATES = ("recording", "completed", "failed", "interrupted", "diverged", "killed")
-AFTER_NONLINEARITY = "after the nonlinearity"  # the stage of every layer of a version 1 or 2 file
 
 
 class RunFileError(ValueError):
@@ -92,7 +89,7 @@ class Run:
         except OSError as e:
             raise RunFileError(f"{self.path} is not a readable HDF5 run file ({e})") from e
         attrs = self._f.attrs
-        if attrs.get("schema") != "emergence.run":
+        if attrs.get("schema") != SCHEMA:
             self._f.close()
             raise RunFileError(f"{self.path} is an HDF5 file but not an emergence run (no schema attribute)")
         try:
@@ -184,7 +181,7 @@ class Run:
         return {"pid": int(a["writer_pid"]), "host": str(a["writer_host"]), "started_unix": float(a["writer_started_unix"])}
 
     def state(self, stale_seconds: float = STALE_SECONDS) -> tuple[str, str]:
-        """(one of STATES, a reason or ""). A `running` file is `killed` when its writer process is gone (same
+        """(one of schema.py STATES, a reason or ""). A `running` file is `killed` when its writer process is gone (same
         host) or its heartbeat (`updated_unix`, refreshed every few seconds) is older than `stale_seconds`."""
         status = self.status
         if status == "running":
@@ -280,7 +277,7 @@ class Run:
         pos = np.searchsorted(all_steps, steps)
         bad = [s for s, p in zip(steps, pos) if p >= len(all_steps) or all_steps[p] != s]
         if bad:
-            raise KeyError(f"steps {bad[:5]} were not recorded; recorded: {_ranges(all_steps)}")
+            raise KeyError(f"steps {bad[:5]} were not recorded; recorded: {step_summary(all_steps)}")
         return pos
 
     def activations(self, layer: str, steps: Sequence[int] | None = None) -> np.ndarray:
@@ -476,7 +473,7 @@ def _read_rows(ds: h5py.Dataset, positions: Sequence[int] | np.ndarray) -> np.nd
     return np.stack([ds[int(p)] for p in positions])
 
 
-def _ranges(steps: np.ndarray) -> str:
+def step_summary(steps: np.ndarray) -> str:
     if len(steps) == 0:
         return "none"
     if len(steps) <= 6:

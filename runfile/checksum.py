@@ -1,4 +1,4 @@
-"""HDF5's Fletcher-32 checksum, for the chunks the writer encodes itself (recorder/writer.py).
+"""HDF5's Fletcher-32 checksum, for the chunks the writer encodes itself (runfile/writer.py).
 
 A dataset created with HDF5's `fletcher32` filter stores, after its other filters, a 4-byte checksum at the end
 of every chunk, and every HDF5 reader (h5py, h5dump, MATLAB, Julia) verifies it on read: a damaged chunk

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import h5py
 
-from replay.run_file import Run
+from runfile.errors import first_line
+from runfile.reader import Run
 
 BULK = ("/activations", "/gram", "/kernel")  # the datasets quick=True skips: one big chunk per row
 
@@ -27,7 +28,7 @@ class Damage:
     reason: str
 
     def describe(self) -> str:
-        where = (f"steps {_ranges(self.steps)}" if self.steps else f"rows {_ranges(self.rows)}") if self.rows else "metadata"
+        where = (f"steps {compact_ranges(self.steps)}" if self.steps else f"rows {compact_ranges(self.rows)}") if self.rows else "metadata"
         return f"/{self.dataset} ({where}): {self.reason}"
 
 
@@ -64,12 +65,12 @@ def verify(run: Run, quick: bool = False) -> Verdict:
             if isinstance(obj, h5py.Dataset):
                 datasets.append((name, obj))
         except (OSError, RuntimeError, KeyError, ValueError) as e:
-            damaged.append(Damage(name, [], [], _reason(e)))
+            damaged.append(Damage(name, [], [], first_line(e, 200)))
 
     try:
         f.visititems(visit)
     except (OSError, RuntimeError, KeyError, ValueError) as e:
-        damaged.append(Damage("", [], [], f"the file's structure cannot be walked: {_reason(e)}"))
+        damaged.append(Damage("", [], [], f"the file's structure cannot be walked: {first_line(e, 200)}"))
     chunks = nbytes = 0
     for name, ds in datasets:
         if quick and name.endswith(BULK):
@@ -82,7 +83,7 @@ def verify(run: Run, quick: bool = False) -> Verdict:
                 nbytes += ds[rows].nbytes
             except (OSError, RuntimeError, ValueError) as e:
                 bad += list(range(*rows[0].indices(ds.shape[0]))) if ds.shape else [0]
-                reason = reason or _reason(e)
+                reason = reason or first_line(e, 200)
         if bad:
             damaged.append(Damage(name, bad, _steps_of(f, name, bad), reason))
     return Verdict(run.path, damaged, len(datasets), chunks, nbytes, quick)
@@ -112,12 +113,7 @@ def _steps_of(f: h5py.File, name: str, rows: list[int]) -> list[int]:
     return [int(steps[r]) for r in rows if r < len(steps)]
 
 
-def _reason(error: BaseException) -> str:
-    first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-    return first[:200]
-
-
-def _ranges(values: list[int]) -> str:
+def compact_ranges(values: list[int]) -> str:
     """[1, 2, 3, 7] -> '1-3, 7'."""
     out, values = [], sorted(set(values))
     start = prev = values[0] if values else 0

@@ -49,18 +49,9 @@ import h5py
 import numpy as np
 from isal import isal_zlib
 
-from recorder.checksum import with_checksum
-
-SCHEMA = "emergence.run"
-SCHEMA_VERSION = 7
-# the oldest file format that SWMR allows: HDF5 1.10 readers (Debian 12, MATLAB, older h5py) read every dataset
-LIBVER = ("v110", "latest")
-STATUS_BYTES = 16
-MESSAGE_BYTES = 4096
-STATUSES = ("running", "completed", "failed", "interrupted", "diverged", "killed")
-COMPRESSIONS = ("none", "gzip", "lzf", "zstd")
-MAX_SCALARS = 256  # names of extra scalar series a run can log
-SCALAR_NAME_BYTES = 64
+from runfile.checksum import with_checksum
+from runfile.schema import (AFTER_NONLINEARITY, COMPRESSIONS, LIBVER, MAX_SCALARS, MESSAGE_BYTES, SCALAR_NAME_BYTES,
+                            SCHEMA, SCHEMA_VERSION, STATUS_BYTES, STATUSES)
 STAGE_BYTES = 32 << 20  # frames staged beyond this many bytes are written before the next flush
 ROOM_MARGIN = 1 << 20  # bytes kept free beyond the rows themselves: the metadata HDF5 allocates with them
 
@@ -104,8 +95,9 @@ class RunWriter(Protocol):
     def write_series(self, steps: Any, values: Mapping[str, Any]) -> None: ...
     def write_weights(self, step: int, values: Mapping[str, Any]) -> None: ...
     def set_status(self, status: str, message: str = "") -> None: ...
+    def last_steps(self) -> dict[str, int]: ...
     def flush(self) -> None: ...
-    def close(self) -> None: ...
+    def close(self, failed: bool = False) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +106,7 @@ class LayerSpec:
     shape: tuple[int, int, int]  # (H, W, C) of one probe's activation
     activation: str
     kernel_shape: tuple[int, ...] | None = None  # (kh, kw, C_in, C_out) when the kernel is recorded
-    stage: str = "after the nonlinearity"  # or "pre-activation": a conv's own output (recorder/capture.py)
+    stage: str = AFTER_NONLINEARITY  # or PRE_ACTIVATION: a conv's own output (runfile/schema.py)
     channels: tuple[int, ...] | None = None  # the layer's channel numbers that are recorded; None: all of them
 
 
@@ -179,7 +171,7 @@ def _shuffle_deflate_checked(row: np.ndarray) -> bytes:
 
 # filter pipeline of a dataset -> the encoder that stores a whole chunk as that pipeline would (the deflate
 # level is not part of the format); datasets with other pipelines (lzf, zstd) go through HDF5's filters.
-# Schema 7 ends every pipeline with Fletcher-32 (recorder/checksum.py); files of older schemas, resumed, keep theirs
+# Schema 7 ends every pipeline with Fletcher-32 (runfile/checksum.py); files of older schemas, resumed, keep theirs
 _SHUFFLE, _DEFLATE, _FLETCHER32 = h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_FLETCHER32
 _ENCODERS = {(): _raw, (_SHUFFLE, _DEFLATE): _shuffle_deflate,
              (_FLETCHER32,): _raw_checked, (_SHUFFLE, _DEFLATE, _FLETCHER32): _shuffle_deflate_checked}
@@ -363,7 +355,7 @@ class H5RunWriter:
         """Creates the run file of `layout`; or, with `resume_after=S`, reopens an existing run file of the same
         layout to continue it after step S: rows of later steps are dropped (`trim_rows`), the test result is
         cleared, the planned steps and config become `layout`'s (an extended run) and the status is `running`
-        again. The file must not be open for writing elsewhere (`recorder/repair.py` clears a killed writer's
+        again. The file must not be open for writing elsewhere (`runfile/repair.py` clears a killed writer's
         flag). `encode_threads` encode a batch of frames' chunks at once (default: `default_encode_threads`)."""
         self.path = Path(path)
         self._encode_threads = default_encode_threads() if encode_threads is None else max(1, int(encode_threads))
@@ -669,8 +661,9 @@ class H5RunWriter:
         self._staged_bytes = 0
         self._room = room(self.path, self._file.id.get_filesize())[0]
 
-    def close(self) -> None:
-        """Writes what is staged (unless the writer is broken) and closes the file."""
+    def close(self, failed: bool = False) -> None:
+        """Writes what is staged (unless the writer is broken) and closes the file. `failed`: a write failed
+        before (a full disk): the space HDF5 reserved for it and could not fill is given back (repair.py)."""
         try:
             if self._file.id.valid:
                 try:
@@ -680,3 +673,7 @@ class H5RunWriter:
         finally:
             if self._pool is not None:
                 self._pool.shutdown()
+        if failed:
+            from runfile.repair import fit_end_of_file
+
+            fit_end_of_file(self.path)
