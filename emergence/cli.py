@@ -7,6 +7,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import Any, Sequence
 
 USAGE_ERRORS = (ValueError, FileExistsError, FileNotFoundError, KeyError)
 INFO_FULL_CHECK_BYTES = 200 * 1024**2  # `info` reads every chunk of files up to this size, the rest but frames
@@ -216,28 +217,13 @@ def _process_arguments(p: argparse.ArgumentParser) -> None:
 LIGHT_COMMANDS = ("info", "replay", "serve", "verify")  # read files only: their parser does not import JAX (start-up)
 
 
-def build_parser(light: bool = False) -> argparse.ArgumentParser:
-    """The CLI's parser. `light`: the experiment and config-key lists in the help of `record` and `sweep` are
-    left out, so that building it imports no JAX (for the commands that only read files)."""
-    if light:
-        EXPERIMENTS, override_keys = ("see `emergence record --help`",), lambda: ["see `emergence record --help`"]
-        RESUMABLE_KEYS: tuple[str, ...] = ("see `emergence resume --help`",)
-    else:
-        from experiments import EXPERIMENTS
-        from recorder.config import RESUMABLE_KEYS, override_keys
-
-    parser = argparse.ArgumentParser(
-        prog="emergence",
-        description="Record how a CNN's conv features emerge during training, and replay them.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _sweep_parser(sub: Any, experiments: Sequence[str]) -> None:
     swp = sub.add_parser(
         "sweep", help="record every combination of a grid of config values, then report over them",
         description="Record EXPERIMENT for every combination of the --grid values (complete runs with the same "
         "config are reused), then write OUT/NAME/report.md: per run test accuracy and t50/t90; for seeds of the "
         "same config the same-layer similarity and the layer-matching accuracy (compare/sweep.py).")
-    swp.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS)}")
+    swp.add_argument("experiment", help=f"one of: {', '.join(experiments)}")
     swp.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a swept config key (repeatable), e.g. "
                      "--grid activation=tanh,relu --grid seed=0,1,2")
     swp.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run")
@@ -248,13 +234,15 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     swp.add_argument("--no-progress", action="store_true", help="no progress bars")
     swp.set_defaults(func=_sweep)
 
+
+def _record_parser(sub: Any, experiments: Sequence[str], config_keys: Sequence[str]) -> None:
     rec = sub.add_parser(
         "record",
         help="train an experiment and record every conv layer on fixed probes into an HDF5 run file",
         description="Train EXPERIMENT and record every tapped conv layer at every scheduled step into "
-        f"OUT/NAME.h5. Config keys (see recorder/config.py): {', '.join(override_keys())}.",
+        f"OUT/NAME.h5. Config keys (see recorder/config.py): {', '.join(config_keys)}.",
     )
-    rec.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS)}")
+    rec.add_argument("experiment", help=f"one of: {', '.join(experiments)}")
     rec.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable), "
                      "e.g. --set activation=relu --set schedule=every:5")
     rec.add_argument("--out", default="runs", help="output folder (default: runs)")
@@ -267,6 +255,8 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
                      "instead of refusing; else record it")
     rec.set_defaults(func=_record)
 
+
+def _resume_parser(sub: Any, resumable: Sequence[str]) -> None:
     res = sub.add_parser(
         "resume", help="continue a killed, interrupted, failed or diverged run from its last checkpoint, or extend one",
         description="Continue RUN.h5 from the last checkpoint (RUN.ckpt/, taken every checkpoint_every steps and "
@@ -274,12 +264,14 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         "the checkpoint are dropped and recorded again, so the finished file equals an uninterrupted run's (bitwise "
         "on the CPU). A completed run is extended with --set epochs=N or steps=N.")
     res.add_argument("run", metavar="RUN.h5")
-    res.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"any of {', '.join(RESUMABLE_KEYS)} "
+    res.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"any of {', '.join(resumable)} "
                      "(other keys would change what the recorded steps mean)")
     res.add_argument("--no-progress", action="store_true", help="no progress bar")
     _process_arguments(res)
     res.set_defaults(func=_resume)
 
+
+def _repair_parser(sub: Any) -> None:
     rep_ = sub.add_parser(
         "repair", help="make a killed run's file an ordinary closed HDF5 file (marked killed at step N)",
         description="Clear the open-for-write flags that a killed recorder leaves in RUN.h5 (so h5py, h5dump, "
@@ -288,12 +280,16 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     rep_.add_argument("runs", nargs="+", metavar="RUN.h5")
     rep_.set_defaults(func=_repair)
 
+
+def _info_parser(sub: Any) -> None:
     info = sub.add_parser("info", help="describe run files: layers, shapes, steps, metrics, status",
                           description="Print what a run file holds: layers and shapes, recorded steps, "
                           "final metrics and status. Works on runs still recording and on killed runs.")
     info.add_argument("runs", nargs="+", metavar="RUN.h5")
     info.set_defaults(func=_info)
 
+
+def _verify_parser(sub: Any) -> None:
     ver = sub.add_parser("verify", help="read every chunk of run files back and name what is damaged",
                          description="Read every metadata object and every chunk of each run file (HDF5 checks "
                          "each chunk's Fletcher-32 checksum, schema 7) and name each damaged dataset with the steps "
@@ -302,6 +298,8 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     ver.add_argument("--quick", action="store_true", help="skip the frames' and Grams' chunks (what info checks)")
     ver.set_defaults(func=_verify)
 
+
+def _replay_parser(sub: Any) -> None:
     rep = sub.add_parser(
         "replay", help="render a run file: one GIF per layer, curves, filters, snapshots and index.html",
         description="Render RUN.h5 into OUT (default: the run file's path without .h5): one animated GIF per "
@@ -337,6 +335,8 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
                      "pip install 'emergence[video]')")
     rep.set_defaults(func=_replay)
 
+
+def _compare_parser(sub: Any) -> None:
     cmp = sub.add_parser(
         "compare", help="one run's layer dynamics, or two runs' layers side by side and measured",
         description="With one run: per-layer drift to the final step, progress, t50/t90 (when each layer "
@@ -361,6 +361,8 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
                      "(they re-run the model at every stored weight step on 2,000 held-out images)")
     cmp.set_defaults(func=_compare)
 
+
+def _serve_parser(sub: Any) -> None:
     srv = sub.add_parser(
         "serve", help="a live browser viewer of every run under a folder",
         description="Serve every run file under RUNS_DIR to a browser: the run list, every layer at one step "
@@ -372,6 +374,35 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8421, help="port (default 8421; 0 picks a free one)")
     srv.add_argument("--open", action="store_true", help="open the viewer in the default browser")
     srv.set_defaults(func=_serve)
+
+
+def build_parser(light: bool = False) -> argparse.ArgumentParser:
+    """The CLI's parser. `light`: the experiment and config-key lists in the help of `record` and `sweep` are
+    left out, so that building it imports no JAX (for the commands that only read files)."""
+    if light:
+        experiments: Sequence[str] = ("see `emergence record --help`",)
+        config_keys: Sequence[str] = ("see `emergence record --help`",)
+        resumable: Sequence[str] = ("see `emergence resume --help`",)
+    else:
+        from experiments import EXPERIMENTS
+        from recorder.config import RESUMABLE_KEYS, override_keys
+
+        experiments, config_keys, resumable = tuple(EXPERIMENTS), override_keys(), RESUMABLE_KEYS
+
+    parser = argparse.ArgumentParser(
+        prog="emergence",
+        description="Record how a CNN's conv features emerge during training, and replay them.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _sweep_parser(sub, experiments)
+    _record_parser(sub, experiments, config_keys)
+    _resume_parser(sub, resumable)
+    _repair_parser(sub)
+    _info_parser(sub)
+    _verify_parser(sub)
+    _replay_parser(sub)
+    _compare_parser(sub)
+    _serve_parser(sub)
     return parser
 
 
