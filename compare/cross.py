@@ -29,7 +29,7 @@ def probe_set_mismatch(a: Run, b: Run) -> str | None:
     """Why the two runs' analysis probe sets cannot be compared, or None if they are the same set."""
     for tag, run in (("A", a), ("B", b)):
         if not run.has_analysis:
-            return f"run {tag} ({run.path.name}) has no analysis probe set (recorded with analysis_probes=0 or an older version)"
+            return f"run {tag}: {run.missing_analysis()}"
     pa, pb = a.analysis_probe_set(), b.analysis_probe_set()
     if pa["sha256"] != pb["sha256"]:
         return (f"the analysis probe sets differ: A used {len(pa['indices'])} {pa['dataset']} images "

@@ -175,8 +175,7 @@ def _layers(options: CompareOptions, available: list[str]) -> list[str]:
 
 def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str], None]) -> CompareReport:
     if not run.has_analysis:
-        raise ValueError(f"{run.path} has no analysis probe set (recorded with analysis_probes=0 or an older "
-                         "version); record it again to see its dynamics")
+        raise ValueError(f"{run.missing_analysis()}; it is needed to see the run's dynamics")
     out.mkdir(parents=True, exist_ok=True)
     layers = _layers(options, run.layers)
     dyn = run_dynamics(run, layers)
@@ -298,9 +297,10 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
                          "and each run's own dynamics, and skips every similarity between the runs")
     notes = [f"similarity between the runs skipped (--force): {mismatch}"] if mismatch else []
     shared = [n for n in a.layers if n in b.layers]
-    if not shared:
-        raise ValueError(f"the runs have no layer name in common (A: {', '.join(a.layers)}; B: {', '.join(b.layers)})")
-    layers = _layers(options, shared)
+    if not shared and options.layers is None:
+        notes.append(f"the runs have no layer name in common (A: {', '.join(a.layers)}; B: {', '.join(b.layers)}): no "
+                     "side-by-side GIFs or same-layer rows; the layer map relates every layer of A to every layer of B")
+    layers = _layers(options, shared) if shared or options.layers is not None else []
     out.mkdir(parents=True, exist_ok=True)
     names = (a.path.stem, b.path.stem)
     files: list[Path] = []
@@ -322,11 +322,13 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
                 + (f"  (dropped {anim.dropped} to fit --max-mb)" if anim.dropped else ""))
 
     files.append(write_comparison_curves([("A", a), ("B", b)], out / "curves.png"))
-    dyn = {tag: run_dynamics(r, layers) for tag, r in (("A", a), ("B", b)) if r.has_analysis}
+    own = {"A": layers or list(a.layers), "B": layers or list(b.layers)}  # each run's layers when none is shared
+    dyn = {tag: run_dynamics(r, own[tag]) for tag, r in (("A", a), ("B", b)) if r.has_analysis}
     before = len(notes)
     measured: dict[str, RunMeasures] = {}
     if options.measures:
-        measured = {tag: m for tag, r in (("A", a), ("B", b)) if (m := _measure(r, layers, notes, log)) is not None}
+        measured = {tag: m for tag, r in (("A", a), ("B", b))
+                    if (m := _measure(r, own[tag], notes, lambda line, t=tag: log(f"{t}: {line}"))) is not None}
         for tag, m in measured.items():
             if tag in dyn:
                 _reconcile(dyn[tag], m)  # before anything reports the flags
@@ -340,8 +342,9 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
     if not mismatch:
         cross = cross_similarity(a, b, layers)
         final_cka = {layer: float(v[-1]) for layer, v in cross.same_layer.items()}
-        files.append(plots.plot_cross(cross.steps, cross.same_layer, f"same layer, A ({names[0]}) vs B ({names[1]})",
-                                      out / "cross_similarity.png"))
+        if cross.same_layer:
+            files.append(plots.plot_cross(cross.steps, cross.same_layer, f"same layer, A ({names[0]}) vs B ({names[1]})",
+                                          out / "cross_similarity.png"))
         files.append(plots.plot_layer_map(cross.layer_map, [f"A {n}" for n in cross.map_rows],
                                           [f"B {n}" for n in cross.map_cols], f"debiased CKA at step {cross.map_step}",
                                           out / "layer_map.png"))
@@ -391,5 +394,4 @@ def _finish(out: Path, lines: list[str], metrics: dict[str, Any], files: list[Pa
         tmp.write_text("\n".join(lines) + "\n")
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
-    log(str(report))
     return CompareReport(out, report, metrics, files + [report, out / "metrics.json"], notes)

@@ -31,9 +31,12 @@ def enable_compilation_cache() -> None:
 
 def _record(args: argparse.Namespace) -> int:
     enable_compilation_cache()
-    from experiments import get_experiment
+    from experiments import PROGRAMS, get_experiment, run_program
     from recorder.config import apply_overrides
     from recorder.run import record, resume
+
+    if args.experiment in PROGRAMS:
+        return _record_program(args, run_program)
 
     overrides = list(args.set or [])
     if args.data_dir:
@@ -48,6 +51,19 @@ def _record(args: argparse.Namespace) -> int:
         record(config, path, overwrite=args.overwrite, show_progress=not args.no_progress)
     print(path)
     return 0
+
+
+def _record_program(args: argparse.Namespace, run_program: Any) -> int:
+    """`emergence record relu_vs_tanh` and the other several-run experiments: their own program, same options."""
+    unsupported = [flag for flag, given in (("--name", args.name), ("--resume", args.resume),
+                                            ("--coordinator", args.coordinator)) if given]
+    if unsupported:
+        raise ValueError(f"{args.experiment} records several runs, named by the experiment; {', '.join(unsupported)} "
+                         "applies to a single run")
+    argv = ["--out", args.out] + [a for s in args.set or [] for a in ("--set", s)]
+    argv += ["--set", f"data_dir={args.data_dir}"] if args.data_dir else []
+    argv += ["--overwrite"] * args.overwrite + ["--no-progress"] * args.no_progress
+    return run_program(args.experiment, argv)
 
 
 def _join(args: argparse.Namespace, devices: int) -> int:
@@ -176,6 +192,8 @@ def _compare(args: argparse.Namespace) -> int:
         out = Path(args.run_a).parent / f"{Path(args.run_a).stem}_vs_{Path(args.run_b).stem}"
     else:
         out = Path(args.run_a).with_suffix("") / "dynamics"
+    for tag, path in zip("AB", runs):
+        print(f"{tag}  {path}")
     report = compare(runs, out, options, log=lambda line: print(f"  {line}"))
     for note in report.notes:
         print(f"note: {note}")
@@ -235,14 +253,15 @@ def _sweep_parser(sub: Any, experiments: Sequence[str]) -> None:
     swp.set_defaults(func=_sweep)
 
 
-def _record_parser(sub: Any, experiments: Sequence[str], config_keys: Sequence[str]) -> None:
+def _record_parser(sub: Any, experiments: Sequence[str], config_keys: Sequence[str], programs: Sequence[str]) -> None:
     rec = sub.add_parser(
         "record",
         help="train an experiment and record every conv layer on fixed probes into an HDF5 run file",
         description="Train EXPERIMENT and record every tapped conv layer at every scheduled step into "
-        f"OUT/NAME.h5. Config keys (see recorder/config.py): {', '.join(config_keys)}.",
+        f"OUT/NAME.h5. Config keys (see recorder/config.py): {', '.join(config_keys)}. The experiments that "
+        f"record several runs and compare them ({', '.join(programs)}) write their files and report under OUT.",
     )
-    rec.add_argument("experiment", help=f"one of: {', '.join(experiments)}")
+    rec.add_argument("experiment", help=f"one of: {', '.join(experiments)}; several runs: {', '.join(programs)}")
     rec.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable), "
                      "e.g. --set activation=relu --set schedule=every:5")
     rec.add_argument("--out", default="runs", help="output folder (default: runs)")
@@ -383,11 +402,13 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
         experiments: Sequence[str] = ("see `emergence record --help`",)
         config_keys: Sequence[str] = ("see `emergence record --help`",)
         resumable: Sequence[str] = ("see `emergence resume --help`",)
+        programs = ("see `emergence record --help`",)
     else:
-        from experiments import EXPERIMENTS
+        from experiments import EXPERIMENTS, PROGRAMS
         from recorder.config import RESUMABLE_KEYS, override_keys
 
         experiments, config_keys, resumable = tuple(EXPERIMENTS), override_keys(), RESUMABLE_KEYS
+        programs: Sequence[str] = tuple(PROGRAMS)
 
     parser = argparse.ArgumentParser(
         prog="emergence",
@@ -395,7 +416,7 @@ def build_parser(light: bool = False) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _sweep_parser(sub, experiments)
-    _record_parser(sub, experiments, config_keys)
+    _record_parser(sub, experiments, config_keys, programs)
     _resume_parser(sub, resumable)
     _repair_parser(sub)
     _info_parser(sub)
@@ -463,6 +484,12 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(1)
         return 1
+    except BrokenPipeError:  # the reader of our output left (`emergence info RUN.h5 | head`): not the file's fault
+        try:
+            sys.stdout = open(os.devnull, "w")  # nothing more reaches it, and the exit's flush must not fail again
+        except OSError:
+            pass
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
     except OSError as e:  # HDF5 could not read or write a file: damaged, a full disk, no permission
         return _damaged(args, e)
     finally:

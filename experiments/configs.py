@@ -100,8 +100,21 @@ EXPERIMENTS: dict[str, Callable[[], RunConfig]] = {
 }
 
 
+# experiments that record several runs and compare them: name -> what they record (experiments/NAME.py)
+PROGRAMS = {
+    "relu_vs_tanh": "learn_to_see with tanh and with relu, same seed, then compared",
+    "optimizers": "learn_to_see with Adam and with SGD + momentum, then compared",
+    "overfitting": "keras_fashion on 1,000 images, plain and regularised, then compared",
+    "transfer": "learn_to_see on a source, fine-tuned on a target three ways, then reported",
+}
+
+
 def get_experiment(name: str) -> RunConfig:
     """The config of experiment `name`; raises ConfigError listing the valid names otherwise."""
+    if name in PROGRAMS:
+        raise ConfigError(f"{name} records several runs ({PROGRAMS[name]}): run it as `emergence record {name}`; "
+                          f"a single-run experiment is one of: {', '.join(EXPERIMENTS)}")
     if name not in EXPERIMENTS:
-        raise ConfigError(f"unknown experiment {name!r}; expected one of: {', '.join(EXPERIMENTS)}")
+        raise ConfigError(f"unknown experiment {name!r}; expected one of: {', '.join(EXPERIMENTS)} (or, recording "
+                          f"several runs, {', '.join(PROGRAMS)})")
     return EXPERIMENTS[name]()

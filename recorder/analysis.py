@@ -28,6 +28,7 @@ import numpy as np
 from runfile.schema import SATURATION
 
 ANALYSIS_FRAMES = 48
+ANALYSIS_IMAGES = 128  # held-out images of the analysis set, by default (emergence record and Probes.from_dataset)
 STAT_NAMES = ("saturated_fraction", "dead_fraction", "constant_fraction", "zero_fraction", "mean", "std")
 STAT_DOCS = {
     "saturated_fraction": f"fraction of values with |a| > {SATURATION}",

@@ -133,6 +133,8 @@ class Capture:
         self.num_classes = int(out[0]) if len(out) == 1 else 0  # logits [K] per image, else none recorded
         self._forward = forward  # (model-or-params, x) -> (logits | None, {layer: act}, {layer: kernel})
         self.mode = {"flax.linen": LINEN_MODE, "function": FUNCTION_MODE}.get(summary.get("framework", ""), NNX_MODE)
+        self.model: Any = None  # NNX: the model it was made from, which a loop updates in place (recorder/own_loop.py)
+        self.example_x: np.ndarray | None = None  # NNX: the example inputs it was made with (the probes, prepared)
 
     @property
     def has_logits(self) -> bool:
@@ -208,7 +210,9 @@ class Capture:
             stage = PRE_ACTIVATION
         picked = _pick_kernels(kernels, [n for n in names if n in kernel_shapes])
         layers = tuple(LayerInfo(n, shapes[n], stage, kernel_shapes[n] if n in picked else None) for n in names)
-        return cls(layers, forward, picked, dtype, summary)
+        capture = cls(layers, forward, picked, dtype, summary)
+        capture.model, capture.example_x = model, np.asarray(example_x)
+        return capture
 
     @classmethod
     def linen(cls, module: Any, variables: Any, example_x: Any, *, kernels: str | Sequence[str] = "first",

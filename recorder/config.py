@@ -9,6 +9,7 @@ import typing
 from typing import Any
 
 from recorder.activations import ACTIVATIONS
+from recorder.analysis import ANALYSIS_IMAGES
 from recorder.augment import AUGMENTATIONS
 from recorder.capture import CaptureError, parse_channels
 from recorder.data import DATASETS
@@ -59,7 +60,7 @@ class RunConfig:
     kernels: str = "first"  # record the kernel of the first tapped layer, all, or none
     eval_every: int = 50  # steps between held-out evaluations; 0 = only at the end
     eval_size: int = 1000  # held-out images (the first ones of the test split)
-    analysis_probes: int = 128  # held-out images for similarity statistics (recorder/analysis.py); 0 = none
+    analysis_probes: int = ANALYSIS_IMAGES  # held-out images for similarity statistics (recorder/analysis.py); 0 = none
     checkpoint_every: int = 100  # steps between checkpoints (RUN.ckpt/, for `emergence resume`); 0 = only at stops
     on_nonfinite: str = "stop"  # a NaN/Inf loss, gradient or activation: stop (status diverged) | continue
     padding: str = "default"  # conv padding of models that take it: default (the model's own) | same | valid

@@ -27,6 +27,7 @@ class Progress:
         self._t0 = time.perf_counter()
         self._last_draw = 0.0
         self._last_decile = -1
+        self._last_printed = -1  # the step of the last line printed (not on a terminal)
         self._first: tuple[float, int] | None = None  # (time, step) of the first completed step
 
     def update(self, step: int, loss: float | None = None, accuracy: float | None = None, force: bool = False) -> None:
@@ -56,7 +57,8 @@ class Progress:
                 self._last_draw = now
         else:
             decile = 10 * step // max(self.total, 1)
-            if force or decile > self._last_decile:
+            if (force and step != self._last_printed) or decile > self._last_decile:
+                self._last_printed = step
                 self.stream.write(line + "\n")
                 self.stream.flush()
                 self._last_decile = decile

@@ -26,19 +26,22 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
 
-from recorder.analysis import (ANALYSIS_FRAMES, STAT_DOCS, STAT_NAMES, analysis_steps, choose_analysis_probes,
+from recorder.analysis import (ANALYSIS_FRAMES, ANALYSIS_IMAGES, STAT_DOCS, STAT_NAMES, analysis_steps, choose_analysis_probes,
                                probe_set_hash)
 from recorder.device_writer import DeviceWriter
 from recorder.batching import FRAMES_PER_TRANSFER, FrameBatcher, MetricsBatcher
 from recorder.blocks import Block
 from recorder.capture import Capture
+from recorder.own_loop import (LiveAnalysis, OwnLoopError, auto_analysis, canonical_config, jitted_capture, progress,
+                                test_metrics)
 from recorder.schedule import recorded_steps
 from recorder.weights import flat_weights, weight_specs
+from runfile.schema import UNKNOWN_INDEX
 from runfile.writer import (AnalysisLayout, DiscardingWriter, H5RunWriter, LayerSpec, RunLayout,
                              default_encode_threads)
 
@@ -55,13 +58,16 @@ class Probes:
     """Fixed images every frame is computed on: pixels as they should be shown, and their labels.
 
     images: uint8 [P, H, W, C] with C = 1 or 3 (what the pictures show; feed the model its own
-    preprocessing of them). indices: where they come from in `dataset` (default 0..P−1)."""
+    preprocessing of them). indices: where they come from in `dataset`; left out, the file stores -1 for each
+    (unknown), never positions that would name other images. analysis: a held-out set from the same split that
+    the recorder analyses by default (`from_dataset` picks one)."""
 
     images: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...] = ()
     indices: np.ndarray | None = None
     dataset: str = "user data"
+    analysis: "Probes | None" = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         images, labels = np.asarray(self.images), np.asarray(self.labels)
@@ -74,7 +80,7 @@ class Probes:
         if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
             raise RecorderError(f"probe labels must be integers, one per image ({images.shape[0]}); got "
                                 f"{labels.dtype} {labels.shape}")
-        indices = np.arange(len(labels)) if self.indices is None else np.asarray(self.indices)
+        indices = np.full(len(labels), UNKNOWN_INDEX) if self.indices is None else np.asarray(self.indices)
         if indices.shape != labels.shape:
             raise RecorderError(f"probe indices must be one per image ({len(labels)}); got shape {indices.shape}")
         names = tuple(self.class_names) or tuple(str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0))
@@ -103,6 +109,20 @@ class Probes:
         indices = np.asarray(indices, np.int64)
         return cls(np.asarray(images)[indices], labels[indices], tuple(class_names), indices, dataset)
 
+    @classmethod
+    def from_dataset(cls, data: Any, indices: np.ndarray | str = "one per class",
+                     analysis: int = ANALYSIS_IMAGES) -> "Probes":
+        """Probes from a `Dataset` (recorder.load_dataset, or one of your own): the test images at `indices` (an
+        array, "one per class" or "balanced:N", as in `select`) with their true indices, the data set's name and
+        class names, and `analysis` class-balanced test images as the analysis set (`emergence record` picks
+        the same ones, so the runs compare; 0: none)."""
+        images, labels, names = data.test_images, data.test_labels, tuple(data.class_names)
+        probes = cls.select(images, labels, indices, names, data.name)
+        if analysis:
+            held = cls.select(images, labels, f"balanced:{min(analysis, len(labels))}", names, data.name)
+            object.__setattr__(probes, "analysis", held)
+        return probes
+
     @property
     def sha256(self) -> str:
         return probe_set_hash(self.dataset, self.indices, self.images)
@@ -112,7 +132,7 @@ class Recorder:
     """The file, the async writer and the schedule of one recorded run. Use it as a context manager."""
 
     def __init__(self, path: str | Path, probes: Probes, capture: Capture, *, planned_steps: int,
-                 schedule: str = "every", analysis: Probes | None = None, config: Mapping[str, Any] | None = None,
+                 schedule: str = "every", analysis: Probes | str | None = "auto", config: Mapping[str, Any] | None = None,
                  experiment: str = "custom", activation: str | Mapping[str, str] = "unknown",
                  compression: str = "gzip", eval_count: int = 0, data_origin: str = "", overwrite: bool = False,
                  versions: Mapping[str, str] | None = None, writer: str = WRITER, max_pending: int = 8,
@@ -134,7 +154,21 @@ class Recorder:
             self.frame_steps = recorded_steps(schedule, planned_steps)
         except ValueError as e:
             raise RecorderError(str(e)) from None
-        config = dict(config or {})
+        model_row = next((m for m in capture.summary.get("modules", []) if m.get("path") == "(model)"), {})
+        try:
+            config = canonical_config(config or {}, model=model_row.get("type"),
+                                      activation=activation if isinstance(activation, str) and activation != "unknown" else None,
+                                      dataset=probes.dataset if probes.dataset != "user data" else None)
+        except OwnLoopError as e:
+            raise RecorderError(str(e)) from None
+        if isinstance(activation, str) and activation == "unknown" and isinstance(config.get("activation"), str):
+            activation = config["activation"]
+        self._live: LiveAnalysis | None = None
+        self.analysis_note = ""  # why a run has no analysis set, when "auto" found none
+        if isinstance(analysis, str):
+            if analysis != "auto":
+                raise RecorderError(f"analysis={analysis!r}: expected Probes, None or 'auto'")
+            analysis, self._live, self.analysis_note = auto_analysis(probes, capture)
         try:
             config_json = json.dumps(config, sort_keys=True)
         except TypeError as e:
@@ -212,6 +246,11 @@ class Recorder:
         to 32 steps late; `wait()` sends everything."""
         self._open()
         if frame is not None:
+            if self._live is not None and self.should_analyse(step) and not any(k.startswith("analysis/") for k in frame):
+                try:
+                    frame = self._live.add(step, frame)
+                except OwnLoopError as e:
+                    raise RecorderError(str(e)) from None
             self._check_frame(step, frame)
             self._advance("frame", step, strict=True)
             self._frames.add(step, dict(frame))
@@ -274,7 +313,7 @@ class Recorder:
         frame = None
         if self.should_record(step):
             if self._own_forward is None:
-                self._own_forward = _jitted(self.capture, model)
+                self._own_forward = jitted_capture(self.capture, model)
             frame = self._own_forward(model, probe_x, analysis_x if self.should_analyse(step) else None)
         self.write(step, frame, metrics)
 
@@ -313,6 +352,26 @@ class Recorder:
         self._open()
         self._advance("scalars", step, strict=False)
         self._writer.write_scalars(step, values)
+
+    def measure_test(self, predict: Callable[[np.ndarray], Any], images: np.ndarray, labels: np.ndarray, *,
+                     batch_size: int = 1000) -> tuple[float, float]:
+        """Records the test metrics of the final model: `predict(uint8 images) -> logits [batch, classes]` (your
+        preprocessing and model in inference mode, e.g. `lambda x: model(prepare(x))`) over every image, in
+        batches; the loss is the mean cross-entropy of the logits. Returns (loss, accuracy)."""
+        try:
+            loss, accuracy, count = test_metrics(predict, images, labels, batch_size)
+        except OwnLoopError as e:
+            raise RecorderError(str(e)) from None
+        self.log_test(loss=loss, accuracy=accuracy, count=count)
+        return loss, accuracy
+
+    def progress(self, steps: Iterable[int], *, enabled: bool = True, stream: Any = None) -> Iterator[int]:
+        """`for step in rec.progress(range(1, n + 1)):` — your loop with a progress line (step, the latest
+        training loss and accuracy that reached the host, steps/s, ETA); it never waits for the device."""
+        total = len(steps) if hasattr(steps, "__len__") else self.planned_steps  # type: ignore[arg-type]
+        if isinstance(steps, range) and len(steps):
+            total = steps[-1]
+        return progress(steps, total, lambda: self._writer.latest_train, enabled, stream)
 
     def after_written(self, call: Callable[..., None], *args: Any) -> None:
         """Runs `call(*args)` on the writer thread once everything queued before is written and flushed to the
@@ -429,16 +488,3 @@ def refuse_live_writer(path: Path) -> None:
         writer = f"process {who['pid']} on {who['host']}" if who else "another process (heartbeat fresh)"
         raise RecorderError(f"{path} is being recorded right now by {writer}; a second writer would corrupt it. "
                             "Stop that run first, or choose another path")
-
-
-def _jitted(capture: Capture, model: Any) -> Callable[..., Any]:
-    """The capture as its own jitted program; NNX models travel split into graph and state."""
-    from flax import nnx
-
-    if isinstance(model, nnx.Module):
-        graphdef = nnx.graphdef(model)
-        run = jax.jit(lambda state, x, a: capture(nnx.merge(graphdef, state), x, a))
-        return lambda m, x, a: run(nnx.state(m), x, a)
-    return jax.jit(capture.__call__)
-
-

@@ -22,7 +22,7 @@ from recorder.loop import TrainingLoop
 from recorder.parallel import barrier, from_primary, is_primary
 from recorder.plan import RunPlan, WRITER, json_config, make_plan
 from recorder.progress import Progress
-from recorder.recorder import Recorder, RecorderError
+from recorder.recorder import Recorder, RecorderError, refuse_live_writer
 from recorder.schedule import recorded_steps, snapshot_steps
 from recorder.summary import format_summary
 from recorder.timing import Phases, process_age
@@ -157,6 +157,8 @@ def record(
     if is_primary() and path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, `emergence resume {path}` to "
                               "continue it, or pick another --name")
+    if is_primary() and path.exists():
+        refuse_live_writer(path)  # before any other output: a refusal comes first
     with phases("data and model"):
         plan = make_plan(config, log)
     if config.budget_mb:

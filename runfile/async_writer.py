@@ -58,12 +58,14 @@ class AsyncRunWriter:
         self.nonfinite_step: int | None = None  # the first step whose watched values were not all finite
         self._nice = nice
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._flush_seconds = flush_seconds
+        self._flush_every = flush_seconds
         self._heartbeat_seconds = heartbeat_seconds
         self._error: BaseException | None = None
         self._closed = False
         self.frame_bytes = 0  # bytes of frames handed to the writer (host copies, before compression)
         self.busy_seconds = 0.0  # time the worker spent writing (encoding, HDF5), after the host copy
+        self.device_seconds = 0.0  # time the worker waited for host copies (the steps computing them, transfers)
+        self.flush_seconds = 0.0  # time the worker spent flushing the file to the disk
         self.waited_seconds = 0.0  # time the training side waited because the queue was full
         self.on_behind: Any = None  # called once with a message when the training side first waits BEHIND_SECONDS
         self._warned = False
@@ -79,7 +81,7 @@ class AsyncRunWriter:
         last_flush = time.monotonic()
         dirty = False
         while True:
-            wait = self._flush_seconds if dirty else self._heartbeat_seconds
+            wait = self._flush_every if dirty else self._heartbeat_seconds
             try:
                 item = self._queue.get(timeout=max(0.0, wait - (time.monotonic() - last_flush)))
             except queue.Empty:
@@ -90,13 +92,18 @@ class AsyncRunWriter:
                     return
                 if item is not None and self._error is None:
                     call, args = item
-                    values = self.to_host(args)  # waits for the step that computes them: not the writer's time
                     t0 = time.perf_counter()
+                    values = self.to_host(args)  # waits for the step that computes them: not the writer's time
+                    t1 = time.perf_counter()
                     call(*values)
-                    self.busy_seconds += time.perf_counter() - t0
+                    t2 = time.perf_counter()
+                    self.device_seconds += t1 - t0
+                    self.busy_seconds += t2 - t1
                     dirty = True
-                if dirty and time.monotonic() - last_flush >= self._flush_seconds:
+                if dirty and time.monotonic() - last_flush >= self._flush_every:
+                    t0 = time.perf_counter()
                     self.writer.flush()
+                    self.flush_seconds += time.perf_counter() - t0
                     last_flush, dirty = time.monotonic(), False
             except BaseException as e:  # kept for the caller; later items are drained, not written
                 self._error = e
@@ -141,7 +148,7 @@ class AsyncRunWriter:
             self.waited_seconds += time.perf_counter() - t0
             # behind = training waits AND the writer itself is busy most of the time (not waiting for the device:
             # training also waits when the loop dispatches steps faster than the device computes them)
-            busy_share = self.busy_seconds / max(time.monotonic() - self._started, 1e-9)
+            busy_share = (self.busy_seconds + self.flush_seconds) / max(time.monotonic() - self._started, 1e-9)
             if (not self._warned and self.waited_seconds >= BEHIND_SECONDS and busy_share >= BEHIND_SHARE
                     and self.on_behind is not None):
                 self._warned = True
@@ -150,10 +157,20 @@ class AsyncRunWriter:
                                "budget_mb=MB), fewer probes, or dtype=float16")
 
     def throughput(self) -> str:
-        """What the writer did so far, in words: MB of frames, seconds busy, MB/s while busy."""
+        """What the writer did so far and what the loop waited for, in words; names a bottleneck only when the
+        loop waited long enough for one to matter."""
         rate = self.frame_bytes / 1e6 / self.busy_seconds if self.busy_seconds > 0 else float("nan")
-        return (f"{self.frame_bytes / 1e6:.1f} MB of frames in {self.busy_seconds:.1f} s of writing, {rate:.1f} MB/s; "
-                f"the loop waited {self.waited_seconds:.1f} s on its full queue (for steps to compute or be written)")
+        text = (f"{self.frame_bytes / 1e6:.1f} MB of frames; {self.busy_seconds:.1f} s encoding and writing "
+                f"({rate:.1f} MB/s), {self.flush_seconds:.1f} s flushing to disk, {self.device_seconds:.1f} s waiting "
+                f"for the device's steps; the loop waited {self.waited_seconds:.1f} s for room in the queue")
+        elapsed = time.monotonic() - self._started
+        if self.waited_seconds < max(1.0, 0.05 * elapsed):
+            return text + " (no bottleneck)"
+        own = self.busy_seconds + self.flush_seconds
+        if own >= self.device_seconds:
+            where = "the disk" if self.flush_seconds > self.busy_seconds else "the writer (encoding and HDF5)"
+            return text + f": the bottleneck is {where}; record fewer frames or probes, or use compression=lzf"
+        return text + ": the loop dispatches steps faster than the device computes them (not a writer bottleneck)"
 
     def write_frame(self, step: int, frame: Any, wall_time: float | None = None) -> None:
         self.submit(self._frame, step, frame, wall_time)

@@ -202,7 +202,7 @@ class Run:
 
     def describe_status(self, stale_seconds: float = STALE_SECONDS) -> str:
         state, reason = self.state(stale_seconds)
-        return f"{state}: {reason}" if reason else ("running" if state == "recording" else state)
+        return f"{state}: {reason}" if reason else state
 
     def facts(self) -> dict[str, str]:
         """model, activation, dataset, optimizer, learning_rate, batch_size, seed as text: from the config where it
@@ -210,15 +210,18 @@ class Run:
         c = self.config
         first = self.layers[0] if self.layers else None
         fallback = {"model": self.summary.get("framework", "?"), "activation": self.activation_label(first) if first else "?",
-                    "dataset": str(self._f["probes/indices"].attrs.get("dataset", "?"))}
+                    "dataset": str(self._f["probes/indices"].attrs.get("dataset", "")) or "?"}
         keys = ("model", "activation", "dataset", "optimizer", "learning_rate", "batch_size", "seed")
         return {k: str(c[k]) if k in c and c[k] is not None else fallback.get(k, "?") for k in keys}
 
     def describe_training(self) -> str:
         """One line: what was trained on what, how."""
-        f = self.facts()
-        return (f"{f['model']} ({f['activation']}) on {f['dataset']}, {f['optimizer']} lr {f['learning_rate']}, "
-                f"batch {f['batch_size']}, seed {f['seed']}")
+        f = {k: v for k, v in self.facts().items() if v != "?"}  # what is not known is left out, never shown as ?
+        model = " ".join(x for x in (f.get("model", ""), f"({f['activation']})" if "activation" in f else "") if x)
+        parts = [" on ".join(x for x in (model, f.get("dataset", "")) if x),
+                 " ".join(x for x in (f.get("optimizer", ""), f"lr {f['learning_rate']}" if "learning_rate" in f else "") if x),
+                 f"batch {f['batch_size']}" if "batch_size" in f else "", f"seed {f['seed']}" if "seed" in f else ""]
+        return ", ".join(p for p in parts if p) or "no training facts recorded"
 
     # -- data ---------------------------------------------------------------------------------------
     def layer_shape(self, layer: str) -> tuple[int, ...]:
@@ -342,10 +345,26 @@ class Run:
     def has_analysis(self) -> bool:
         return "analysis" in self._f
 
+    @property
+    def probe_dataset(self) -> str:
+        """The data set the probe images come from, as the recording loop named it."""
+        return str(self._f["probes/indices"].attrs.get("dataset", "")) or "an unnamed data set"
+
+    def missing_analysis(self) -> str:
+        """Why the run holds no analysis probe set, and how a run gets one (for messages)."""
+        if self.recorded_by == "emergence.Recorder":
+            return (f"{self.path.name} holds no analysis probe set: its loop's Recorder had none. Make the probes with "
+                    "Probes.from_dataset(data, ...) (an NNX model is then analysed by default), or pass "
+                    "Recorder(analysis=Probes(...)) and call capture(model, probe_x, analysis_x) where "
+                    "rec.should_analyse(step)")
+        if "analysis_probes" in self.config:
+            return (f"{self.path.name} holds no analysis probe set: it was recorded with analysis_probes=0; record it "
+                    "again without that setting")
+        return f"{self.path.name} holds no analysis probe set (written before schema 2); record it again"
+
     def _analysis(self) -> h5py.Group:
         if not self.has_analysis:
-            raise RunFileError(f"{self.path} holds no analysis probe set (recorded with analysis_probes=0 or by "
-                               "schema 1); record it again to get similarity statistics")
+            raise RunFileError(self.missing_analysis())
         return self._f["analysis"]
 
     @property

@@ -26,5 +26,6 @@ AFTER_NONLINEARITY = "after the nonlinearity"  # also the stage of every layer o
 PRE_ACTIVATION = "pre-activation"  # a conv layer's own output: what is recorded when the model marks nothing
 STAGES = (AFTER_NONLINEARITY, PRE_ACTIVATION)
 
+UNKNOWN_INDEX = -1  # /probes/indices of a probe whose place in its split was not given (Recorder API)
 KERNEL_CHOICES = ("first", "all", "none")  # which layers' kernels a run records (the `kernels` config key)
 SATURATION = 0.99  # |a| above this counts as saturated (the analysis stat `saturated_fraction`)

@@ -220,7 +220,7 @@ def test_a_plain_function_and_extra_scalars(tmp_path):
             rec.write(s, capture(w * (s + 1), x))
             rec.log_scalars(s, learning_rate=0.1 / (s + 1), grad_norm=float(s))
     with open_run(tmp_path / "r.h5") as run:
-        assert run.layers == ["edges"] and run.config == {"lr": 0.1}
+        assert run.layers == ["edges"] and run.config == {"learning_rate": 0.1, "activation": "relu"}  # lr under its file name
         scalars = run.scalars()
         assert scalars["learning_rate"][0].tolist() == [0, 1, 2]
         np.testing.assert_allclose(scalars["learning_rate"][1], [0.1, 0.05, 0.1 / 3])

@@ -121,7 +121,7 @@ export class LayerPanel {
     const run = this.run;
     if (at.header !== undefined) {
       const p = this.cols[at.header];
-      return tip(e, `probe ${p}: ${run.class_names[run.probes.labels[p]] ?? run.probes.labels[p]} (test image ${run.probes.indices[p]})`);
+      return tip(e, `probe ${p}: ${run.class_names[run.probes.labels[p]] ?? run.probes.labels[p]} (${run.probes.indices[p] >= 0 ? `test image ${run.probes.indices[p]}` : 'index not given'})`);
     }
     const v = this.frame.values[g.spec.index(at.r, at.c, at.y, at.x)];
     const level = this.colourer.level(v);
