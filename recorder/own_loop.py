@@ -9,7 +9,7 @@
   the frame the step computed), and refuses the run otherwise.
 - `pixel_map`: how the loop turns pixels into model inputs, read off the probes (a per-channel affine map:
   `/ 255`, mean and standard deviation, …), so the analysis images are prepared the same way.
-- `test_metrics`: loss and accuracy of a predict function over a whole split, in batches.
+- `measure_split`: loss and accuracy of a predict function over a whole split, in batches.
 - `progress`: a progress bar around any iterable of steps.
 """
 
@@ -143,13 +143,13 @@ def auto_analysis(probes: Any, capture: Capture) -> tuple[Any, LiveAnalysis | No
     return probes.analysis, LiveAnalysis(capture, probe_x, prepare(probes.analysis.images)), ""
 
 
-def test_metrics(predict: Callable[[np.ndarray], Any], images: np.ndarray, labels: np.ndarray,
+def measure_split(predict: Callable[[np.ndarray], Any], images: np.ndarray, labels: np.ndarray,
                  batch_size: int = 1000) -> tuple[float, float, int]:
     """(mean cross-entropy, accuracy, count) of `predict(uint8 images) -> logits` over a whole split, in batches
     of `batch_size` (the loss from the logits in float64, so every loop's test loss means the same)."""
     labels = np.asarray(labels)
     if len(images) != len(labels) or not len(labels):
-        raise OwnLoopError(f"test_metrics needs one label per image and at least one image; got {len(images)} images "
+        raise OwnLoopError(f"measure_split needs one label per image and at least one image; got {len(images)} images "
                            f"and {len(labels)} labels")
     total_loss, correct = 0.0, 0
     for start in range(0, len(labels), batch_size):

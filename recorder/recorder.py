@@ -38,7 +38,7 @@ from recorder.batching import FRAMES_PER_TRANSFER, FrameBatcher, MetricsBatcher
 from recorder.blocks import Block
 from recorder.capture import Capture
 from recorder.own_loop import (LiveAnalysis, OwnLoopError, auto_analysis, canonical_config, jitted_capture, progress,
-                                test_metrics)
+                                measure_split)
 from recorder.schedule import recorded_steps
 from recorder.weights import flat_weights, weight_specs
 from runfile.schema import UNKNOWN_INDEX
@@ -359,7 +359,7 @@ class Recorder:
         preprocessing and model in inference mode, e.g. `lambda x: model(prepare(x))`) over every image, in
         batches; the loss is the mean cross-entropy of the logits. Returns (loss, accuracy)."""
         try:
-            loss, accuracy, count = test_metrics(predict, images, labels, batch_size)
+            loss, accuracy, count = measure_split(predict, images, labels, batch_size)
         except OwnLoopError as e:
             raise RecorderError(str(e)) from None
         self.log_test(loss=loss, accuracy=accuracy, count=count)
