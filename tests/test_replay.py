@@ -181,7 +181,7 @@ def test_a_run_still_recording_renders_what_is_written(tmp_path):
     try:
         report = replay(tmp_path / "live.h5", tmp_path / "out", ReplayOptions(kernels=False))
         assert report.animations[0][1].frames == 5
-        assert any("running" in note for note in report.notes)
+        assert any("recording" in note for note in report.notes)
         assert (tmp_path / "out" / "curves.png").is_file()
         # a frame half written (one layer one row longer, as a killed writer leaves it) is not rendered
         writer._col["layers/conv1/activations"].append(acts[:1])
