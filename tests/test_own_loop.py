@@ -267,3 +267,16 @@ def test_a_closed_pipe_is_not_reported_as_a_damaged_file(tmp_path):
     done = subprocess.run(" ".join(EMERGENCE + ["info", str(path)]) + " | head -1", shell=True, capture_output=True,
                           text=True, timeout=120, executable="/bin/bash")
     assert done.stdout.startswith("run ") and "damaged" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_refusal_comes_before_any_other_output(tmp_path):
+    """`record --overwrite` on a file another process is recording: one line, before the model summary."""
+    writer = write_run(tmp_path / "live.h5", {"conv1": np.zeros((3, 2, 4, 4, 2), np.float32)}, close=False)
+    try:
+        done = subprocess.run(EMERGENCE + ["record", "tiny", "--out", str(tmp_path), "--name", "live", "--overwrite",
+                                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    finally:
+        writer.close()
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("emergence: error: ") and "is being recorded right now" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -289,6 +289,7 @@ def test_a_burst_of_ctrl_c_stops_at_once_closes_the_file_and_leaves_no_process_w
         procs[0].send_signal(signal.SIGINT)
         time.sleep(0.1)
     outs = _ended(procs, 60)
-    assert procs[0].returncode == 130 and procs[1].returncode != 0, outs
+    # 130: it left by itself; -SIGINT: a press after the file was closed (the default handler is back by then)
+    assert procs[0].returncode in (130, -signal.SIGINT) and procs[1].returncode != 0, outs
     with open_run(tmp_path / "two.h5") as run:
         assert run.status == "interrupted" and len(run.steps) >= 3

@@ -212,6 +212,28 @@ def test_a_writer_that_falls_behind_warns_once_and_reports_its_throughput(tmp_pa
         assert writer.busy_seconds >= 40 * 0.04 and writer.waited_seconds >= 0.3
     assert len(messages) == 1 and messages[0].startswith("warning: the writer is behind")
     assert "MB/s" in writer.throughput()
+    assert writer.throughput().endswith("the bottleneck is the writer (encoding and HDF5); record fewer frames or "
+                                        "probes, or use compression=lzf")
+
+
+class _SlowSteps(AsyncRunWriter):
+    """Host copies that wait, as for a device still computing the steps: the loop waits, the writer does not."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.to_host = lambda values: (time.sleep(0.04), values)[1]
+
+
+def test_the_writer_summary_blames_the_device_when_the_loop_waited_for_steps(tmp_path):
+    layout = dataclasses.replace(_layout(), attrs={**_layout().attrs, "planned_steps": 60})
+    with _SlowSteps(H5RunWriter(tmp_path / "r.h5", layout), max_pending=2) as writer:
+        assert writer.throughput().endswith("(no bottleneck)")  # nothing waited yet
+        for step in range(60):
+            writer.write_frame(step, _frame(0.1))
+        writer.wait()
+        summary = writer.throughput()
+    assert writer.device_seconds >= 60 * 0.04 > writer.busy_seconds + writer.flush_seconds
+    assert summary.endswith("the loop dispatches steps faster than the device computes them (not a writer bottleneck)")
 
 
 def test_a_full_disk_in_the_writer_is_one_line_that_says_what_was_kept(tmp_path):
