@@ -24,6 +24,7 @@ import dataclasses
 
 import numpy as np
 
+from compare.finiteness import Finiteness, flag_order, layer_finiteness
 from compare.settling import settled_at
 from compare.similarity import debiased_cka
 from compare.weight_change import weight_change
@@ -48,6 +49,7 @@ class LayerDynamics:
     activity: dict[str, np.ndarray]  # name -> [A]
     flags: list[str]
     weight_change: float | None = None  # ‖W_last − W_first‖ / ‖W_first‖ from the stored weights (compare/weight_change.py)
+    finiteness: Finiteness | None = None  # which analysed steps held non-finite data (excluded everywhere)
 
     @property
     def init_vs_final(self) -> float:
@@ -58,45 +60,49 @@ class LayerDynamics:
 
 
 def layer_dynamics(run: Run, layer: str, positions: np.ndarray | None = None) -> LayerDynamics:
-    """Dynamics of `layer` over the analysed steps at `positions` (all if None; the last one is 'final')."""
+    """Dynamics of `layer` over the analysed steps at `positions` (all if None; the last one is 'final').
+    Steps with non-finite data (compare/finiteness.py) are excluded: NaN there, and flagged; when the final step
+    is one of them nothing is measured and the flag says from which step."""
     steps = run.analysis_steps
     positions = np.arange(len(steps)) if positions is None else np.asarray(positions)
     grams = run.grams(layer, positions)
-    final = grams[-1]
-    perm = np.random.default_rng(NULL_SEED).permutation(final.shape[0])
-    shuffled = final[np.ix_(perm, perm)]
-    flags: set[str] = set()
+    finite = layer_finiteness(run, layer, grams, positions)
+    ok = ~finite.bad
+    flags: set[str] = {finite.describe()} if finite.any else set()
     undefined: dict[str, list[int]] = {}
     drift, null = np.full(len(grams), np.nan), np.full(len(grams), np.nan)
-    for i, k in enumerate(grams):
-        s, z = debiased_cka(k, final), debiased_cka(k, shuffled)
-        drift[i], null[i] = s.value, z.value
-        if s.flag:
-            undefined.setdefault(s.flag, []).append(int(steps[positions[i]]))
+    if len(grams) and ok[-1]:
+        final = grams[-1]
+        perm = np.random.default_rng(NULL_SEED).permutation(final.shape[0])
+        shuffled = final[np.ix_(perm, perm)]
+        for i in np.flatnonzero(ok):
+            s, z = debiased_cka(grams[i], final), debiased_cka(grams[i], shuffled)
+            drift[i], null[i] = s.value, z.value
+            if s.flag:
+                undefined.setdefault(s.flag, []).append(int(steps[positions[i]]))
     for flag, at in undefined.items():
         flags.add(f"{flag} at {len(at)} steps ({at[0]}..{at[-1]}): NaN there")
     moved = weight_change(run, layer)
     change = 1.0 - drift[0] if len(drift) else np.nan
+    progress = np.full(len(grams), np.nan)
     if np.isfinite(change) and change >= MIN_CHANGE:
         progress = (drift - drift[0]) / change
         if change < SMALL_CHANGE:
             flags.add(f"small change: 1 - CKA(init, final) = {change:.3f}")
-    else:
-        progress = np.full(len(grams), np.nan)
-        if np.isfinite(change):
-            if moved is not None and moved >= MOVED:  # the geometry stayed; the weights did not
-                flags.add(f"similar geometry: CKA(init, final) = {drift[0]:.3f}, yet its weights moved "
-                          f"{moved:.3g} of their initial norm")
-            else:
-                flags.add(f"no change: CKA(init, final) = {drift[0]:.3f}"
-                          + (f" and weight change {moved:.3g}" if moved is not None else ""))
-    activity = {k: v[positions] for k, v in run.activity(layer).items()}
+    elif np.isfinite(change):
+        if moved is not None and moved >= MOVED:  # the geometry stayed; the weights did not
+            flags.add(f"similar geometry: CKA(init, final) = {drift[0]:.3f}, yet its weights moved "
+                      f"{moved:.3g} of their initial norm")
+        else:
+            flags.add(f"no change: CKA(init, final) = {drift[0]:.3f}"
+                      + (f" and weight change {moved:.3g}" if moved is not None else ""))
+    activity = {k: np.where(ok, v[positions], np.nan) for k, v in run.activity(layer).items()}
     if "constant_fraction" in activity and len(positions) and activity["constant_fraction"][-1] == 1.0:
         flags.add("constant at the final step: every unit ignores its input")
     step_list = steps[positions]
     return LayerDynamics(layer, run.activation_label(layer), step_list, drift, null, progress,
-                         settled_at(step_list, progress, 0.5), settled_at(step_list, progress, 0.9),
-                         activity, sorted(flags), moved)
+                         settled_at(step_list[ok], progress[ok], 0.5), settled_at(step_list[ok], progress[ok], 0.9),
+                         activity, sorted(flags, key=flag_order), moved, finite)
 
 
 def run_dynamics(run: Run, layers: list[str] | None = None) -> dict[str, LayerDynamics]:

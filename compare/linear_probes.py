@@ -50,6 +50,27 @@ class ProbeResult:
     n_fit: int
     n_eval: int
 
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The 95% Wilson score interval of the accuracy on `n_eval` images."""
+        return wilson_interval(self.accuracy, self.n_eval)
+
+
+def wilson_interval(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson's score interval for a proportion p observed on n trials (coverage close to nominal even near
+    0 and 1, where the normal approximation fails)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def overlap(a: ProbeResult, b: ProbeResult) -> bool:
+    """Whether the two accuracies' 95% intervals overlap (then no significant difference is claimed)."""
+    (lo_a, hi_a), (lo_b, hi_b) = a.interval, b.interval
+    return lo_a <= hi_b and lo_b <= hi_a
+
 
 def linear_probe(x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray,
                  num_classes: int) -> ProbeResult:

@@ -38,6 +38,7 @@ class LayerMeasures:
     probes: list[ProbeResult | None]  # [S]: at the probed steps (`probed`), None elsewhere
     activity: str  # "a" or "|a|": what selectivity averages
     saturates: bool = True  # a bounded activation (tanh, sigmoid): saturated channels are flagged
+    nonfinite: np.ndarray | None = None  # [S] bool: steps whose activations held NaN or inf (not measured: NaN)
 
     @property
     def progress(self) -> np.ndarray:
@@ -52,8 +53,14 @@ class LayerMeasures:
         return np.asarray([p.accuracy if p is not None else np.nan for p in self.probes])
 
     def flags(self) -> list[str]:
-        """Dead, constant-but-not-dead and saturated channels at the last stored step, by name."""
-        out = []
+        """Dead, constant-but-not-dead and saturated channels at the last stored step, by name; only that the
+        layer is non-finite when it is at the last step."""
+        bad = self.nonfinite if self.nonfinite is not None else np.zeros(len(self.steps), bool)
+        if bad.any():
+            where = f"non-finite from step {int(self.steps[np.argmax(bad)])} ({int(bad.sum())} of {len(bad)} stored steps)"
+            if bad[-1]:
+                return [where]
+        out = [where] if bad.any() else []
         dead, const = self.dead[-1], self.constant[-1] & ~self.dead[-1]
         sat = (self.saturated_share[-1] > ch.SATURATED_SHARE) & self.saturates
         for word, mask in (("dead", dead), ("constant", const), ("saturated", sat)):
@@ -93,7 +100,9 @@ def measure_run(run: Run, layers: list[str] | None = None, n: int = MEASURE_IMAG
     probed[probe_positions(len(steps))] = True
 
     def probe(x: np.ndarray, at: int = -1) -> ProbeResult | None:
-        return linear_probe(x[fit], data.labels[fit], x[held], data.labels[held], k) if probed[at] else None
+        if not probed[at] or not np.isfinite(x).all():  # non-finite features are not probed (None, marked)
+            return None
+        return linear_probe(x[fit], data.labels[fit], x[held], data.labels[held], k)
 
     nonneg = {n_: run.activation_name(n_) in ch.NONNEGATIVE and run.layer_stage(n_) != PRE_ACTIVATION
               for n_ in layers}
@@ -101,14 +110,22 @@ def measure_run(run: Run, layers: list[str] | None = None, n: int = MEASURE_IMAG
         f"{len(held)}")
     last = snaps.forward(int(steps[-1]), data.images)  # the end every correlation is to
     final = last[1]
-    rows: dict[str, dict[str, list]] = {n_: {k_: [] for k_ in ("rho", "si", "pref", "sat", "dead", "const", "probe")}
-                                        for n_ in layers}
+    rows: dict[str, dict[str, list]] = {n_: {k_: [] for k_ in ("rho", "si", "pref", "sat", "dead", "const", "probe",
+                                                               "bad")} for n_ in layers}
     logits_probe = []
     for i, s in enumerate(steps):
         logits, acts = last if i == len(steps) - 1 else snaps.forward(int(s), data.images)
         logits_probe.append(probe(logits, i))
         for name in layers:
             a, r = acts[name], rows[name]
+            r["bad"].append(not (np.isfinite(a).all() and np.isfinite(final[name]).all()))
+            if r["bad"][-1]:  # excluded, marked: NaN measures, no probe, no channel called dead or constant
+                c = a.shape[-1]
+                for key, value in (("rho", np.nan), ("si", np.nan), ("pref", -1), ("sat", np.nan), ("dead", False),
+                                   ("const", False)):
+                    r[key].append(np.full(c, value))
+                r["probe"].append(None)
+                continue
             r["rho"].append(ch.correlation(a, final[name]))
             means = ch.class_means(ch.unit_responses(a, nonneg[name]), data.labels, k)
             r["si"].append(ch.selectivity(means))
@@ -119,11 +136,14 @@ def measure_run(run: Run, layers: list[str] | None = None, n: int = MEASURE_IMAG
             r["const"].append(state.constant)
             r["probe"].append(probe(a, i))
         if probed[i]:
-            log(f"  step {int(s)}: linear probes " + " ".join(f"{n_} {rows[n_]['probe'][-1].accuracy:.3f}" for n_ in layers))
+            log(f"  step {int(s)}: linear probes " + " ".join(
+                f"{n_} {p.accuracy:.3f}" if (p := rows[n_]["probe"][-1]) is not None else f"{n_} non-finite"
+                for n_ in layers))
     out = {name: LayerMeasures(name, steps, np.stack(r["rho"]), np.stack(r["si"]), np.stack(r["pref"]),
                                np.stack(r["sat"]), np.stack(r["dead"]), np.stack(r["const"]), r["probe"],
                                "a" if nonneg[name] else "|a|",
-                               run.activation_name(name) in ch.SATURATING and run.layer_stage(name) != PRE_ACTIVATION)
+                               run.activation_name(name) in ch.SATURATING and run.layer_stage(name) != PRE_ACTIVATION,
+                               np.asarray(r["bad"], bool))
            for name, r in rows.items()}
     pixels = data.images.astype(np.float64) / 255.0
     return RunMeasures(steps, data.rule, len(fit), len(held), out, probe(pixels), logits_probe, probed)

@@ -19,12 +19,12 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from compare import plots
-from compare.channels import distribution
 from compare.dynamics import LayerDynamics, run_dynamics
 from compare.measures import RunMeasures, measure_run
+from compare.finiteness import flag_order, nonfinite_layers
+from compare.tables import (finite_median, fmt, measures_json, measures_table, num,
+                            two_measures_table)
 from compare.weight_change import weight_change, weight_series, weight_settled
 from compare.side_by_side import PairFrames, shared_steps
 from compare.cross import cross_similarity, probe_set_mismatch
@@ -63,18 +63,21 @@ class CompareReport:
 
 
 def activity_summary(d: LayerDynamics) -> tuple[str, float]:
-    """The activity figure that matters for this activation: saturation for tanh/sigmoid, dead units otherwise."""
+    """The activity figure that matters for this activation: saturation for tanh/sigmoid, dead units otherwise;
+    ("nonfinite", the share of non-finite values or NaN) when the final step holds non-finite data."""
+    f = d.finiteness
+    if f is not None and len(f.bad) and f.bad[-1]:
+        return "nonfinite", float(f.fraction[-1]) if f.fraction is not None else float("nan")
     if d.activation in SATURATING:
         return "saturated", d.final_activity("saturated_fraction")
     return "dead", d.final_activity("dead_fraction")
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "NaN" if not math.isfinite(v) else f"{v:.{digits}f}"
-    return str(v)
+def activity_cell(d: LayerDynamics) -> str:
+    kind, value = activity_summary(d)
+    if kind == "nonfinite":
+        return "non-finite" + (f" ({value:.0%} of values)" if math.isfinite(value) else "")
+    return f"{kind} {fmt(value)}"
 
 
 def fmt_change(v: float | None) -> str:
@@ -87,17 +90,26 @@ def _dynamics_json(dyn: dict[str, LayerDynamics]) -> dict[str, Any]:
     for name, d in dyn.items():
         kind, value = activity_summary(d)
         out[name] = {
-            "activation": d.activation, "t50": d.t50, "t90": d.t90, "init_vs_final": _num(d.init_vs_final),
-            f"final_{kind}_fraction": _num(value), "flags": d.flags,
-            "steps": d.steps.tolist(), "drift": [_num(v) for v in d.drift], "progress": [_num(v) for v in d.progress],
-            "shuffled_null": [_num(v) for v in d.null],
-            "activity": {k: [_num(x) for x in v] for k, v in d.activity.items()},
+            "activation": d.activation, "t50": d.t50, "t90": d.t90, "init_vs_final": num(d.init_vs_final),
+            f"final_{kind}_fraction": num(value), "flags": d.flags,
+            "steps": d.steps.tolist(), "drift": [num(v) for v in d.drift], "progress": [num(v) for v in d.progress],
+            "shuffled_null": [num(v) for v in d.null],
+            "activity": {k: [num(x) for x in v] for k, v in d.activity.items()},
         }
     return out
 
 
-def _num(v: float) -> float | None:
-    return float(v) if np.isfinite(v) else None  # JSON has no NaN: null, with the reason in "flags"
+def _nonfinite(runs: list[tuple[str, Run]], metrics: dict[str, Any], log: Callable[[str], None]) -> list[str]:
+    """The report's first lines when any layer of the runs held non-finite data (also logged at once, and in
+    metrics.json under "nonfinite"): which layer, from which step; every measure below excludes those steps."""
+    found = {tag: nonfinite_layers(run) for tag, run in runs}
+    parts = [f"{tag} {name} {f.describe()}" for tag, layers in found.items() for name, f in layers.items()]
+    metrics["nonfinite"] = {tag: {name: f.as_json() for name, f in layers.items()} for tag, layers in found.items()}
+    if not parts:
+        return []
+    line = "Non-finite data (those steps are excluded from every measure below): " + "; ".join(parts)
+    log(line)
+    return [f"**{line}**", ""]
 
 
 def _run_facts(tag: str, run: Run) -> str:
@@ -178,6 +190,8 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
         raise ValueError(f"{run.missing_analysis()}; it is needed to see the run's dynamics")
     out.mkdir(parents=True, exist_ok=True)
     layers = _layers(options, run.layers)
+    nonfinite_metrics: dict[str, Any] = {}
+    first = _nonfinite([("A", run)], nonfinite_metrics, log)
     dyn = run_dynamics(run, layers)
     notes: list[str] = []
     measured = _measure(run, layers, notes, log) if options.measures else None
@@ -186,23 +200,22 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
     series = weight_series(run, layers)
     files = [plots.plot_dynamics(dyn, f"{run.path.name}: {run.facts()['activation']}", out / "dynamics_A.png"),
              plots.plot_activity({"A": dyn}, out / "activity.png")]
-    metrics = {"runs": {"A": str(run.path)}, "dynamics": {"A": _dynamics_json(dyn)}}
-    lines = [f"# Dynamics of `{run.path.name}`", "", "| run | file | model | activation | data | result | recorded |",
+    metrics = {"runs": {"A": str(run.path)}, **nonfinite_metrics, "dynamics": {"A": _dynamics_json(dyn)}}
+    lines = [f"# Dynamics of `{run.path.name}`", "", *first, "| run | file | model | activation | data | result | recorded |",
              "|---|---|---|---|---|---|---|", _run_facts("A", run), "",
              "| layer | t50 | t90 | CKA(init, final) | weight change | w50 | w90 | final activity | flags |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, d in dyn.items():
-        kind, value = activity_summary(d)
         change, w50, w90 = d.weight_change, weight_settled(series[name], 0.5), weight_settled(series[name], 0.9)
         metrics["dynamics"]["A"][name].update(weight_change=change, w50=w50, w90=w90)
-        lines.append(f"| {name} | {_fmt(d.t50)} | {_fmt(d.t90)} | {_fmt(d.init_vs_final)} | {fmt_change(change)} | "
-                     f"{_fmt(w50)} | {_fmt(w90)} | {kind} {_fmt(value)} | {'; '.join(d.flags) or ''} |")
+        lines.append(f"| {name} | {fmt(d.t50)} | {fmt(d.t90)} | {fmt(d.init_vs_final)} | {fmt_change(change)} | "
+                     f"{fmt(w50)} | {fmt(w90)} | {activity_cell(d)} | {'; '.join(d.flags) or ''} |")
     if any(series.values()):
         files.append(plots.plot_weights({k: v for k, v in series.items() if v}, run.path.name, out / "weights.png"))
         lines += ["", "![weights](weights.png)"]
     if measured is not None:
-        lines += ["", *_measures_table(measured)]
-        metrics["measures"] = {"A": _measures_json(measured)}
+        lines += ["", *measures_table(measured)]
+        metrics["measures"] = {"A": measures_json(measured)}
         files.append(plots.plot_channels(measured.layers, f"{run.path.name}: per-channel measures",
                                          out / "channels.png"))
         files.append(plots.plot_probes({"A": measured}, out / "probes.png"))
@@ -227,67 +240,12 @@ def _reconcile(dyn: dict[str, LayerDynamics], measured: RunMeasures) -> None:
         m = measured.layers.get(name)
         if m is None:
             continue
-        rho = float(np.nanmedian(m.correlation[0]))
+        rho = finite_median(m.correlation[0])
         changed = f"its channels' responses changed (median ρ(start, end) = {rho:.3f})"
         if not m.unchanged():
             d.flags = [f"similar geometry: {f.removeprefix('no change: ')}, yet {changed}" if f.startswith("no change")
                        else f"{f}, and {changed}" if f.startswith("similar geometry") else f for f in d.flags]
-        d.flags = sorted(d.flags + m.flags())
-
-
-def _spread(values: list[int | None]) -> str:
-    d = distribution(values)
-    if d is None:
-        return "-"
-    return f"{d[0]:g} [{d[1]:g}–{d[2]:g}]" + (f" ({d[3]} of {len(values)})" if d[3] < len(values) else "")
-
-
-def _measures_table(m: RunMeasures) -> list[str]:
-    first, last = int(m.steps[0]), int(m.steps[-1])
-    lines = [f"Per channel and linear probes, from the weights stored at {len(m.steps)} steps ({first}–{last}), on "
-             f"{m.measure_set}; linear probes fit on {m.n_fit} and evaluated on {m.n_eval} of them, at "
-             f"{int(m.probed.sum())} of the steps.", "",
-             f"| layer | channels | median ρ(step {first}, end) | s50 | s90 | selectivity {first} → {last} | "
-             f"linear probe {first} → {last} |", "|---|---|---|---|---|---|---|",
-             f"| pixels | | | | | | {m.input_probe.accuracy:.3f} |"]
-    for name, l in m.layers.items():
-        si = np.nanmean(l.selectivity, axis=1)
-        lines.append(f"| {name} | {l.correlation.shape[1]} | {_fmt(float(np.nanmedian(l.correlation[0])))} | "
-                     f"{_spread(l.settle(0.5))} | {_spread(l.settle(0.9))} | {_fmt(float(si[0]))} → "
-                     f"{_fmt(float(si[-1]))} | {_fmt(float(l.probe_accuracy[0]))} → {_fmt(float(l.probe_accuracy[-1]))} |")
-    lines.append(f"| logits | | | | | | {m.logits_probe[0].accuracy:.3f} → {m.logits_probe[-1].accuracy:.3f} |")
-    return lines
-
-
-def _two_measures_table(measured: dict[str, RunMeasures], layers: list[str]) -> list[str]:
-    tags = list(measured)
-    lines = ["Per channel and linear probes (see Definitions): " + "; ".join(
-        f"{t}: weights stored at {len(m.steps)} steps, {m.measure_set}, probes fit on {m.n_fit} and evaluated on "
-        f"{m.n_eval}" for t, m in measured.items()), "",
-        "| layer | " + " | ".join(f"s90 {t} | selectivity {t} (end) | linear probe {t} (end)" for t in tags) + " |",
-        "|---|" + "---|---|---|" * len(tags),
-        "| pixels | " + " | ".join(f" | | {m.input_probe.accuracy:.3f}" for m in measured.values()) + " |"]
-    for name in layers:
-        cells = []
-        for m in measured.values():
-            l = m.layers[name]
-            cells.append(f"{_spread(l.settle(0.9))} | {_fmt(float(np.nanmean(l.selectivity[-1])))} | "
-                         f"{_fmt(float(l.probe_accuracy[-1]))}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("| logits | " + " | ".join(f" | | {m.logits_probe[-1].accuracy:.3f}" for m in measured.values()) + " |")
-    return lines
-
-
-def _measures_json(m: RunMeasures) -> dict[str, Any]:
-    return {"steps": m.steps.tolist(), "measure_set": m.measure_set, "n_fit": m.n_fit, "n_eval": m.n_eval,
-            "probed_steps": m.steps[m.probed].tolist(), "pixels_probe": m.input_probe.accuracy,
-            "logits_probe": [p.accuracy if p else None for p in m.logits_probe],
-            "layers": {n: {"correlation": [[_num(x) for x in row] for row in l.correlation],
-                           "s50": l.settle(0.5), "s90": l.settle(0.9),
-                           "selectivity": [[_num(x) for x in row] for row in l.selectivity],
-                           "preferred_class": l.preferred.tolist(), "activity": l.activity,
-                           "probe_accuracy": [_num(x) for x in l.probe_accuracy], "flags": l.flags()}
-                       for n, l in m.layers.items()}}
+        d.flags = sorted(set(d.flags + m.flags()), key=flag_order)
 
 
 def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[[str], None]) -> CompareReport:
@@ -305,6 +263,7 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
     names = (a.path.stem, b.path.stem)
     files: list[Path] = []
     metrics: dict[str, Any] = {"runs": {"A": str(a.path), "B": str(b.path)}}
+    first = _nonfinite([("A", a), ("B", b)], metrics, log)
 
     frame_steps = shared_steps(a, b)
     metrics["alignment"] = (f"frames at the {len(frame_steps)} steps recorded in both runs (the intersection of "
@@ -349,12 +308,12 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
                                           [f"B {n}" for n in cross.map_cols], f"debiased CKA at step {cross.map_step}",
                                           out / "layer_map.png"))
         metrics["cross"] = {"steps": cross.steps.tolist(),
-                            "same_layer": {k: [_num(x) for x in v] for k, v in cross.same_layer.items()},
+                            "same_layer": {k: [num(x) for x in v] for k, v in cross.same_layer.items()},
                             "layer_map": {"step": cross.map_step, "rows": cross.map_rows, "cols": cross.map_cols,
-                                          "matrix": [[_num(x) for x in row] for row in cross.layer_map],
+                                          "matrix": [[num(x) for x in row] for row in cross.layer_map],
                                           "flags": cross.map_flags}}
 
-    lines = [f"# `{names[0]}` (A) vs `{names[1]}` (B)", "", "| run | file | model | activation | data | result | recorded |",
+    lines = [f"# `{names[0]}` (A) vs `{names[1]}` (B)", "", *first, "| run | file | model | activation | data | result | recorded |",
              "|---|---|---|---|---|---|---|", _run_facts("A", a), _run_facts("B", b), "",
              f"Alignment: {metrics['alignment']}.", ""]
     lines += [f"Note: {n}" for n in notes]
@@ -366,18 +325,15 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
     metrics["weight_change"] = changes
     for layer in layers:
         da, db = dyn.get("A", {}).get(layer), dyn.get("B", {}).get(layer)
-        acts = []
-        for d in (da, db):
-            kind, value = activity_summary(d) if d else ("", float("nan"))
-            acts.append(f"{kind} {_fmt(value)}" if d else "-")
-        lines.append(f"| {layer} | {_fmt(da.t50 if da else None)} | {_fmt(db.t50 if db else None)} | "
-                     f"{_fmt(da.t90 if da else None)} | {_fmt(db.t90 if db else None)} | "
-                     f"{_fmt(final_cka.get(layer)) if not mismatch else 'skipped'} | {fmt_change(changes['A'][layer])} | "
+        acts = [activity_cell(d) if d else "-" for d in (da, db)]
+        lines.append(f"| {layer} | {fmt(da.t50 if da else None)} | {fmt(db.t50 if db else None)} | "
+                     f"{fmt(da.t90 if da else None)} | {fmt(db.t90 if db else None)} | "
+                     f"{fmt(final_cka.get(layer)) if not mismatch else 'skipped'} | {fmt_change(changes['A'][layer])} | "
                      f"{fmt_change(changes['B'][layer])} | {acts[0]} | {acts[1]} |")
     if measured:
-        metrics["measures"] = {tag: _measures_json(m) for tag, m in measured.items()}
+        metrics["measures"] = {tag: measures_json(m) for tag, m in measured.items()}
         files.append(plots.plot_probes(measured, out / "probes.png"))
-        lines += ["", *_two_measures_table(measured, layers)]
+        lines += ["", *two_measures_table(measured, layers)]
     lines += [f"Note: {n}" for n in notes[before:]]
     flagged = [f"- {tag} {n}: {'; '.join(d.flags)}" for tag, dd in dyn.items() for n, d in dd.items() if d.flags]
     if flagged:

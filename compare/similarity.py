@@ -10,8 +10,8 @@ For features X [n, d] and Y [n, e] of the same n images, with K = Xc Xcᵀ and L
   and CKA_u = HSIC_u(K, L) / sqrt(HSIC_u(K, K) · HSIC_u(L, L)). It is ≈ 0 for unrelated features
   (noise ≈ ±0.006 at n = 256) and needs n ≥ 4.
 
-A dead or constant layer has a zero Gram: its similarity to anything is undefined. Such comparisons
-return NaN with a flag, never 0 or 1.
+A dead or constant layer has a zero Gram, and a Gram with NaN or ±inf comes from non-finite features: the
+similarity is undefined either way. Such comparisons return NaN with a flag that says which, never 0 or 1.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import dataclasses
 import numpy as np
 
 ZERO_GRAM = "zero Gram (dead or constant layer)"
+NONFINITE = "non-finite Gram (NaN or inf in the features)"
 NOT_POSITIVE = "estimated self-similarity not positive (too few images or a near-constant layer)"
 
 
@@ -41,14 +42,19 @@ def centre(gram: np.ndarray) -> np.ndarray:
     return k - k.mean(axis=1, keepdims=True)
 
 
-def _is_zero(k: np.ndarray) -> bool:
-    return not np.any(k) or not np.all(np.isfinite(k))
+def _undefined(k: np.ndarray, l: np.ndarray) -> str:
+    """Why the similarity of Grams `k` and `l` is undefined ("" if it is not)."""
+    if not (np.all(np.isfinite(k)) and np.all(np.isfinite(l))):
+        return NONFINITE
+    return ZERO_GRAM if not (np.any(k) and np.any(l)) else ""
 
 
 def linear_cka(k: np.ndarray, l: np.ndarray) -> Similarity:
+    if not (np.all(np.isfinite(k)) and np.all(np.isfinite(l))):
+        return Similarity(float("nan"), NONFINITE)  # before centring, which would turn inf into NaN
     k, l = centre(k), centre(l)
-    if _is_zero(k) or _is_zero(l):
-        return Similarity(float("nan"), ZERO_GRAM)
+    if why := _undefined(k, l):
+        return Similarity(float("nan"), why)
     return Similarity(float(np.vdot(k, l) / (np.linalg.norm(k) * np.linalg.norm(l))))
 
 
@@ -66,9 +72,11 @@ def hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:
 
 
 def debiased_cka(k: np.ndarray, l: np.ndarray) -> Similarity:
+    if not (np.all(np.isfinite(k)) and np.all(np.isfinite(l))):
+        return Similarity(float("nan"), NONFINITE)  # before centring, which would turn inf into NaN
     k, l = centre(k), centre(l)
-    if _is_zero(k) or _is_zero(l):
-        return Similarity(float("nan"), ZERO_GRAM)
+    if why := _undefined(k, l):
+        return Similarity(float("nan"), why)
     kk, ll = hsic_unbiased(k, k), hsic_unbiased(l, l)
     if kk <= 0 or ll <= 0:
         return Similarity(float("nan"), NOT_POSITIVE)

@@ -29,7 +29,8 @@ from runfile.schema import SATURATION
 
 ANALYSIS_FRAMES = 48
 ANALYSIS_IMAGES = 128  # held-out images of the analysis set, by default (emergence record and Probes.from_dataset)
-STAT_NAMES = ("saturated_fraction", "dead_fraction", "constant_fraction", "zero_fraction", "mean", "std")
+STAT_NAMES = ("saturated_fraction", "dead_fraction", "constant_fraction", "zero_fraction", "mean", "std",
+              "nonfinite_fraction")
 STAT_DOCS = {
     "saturated_fraction": f"fraction of values with |a| > {SATURATION}",
     "dead_fraction": "fraction of units (position, channel) that are exactly 0 on every analysis image",
@@ -37,6 +38,8 @@ STAT_DOCS = {
     "zero_fraction": "fraction of values exactly 0 (sparsity)",
     "mean": "mean of all values",
     "std": "standard deviation of all values",
+    "nonfinite_fraction": "fraction of values that are NaN or ±inf (the other statistics and the Gram are then not "
+                          "measures of the layer: readers exclude the step)",
 }
 
 
@@ -86,6 +89,7 @@ def gram_and_stats(a: jax.Array) -> tuple[jax.Array, jax.Array]:
         jnp.mean(x == 0),
         jnp.mean(x),
         jnp.std(x),
+        jnp.mean(~jnp.isfinite(x)),
     ]).astype(jnp.float32)
     return gram, stats
 

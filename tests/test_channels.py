@@ -157,7 +157,7 @@ def test_the_dashboard_shows_the_measures_recomputed_from_the_file(snapshot_run,
     assert saved["steps"] == again.steps.tolist()
     for name, layer in again.layers.items():
         assert saved["layers"][name]["s90"] == layer.settle(0.9)
-        np.testing.assert_allclose(saved["layers"][name]["probe_accuracy"][-1], layer.probe_accuracy[-1])
+        np.testing.assert_allclose(saved["layers"][name]["probe"][-1]["accuracy"], layer.probe_accuracy[-1])
         np.testing.assert_allclose(np.asarray(saved["layers"][name]["correlation"], float)[-1], 1.0, atol=1e-9)
 
 

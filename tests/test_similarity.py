@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from compare.similarity import ZERO_GRAM, debiased_cka, hsic_unbiased, linear_cka
+from compare.similarity import NONFINITE, ZERO_GRAM, debiased_cka, hsic_unbiased, linear_cka
 
 
 def gram(x):
@@ -49,6 +49,16 @@ def test_zero_gram_is_nan_with_a_flag():
         assert np.isnan(s.value) and s.flag == ZERO_GRAM and not s.defined
     constant_features = np.ones((32, 5)) * 0.7  # constant across images: centred Gram exactly 0
     assert debiased_cka(gram(constant_features), gram(x)).flag == ZERO_GRAM
+
+
+def test_a_non_finite_gram_is_nan_flagged_as_non_finite_not_as_dead():
+    x = np.random.default_rng(3).normal(size=(32, 10))
+    for bad in (np.nan, np.inf):
+        k = gram(x)
+        k[3, :] = k[:, 3] = bad  # what one image's non-finite feature does to a Gram
+        for cka in (linear_cka, debiased_cka):
+            s = cka(gram(x), k)
+            assert np.isnan(s.value) and s.flag == NONFINITE
 
 
 def test_unbiased_hsic_needs_four_images():

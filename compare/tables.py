@@ -1,0 +1,146 @@
+"""The report's numbers as text: formatting, and the per-channel and linear-probe tables with their baselines.
+
+Every linear-probe accuracy is shown with its 95% Wilson interval on the evaluation images, next to two
+baselines: the same probe at initialisation (what the architecture gives before any learning) and on the
+raw pixels (depth 0). A gain is marked "n.s." when the two intervals overlap: no significant difference at
+that many images.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from compare.channels import distribution
+from compare.linear_probes import ProbeResult, overlap
+from compare.measures import LayerMeasures, RunMeasures
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "NaN" if not math.isfinite(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def num(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None  # JSON has no NaN: null, with the reason in "flags"
+
+
+def spread(values: list[int | None]) -> str:
+    d = distribution(values)
+    if d is None:
+        return "-"
+    return f"{d[0]:g} [{d[1]:g}–{d[2]:g}]" + (f" ({d[3]} of {len(values)})" if d[3] < len(values) else "")
+
+
+def finite_mean(x: np.ndarray) -> float:
+    """The mean of the finite entries (NaN when there are none; no warning)."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else float("nan")
+
+
+def finite_median(x: np.ndarray) -> float:
+    """The median of the finite entries (NaN when there are none; no warning)."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if len(x) else float("nan")
+
+
+def accuracy_cell(p: ProbeResult | None, nonfinite: bool = False) -> str:
+    """'0.812 [0.787–0.835]': the accuracy and its 95% interval; 'non-finite' or '-' when there is none."""
+    if p is None:
+        return "non-finite" if nonfinite else "-"
+    lo, hi = p.interval
+    return f"{p.accuracy:.3f} [{lo:.3f}–{hi:.3f}]"
+
+
+def gain_cell(before: ProbeResult | None, after: ProbeResult | None) -> str:
+    """'+0.031' or '+0.004 n.s.' (the intervals overlap); '-' without both."""
+    if before is None or after is None:
+        return "-"
+    return f"{after.accuracy - before.accuracy:+.3f}" + (" n.s." if overlap(before, after) else "")
+
+
+def _gain_json(before: ProbeResult | None, after: ProbeResult | None) -> dict[str, Any] | None:
+    if before is None or after is None:
+        return None
+    return {"gain": after.accuracy - before.accuracy, "significant": not overlap(before, after)}
+
+
+def _ends(l: LayerMeasures) -> tuple[ProbeResult | None, ProbeResult | None, bool]:
+    bad = l.nonfinite if l.nonfinite is not None else np.zeros(len(l.steps), bool)
+    return l.probes[0], l.probes[-1], bool(bad[-1])
+
+
+def measures_table(m: RunMeasures) -> list[str]:
+    first, last = int(m.steps[0]), int(m.steps[-1])
+    pixels = m.input_probe
+    lines = [f"Per channel and linear probes, from the weights stored at {len(m.steps)} steps ({first}–{last}), on "
+             f"{m.measure_set}; linear probes fit on {m.n_fit} and evaluated on {m.n_eval} of them, at "
+             f"{int(m.probed.sum())} of the steps; accuracies with their 95% Wilson intervals, gains marked n.s. "
+             "where the intervals overlap.", "",
+             f"| layer | channels | median ρ(step {first}, end) | s50 | s90 | selectivity {first} → {last} | "
+             f"linear probe at step {first} | at step {last} | gain over step {first} | gain over pixels |",
+             "|---|---|---|---|---|---|---|---|---|---|",
+             f"| pixels | | | | | | {accuracy_cell(pixels)} | {accuracy_cell(pixels)} | | |"]
+    for name, l in m.layers.items():
+        init, end, bad = _ends(l)
+        lines.append(f"| {name} | {l.correlation.shape[1]} | {fmt(finite_median(l.correlation[0]))} | "
+                     f"{spread(l.settle(0.5))} | {spread(l.settle(0.9))} | {fmt(finite_mean(l.selectivity[0]))} → "
+                     f"{fmt(finite_mean(l.selectivity[-1]))} | {accuracy_cell(init)} | {accuracy_cell(end, bad)} | "
+                     f"{gain_cell(init, end)} | {gain_cell(pixels, end)} |")
+    init, end = m.logits_probe[0], m.logits_probe[-1]
+    lines.append(f"| logits | | | | | | {accuracy_cell(init)} | {accuracy_cell(end, end is None)} | "
+                 f"{gain_cell(init, end)} | {gain_cell(pixels, end)} |")
+    return lines
+
+
+def two_measures_table(measured: dict[str, RunMeasures], layers: list[str]) -> list[str]:
+    tags = list(measured)
+    lines = ["Per channel and linear probes (see Definitions): " + "; ".join(
+        f"{t}: weights stored at {len(m.steps)} steps, {m.measure_set}, probes fit on {m.n_fit} and evaluated on "
+        f"{m.n_eval}" for t, m in measured.items()) + "; accuracies with 95% Wilson intervals, gains over "
+        "initialisation marked n.s. where the intervals overlap.", "",
+        "| layer | " + " | ".join(f"s90 {t} | selectivity {t} (end) | linear probe {t} at init | at end | gain {t}"
+                                  for t in tags) + " |",
+        "|---|" + "---|---|---|---|---|" * len(tags),
+        "| pixels | " + " | ".join(f" | | {accuracy_cell(m.input_probe)} | {accuracy_cell(m.input_probe)} | "
+                                   for m in measured.values()) + " |"]
+    for name in layers:
+        cells = []
+        for m in measured.values():
+            l = m.layers[name]
+            init, end, bad = _ends(l)
+            cells.append(f"{spread(l.settle(0.9))} | {fmt(finite_mean(l.selectivity[-1]))} | {accuracy_cell(init)} | "
+                         f"{accuracy_cell(end, bad)} | {gain_cell(init, end)}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| logits | " + " | ".join(
+        f" | | {accuracy_cell(m.logits_probe[0])} | {accuracy_cell(m.logits_probe[-1], m.logits_probe[-1] is None)} | "
+        f"{gain_cell(m.logits_probe[0], m.logits_probe[-1])}" for m in measured.values()) + " |")
+    return lines
+
+
+def measures_json(m: RunMeasures) -> dict[str, Any]:
+    def probe_json(p: ProbeResult | None) -> dict[str, Any] | None:
+        return None if p is None else {"accuracy": p.accuracy, "interval95": list(p.interval), "n_eval": p.n_eval}
+
+    return {"steps": m.steps.tolist(), "measure_set": m.measure_set, "n_fit": m.n_fit, "n_eval": m.n_eval,
+            "probed_steps": m.steps[m.probed].tolist(), "pixels_probe": probe_json(m.input_probe),
+            "logits_probe": [probe_json(p) for p in m.logits_probe],
+            "logits_gain": {"over_init": _gain_json(m.logits_probe[0], m.logits_probe[-1]),
+                            "over_pixels": _gain_json(m.input_probe, m.logits_probe[-1])},
+            "layers": {n: {"correlation": [[num(x) for x in row] for row in l.correlation],
+                           "s50": l.settle(0.5), "s90": l.settle(0.9),
+                           "selectivity": [[num(x) for x in row] for row in l.selectivity],
+                           "preferred_class": l.preferred.tolist(), "activity": l.activity,
+                           "probe": [probe_json(p) for p in l.probes],
+                           "probe_gain": {"over_init": _gain_json(l.probes[0], l.probes[-1]),
+                                          "over_pixels": _gain_json(m.input_probe, l.probes[-1])},
+                           "nonfinite_steps": [] if l.nonfinite is None else l.steps[l.nonfinite].tolist(),
+                           "flags": l.flags()}
+                       for n, l in m.layers.items()}}
