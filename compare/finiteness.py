@@ -36,7 +36,9 @@ class Finiteness:
             return ""
         share = ""
         if self.fraction is not None and np.isfinite(self.fraction[self.bad]).all():
-            share = f", up to {float(np.max(self.fraction[self.bad])):.1%} of values"
+            most = float(np.max(self.fraction[self.bad]))
+            share = (f", up to {most:.1%} of values" if most > 0 else
+                     ", finite values too large for float32: their Gram or standard deviation overflows")
         return f"non-finite from step {self.first} ({int(self.bad.sum())} of {len(self.bad)} analysed steps{share})"
 
     def as_json(self) -> dict:

@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from compare.finiteness import nonfinite_layers
 from compare.cross import cross_similarity, probe_set_mismatch
 from replay.animate import LayerFrames
 from replay.curves import SMOOTHING, ema
@@ -113,6 +114,7 @@ class Api:
             "steps": run.steps.tolist(), "layers": layers, "kernels": kernels,
             "probes": {"shape": list(images.shape), "labels": labels.tolist(), "indices": indices.tolist()},
             "class_names": run.class_names, "has_analysis": run.has_analysis,
+            "nonfinite": {name: f.describe() for name, f in nonfinite_layers(run).items()},  # the page's first line
             "counts": {"train": run.train_count, "eval": run.eval_count_written},
             "test": _test(run), "palettes": self.palettes,
         })

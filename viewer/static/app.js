@@ -389,7 +389,9 @@ class RunView extends SteppedView {
     const test = r.test ? `test accuracy ${fmt(r.test.accuracy, 4)} on ${r.test.count} images` : "no test result yet";
     const state = el("span", { class: `state ${r.state}`, id: "run-state", text: r.state + (r.reason ? `: ${r.reason}` : "") });
     const refused = [...r.layers, ...r.kernels].filter((l) => l.too_large).map((l) => el("p", { class: "notice", text: `not shown: ${l.too_large}` }));
-    this.facts.replaceChildren(el("h2", { text: r.name }), el("p", {},
+    const nonfinite = Object.entries(r.nonfinite || {}).map(([name, what]) => `${name} ${what}`);
+    const warning = nonfinite.length ? [el("p", { class: "notice", id: "run-nonfinite", text: `non-finite data: ${nonfinite.join("; ")}` })] : [];
+    this.facts.replaceChildren(el("h2", { text: r.name }), ...warning, el("p", {},
       state, el("span", { text: ` · ${r.experiment}: ${r.training} · ${r.steps.length} frames of ${r.planned_steps} steps (${r.schedule}) · ${test}` })),
       ...refused);
   }

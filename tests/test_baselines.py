@@ -1,0 +1,85 @@
+"""Numbers with known answers: a probe on noise sits at chance and its interval covers chance; intervals and
+gains are reported with their baselines; a diverged run's non-finite layers are named as such, first, and no
+measure uses their steps."""
+
+import json
+
+import numpy as np
+import pytest
+
+from compare import CompareOptions, compare
+from compare.linear_probes import ProbeResult, linear_probe, overlap, wilson_interval
+from compare.tables import gain_cell
+from conftest import tiny_config
+from runfile.reader import open_run
+
+
+def test_the_wilson_interval_has_its_textbook_values():
+    lo, hi = wilson_interval(0.5, 100)
+    assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)
+    lo, hi = wilson_interval(0.0, 30)  # never below 0; the upper end is z²/(n + z²)
+    assert lo == 0.0 and hi == pytest.approx(1.959964**2 / (30 + 1.959964**2))
+
+
+def test_a_probe_on_noise_is_at_chance_and_its_interval_covers_chance():
+    rng = np.random.default_rng(0)
+    labels = np.arange(2000) % 10
+    noise = rng.normal(size=(2000, 300))
+    p = linear_probe(noise[:1000], labels[:1000], noise[1000:], labels[1000:], 10)
+    lo, hi = p.interval
+    assert lo <= 0.1 <= hi and hi - lo < 0.05
+
+
+def test_a_gain_inside_the_noise_is_not_called_significant():
+    def probe(acc, n=1000):
+        return ProbeResult(acc, acc, 1.0, n, n)
+
+    assert overlap(probe(0.80), probe(0.82)) and gain_cell(probe(0.80), probe(0.82)) == "+0.020 n.s."
+    assert not overlap(probe(0.80), probe(0.90)) and gain_cell(probe(0.80), probe(0.90)) == "+0.100"
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory):
+    """learn_to_see with the identity activation at lr 1000, recorded on: its deep layers overflow at step 1."""
+    from recorder.run import record
+
+    path = tmp_path_factory.mktemp("div") / "diverged.h5"
+    config = tiny_config(model="learn_to_see", activation="identity", learning_rate=1000, on_nonfinite="continue",
+                         steps=6, eval_every=0, snapshots=7)
+    record(config, path, show_progress=False, log=lambda s: None)
+    return path
+
+
+def test_a_diverged_runs_non_finite_layers_come_first_and_are_never_measured(diverged, tmp_path):
+    with open_run(diverged) as run:  # what the file says, read directly: values, spread or Gram not finite
+        bad = [name for name in run.layers if (run.activity(name)["nonfinite_fraction"] > 0).any()
+               or not np.isfinite(run.activity(name)["std"]).all() or not np.isfinite(run.grams(name)).all()]
+    assert bad and "conv1" not in bad  # the first layer stays finite: the test plants nothing by hand
+    lines = []
+    report = compare([diverged], tmp_path / "dash", CompareOptions(), log=lines.append)
+    assert lines[0].startswith("Non-finite data") and all(f"A {name} non-finite from step" in lines[0] for name in bad)
+    text = report.report.read_text().splitlines()
+    assert text[2].startswith("**Non-finite data")
+    saved = json.loads((tmp_path / "dash" / "metrics.json").read_text())
+    assert set(saved["nonfinite"]["A"]) == set(bad)
+    for name in bad:
+        row = next(l for l in text if l.startswith(f"| {name} |"))
+        assert "non-finite from step" in row and "zero Gram" not in row and "dead" not in row
+        dyn = saved["dynamics"]["A"][name]
+        assert dyn["flags"][0].startswith("non-finite from step")
+        first = saved["nonfinite"]["A"][name]["first_step"]
+        at = dyn["steps"].index(first)
+        assert dyn["drift"][at:] == [None] * (len(dyn["drift"]) - at)  # excluded, not measured
+        assert all(v is None for v in dyn["activity"]["dead_fraction"][at:])
+
+
+def test_the_viewer_names_the_non_finite_layers(diverged):
+    from viewer.api import Api
+    from viewer.catalog import Catalog
+
+    catalog = Catalog(diverged.parent)
+    api = Api(catalog)
+    rid = json.loads(api.runs().body)["runs"][0]["id"]
+    nonfinite = json.loads(api.run(rid).body)["nonfinite"]
+    catalog.close()
+    assert nonfinite and all(text.startswith("non-finite from step") for text in nonfinite.values())
