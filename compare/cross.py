@@ -49,6 +49,12 @@ def cross_similarity(a: Run, b: Run, layers: list[str]) -> CrossSimilarity:
     for layer in layers:
         ga, gb = a.grams(layer, pa), b.grams(layer, pb)
         series[layer] = np.array([debiased_cka(k, l).value for k, l in zip(ga, gb)])
-    matrix, flags = cka_matrix([a.grams(n, [pa[-1]])[0] for n in a.layers],
-                               [b.grams(n, [pb[-1]])[0] for n in b.layers])
+    matrix, flags = layer_map_at(a, b, int(steps[-1]))
     return CrossSimilarity(steps, series, int(steps[-1]), list(a.layers), list(b.layers), matrix, flags)
+
+
+def layer_map_at(a: Run, b: Run, step: int) -> tuple[np.ndarray, list[str]]:
+    """Debiased CKA of every layer of A against every layer of B at analysed `step` (which both runs have),
+    and the flags of its undefined entries."""
+    pa, pb = int(np.searchsorted(a.analysis_steps, step)), int(np.searchsorted(b.analysis_steps, step))
+    return cka_matrix([a.grams(n, [pa])[0] for n in a.layers], [b.grams(n, [pb])[0] for n in b.layers])

@@ -33,6 +33,8 @@ from runfile.reader import Run
 NULL_SEED = 0
 MIN_CHANGE = 0.005  # 1 − drift(0) below this: the layer ended where it started, progress is not defined
 SMALL_CHANGE = 0.05  # below this, progress is defined but flagged: small changes make t50/t90 noisy
+CKA_BLIND = ("CKA does not see rotations or isotropic scaling of the features, the weight change does not see "
+             "function-preserving reparametrisations, so both can be right")
 MOVED = 0.05  # weights that moved this much (relative to their initial norm) are not "unchanged"
 
 
@@ -88,11 +90,13 @@ def layer_dynamics(run: Run, layer: str, positions: np.ndarray | None = None) ->
     if np.isfinite(change) and change >= MIN_CHANGE:
         progress = (drift - drift[0]) / change
         if change < SMALL_CHANGE:
-            flags.add(f"small change: 1 - CKA(init, final) = {change:.3f}")
+            flags.add(f"small change: 1 - CKA(init, final) = {change:.3f}"
+                      + (f", while its weights moved {moved:.3g} of their initial norm: {CKA_BLIND}"
+                         if moved is not None and moved >= MOVED else ""))
     elif np.isfinite(change):
         if moved is not None and moved >= MOVED:  # the geometry stayed; the weights did not
             flags.add(f"similar geometry: CKA(init, final) = {drift[0]:.3f}, yet its weights moved "
-                      f"{moved:.3g} of their initial norm")
+                      f"{moved:.3g} of their initial norm: {CKA_BLIND}")
         else:
             flags.add(f"no change: CKA(init, final) = {drift[0]:.3f}"
                       + (f" and weight change {moved:.3g}" if moved is not None else ""))

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from compare.cross import cross_similarity
+from compare.cross import cross_similarity, layer_map_at
+from compare.sweep import sweep_report
 from emergence.cli import main
 from experiments.sweep import parse_grid
 from runfile.reader import open_run
@@ -40,17 +41,35 @@ def test_a_sweep_records_every_combination_and_its_report_matches_the_files(tmp_
         act = group["config"]["activation"]
         with open_run(folder / f"activation={act}-seed=0.h5") as a, open_run(folder / f"activation={act}-seed=1.h5") as b:
             cross = cross_similarity(a, b, a.layers)
+            at_init = layer_map_at(a, b, 0)[0]
+        assert cross.steps[0] == 0
         for layer in a.layers:
-            assert group["same_layer_cka"][layer] == [pytest.approx(cross.same_layer[layer][-1])]
-        m = cross.layer_map
-        hits = sum(int(np.nanargmax(m[i]) == i) + int(np.nanargmax(m[:, i]) == i) for i in range(len(a.layers)))
-        assert (group["matches"], group["compared"]) == (hits, 2 * len(a.layers))
+            assert group["same_layer_cka"][layer] == {"init": [pytest.approx(cross.same_layer[layer][0])],
+                                                      "end": [pytest.approx(cross.same_layer[layer][-1])]}
+        for when, m in (("init", at_init), ("end", cross.layer_map)):
+            hits = sum(int(np.nanargmax(m[i]) == i) + int(np.nanargmax(m[:, i]) == i) for i in range(len(a.layers)))
+            matching = group["layer_matching"][when]
+            assert (matching["matches"], matching["compared"]) == (hits, 2 * len(a.layers))
+        assert group["layer_matching_gain"] == pytest.approx(group["layer_matching"]["end"]["accuracy"]
+                                                             - group["layer_matching"]["init"]["accuracy"])
     report = (folder / "report.md").read_text()
     assert "| activation | seed | test accuracy | conv1 t50/t90 | conv2 t50/t90 |" in report
-    assert "layer matching" in report
+    assert "| conv1 CKA init → end | conv2 CKA init → end | layer matching init | layer matching end | gain |" in report
     capsys.readouterr()
     assert main(_args(tmp_path)) == 0  # everything complete with the same config: reused, nothing recorded
     assert capsys.readouterr().out.count("reused (complete, same config)") == 4
+
+
+def test_two_identical_runs_match_perfectly_at_init_and_end_and_gain_nothing(two_runs, tmp_path):
+    """The same file as two seeds: CKA 1 at every layer, every layer matched, a gain of 0 called n.s."""
+    path = two_runs["tanh"]
+    sweep_report([({"seed": "0"}, path), ({"seed": "1"}, path)], tmp_path, "identical")
+    group = json.loads((tmp_path / "sweep.json").read_text())["seeds"][0]
+    for ends in group["mean_same_layer_cka"].values():
+        assert ends["init"] == pytest.approx(1.0) and ends["end"] == pytest.approx(1.0)
+    assert group["layer_matching"]["init"]["accuracy"] == group["layer_matching"]["end"]["accuracy"] == 1.0
+    assert group["layer_matching_gain"] == 0.0
+    assert "| +0.000 n.s. |" in (tmp_path / "report.md").read_text()
 
 
 def test_bad_grids_are_one_clear_error(tmp_path, capsys):
