@@ -33,6 +33,7 @@ import numpy as np
 
 from compare.cross import cross_similarity, layer_map_at, probe_set_mismatch
 from compare.dynamics import run_dynamics
+from compare.finiteness import nonfinite_layers
 from compare.linear_probes import wilson_interval
 from compare.tables import finite_mean
 from replay.images import atomic_path
@@ -117,15 +118,21 @@ def sweep_report(runs: list[tuple[dict[str, str], Path]], out: Path, title: str,
     """Writes `out/report.md` and `out/sweep.json` over `runs` ([(grid values, run file)]); returns the report."""
     out.mkdir(parents=True, exist_ok=True)
     keys = list(runs[0][0])
-    per_run, layers = [], None
+    per_run, layers, nonfinite = [], None, []
     for values, path in runs:
         with open_run(path) as run:
             layers = layers or list(run.layers)
             dyn = run_dynamics(run, layers) if run.has_analysis else {}
+            nonfinite += [f"{path.name} {name} {f.describe()}" for name, f in nonfinite_layers(run, layers).items()]
             _, acc, count = run.test_metrics()
             per_run.append({"values": values, "file": path.name, "test_accuracy": float(acc) if count else None,
+                            "nonfinite": [n for n in nonfinite if n.startswith(path.name + " ")],
                             "t50": {n: d.t50 for n, d in dyn.items()}, "t90": {n: d.t90 for n, d in dyn.items()}})
-    lines = [f"# Sweep: {title}", "", f"{len(runs)} runs over {', '.join(keys)}.", "",
+    first = ([f"**Non-finite data (those steps are excluded from every measure below): {'; '.join(nonfinite)}**", ""]
+             if nonfinite else [])
+    if nonfinite:
+        log(first[0].strip("*"))
+    lines = [f"# Sweep: {title}", "", *first, f"{len(runs)} runs over {', '.join(keys)}.", "",
              "| " + " | ".join(keys) + " | test accuracy | " + " | ".join(f"{n} t50/t90" for n in layers) + " |",
              "|" + "---|" * (len(keys) + 1 + len(layers))]
     for r in per_run:

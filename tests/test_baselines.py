@@ -83,3 +83,12 @@ def test_the_viewer_names_the_non_finite_layers(diverged):
     nonfinite = json.loads(api.run(rid).body)["nonfinite"]
     catalog.close()
     assert nonfinite and all(text.startswith("non-finite from step") for text in nonfinite.values())
+
+
+def test_the_sweep_report_names_non_finite_layers_on_its_first_line(diverged, tmp_path):
+    from compare.sweep import sweep_report
+
+    report = sweep_report([({"seed": "0"}, diverged)], tmp_path, "diverged").read_text().splitlines()
+    assert report[2].startswith("**Non-finite data") and "diverged.h5 conv" in report[2]
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["runs"][0]["nonfinite"] and all("non-finite from step" in n for n in saved["runs"][0]["nonfinite"])
