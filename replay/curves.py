@@ -25,8 +25,9 @@ def ema(values: np.ndarray, decay: float = SMOOTHING) -> np.ndarray:
 
 def write_curves(run: Run, path: Path) -> Path:
     """One run: every train batch (faint), its smoothed line, the held-out evaluations and the test result."""
-    return _plot([("", run)], path, f"{run.experiment}: {run.describe_training()}"
-                 + ("" if run.status == "completed" else f" [{run.describe_status()}]"))
+    training = run.describe_training()  # the experiment named once, not "learn_to_see: learn_to_see (tanh) ..."
+    title = training if training.startswith(run.experiment) else f"{run.experiment}: {training}"
+    return _plot([("", run)], path, title + ("" if run.status == "completed" else f" [{run.describe_status()}]"))
 
 
 def write_comparison_curves(runs: Sequence[tuple[str, Run]], path: Path) -> Path:
