@@ -252,13 +252,13 @@ def test_the_progress_line_reports_every_tenth_and_the_end(tmp_path):
     assert "steps/s" in lines[-1] and "ETA 0:00" in lines[-1]
 
 
-def test_several_run_experiments_are_named_like_the_others(tmp_path):
-    done = subprocess.run(EMERGENCE + ["record", "relu_vs_tanh", "--name", "x"], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 2 and "relu_vs_tanh records several runs" in done.stderr
-    done = subprocess.run(EMERGENCE + ["sweep", "relu_vs_tanh", "--grid", "seed=0,1", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "run it as `emergence record relu_vs_tanh`" in done.stderr
+def test_several_run_experiments_are_named_like_the_others(tmp_path, capsys):
+    from emergence.cli import main
+
+    assert main(["record", "relu_vs_tanh", "--name", "x"]) == 2
+    assert "relu_vs_tanh records several runs" in capsys.readouterr().err
+    assert main(["sweep", "relu_vs_tanh", "--grid", "seed=0,1", "--out", str(tmp_path)]) == 2
+    assert "run it as `emergence record relu_vs_tanh`" in capsys.readouterr().err
 
 
 def test_a_closed_pipe_is_not_reported_as_a_damaged_file(tmp_path):

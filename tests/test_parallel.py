@@ -14,6 +14,7 @@ rtol=1e-5 with atol=1e-5 of its largest magnitude (measured: at most 3.2e-5 on c
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -70,7 +71,11 @@ def _contents(path: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def mesh_runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mesh")
-    subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT), str(folder)], check=True, cwd=ROOT, timeout=600)
+    # a persistent compilation cache of its own: the "2again" runs load their programs (35 s instead of 43 s)
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("mesh-cache")),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
+    subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT), str(folder)], check=True, cwd=ROOT, timeout=600,
+                   env=env)
     return folder
 
 

@@ -39,7 +39,7 @@ def test_schema_and_shapes(tiny_run):
         assert f["test/count"][()] == 64 and f["test/accuracy"][()] == pytest.approx(result.test_accuracy)
         assert np.all(np.diff(f["frames/wall_time"][()]) >= 0)
         assert f["analysis/step"][()].tolist() == list(range(7))  # a short run: analysis at every frame
-        assert f["analysis/conv1/gram"].shape == (7, 32 * 33 // 2) and f["analysis/conv2/stats"].shape == (7, 6)
+        assert f["analysis/conv1/gram"].shape == (7, 32 * 33 // 2) and f["analysis/conv2/stats"].shape == (7, 7)  # STAT_NAMES
         assert f["analysis/indices"].shape == (32,) and len(f["analysis"].attrs["sha256"]) == 64
         assert np.bincount(f["analysis/labels"][()], minlength=10).max() <= 4  # class-balanced
     assert result.traces == {"train_step": 0, "block_step": 1, "probe_frame": 1, "eval_chunk": 1}
