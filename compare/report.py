@@ -35,7 +35,7 @@ from replay.grid import GridStyle
 from replay.images import atomic_path
 from replay.render import DEFAULT_MAX_MB
 from runfile.reader import Run, open_run
-from recorder.snapshots import SnapshotError
+from recorder.snapshots import MEASURE_IMAGES, SnapshotError
 from replay.selection import StepRange, select_frames
 
 SATURATING = ("tanh", "sigmoid")
@@ -51,6 +51,7 @@ class CompareOptions:
     max_mb: float | None = DEFAULT_MAX_MB  # per side-by-side GIF; None or 0: no limit
     gifs: bool = True
     measures: bool = True  # per-channel measures and linear probes, re-running the model (compare/measures.py)
+    measure_images: int = MEASURE_IMAGES  # held-out images they run on (half fit the probes, half evaluate them)
 
 
 @dataclasses.dataclass
@@ -194,7 +195,7 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
     first = _nonfinite([("A", run)], nonfinite_metrics, log)
     dyn = run_dynamics(run, layers)
     notes: list[str] = []
-    measured = _measure(run, layers, notes, log) if options.measures else None
+    measured = _measure(run, layers, notes, log, options.measure_images) if options.measures else None
     if measured is not None:
         _reconcile(dyn, measured)  # before anything reports the flags
     series = weight_series(run, layers)
@@ -225,10 +226,11 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
     return _finish(out, lines, metrics, files, notes, log)
 
 
-def _measure(run: Run, layers: list[str], notes: list[str], log: Callable[[str], None]) -> RunMeasures | None:
+def _measure(run: Run, layers: list[str], notes: list[str], log: Callable[[str], None],
+             n: int = MEASURE_IMAGES) -> RunMeasures | None:
     """The run's per-channel measures and linear probes, or None with a note saying why they are missing."""
     try:
-        return measure_run(run, layers, log=log)
+        return measure_run(run, layers, n, log=log)
     except SnapshotError as e:
         notes.append(f"per-channel measures and linear probes skipped: {e}")
         return None
@@ -287,7 +289,8 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
     measured: dict[str, RunMeasures] = {}
     if options.measures:
         measured = {tag: m for tag, r in (("A", a), ("B", b))
-                    if (m := _measure(r, own[tag], notes, lambda line, t=tag: log(f"{t}: {line}"))) is not None}
+                    if (m := _measure(r, own[tag], notes, lambda line, t=tag: log(f"{t}: {line}"),
+                                  options.measure_images)) is not None}
         for tag, m in measured.items():
             if tag in dyn:
                 _reconcile(dyn[tag], m)  # before anything reports the flags

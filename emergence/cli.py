@@ -185,7 +185,8 @@ def _compare(args: argparse.Namespace) -> int:
     runs = [args.run_a] + ([args.run_b] if args.run_b else [])
     options = CompareOptions(force=args.force, layers=tuple(args.layers.split(",")) if args.layers else None,
                              every=args.every, zoom=args.zoom, fps=args.fps, max_mb=args.max_mb, gifs=not args.no_gifs,
-                             measures=not args.no_measures)
+                             measures=not args.no_measures,
+                             **({"measure_images": args.measure_images} if args.measure_images else {}))
     if args.out:
         out = Path(args.out)
     elif args.run_b:
@@ -377,7 +378,10 @@ def _compare_parser(sub: Any) -> None:
                      "(default 8; 0: no limit)")
     cmp.add_argument("--no-gifs", action="store_true", help="measurements and plots only")
     cmp.add_argument("--no-measures", action="store_true", help="skip the per-channel measures and linear probes "
-                     "(they re-run the model at every stored weight step on 2,000 held-out images)")
+                     "(they re-run the model at every stored weight step on the held-out measure images)")
+    cmp.add_argument("--measure-images", type=int, metavar="N", help="class-balanced held-out test "
+                     "images for those measures, none a picture probe; the probes fit on half and are evaluated on "
+                     "the other half (default 4000: accuracies to about ±0.018; 2000: ±0.026, about 2.5x faster)")
     cmp.set_defaults(func=_compare)
 
 

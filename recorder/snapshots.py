@@ -36,7 +36,9 @@ from recorder.taps import capture_taps, flatten_taps, path_name
 from recorder.train import to_inputs
 from runfile.reader import Run
 
-MEASURE_IMAGES = 2000  # held-out images the measures run on (fewer when the test split is smaller)
+# held-out images the measures run on (fewer when the test split is smaller): the linear probes fit on half and
+# are evaluated on the other half, so 2,000 + 2,000 give accuracies to about ±0.018 (95%) near 0.8
+MEASURE_IMAGES = 4000
 BATCH = 500  # images per forward pass
 
 
@@ -54,22 +56,29 @@ class MeasureSet:
     dataset: str
     num_classes: int
 
+    excluded: int = 0  # the run's picture probes, left out
+
     @property
     def rule(self) -> str:
         return (f"{len(self.labels)} test-split images of {self.dataset}, class-balanced (round-robin over the "
-                f"{self.num_classes} classes in split order)")
+                f"{self.num_classes} classes in split order)"
+                + (f", none of the run's {self.excluded} picture probes" if self.excluded else ""))
 
 
 def measure_set(run: Run, n: int = MEASURE_IMAGES) -> MeasureSet:
-    """`n` class-balanced test images of the run's dataset (all of them if the split is smaller)."""
+    """`n` class-balanced test images of the run's dataset, none of them one of its picture probes (all the
+    others if the split is smaller)."""
     c = run.config
     try:
         data = load_dataset(c.get("dataset", ""), c.get("data_dir"), c.get("synthetic_size", 4096))
     except (ValueError, OSError) as e:
         raise SnapshotError(f"{run.path}: its dataset is needed to re-run the model: {e}") from None
     k = len(data.class_names)
-    idx = choose_analysis_probes(data.test_labels, min(n, len(data.test_labels)), k)
-    return MeasureSet(data.test_images[idx], data.test_labels[idx].astype(np.int64), idx, data.name, k)
+    probes = run.probes()[2]
+    probes = probes[(probes >= 0) & (probes < len(data.test_labels))]
+    candidates = np.setdiff1d(np.arange(len(data.test_labels)), probes)
+    idx = candidates[choose_analysis_probes(data.test_labels[candidates], min(n, len(candidates)), k)]
+    return MeasureSet(data.test_images[idx], data.test_labels[idx].astype(np.int64), idx, data.name, k, len(probes))
 
 
 def _rebuilt(run: Run, shape: tuple[int, ...]) -> nnx.Module:

@@ -92,3 +92,15 @@ def test_the_sweep_report_names_non_finite_layers_on_its_first_line(diverged, tm
     assert report[2].startswith("**Non-finite data") and "diverged.h5 conv" in report[2]
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved["runs"][0]["nonfinite"] and all("non-finite from step" in n for n in saved["runs"][0]["nonfinite"])
+
+
+def test_the_measure_set_leaves_out_the_picture_probes_and_stays_class_balanced(diverged):
+    from recorder.snapshots import MEASURE_IMAGES, measure_set
+
+    with open_run(diverged) as run:
+        probes = run.probes()[2]
+        data = measure_set(run)
+        small = measure_set(run, 20)
+    assert not set(data.indices.tolist()) & set(probes.tolist()) and len(set(data.indices.tolist())) == len(data.indices)
+    assert len(data.indices) <= MEASURE_IMAGES and f"none of the run's {len(probes)} picture probes" in data.rule
+    assert np.bincount(small.labels, minlength=10).tolist() == [2] * 10  # round-robin over the classes
