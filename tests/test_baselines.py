@@ -104,3 +104,46 @@ def test_the_measure_set_leaves_out_the_picture_probes_and_stays_class_balanced(
     assert not set(data.indices.tolist()) & set(probes.tolist()) and len(set(data.indices.tolist())) == len(data.indices)
     assert len(data.indices) <= MEASURE_IMAGES and f"none of the run's {len(probes)} picture probes" in data.rule
     assert np.bincount(small.labels, minlength=10).tolist() == [2] * 10  # round-robin over the classes
+
+
+def _hsic_u(x: np.ndarray, y: np.ndarray) -> float:
+    """Song et al.'s unbiased HSIC written from its definition on raw (uncentred) features, with explicit
+    sums over distinct index pairs and triples: an estimator that does not depend on centring."""
+    k, l = x @ x.T, y @ y.T
+    n = len(k)
+    np.fill_diagonal(k, 0)
+    np.fill_diagonal(l, 0)
+    pairs = np.sum(k * l)  # sum over i != j of k_ij l_ij
+    triples = np.sum(k.sum(1) * l.sum(1)) - pairs  # sum over distinct i, j, q of k_ij l_iq
+    quads = k.sum() * l.sum() - 4 * triples - 2 * pairs  # sum over distinct i, j, q, r of k_ij l_qr
+    return (pairs - 2 * triples / (n - 2) + quads / ((n - 2) * (n - 3))) / (n * (n - 3))
+
+
+def test_cross_seed_cka_at_initialisation_equals_a_direct_computation(tmp_path):
+    """Two seeds' step-0 Grams, as the sweep reads them, against the features of freshly built models."""
+    import jax.numpy as jnp
+
+    from compare.cross import cross_similarity
+    from recorder import Capture, build_model, load_dataset
+    from recorder.run import record
+
+    paths = []
+    for seed in (0, 1):
+        paths.append(tmp_path / f"s{seed}.h5")
+        record(tiny_config(seed=seed, steps=1, eval_every=0, analysis_probes=40), paths[-1], show_progress=False,
+               log=lambda s: None)
+    with open_run(paths[0]) as a, open_run(paths[1]) as b:
+        reported = {n: float(v[0]) for n, v in cross_similarity(a, b, list(a.layers)).same_layer.items()}
+        indices = a.analysis_probe_set()["indices"]
+        config = a.config
+    data = load_dataset("synthetic", synthetic_size=config["synthetic_size"])
+    x = jnp.asarray(data.test_images[indices], jnp.float32) / 255.0
+    features = []
+    for seed in (0, 1):
+        model = build_model("tiny_cnn", data.input_shape, 10, "tanh", seed)
+        frame = Capture.nnx(model, x, dtype="float32")(model, x)
+        features.append({n: np.asarray(frame[n], np.float64).reshape(len(indices), -1) for n in reported})
+    for name, value in reported.items():
+        fa, fb = features[0][name], features[1][name]
+        direct = _hsic_u(fa, fb) / np.sqrt(_hsic_u(fa, fa) * _hsic_u(fb, fb))
+        assert value == pytest.approx(direct, abs=1e-4) and 0.2 < direct < 0.999, (name, value, direct)  # not 1: seeds differ
