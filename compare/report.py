@@ -19,11 +19,13 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from compare import plots
 from compare.dynamics import LayerDynamics, run_dynamics
 from compare.measures import RunMeasures, measure_run
 from compare.finiteness import flag_order, nonfinite_layers
-from compare.tables import (finite_median, fmt, measures_json, measures_table, num,
+from compare.tables import (convergence_order, finite_median, fmt, measures_json, measures_table, num,
                             two_measures_table)
 from compare.weight_change import weight_change, weight_series, weight_settled
 from compare.side_by_side import PairFrames, shared_steps
@@ -211,6 +213,14 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
         metrics["dynamics"]["A"][name].update(weight_change=change, w50=w50, w90=w90)
         lines.append(f"| {name} | {fmt(d.t50)} | {fmt(d.t90)} | {fmt(d.init_vs_final)} | {fmt_change(change)} | "
                      f"{fmt(w50)} | {fmt(w90)} | {activity_cell(d)} | {'; '.join(d.flags) or ''} |")
+    order = [convergence_order("t90 (CKA to the final step)", {n: d.t90 for n, d in dyn.items()}),
+             convergence_order("w90 (weights)", {n: weight_settled(series[n], 0.9) for n in dyn})]
+    if measured is not None:
+        order.append(convergence_order("s90 (channel responses, median over channels)",
+                                       {n: _median_settle(l.settle(0.9)) for n, l in measured.layers.items()}))
+    lines += ["", "Convergence order, one sentence per measure (each sees a different thing, so they may disagree; "
+              "see Definitions):", "", *[f"- {o}" for o in order]]
+    metrics["convergence_order"] = order
     if any(series.values()):
         files.append(plots.plot_weights({k: v for k, v in series.items() if v}, run.path.name, out / "weights.png"))
         lines += ["", "![weights](weights.png)"]
@@ -224,6 +234,11 @@ def _dashboard(run: Run, out: Path, options: CompareOptions, log: Callable[[str]
     lines += [f"Note: {n}" for n in notes]
     lines += ["", "![dynamics](dynamics_A.png)", "", "![activity](activity.png)", "", RULES]
     return _finish(out, lines, metrics, files, notes, log)
+
+
+def _median_settle(steps: list[int | None]) -> float | None:
+    known = [s for s in steps if s is not None]
+    return float(np.median(known)) if known else None
 
 
 def _measure(run: Run, layers: list[str], notes: list[str], log: Callable[[str], None],

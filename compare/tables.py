@@ -51,6 +51,20 @@ def finite_median(x: np.ndarray) -> float:
     return float(np.median(x)) if len(x) else float("nan")
 
 
+def convergence_order(measure: str, settled: dict[str, int | float | None]) -> str:
+    """One sentence: the layers' settling steps under one measure, in depth order, and whether they settle
+    bottom-up (each layer no earlier than the one below it); layers that never settled are left out."""
+    known = [(name, v) for name, v in settled.items() if v is not None and np.isfinite(v)]
+    if len(known) < 2:
+        return f"{measure}: too few layers settled to order them."
+    steps = ", ".join(f"{name} {v:g}" for name, v in known)
+    early = [(below, above) for (below, a), (above, b) in zip(known, known[1:]) if b < a]
+    if not early:
+        return f"{measure}: {steps}: bottom-up (no layer settles before the one below it)."
+    return (f"{measure}: {steps}: not bottom-up (" + "; ".join(f"{above} before {below}" for below, above in early)
+            + ").")
+
+
 def accuracy_cell(p: ProbeResult | None, nonfinite: bool = False) -> str:
     """'0.812 [0.787–0.835]': the accuracy and its 95% interval; 'non-finite' or '-' when there is none."""
     if p is None:

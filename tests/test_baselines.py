@@ -147,3 +147,12 @@ def test_cross_seed_cka_at_initialisation_equals_a_direct_computation(tmp_path):
         fa, fb = features[0][name], features[1][name]
         direct = _hsic_u(fa, fb) / np.sqrt(_hsic_u(fa, fa) * _hsic_u(fb, fb))
         assert value == pytest.approx(direct, abs=1e-4) and 0.2 < direct < 0.999, (name, value, direct)  # not 1: seeds differ
+
+
+def test_the_convergence_order_is_stated_per_measure():
+    from compare.tables import convergence_order
+
+    assert convergence_order("t90", {"c1": 5, "c2": 9, "c3": 9}) == "t90: c1 5, c2 9, c3 9: bottom-up (no layer settles before the one below it)."
+    assert convergence_order("w90", {"c1": 5, "c2": None, "c3": 3, "c4": 7}) == (
+        "w90: c1 5, c3 3, c4 7: not bottom-up (c3 before c1).")
+    assert convergence_order("s90", {"c1": None, "c2": 4}) == "s90: too few layers settled to order them."
