@@ -58,3 +58,17 @@ def layer_map_at(a: Run, b: Run, step: int) -> tuple[np.ndarray, list[str]]:
     and the flags of its undefined entries."""
     pa, pb = int(np.searchsorted(a.analysis_steps, step)), int(np.searchsorted(b.analysis_steps, step))
     return cka_matrix([a.grams(n, [pa])[0] for n in a.layers], [b.grams(n, [pb])[0] for n in b.layers])
+
+
+def layer_matching(layer_map: np.ndarray, rows: list[str], cols: list[str]) -> tuple[int, int]:
+    """(matches, layers considered) in both directions of a CKA map between two runs of one architecture."""
+    shared = [n for n in rows if n in cols]
+    hits = total = 0
+    for name in shared:
+        i, j = rows.index(name), cols.index(name)
+        for values, own in ((layer_map[i], j), (layer_map[:, j], i)):
+            if np.all(np.isnan(values)):
+                continue
+            total += 1
+            hits += int(np.nanargmax(values) == own)
+    return hits, total

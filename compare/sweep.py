@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from compare.cross import cross_similarity, layer_map_at, probe_set_mismatch
+from compare.cross import cross_similarity, layer_map_at, layer_matching, probe_set_mismatch
 from compare.dynamics import run_dynamics
 from compare.finiteness import nonfinite_layers
 from compare.linear_probes import wilson_interval
@@ -44,20 +44,6 @@ SEED = "seed"
 
 def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def layer_matching(layer_map: np.ndarray, rows: list[str], cols: list[str]) -> tuple[int, int]:
-    """(matches, layers considered) in both directions of a CKA map between two runs of one architecture."""
-    shared = [n for n in rows if n in cols]
-    hits = total = 0
-    for name in shared:
-        i, j = rows.index(name), cols.index(name)
-        for values, own in ((layer_map[i], j), (layer_map[:, j], i)):
-            if np.all(np.isnan(values)):
-                continue
-            total += 1
-            hits += int(np.nanargmax(values) == own)
-    return hits, total
 
 
 def _seed_group(group: tuple, members: list[tuple[str, Path]], layers: list[str], lines: list[str]) -> dict[str, Any]:

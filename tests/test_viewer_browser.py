@@ -146,7 +146,10 @@ def test_compare_shows_both_runs_at_the_same_step(page, served):
     open_view(page, f"#/compare/{a}/{b}?step=10")
     steps = shown_steps(page)
     assert set(steps) == {"10"} and len(steps) == 1 + 2 * 2  # two layers, A and B each
-    assert page.locator("canvas.simplot").count() == 1 and page.locator("table.layermap td").count() == 4
+    assert page.locator("canvas.simplot").count() == 1 and page.locator("table.layermap td").count() == 2 * 4
+    matching = get_json(served[0], f"/api/compare?a={a}&b={b}")["similarity"]["matching"]
+    assert page.text_content("#layer-matching").startswith("layer matching") and set(matching) == {"init", "end"}
+    assert f"({matching['init']['matches']}/{matching['init']['compared']}) at initialisation" in page.text_content("#layer-matching")
     page.keyboard.press("ArrowRight")
     page.wait_for_function("() => document.querySelectorAll('.panel[data-step=\"11\"]').length === 4")
     tags = page.eval_on_selector_all(".panel h3", "hs => hs.map(h => h.textContent)")

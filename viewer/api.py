@@ -29,7 +29,8 @@ from urllib.parse import quote
 import numpy as np
 
 from compare.finiteness import nonfinite_layers
-from compare.cross import cross_similarity, probe_set_mismatch
+from compare.cross import cross_similarity, layer_map_at, layer_matching, probe_set_mismatch
+from compare.linear_probes import wilson_interval
 from replay.animate import LayerFrames
 from replay.curves import SMOOTHING, ema
 from replay.images import png_bytes
@@ -197,6 +198,7 @@ class Api:
             out["mismatch"] = mismatch
             if mismatch is None and shared and len(np.intersect1d(a.analysis_steps, b.analysis_steps)):
                 cross = cross_similarity(a, b, shared)
+                init_map, init_flags = layer_map_at(a, b, int(cross.steps[0]))
                 out["similarity"] = {
                     "measure": "debiased linear CKA on the runs' shared analysis images",
                     "steps": cross.steps.tolist(),
@@ -204,8 +206,23 @@ class Api:
                     "map": {"step": cross.map_step, "rows": cross.map_rows, "cols": cross.map_cols,
                             "matrix": [[_num(x) for x in row] for row in cross.layer_map], "flags": cross.map_flags,
                             "thresholds": level_thresholds(0.0, 1.0).astype(np.float64).tolist()},
+                    # the baseline: the same map at the first shared analysed step (initialisation), and how often
+                    # a layer's most similar layer in the other run is itself, there and at the end
+                    "map_init": {"step": int(cross.steps[0]), "rows": cross.map_rows, "cols": cross.map_cols,
+                                 "matrix": [[_num(x) for x in row] for row in init_map], "flags": init_flags,
+                                 "thresholds": level_thresholds(0.0, 1.0).astype(np.float64).tolist()},
+                    "matching": {when: _matching(m, cross.map_rows, cross.map_cols)
+                                 for when, m in (("init", init_map), ("end", cross.layer_map))},
                 }
         return json_reply(out)
+
+
+def _matching(matrix: np.ndarray, rows: list[str], cols: list[str]) -> dict[str, Any] | None:
+    hits, total = layer_matching(matrix, rows, cols)
+    if not total:
+        return None
+    lo, hi = wilson_interval(hits / total, total)
+    return {"accuracy": hits / total, "matches": hits, "compared": total, "interval95": [lo, hi]}
 
 
 def content_disposition(name: str) -> str:

@@ -469,7 +469,9 @@ class CompareView extends SteppedView {
     if (cmp.similarity) {
       this.simPlot = similarityPlot(cmp.similarity, layers);
       this.sim.append(el("h3", { text: `same-layer similarity over training (${cmp.similarity.measure})` }), this.simPlot.canvas,
-        el("h3", { text: `layer map at step ${cmp.similarity.map.step}: rows A, columns B` }), layerMap(cmp.similarity.map, this.runs[0].palettes));
+        el("h3", { text: `layer map at step ${cmp.similarity.map.step}: rows A, columns B` }), layerMap(cmp.similarity.map, this.runs[0].palettes),
+        el("h3", { text: `baseline: the layer map at step ${cmp.similarity.map_init.step} (initialisation)` }), layerMap(cmp.similarity.map_init, this.runs[0].palettes),
+        el("p", { id: "layer-matching", text: matchingText(cmp.similarity.matching) }));
     } else {
       this.sim.append(el("p", { class: "notice", text: `no similarity between the runs: ${cmp.mismatch || "no analysed step in common"}` }));
     }
@@ -494,4 +496,11 @@ route();
 // the first kernel layer, when it can be served
 function servedKernels(run) {
   return run.kernels.slice(0, 1).filter((k) => !k.too_large);
+}
+
+// "layer matching 0.222 [0.117–0.381] at initialisation → 0.639 [0.476–0.775] at the end": how often a layer's
+// most similar layer in the other run is itself, with its 95% interval, before and after training.
+function matchingText(m) {
+  const one = (x) => x ? `${x.accuracy.toFixed(3)} [${x.interval95[0].toFixed(3)}–${x.interval95[1].toFixed(3)}] (${x.matches}/${x.compared})` : "-";
+  return `layer matching (a layer's most similar layer in the other run is itself): ${one(m.init)} at initialisation → ${one(m.end)} at the end`;
 }
