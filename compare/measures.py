@@ -25,6 +25,9 @@ from runfile.reader import Run
 from runfile.schema import PRE_ACTIVATION
 
 
+CONTROL_SEED = 0  # the permutation of the fit labels of the shuffled-label control
+
+
 @dataclasses.dataclass
 class LayerMeasures:
     layer: str
@@ -39,6 +42,7 @@ class LayerMeasures:
     activity: str  # "a" or "|a|": what selectivity averages
     saturates: bool = True  # a bounded activation (tanh, sigmoid): saturated channels are flagged
     nonfinite: np.ndarray | None = None  # [S] bool: steps whose activations held NaN or inf (not measured: NaN)
+    control: ProbeResult | None = None  # the probe at the last step fit on shuffled labels: what it finds in nothing
 
     @property
     def progress(self) -> np.ndarray:
@@ -85,6 +89,7 @@ class RunMeasures:
     input_probe: ProbeResult  # the same probe on the raw pixels: the depth-0 reference
     logits_probe: list[ProbeResult | None]  # [S] on the model's logits
     probed: np.ndarray  # [S] bool: the steps with linear probes
+    num_classes: int = 10
 
 
 def measure_run(run: Run, layers: list[str] | None = None, n: int = MEASURE_IMAGES, model: nnx.Module | None = None,
@@ -145,5 +150,10 @@ def measure_run(run: Run, layers: list[str] | None = None, n: int = MEASURE_IMAG
                                run.activation_name(name) in ch.SATURATING and run.layer_stage(name) != PRE_ACTIVATION,
                                np.asarray(r["bad"], bool))
            for name, r in rows.items()}
+    shuffled = np.random.default_rng(CONTROL_SEED).permutation(data.labels[fit])
+    for name, l in out.items():  # the control task: the same probe, fit on labels that carry no information
+        a = final[name]
+        if np.isfinite(a).all():
+            l.control = linear_probe(a[fit], shuffled, a[held], data.labels[held], k)
     pixels = data.images.astype(np.float64) / 255.0
-    return RunMeasures(steps, data.rule, len(fit), len(held), out, probe(pixels), logits_probe, probed)
+    return RunMeasures(steps, data.rule, len(fit), len(held), out, probe(pixels), logits_probe, probed, k)

@@ -99,18 +99,22 @@ def measures_table(m: RunMeasures) -> list[str]:
              f"{int(m.probed.sum())} of the steps; accuracies with their 95% Wilson intervals, gains marked n.s. "
              "where the intervals overlap.", "",
              f"| layer | channels | median ρ(step {first}, end) | s50 | s90 | selectivity {first} → {last} | "
-             f"linear probe at step {first} | at step {last} | gain over step {first} | gain over pixels |",
-             "|---|---|---|---|---|---|---|---|---|---|",
-             f"| pixels | | | | | | {accuracy_cell(pixels)} | {accuracy_cell(pixels)} | | |"]
+             f"linear probe at step {first} | at step {last} | gain over step {first} | gain over pixels | "
+             "control: fit on shuffled labels |",
+             "|---|---|---|---|---|---|---|---|---|---|---|",
+             f"| pixels | | | | | | {accuracy_cell(pixels)} | {accuracy_cell(pixels)} | | | |"]
     for name, l in m.layers.items():
         init, end, bad = _ends(l)
         lines.append(f"| {name} | {l.correlation.shape[1]} | {fmt(finite_median(l.correlation[0]))} | "
                      f"{spread(l.settle(0.5))} | {spread(l.settle(0.9))} | {fmt(finite_mean(l.selectivity[0]))} → "
                      f"{fmt(finite_mean(l.selectivity[-1]))} | {accuracy_cell(init)} | {accuracy_cell(end, bad)} | "
-                     f"{gain_cell(init, end)} | {gain_cell(pixels, end)} |")
+                     f"{gain_cell(init, end)} | {gain_cell(pixels, end)} | {accuracy_cell(l.control)} |")
     init, end = m.logits_probe[0], m.logits_probe[-1]
     lines.append(f"| logits | | | | | | {accuracy_cell(init)} | {accuracy_cell(end, end is None)} | "
-                 f"{gain_cell(init, end)} | {gain_cell(pixels, end)} |")
+                 f"{gain_cell(init, end)} | {gain_cell(pixels, end)} | |")
+    lines += ["", f"The control fits the same probe at step {last} on a fixed shuffle of the fit labels and evaluates it "
+              f"on the true ones: chance is {1 / m.num_classes:.3f}; a control above chance would mean the probe "
+              "finds structure that is not there."]
     return lines
 
 
@@ -153,6 +157,7 @@ def measures_json(m: RunMeasures) -> dict[str, Any]:
                            "selectivity": [[num(x) for x in row] for row in l.selectivity],
                            "preferred_class": l.preferred.tolist(), "activity": l.activity,
                            "probe": [probe_json(p) for p in l.probes],
+                           "shuffled_label_control": probe_json(l.control),
                            "probe_gain": {"over_init": _gain_json(l.probes[0], l.probes[-1]),
                                           "over_pixels": _gain_json(m.input_probe, l.probes[-1])},
                            "nonfinite_steps": [] if l.nonfinite is None else l.steps[l.nonfinite].tolist(),

@@ -156,3 +156,18 @@ def test_the_convergence_order_is_stated_per_measure():
     assert convergence_order("w90", {"c1": 5, "c2": None, "c3": 3, "c4": 7}) == (
         "w90: c1 5, c3 3, c4 7: not bottom-up (c3 before c1).")
     assert convergence_order("s90", {"c1": None, "c2": 4}) == "s90: too few layers settled to order them."
+
+
+def test_the_shuffled_label_control_sits_at_chance(tmp_path):
+    """A trained tiny run's layers decode its synthetic shapes; the same probe fit on shuffled labels does not."""
+    from compare.measures import measure_run
+    from recorder.run import record
+
+    path = tmp_path / "r.h5"
+    record(tiny_config(steps=30, eval_every=0, synthetic_size=1024), path, show_progress=False, log=lambda s: None)
+    with open_run(path) as run:
+        m = measure_run(run)
+    for name, layer in m.layers.items():
+        lo, hi = layer.control.interval
+        assert lo <= 0.1 <= hi, (name, layer.control)  # chance lies within its interval
+        assert layer.probes[-1].accuracy > hi, name  # the real labels decode far better
