@@ -113,8 +113,9 @@ def measures_table(m: RunMeasures) -> list[str]:
     lines.append(f"| logits | | | | | | {accuracy_cell(init)} | {accuracy_cell(end, end is None)} | "
                  f"{gain_cell(init, end)} | {gain_cell(pixels, end)} | |")
     lines += ["", f"The control fits the same probe at step {last} on a fixed shuffle of the fit labels and evaluates it "
-              f"on the true ones: chance is {1 / m.num_classes:.3f}; a control above chance would mean the probe "
-              "finds structure that is not there."]
+              f"on the true ones: chance is {1 / m.num_classes:.3f}. Above chance, the probe would find structure "
+              "that is not in the labels; below chance is the known bias of fitting on balanced shuffled labels, and "
+              "says the same intervals understate the probe's own variability."]
     return lines
 
 
