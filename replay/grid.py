@@ -215,12 +215,19 @@ def choose_blocks(channels: int, probes: int, pitch: tuple[int, int], label_w: i
 def draw_colour_bar(canvas: np.ndarray, scale: Scale, y: int, x: int, ts: int = 1) -> None:
     """The N_LEVELS data colours left to right, ticks at both ends and the centre, and the scale's rule."""
     h = BAR_HEIGHT * ts
-    canvas[y : y + h, x : x + N_LEVELS * BAR_LEVEL_PX] = np.arange(N_LEVELS, dtype=np.uint8).repeat(BAR_LEVEL_PX)
+    width = N_LEVELS * BAR_LEVEL_PX
+    levels = np.arange(N_LEVELS, dtype=np.uint8).repeat(BAR_LEVEL_PX)
+    if scale.one_sided:  # only [0, hi] is ever used: its levels stretched over the same width
+        levels = (CENTRE + np.arange(width) * (N_LEVELS - CENTRE) // width).astype(np.uint8)
+    canvas[y : y + h, x : x + width] = levels
     lo, hi = (float(scale.lo[0]), float(scale.hi[0])) if scale.per_channel else (
         float(scale.lo), float(scale.hi))
+    if scale.one_sided:
+        lo = 0.0
     ticks = [(0, lo), (CENTRE, (lo + hi) / 2), (N_LEVELS - 1, hi)]
     if scale.per_channel:
-        ticks = [(0, "-S_C"), (CENTRE, 0.0), (N_LEVELS - 1, "+S_C")]
+        ticks = [(0, "0" if scale.one_sided else "-S_C"), (CENTRE, "+S_C/2" if scale.one_sided else 0.0),
+                 (N_LEVELS - 1, "+S_C")]
     ty = y + h + GAP
     for level, value in ticks:
         level = level * BAR_LEVEL_PX + BAR_LEVEL_PX // 2

@@ -9,6 +9,8 @@ Rules (the default, `auto`):
   every recorded value of the layer: all recorded steps, probes, positions and channels. S therefore does not
   depend on which frames are rendered; on a run still recording it covers the steps written so far. The 0.1%
   of values above S are drawn in the end colours (clipped), and the colour bar says so.
+* relu never goes below 0, so its scale is marked one-sided: the same colours, and the colour bar shows only
+  [0, S] (the negative half would never be used).
 
 `--scale` overrides, each `[LAYER=]VALUE` (repeatable; a spec without LAYER applies to every layer):
 
@@ -28,6 +30,7 @@ import numpy as np
 
 PERCENTILE = 99.9
 BOUNDED = {"tanh": (-1.0, 1.0, "diverging"), "sigmoid": (0.0, 1.0, "sequential")}
+ONE_SIDED = ("relu",)  # never negative: the bar shows [0, S] of the diverging scale [−S, S]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +40,7 @@ class Scale:
     kind: str  # "diverging" (centre = 0, white) or "sequential"
     rule: str  # one line for index.html and reports
     short: str  # at most ~34 characters, drawn under the colour bar
+    one_sided: bool = False  # a diverging scale of values that are never negative: the bar shows [0, hi]
 
     @property
     def per_channel(self) -> bool:
@@ -149,7 +153,7 @@ def resolve_scale(
     top = TopAbs(spec.mode == "channel", values_per_frame(frame_shape, spec.mode == "channel") * num_frames)
     for chunk in chunks or ():
         top.add(chunk)
-    return percentile_scale(top, num_frames)
+    return percentile_scale(top, num_frames, activation in ONE_SIDED)
 
 
 def fixed_scale(activation: str, spec: ScaleSpec) -> Scale | None:
@@ -168,7 +172,7 @@ def values_per_frame(frame_shape: Sequence[int], per_channel: bool) -> int:
     return math.prod(frame_shape[:-1]) * (1 if per_channel else frame_shape[-1])
 
 
-def percentile_scale(top: TopAbs, num_frames: int) -> Scale:
+def percentile_scale(top: TopAbs, num_frames: int, one_sided: bool = False) -> Scale:
     """The percentile rule's scale [−S, S] from the values streamed into `top` (all `num_frames` frames).
 
     `top` may have been announced more values than it got (a run still recording): the percentile is taken
@@ -181,4 +185,6 @@ def percentile_scale(top: TopAbs, num_frames: int) -> Scale:
     if zero.all():
         rule += " (all zero: S set to 1)"
     short = f"p{PERCENTILE:g} |a|, all steps{', per ch' if top.per_channel else ''}; clipped"
-    return Scale(-s, s, "diverging", rule, short)
+    if one_sided:
+        rule += " (never negative: the bar shows [0, S])"
+    return Scale(-s, s, "diverging", rule, short, one_sided)

@@ -106,6 +106,24 @@ def test_unbounded_scale_is_the_percentile_of_all_steps_and_fixed(tmp_path):
     assert (index == index.flat[0]).all()
 
 
+def test_relu_bar_is_one_sided_and_tanh_bar_is_not():
+    """relu never goes below 0: its bar runs from the centre (white, 0) to the top colour, ticks 0 … S."""
+    from replay.grid import BAR_LEVEL_PX, draw_colour_bar
+    from replay.palette import CENTRE, N_LEVELS, PAPER
+
+    acts = np.abs(np.random.default_rng(2).normal(0, 1, (3, 1, 4, 4, 2))).astype(np.float32)
+    relu = resolve_scale("relu", ScaleSpec(None, "auto"), [acts], (1, 4, 4, 2), 3)
+    tanh = resolve_scale("tanh", ScaleSpec(None, "auto"), [acts], (1, 4, 4, 2), 3)
+    assert relu.one_sided and "[0, S]" in relu.rule and not tanh.one_sided
+    width = N_LEVELS * BAR_LEVEL_PX
+    for scale, first in ((relu, CENTRE), (tanh, 0)):
+        canvas = np.full((40, width + 40), PAPER, np.uint8)
+        draw_colour_bar(canvas, scale, 2, 4)
+        row = canvas[3, 4 : 4 + width]
+        assert row[0] == first and row[-1] == N_LEVELS - 1 and (np.diff(row.astype(int)) >= 0).all()
+    assert len(set(row)) == N_LEVELS  # tanh: every level shown
+
+
 def test_top_abs_streams_the_exact_percentile():
     rng = np.random.default_rng(1)
     values = rng.standard_cauchy((5000, 3)).astype(np.float32)

@@ -22,7 +22,7 @@ from replay.animate import READ_BLOCK, kernel_scale
 READ_BYTES = 16 << 20  # read at a time while a scale streams a layer in
 from replay.palette import level_thresholds
 from runfile.reader import Run
-from replay.scales import Scale, ScaleSpec, TopAbs, fixed_scale, percentile_scale, values_per_frame
+from replay.scales import ONE_SIDED, Scale, ScaleSpec, TopAbs, fixed_scale, percentile_scale, values_per_frame
 
 AUTO = ScaleSpec(None, "auto")
 
@@ -56,7 +56,7 @@ class ScaleBook:
             stream = self._streams[key] = _Stream(TopAbs(False, capacity * per_frame), capacity)
         self._advance(stream, run, layer, total, kernel=False)
         if stream.scale is None:
-            stream.scale = percentile_scale(stream.top, total) if total else Scale(
+            stream.scale = percentile_scale(stream.top, total, run.activation_label(layer) in ONE_SIDED) if total else Scale(
                 np.float32(-1), np.float32(1), "diverging", "no frame recorded yet", "no frame yet")
         return stream.scale
 
@@ -96,7 +96,7 @@ def frame_nbytes(run: Run, layer: str, kernel: bool) -> int:
 
 def scale_json(scale: Scale) -> dict[str, Any]:
     """What the page needs to colour and label one scale."""
-    key = (scale.lo.tobytes(), scale.hi.tobytes(), scale.kind, scale.rule, scale.short)
+    key = (scale.lo.tobytes(), scale.hi.tobytes(), scale.kind, scale.rule, scale.short, scale.one_sided)
     if key not in _JSON:
         if len(_JSON) > 4096:
             _JSON.clear()
@@ -111,6 +111,7 @@ def _scale_json(scale: Scale) -> dict[str, Any]:
     return {
         "lo": _floats(scale.lo), "hi": _floats(scale.hi), "kind": scale.kind, "rule": scale.rule,
         "short": scale.short, "describe": scale.describe(), "per_channel": scale.per_channel,
+        "one_sided": scale.one_sided,
         "thresholds": _floats(level_thresholds(scale.lo, scale.hi)),
     }
 

@@ -169,9 +169,12 @@ export function probeStrip(bytes, shape, probes) {
   return canvas;
 }
 
-// a horizontal colour bar of the scale's levels, 2 px per level
-export function colourBar(colourer) {
-  const levels = colourer.levels;
+// a horizontal colour bar of the scale's levels, 2 px per level; a one-sided scale (relu: never negative)
+// shows only its upper half, [0, hi], stretched over the same width
+export function colourBar(colourer, oneSided = false) {
+  const all = colourer.levels;
+  const centre = Math.floor(all.length / 2);
+  const levels = oneSided ? Array.from({ length: all.length }, (_, i) => all[centre + Math.floor(i * (all.length - centre) / all.length)]) : all;
   const canvas = document.createElement("canvas");
   canvas.width = levels.length * 2;
   canvas.height = 10;

@@ -47,11 +47,12 @@ export class LayerPanel {
 
   setScale(scale) {
     this.colourer = new Colourer(scale, this.run.palettes);
+    const lo = scale.one_sided ? 0 : scale.lo;
     const ticks = el("div", { class: "ticks" },
-      el("span", { text: formatTick(scale.lo) }),
-      el("span", { text: formatTick((scale.lo + scale.hi) / 2) }),
+      el("span", { text: formatTick(lo) }),
+      el("span", { text: formatTick((lo + scale.hi) / 2) }),
       el("span", { text: formatTick(scale.hi) }));
-    this.barBox.replaceChildren(el("div", { class: "barwrap" }, colourBar(this.colourer), ticks),
+    this.barBox.replaceChildren(el("div", { class: "barwrap" }, colourBar(this.colourer, scale.one_sided), ticks),
       el("span", { class: "rule", text: scale.describe }));
     this.scaleKey = JSON.stringify(scale.thresholds);
     const name = this.info.name;
