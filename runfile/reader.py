@@ -317,6 +317,11 @@ class Run:
         """Per update: loss/accuracy of the training batch, with the parameters before that update."""
         return self._metrics("train")
 
+    def train_wall_time(self) -> np.ndarray:
+        """[S] seconds since the run started at which each training row reached the host (rows of one block share it)."""
+        n = len(self.train_metrics().step)
+        return self._f["train/wall_time"][:n]
+
     def eval_metrics(self) -> Metrics:
         """On the held-out subset (`eval_count` test images), with the parameters after each step."""
         return self._metrics("eval")

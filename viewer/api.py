@@ -6,7 +6,8 @@
                                                         float16/float32 bytes, [n, P, H, W, C])
     GET /api/runs/<id>/kernels?layer=L&start=i&count=n  kernels as stored (float32 [n, kh, kw, Cin, Cout])
     GET /api/runs/<id>/probes                           probe pixels as stored (uint8 [P, H, W, C])
-    GET /api/runs/<id>/metrics                          train (raw and the curves' EMA), eval, test
+    GET /api/runs/<id>/metrics                          train (raw, the curves' EMA, wall time), eval, test, series names
+    GET /api/runs/<id>/series?name=N                    one extra scalar series (per-layer measures, lr, own series)
     GET /api/runs/<id>/frame.png?layer=L&step=s         the frame at recorded step s, rendered by replay's own
                                                         renderer (the GIF's frame, pixel for pixel)
     GET /api/compare?a=<id>&b=<id>                      shared steps, and (when both runs analysed the same
@@ -153,7 +154,8 @@ class Api:
             cached = self._metrics.get(key)
             if cached is None:
                 cached = {
-                    "train": {"step": train.step.tolist(), "loss": [_num(v) for v in train.loss],
+                    "train": {"step": train.step.tolist(), "wall_time": [_num(v) for v in run.train_wall_time()],
+                              "loss": [_num(v) for v in train.loss],
                               "accuracy": [_num(v) for v in train.accuracy],
                               "loss_smoothed": [_num(v) for v in ema(train.loss)],
                               "accuracy_smoothed": [_num(v) for v in ema(train.accuracy)],
@@ -161,10 +163,21 @@ class Api:
                     "eval": {"step": ev.step.tolist(), "loss": [_num(v) for v in ev.loss],
                              "accuracy": [_num(v) for v in ev.accuracy], "count": run.eval_count},
                     "test": _test(run),
+                    "series": sorted(run.scalars()),  # the per-layer measures and the loop's own series: /series
                 }
                 self._metrics = {k: v for k, v in self._metrics.items() if k[0] != rid}
                 self._metrics[key] = cached
         return json_reply(cached)
+
+    def series(self, rid: str, query: Mapping[str, str]) -> Reply:
+        """One extra scalar series (a per-layer measure, the learning rate, a user's own series) by name."""
+        name = query.get("name", "")
+        with self.catalog.open(rid) as run:
+            found = run.scalars()
+        if name not in found:
+            raise ApiError(404, f"no series {name!r} in this run; it has: {', '.join(sorted(found)) or 'none'}")
+        steps, values = found[name]
+        return json_reply({"name": name, "step": steps.tolist(), "value": [_num(v) for v in values]})
 
     def png(self, rid: str, query: Mapping[str, str]) -> Reply:
         entry = self.catalog.file(rid)

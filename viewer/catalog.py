@@ -17,13 +17,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
+import math
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from runfile.reader import Run, RunFileError
+import numpy as np
+
+from runfile.reader import Metrics, Run, RunFileError
 
 MAX_RUNS = 2000  # files listed at most; a folder with more is cut and says so
 MAX_DEPTH = 6  # folder levels below RUNS_DIR that are scanned
@@ -213,11 +217,41 @@ def summarise(entry: RunFile, run: Run) -> dict[str, Any]:
     elif len(train.step):
         last_acc = {"kind": "train", "step": int(train.step[-1]), "value": float(train.accuracy[-1])}
     _, test_acc, count = run.test_metrics()
+    final, best = final_and_best(train, ev)
     return {
         "id": entry.id, "name": entry.name, "readable": True, "experiment": run.experiment,
         "model": c["model"], "activation": c["activation"], "dataset": c["dataset"], "state": state, "reason": reason,
         "frames": int(len(steps)), "last_step": int(steps[-1]) if len(steps) else None,
         "planned_steps": run.planned_steps, "last_accuracy": last_acc,
         "test_accuracy": float(test_acc) if count else None, "has_analysis": run.has_analysis,
-        "bytes": entry.identity[3],
+        "bytes": entry.identity[3], "config": table_config(run.config), "final": final, "best": best,
     }
+
+
+def table_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's config as the runs table's cells: numbers, text and booleans as they are; anything else (lists,
+    objects) as compact JSON text, cut at 80 characters."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+            value = str(value)  # JSON has no NaN
+        if value is None or isinstance(value, (str, int, float, bool)):
+            out[str(key)] = value
+        else:
+            text = json.dumps(value, separators=(",", ":"), default=str)
+            out[str(key)] = text if len(text) <= 80 else text[:79] + "…"
+    return out
+
+
+def final_and_best(train: Metrics, ev: Metrics) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The last row's loss and accuracy, and the best accuracy with its step: on the held-out evaluations when the
+    run has any (what a table of runs should rank by), else on the training batches. Non-finite values are None."""
+    m, kind = (ev, "eval") if len(ev.step) else (train, "train")
+    if not len(m.step):
+        return None, None
+    num = lambda v: float(v) if math.isfinite(v) else None  # noqa: E731
+    final = {"kind": kind, "step": int(m.step[-1]), "loss": num(m.loss[-1]), "accuracy": num(m.accuracy[-1])}
+    acc = np.where(np.isfinite(m.accuracy), m.accuracy, -np.inf)
+    i = int(np.argmax(acc))
+    best = {"kind": kind, "step": int(m.step[i]), "accuracy": num(m.accuracy[i])} if np.isfinite(acc[i]) else None
+    return final, best

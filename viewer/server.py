@@ -217,6 +217,8 @@ class Handler(BaseHTTPRequestHandler):
                 return api.probes(rid)
             if rest == ["metrics"]:
                 return api.metrics(rid)
+            if rest == ["series"]:
+                return api.series(rid, query)
             if rest == ["frame.png"]:
                 return api.png(rid, query)
         return _error(404, "not found")

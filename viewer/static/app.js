@@ -1,4 +1,5 @@
-// The viewer's three views: the run list, one run at a step cursor, and two runs side by side at one step.
+// The viewer's four views: the runs table, one run at a step cursor, two runs side by side at one step, and the
+// curves of any number of runs on shared axes.
 // The view state lives in the URL's hash (#/run/<id>?step=120&layers=conv1,conv3&probes=0:5&channels=0:4),
 // so a link reproduces a view. Names, config strings and class names are untrusted: textContent only.
 
@@ -7,6 +8,8 @@ import { Curves, legend } from "./curves.js";
 import { FrameStore, getBytes, getJSON } from "./data.js";
 import { LayerPanel, el, parseList, tip } from "./panel.js";
 import { similarityPlot, layerMap } from "./similarity.js";
+import { ListView, fmt } from "./table.js";
+import { CurvesView } from "./runs_curves.js";
 
 const app = document.getElementById("app");
 const where = document.getElementById("where");
@@ -29,17 +32,14 @@ function route() {
   const id = /^[0-9a-f]{16}$/;
   if (path[0] === "run" && id.test(path[1] || "")) current = new RunView(path[1], params);
   else if (path[0] === "compare" && id.test(path[1] || "") && id.test(path[2] || "")) current = new CompareView(path[1], path[2], params);
-  else current = new ListView();
+  else if (path[0] === "curves" && (path[1] || "").split(",").every((x) => id.test(x))) current = new CurvesView(path[1].split(","), params, stats, fail);
+  else current = new ListView(app, where, params, stats, fail, conn);
   stats.current = current;
 }
 
 function fail(e) {
   stats.errors.push(String(e.message || e));
   conn.textContent = `error: ${e.message || e}`;
-}
-
-function fmt(v, digits = 3) {
-  return v === null || v === undefined ? "–" : Number(v).toFixed(digits);
 }
 
 function nearest(steps, step) {
@@ -51,69 +51,6 @@ function nearest(steps, step) {
   }
   if (lo > 0 && step - steps[lo - 1] <= steps[lo] - step) return lo - 1;
   return lo;
-}
-
-// ---------------------------------------------------------------------------------------------- run list
-class ListView {
-  constructor() {
-    stats.view = "list";
-    where.textContent = "runs";
-    this.selected = new Set();
-    this.body = el("tbody");
-    this.root = el("p", { class: "muted" });
-    this.compareLink = el("a", { class: "button disabled", id: "compare-link", text: "compare the two selected runs" });
-    const head = el("tr", {}, ...["", "run", "experiment", "model", "activation", "dataset", "status", "steps", "accuracy", "size"].map((t) => el("th", { text: t })));
-    app.replaceChildren(el("h2", { text: "Runs" }), this.root,
-      el("table", { class: "runs", id: "runs" }, el("thead", {}, head), this.body),
-      el("p", {}, this.compareLink, el("span", { class: "muted", text: " tick two runs to see them side by side at the same step" })));
-    this.refresh();
-    this.timer = setInterval(() => this.refresh(), 1000);
-  }
-
-  stop() { clearInterval(this.timer); }
-
-  async refresh() {
-    let answer;
-    try { answer = await getJSON("/api/runs"); conn.textContent = ""; } catch (e) { fail(e); return; }
-    this.root.textContent = `${answer.runs.length} run files under ${answer.root}${answer.truncated ? " (list cut short)" : ""}; updates every second.`;
-    const rows = answer.runs.map((r) => this.row(r));
-    this.body.replaceChildren(...rows);
-    if (!answer.runs.length) this.body.append(el("tr", {}, el("td", { colspan: "10", class: "muted", text: "no run files yet: emergence record learn_to_see writes runs/learn_to_see.h5" })));
-    for (const id of [...this.selected]) if (!answer.runs.some((r) => r.id === id && r.readable)) this.selected.delete(id);
-    this.updateCompare();
-    stats.ready = true;
-  }
-
-  row(r) {
-    const tick = el("input", { type: "checkbox", "aria-label": "select for comparison" });
-    tick.checked = this.selected.has(r.id);
-    tick.disabled = !r.readable;
-    tick.addEventListener("change", () => {
-      if (tick.checked) this.selected.add(r.id); else this.selected.delete(r.id);
-      this.updateCompare();
-    });
-    const name = r.readable ? el("a", { href: `#/run/${r.id}`, text: r.name }) : el("span", { text: r.name });
-    const status = el("td", { class: `state ${r.state}` }, el("span", { text: r.state }));
-    if (r.reason) status.append(el("div", { class: "reason", text: r.reason }));
-    const mb = `${(r.bytes / 1e6).toFixed(1)} MB`;
-    if (!r.readable) {
-      return el("tr", { "data-id": r.id, class: "unreadable" }, el("td", {}, tick), el("td", {}, name),
-        el("td", { colspan: "4", class: "muted", text: "cannot be read" }), status, el("td"), el("td"), el("td", { text: mb }));
-    }
-    const acc = r.test_accuracy !== null ? `test ${fmt(r.test_accuracy)}`
-      : r.last_accuracy ? `${r.last_accuracy.kind} ${fmt(r.last_accuracy.value)} @${r.last_accuracy.step}` : "–";
-    const steps = `${r.last_step ?? "–"} of ${r.planned_steps} (${r.frames} frames)`;
-    return el("tr", { "data-id": r.id }, el("td", {}, tick), el("td", {}, name), el("td", { text: r.experiment }),
-      el("td", { text: r.model }), el("td", { text: r.activation }), el("td", { text: r.dataset }), status,
-      el("td", { text: steps }), el("td", { text: acc }), el("td", { text: mb }));
-  }
-
-  updateCompare() {
-    const ids = [...this.selected];
-    const ok = ids.length === 2;
-    this.compareLink.classList.toggle("disabled", !ok);
-    if (ok) this.compareLink.setAttribute("href", `#/compare/${ids[0]}/${ids[1]}`); else this.compareLink.removeAttribute("href");
-  }
 }
 
 // ------------------------------------------------------------------------------------- step controls
