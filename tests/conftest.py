@@ -76,8 +76,9 @@ def two_runs(tmp_path_factory):
 
 
 def write_run(path: Path, layers: dict, steps=None, activation="tanh", status="completed", close=True,
-              train_steps=None, probe_images=None):
+              train_steps=None, probe_images=None, config=None):
     """A run file holding exactly `layers` ({name: [T, P, H, W, C]}), written with the recorder's own writer.
+    `config` adds to (or replaces keys of) the handmade run's config.
 
     With close=False the writer is returned still open (the file is then a run that is still recording).
     """
@@ -91,7 +92,7 @@ def write_run(path: Path, layers: dict, steps=None, activation="tanh", status="c
     if probe_images is None:
         probe_images = (np.arange(p * 16 * 16) % 256).astype(np.uint8).reshape(p, 16, 16, 1)
     config = {"model": "handmade", "activation": activation, "dataset": "synthetic", "optimizer": "adam",
-              "learning_rate": 0.001, "batch_size": 8, "seed": 0}
+              "learning_rate": 0.001, "batch_size": 8, "seed": 0, **(config or {})}
     layout = RunLayout(
         layers=tuple(LayerSpec(n, a.shape[2:], activation) for n, a in layers.items()),
         num_classes=10,

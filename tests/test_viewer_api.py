@@ -99,6 +99,37 @@ def test_frames_are_the_stored_bytes_and_the_numbers_are_replays(server, runs_di
     assert metrics["eval"]["accuracy"] == [0.75]
 
 
+def test_run_rows_carry_config_final_and_best_and_series_are_served_by_name(tmp_path, two_runs):
+    """The runs table's cells come from the file: its config, the last and the best held-out accuracy; an extra
+    scalar series (a per-layer measure) is the file's own values, asked for by name."""
+    import shutil
+
+    shutil.copy(two_runs["relu"], tmp_path / "relu.h5")
+    srv = start_in_thread(tmp_path, idle_seconds=0.3)
+    try:
+        row = ids(srv)["relu"]
+        with open_run(tmp_path / "relu.h5") as run:
+            ev, config, scalars = run.eval_metrics(), run.config, run.scalars()
+            wall = run.train_wall_time()
+        assert row["config"]["activation"] == "relu" and row["config"]["seed"] == config["seed"]
+        assert row["config"]["augment"] == "[]"  # a list: compact JSON text, one cell
+        assert row["final"] == {"kind": "eval", "step": int(ev.step[-1]), "loss": float(ev.loss[-1]),
+                                "accuracy": float(ev.accuracy[-1])}
+        best = int(np.argmax(ev.accuracy))
+        assert row["best"] == {"kind": "eval", "step": int(ev.step[best]), "accuracy": float(ev.accuracy[best])}
+        metrics = get_json(srv, f"/api/runs/{row['id']}/metrics")
+        assert metrics["series"] == sorted(scalars) and "conv1/weight_change" in scalars
+        assert metrics["train"]["wall_time"] == wall.tolist() and np.all(np.diff(wall) >= 0)
+        series = get_json(srv, f"/api/runs/{row['id']}/series?name=conv1%2Fweight_change")
+        steps, values = scalars["conv1/weight_change"]
+        assert series["step"] == steps.tolist() and series["value"] == values.tolist()
+        status, _, body = request(srv, f"/api/runs/{row['id']}/series?name=nope")
+        assert status == 404 and b"conv1/weight_change" in body
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_thresholds_give_replays_level_for_every_half_and_random_floats():
     halves = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
     halves = halves[~np.isnan(halves)]

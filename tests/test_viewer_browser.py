@@ -224,3 +224,112 @@ def test_a_layer_too_large_to_serve_is_named_and_the_others_shown(browser, tmp_p
         context.close()
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def table_served(tmp_path_factory):
+    """Four handmade runs that differ in activation, seed and length, and agree on everything else."""
+    folder = tmp_path_factory.mktemp("table")
+    acts = np.zeros((6, 2, 3, 3, 1), np.float32)
+    for name, act, seed, frames in (("r-a", "tanh", 0, 4), ("r-b", "tanh", 1, 6), ("r-c", "relu", 0, 3), ("r-d", "relu", 1, 5)):
+        write_run(folder / f"{name}.h5", {"conv1": acts[:frames]}, activation=act, config={"seed": seed})
+    server = start_in_thread(folder, idle_seconds=0.5)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def table_names(pg):
+    return pg.eval_on_selector_all("#runs tbody tr[data-id] td:nth-child(2)", "cells => cells.map(c => c.textContent)")
+
+
+def test_runs_table_sorts_filters_groups_and_selects_any_number(browser, table_served):
+    pg = browser.new_context(viewport={"width": 1300, "height": 900}).new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(f"http://127.0.0.1:{table_served.server_address[1]}/")
+    pg.wait_for_function("() => window.__emergence && window.__emergence.ready === true", timeout=20000)
+    pg.wait_for_selector("#runs tbody tr[data-id]")
+    heads = pg.eval_on_selector_all("#runs th.sortable > span:first-child", "s => s.map(x => x.textContent)")
+    assert "seed" in heads and "activation" in heads  # differ (activation is always shown)
+    assert "optimizer" not in heads and "learning_rate" not in heads  # the same in every run: no column
+    assert table_names(pg) == ["r-a", "r-b", "r-c", "r-d"]
+    pg.click("#runs th[data-key='steps']")  # last steps 3, 5, 2, 4
+    assert table_names(pg) == ["r-c", "r-a", "r-d", "r-b"]
+    pg.click("#runs th[data-key='steps']")
+    assert table_names(pg) == ["r-b", "r-d", "r-a", "r-c"]
+    pg.fill("input.col-filter[data-key='config.seed']", "=1")
+    assert table_names(pg) == ["r-b", "r-d"]
+    pg.fill("input.col-filter[data-key='config.seed']", "")
+    pg.fill("input.col-filter[data-key='steps']", "<4")
+    assert table_names(pg) == ["r-a", "r-c"]
+    pg.fill("input.col-filter[data-key='steps']", "")
+    pg.fill("#runs-filter", "relu")
+    assert table_names(pg) == ["r-d", "r-c"]
+    assert "2 of 4 runs shown" in pg.text_content("#runs-count")
+    pg.fill("#runs-filter", "")
+    pg.select_option("#runs-group", "config.activation")
+    groups = pg.eval_on_selector_all("#runs tbody tr", "rows => rows.map(r => r.classList.contains('group') ? r.textContent : r.cells[1].textContent)")
+    assert groups[0].startswith("activation = relu · 2 runs · best accuracy mean 0.750")
+    assert groups[1:3] == ["r-d", "r-c"] and groups[3].startswith("activation = tanh · 2 runs") and groups[4:] == ["r-b", "r-a"]
+    pg.check("#select-shown")
+    ids = sorted(run_id(f"{n}.h5") for n in ("r-a", "r-b", "r-c", "r-d"))
+    href = pg.get_attribute("#curves-link", "href")
+    assert sorted(href.split("/")[-1].split(",")) == ids and "4 selected" in pg.text_content("#runs-count")
+    assert "disabled" in pg.get_attribute("#compare-link", "class")  # two runs, not four
+    pg.wait_for_function("() => location.hash.includes('group=config.activation') && location.hash.includes('sort=steps')")
+    state = pg.evaluate("location.hash")
+    pg.reload()  # the table's state lives in the URL
+    pg.wait_for_function("() => document.querySelectorAll('#runs tr.group').length === 2", timeout=20000)
+    assert pg.evaluate("location.hash") == state
+    assert errors == []
+    pg.context.close()
+
+
+def _ema(values, w):
+    out, last = [], 0.0
+    for n, v in enumerate(values, 1):
+        last = last * w + (1 - w) * v
+        out.append(last / (1 - w**n))
+    return out
+
+
+def test_curves_of_many_runs_smooth_share_a_cursor_and_open_frames_at_the_pinned_step(page, served):
+    _, folder = served
+    names = ["tiny-tanh", "tiny-relu", "known"]
+    open_view(page, "#/curves/" + ",".join(run_id(f"{n}.h5") for n in names))
+    assert page.evaluate("window.__emergence.current.runs.length") == 3
+    assert page.locator("canvas.runs-chart").count() == 4
+    with open_run(folder / "tiny-relu.h5") as run:
+        loss = run.train_metrics().loss.astype(float).tolist()
+        step0 = int(run.train_metrics().step[0])
+    for w in (0.6, 0.9):
+        if w != 0.6:
+            page.evaluate("(w) => { const s = document.getElementById('smoothing'); s.value = String(w); s.dispatchEvent(new Event('input')); }", w)
+        got = page.evaluate("(s) => window.__emergence.current.valueAt('loss', 1, s)", step0 + 9)
+        assert got["raw"] == pytest.approx(loss[9]) and got["smoothed"] == pytest.approx(_ema(loss, w)[9], rel=1e-9)
+    page.wait_for_function("() => location.hash.includes('smooth=0.9')")
+    # every chart is drawn in each run's colour
+    colours = page.evaluate("""() => {
+        const c = document.querySelector("canvas.runs-chart[data-chart='loss']");
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const seen = new Set();
+        for (let i = 0; i < d.length; i += 4) seen.add(`${d[i]},${d[i + 1]},${d[i + 2]}`);
+        return ['31,119,180', '255,127,14', '44,160,44'].map(k => seen.has(k));
+    }""")
+    assert colours == [True, True, True]
+    box = page.locator("canvas.runs-chart[data-chart='loss']").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    rows = page.eval_on_selector_all("#curves-readout tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+    assert [r[0] for r in rows] == names and all(r[1] != "–" and r[2] != "–" for r in rows)
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("#pinned")
+    pinned = int(page.text_content("#pinned").split()[-1])
+    link = page.get_attribute(".run-key[data-run='0'] a", "href")
+    assert link.endswith(f"?step={pinned}")
+    page.select_option("#x-axis", "wall")
+    page.select_option("#y-axis", "log")
+    page.mouse.move(box["x"] + box["width"] / 3, box["y"] + box["height"] / 2)
+    assert " s (step " in page.text_content("#curves-readout tbody tr")
+    page.click(".run-key[data-run='0'] a")  # the frames at the pinned step
+    page.wait_for_function("(s) => document.body.dataset.step === String(s)", arg=pinned, timeout=20000)
