@@ -7,6 +7,9 @@ Prints one table:
   `performance.now()`), and from navigation; median of `--trials` fresh pages (target ≤ 300 ms);
 * play: frames shown per second while playing with every layer on screen, asked for 30 and for 60 fps
   (target ≥ 30);
+* table: the runs table over `--table-runs` (500) small run files that differ in activation, seed and
+  learning rate: `/api/runs` the first time (every file opened) and warm (median of 5; target < 1 s), the page
+  from navigation to the table drawn, and one sort by a column;
 * memory: the server's resident memory (VmRSS of its process) while a page plays a 1,000-step run with
   learn_to_see's layer shapes, written for the purpose: the median over the second half of the frames
   against the first half (target: flat).
@@ -111,14 +114,75 @@ def write_long_run(path: Path, steps: int) -> None:
     writer.close()
 
 
+def write_many_runs(folder: Path, n: int) -> None:
+    """`n` small run files, each written by the recorder's own writer, that differ in activation, seed and lr."""
+    from tests.conftest import write_run
+
+    acts = np.zeros((4, 2, 6, 6, 4), np.float32)
+    for k in range(n):
+        act = ("tanh", "relu", "gelu")[k % 3]
+        write_run(folder / f"sweep/{act}-lr{k % 5}-seed{k}.h5", {"conv1": acts, "conv2": acts[:, :, :3, :3]},
+                  activation=act, config={"seed": k, "learning_rate": 10.0 ** -(1 + k % 5)})
+
+
+def measure_table(browser, n: int) -> list[tuple[str, str, str, str]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "sweep").mkdir()
+        t0 = time.perf_counter()
+        write_many_runs(folder, n)
+        written = time.perf_counter() - t0
+        server = Server(folder)
+        try:
+            def listing() -> float:
+                t = time.perf_counter()
+                with urllib.request.urlopen(server.url + "api/runs") as r:
+                    count = len(json.load(r)["runs"])
+                assert count == n, count
+                return (time.perf_counter() - t) * 1000
+
+            cold = listing()
+            warm = [listing() for _ in range(5)]
+            rows.append((f"/api/runs over {n} run files (written in {written:.0f} s): first answer (every file "
+                         "opened), then warm", f"{statistics.median(warm):.0f} ms warm",
+                         f"first {cold:.0f} ms; warm min {min(warm):.0f}, max {max(warm):.0f}", "< 1 s warm"))
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            t = time.perf_counter()
+            page.goto(server.url)
+            page.wait_for_function(f"() => document.querySelectorAll('#runs tbody tr[data-id]').length === {n}",
+                                   timeout=60000)
+            drawn = (time.perf_counter() - t) * 1000
+            t = time.perf_counter()
+            page.click("#runs th[data-key='config.learning_rate']")
+            page.wait_for_function("() => document.querySelector('#runs th[data-key=\"config.learning_rate\"] .arrow').textContent !== ''")
+            sort = (time.perf_counter() - t) * 1000
+            page.close()
+            rows.append((f"the runs table in the page: navigation to {n} rows drawn; one sort by a column",
+                         f"{drawn:.0f} ms", f"sort {sort:.0f} ms", ""))
+        finally:
+            server.close()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default=str(ROOT / "runs" / "learn_to_see.h5"), help="a recorded learn_to_see run")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--play-seconds", type=float, default=6.0)
     parser.add_argument("--memory-steps", type=int, default=1000)
+    parser.add_argument("--table-runs", type=int, default=500)
+    parser.add_argument("--only", choices=("all", "table"), default="all", help="table: the runs table alone")
     args = parser.parse_args()
     run = Path(args.run)
+    if args.only == "table":
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            print_table(measure_table(browser, args.table_runs))
+            browser.close()
+        return
     if not run.is_file():
         sys.exit(f"no run at {run}: record one first (.venv/bin/emergence record learn_to_see)")
     from playwright.sync_api import sync_playwright
@@ -175,8 +239,12 @@ def main() -> None:
                          f"peak {peak:.0f} MB; played at {shown:.1f} frames/s", "flat"))
         finally:
             server.close()
+        rows.extend(measure_table(browser, args.table_runs))
         browser.close()
+    print_table(rows)
 
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> None:
     print("| measured | value | detail | target |")
     print("|---|---|---|---|")
     for row in rows:
