@@ -169,6 +169,8 @@ def _replay(args: argparse.Namespace) -> int:
         metrics_stamp=not args.no_metrics,
         mp4=args.mp4,
         snapshot_steps=tuple(args.step or ()),
+        distributions=not args.no_distributions,
+        geometry=not args.no_geometry,
         maximise=None if args.maximise is None else tuple(n for n in args.maximise.split(",") if n and n != "all"),
     )
     out = Path(args.out) if args.out else Path(args.run).with_suffix("")
@@ -350,6 +352,10 @@ def _replay_parser(sub: Any) -> None:
                      "visualisation GIFs: the input that maximises each channel (and each class: 'logits') at every "
                      "step whose weights the run stores (record with --set snapshots=N for many); default all layers "
                      "and the logits; needs the run's dataset and a model emergence builds")
+    rep.add_argument("--no-distributions", action="store_true", help="skip distributions.png (each layer's "
+                     "histogram at every step, from the stored frames)")
+    rep.add_argument("--no-geometry", action="store_true", help="skip geometry_<layer>.gif (the analysis images' PCA "
+                     "at every analysed step)")
     rep.add_argument("--no-metrics", action="store_true", help="stamp only the step, not the accuracies")
     rep.add_argument("--mp4", action="store_true", help="also write MP4s (needs imageio's ffmpeg plugin: "
                      "pip install 'emergence[video]')")

@@ -26,6 +26,8 @@ import numpy as np
 
 from replay.animate import Animation, Frames, KernelFrames, LayerFrames, write_animation
 from replay.curves import write_curves
+from replay.distributions import Distribution, layer_distribution, write_distributions
+from replay.geometry import layer_geometry, write_geometry_gif
 from replay.gif import BROWSER_MAX_FPS, frame_duration_ms
 from replay.grid import GridStyle
 from replay.images import save_png
@@ -58,6 +60,8 @@ class ReplayOptions:
     snapshot_steps: tuple[int, ...] = ()
     kernels: bool = True
     curves: bool = True
+    distributions: bool = True  # distributions.png: every layer's histogram at every selected step
+    geometry: bool = True  # geometry_<layer>.gif: the analysis images' PCA at every analysed step (needs /analysis)
     maximise: tuple[str, ...] | None = None  # feature visualisation (replay/maximise.py): layers, () = all + logits
 
 
@@ -171,6 +175,34 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
                                  "and smoothed; eval: the held-out subset at its own steps; test: the full split "
                                  "at the end.", display_zoom=1))
 
+        if options.distributions:
+            dists = _in_parallel(lambda layer: _distribution(run, layer, layer_frames[layer], positions), layers)
+            report.pictures.append(write_distributions(run, dists, out / "distributions.png"))
+            entries.append(Entry("Distributions", "distributions.png", "distributions.png",
+                                 f"Each layer's activations on the {run.layer_shape(layers[0])[0]} probe images (every "
+                                 "position and stored channel) at each selected step: the share of values per bin "
+                                 "(log colour; the layer's colour-scale range, the same bins at every step) and the "
+                                 "5/25/50/75/95% quantiles. Computed from the stored frames.", display_zoom=1))
+
+        if options.geometry and run.has_analysis and len(run.analysis_steps):
+            for layer in layers:
+                with run.lock:
+                    geometry = layer_geometry(run, layer)
+                name = f"geometry_{layer}"
+                count = write_geometry_gif(run, geometry, out / f"{name}.gif", max(duration, 100))
+                report.pictures.append(out / f"{name}.gif")
+                final = geometry.explained[-1]
+                entries.append(Entry("Representation geometry", f"{name}.gif", f"{name}.gif",
+                                     f"{layer}: the {len(geometry.labels)} analysis images on the first two principal "
+                                     f"components of the layer's features, coloured by class, at each of the {count} "
+                                     f"analysed steps ({geometry.steps[0]}–{geometry.steps[-1]}). Exact PCA from the "
+                                     "stored centred Gram; each step turned onto the next by orthogonal Procrustes "
+                                     "(the last step is PCA as it is); unit RMS radius per frame. At the last step "
+                                     f"PC1+PC2 explain {final:.0%} of the variance; between-class share of the variance "
+                                     f"{geometry.class_share[0]:.2f} at step {geometry.steps[0]} → "
+                                     f"{geometry.class_share[-1]:.2f} at step {geometry.steps[-1]}.", display_zoom=1))
+                log(f"{name}.gif  {count} frames")
+
         if options.kernels:
             for layer in (n for n in run.kernel_layers if n in layers):
                 frames = KernelFrames(run, layer, GridStyle(zoom=options.zoom), options.metrics_stamp)
@@ -228,6 +260,10 @@ def _in_parallel(fn: Callable[[str], T], items: Sequence[str]) -> list[T]:
         return [fn(item) for item in items]
     with ThreadPoolExecutor(threads, thread_name_prefix="emergence-replay") as pool:
         return list(pool.map(fn, items))
+
+
+def _distribution(run: Run, layer: str, frames: LayerFrames, positions: np.ndarray) -> Distribution:
+    return layer_distribution(run, layer, frames.scale, positions)  # read_frames takes the run's lock
 
 
 def _snapshots(run: Run, layer_frames: dict[str, LayerFrames], step: int, probes: Sequence[int] | None,
