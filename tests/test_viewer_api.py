@@ -130,6 +130,41 @@ def test_run_rows_carry_config_final_and_best_and_series_are_served_by_name(tmp_
         srv.server_close()
 
 
+def test_distribution_and_geometry_answers_are_replays(tmp_path, two_runs):
+    import shutil
+
+    from replay.distributions import layer_distribution
+    from replay.geometry import layer_geometry
+
+    shutil.copy(two_runs["relu"], tmp_path / "relu.h5")
+    write_run(tmp_path / "plain.h5", {"conv1": np.zeros((2, 2, 3, 3, 1), np.float32)})  # no analysis images
+    srv = start_in_thread(tmp_path, idle_seconds=0.3)
+    try:
+        rows = ids(srv)
+        rid = rows["relu"]["id"]
+        d = get_json(srv, f"/api/runs/{rid}/distribution?layer=conv2")
+        g = get_json(srv, f"/api/runs/{rid}/geometry?layer=conv2")
+        shared = get_json(srv, f"/api/runs/{rid}/distribution?layer=conv2&lo=-2&hi=3")
+        with open_run(tmp_path / "relu.h5") as run:
+            mine = layer_distribution(run, "conv2", LayerFrames(run, "conv2").scale)
+            geometry = layer_geometry(run, "conv2")
+        assert d["counts"] == mine.counts.ravel().tolist() and d["edges"] == mine.edges.tolist()
+        assert d["edges"][0] == 0.0  # relu: one-sided, from 0
+        assert d["steps"] == mine.steps.tolist() and d["describe"] == mine.describe()
+        assert shared["edges"][0] == -2.0 and shared["edges"][-1] == 3.0
+        assert g["steps"] == geometry.steps.tolist() and g["labels"] == geometry.labels.tolist()
+        assert np.allclose(np.array(g["coords"], float), geometry.coords, atol=1e-4)
+        assert g["explained"] == pytest.approx(geometry.explained.tolist())
+        for bad in ("lo=1&hi=1", "lo=1", "lo=nan&hi=2", "lo=x&hi=2"):
+            assert request(srv, f"/api/runs/{rid}/distribution?layer=conv2&{bad}")[0] == 400, bad
+        status, _, body = request(srv, f"/api/runs/{rows['plain']['id']}/geometry?layer=conv1")
+        assert status == 404 and b"analysis_probes=0" in body
+        assert request(srv, f"/api/runs/{rid}/distribution?layer=nope")[0] == 404
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_thresholds_give_replays_level_for_every_half_and_random_floats():
     halves = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
     halves = halves[~np.isnan(halves)]

@@ -333,3 +333,40 @@ def test_curves_of_many_runs_smooth_share_a_cursor_and_open_frames_at_the_pinned
     assert " s (step " in page.text_content("#curves-readout tbody tr")
     page.click(".run-key[data-run='0'] a")  # the frames at the pinned step
     page.wait_for_function("(s) => document.body.dataset.step === String(s)", arg=pinned, timeout=20000)
+
+
+def test_distribution_and_geometry_panels_follow_the_step_cursor(page, served):
+    rid = run_id("tiny-tanh.h5")
+    open_view(page, f"#/run/{rid}?step=10")
+    page.wait_for_function("() => window.__emergence.geometryReady === true", timeout=30000)
+    api = get_json(served[0], f"/api/runs/{rid}/geometry?layer=conv1")
+    analysed = api["steps"]
+    at = max(s for s in analysed if s <= 10)
+    panels = lambda view: page.eval_on_selector_all(f".view-panel[data-view='{view}']", "ps => ps.map(p => p.dataset.step)")  # noqa: E731
+    assert panels("distribution") == ["10", "10"] and panels("geometry") == [str(at)] * 2
+    # the last image drawn at the shown analysed step sits in its class's colour where its coordinates say
+    colour, expected = page.evaluate("""() => {
+        const p = window.__emergence.current.views.geo[0][0], d = p.data, S = p.canvas.width;
+        const k = d.steps.indexOf(Number(p.root.dataset.step)), e = d.extent * 1.05;
+        const i = d.labels.length - 1, [x, y] = d.coords[k][i];
+        const px = Math.round(((x / e + 1) / 2) * (S - 8) + 4), py = Math.round((1 - (y / e + 1) / 2) * (S - 8) + 4);
+        return [[...p.canvas.getContext('2d').getImageData(px, py, 1, 1).data].slice(0, 3), d.labels[i]];
+    }""")
+    tab10 = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
+             [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]]
+    assert colour == tab10[expected % 10]
+    page.keyboard.press("End")
+    page.wait_for_function("() => document.body.dataset.step === '30'")
+    assert panels("distribution") == ["30", "30"] and panels("geometry") == [str(analysed[-1])] * 2
+    caption = page.text_content(".view-panel[data-view='distribution'] .counts")
+    assert caption.startswith("step 30: median ") and "64 bins over [-1, +1]" in caption
+
+
+def test_compare_bins_both_runs_distributions_over_one_range(page, served):
+    a, b = run_id("tiny-tanh.h5"), run_id("tiny-relu.h5")
+    open_view(page, f"#/compare/{a}/{b}?step=10")
+    page.wait_for_function("() => window.__emergence.distributionsReady === true", timeout=30000)
+    edges = page.evaluate("window.__emergence.current.views.dist.map(([x, y]) => [x.data.edges, y.data.edges])")
+    relu = get_json(served[0], f"/api/runs/{b}")["layers"]
+    for (ea, eb), layer in zip(edges, relu):
+        assert ea == eb and ea[0] == -1.0 and ea[-1] == pytest.approx(max(1.0, layer["scale"]["hi"]))

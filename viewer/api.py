@@ -8,6 +8,10 @@
     GET /api/runs/<id>/probes                           probe pixels as stored (uint8 [P, H, W, C])
     GET /api/runs/<id>/metrics                          train (raw, the curves' EMA, wall time), eval, test, series names
     GET /api/runs/<id>/series?name=N                    one extra scalar series (per-layer measures, lr, own series)
+    GET /api/runs/<id>/distribution?layer=L[&lo=&hi=]   the layer's histogram at every recorded step, its quantiles
+                                                        (replay/distributions.py; bins over its scale, or [lo, hi])
+    GET /api/runs/<id>/geometry?layer=L                 the analysis images' aligned PCA at every analysed step
+                                                        (replay/geometry.py)
     GET /api/runs/<id>/frame.png?layer=L&step=s         the frame at recorded step s, rendered by replay's own
                                                         renderer (the GIF's frame, pixel for pixel)
     GET /api/compare?a=<id>&b=<id>                      shared steps, and (when both runs analysed the same
@@ -34,6 +38,8 @@ from compare.cross import cross_similarity, layer_map_at, layer_matching, probe_
 from compare.linear_probes import wilson_interval
 from replay.animate import LayerFrames
 from replay.curves import SMOOTHING, ema
+from replay.distributions import QUANTILES, layer_distribution
+from replay.geometry import layer_geometry
 from replay.images import png_bytes
 from replay.palette import DIVERGING, NAN_RGB, SEQUENTIAL, colour_map, level_thresholds
 from runfile.reader import Run
@@ -73,6 +79,7 @@ class Api:
         self.scales = ScaleBook()
         self._metrics: dict[tuple[str, float, int, int], dict[str, Any]] = {}
         self._meta: dict[str, tuple[tuple, Reply]] = {}  # run id -> (file version, answer)
+        self._views: dict[tuple, Reply] = {}  # distributions and geometry, per run, file version and layer
         self.palettes = palettes()  # at start-up: it imports matplotlib's colour maps, which takes a while
 
     # -- run list and one run -----------------------------------------------------------------------
@@ -178,6 +185,62 @@ class Api:
             raise ApiError(404, f"no series {name!r} in this run; it has: {', '.join(sorted(found)) or 'none'}")
         steps, values = found[name]
         return json_reply({"name": name, "step": steps.tolist(), "value": [_num(v) for v in values]})
+
+    def distribution(self, rid: str, query: Mapping[str, str]) -> Reply:
+        """Counts per bin [T × BINS, row by row], quantiles [T × 5], over the layer's scale or the asked range
+        (compare asks both runs for one range, so their columns share bins)."""
+        with self.catalog.open(rid) as run:
+            layer = _layer(run, query, kernel=False)
+            refused = too_large(run, layer)
+            if refused:
+                raise ApiError(413, refused)
+            scale = self.scales.layer_scale(rid, run, layer)
+            lo, hi = _float(query, "lo"), _float(query, "hi")
+            if (lo is None) != (hi is None) or (lo is not None and not hi > lo):
+                raise ApiError(400, "lo and hi go together, with hi > lo")
+            if lo is not None:
+                scale = Scale(np.float32(lo), np.float32(hi), "diverging", "asked", "asked")
+            key = ("distribution", rid, run.created_unix, run.num_frames, layer, lo, hi)
+            cached = self._views.get(key)
+            if cached is None:
+                d = layer_distribution(run, layer, scale)
+                cached = json_reply({
+                    "layer": layer, "steps": d.steps.tolist(), "edges": d.edges.tolist(), "bins": len(d.edges) - 1,
+                    "counts": d.counts.ravel().tolist(), "per_step": d.per_step, "quantile_levels": list(QUANTILES),
+                    "quantiles": [[_num(v) for v in row] for row in d.quantiles],
+                    "beyond": (d.below + d.above).tolist(), "nonfinite": d.nonfinite.tolist(), "describe": d.describe(),
+                    "what": f"the {run.layer_shape(layer)[0]} probe images' activations (every position and stored "
+                            "channel), from the stored frames",
+                })
+                self._remember(key, cached)
+        return cached
+
+    def geometry(self, rid: str, query: Mapping[str, str]) -> Reply:
+        with self.catalog.open(rid) as run:
+            layer = _layer(run, query, kernel=False)
+            if not run.has_analysis or not len(run.analysis_steps):
+                raise ApiError(404, "this run has no analysis images (recorded with analysis_probes=0): no geometry")
+            key = ("geometry", rid, run.created_unix, len(run.analysis_steps), layer)
+            cached = self._views.get(key)
+            if cached is None:
+                g = layer_geometry(run, layer)
+                finite = g.coords[np.isfinite(g.coords).all(axis=(1, 2))]
+                cached = json_reply({
+                    "layer": layer, "steps": g.steps.tolist(), "labels": g.labels.tolist(),
+                    "coords": [[[_num(round(float(v), 4)) for v in p] for p in frame] for frame in g.coords],
+                    "explained": [_num(v) for v in g.explained], "class_share": [_num(v) for v in g.class_share],
+                    "extent": float(np.abs(finite).max()) if finite.size else 1.0,
+                    "method": f"exact PCA of the {len(g.labels)} analysis images' features from the stored centred Gram; "
+                              "each step turned onto the next by orthogonal Procrustes (the last is PCA as it is); "
+                              "unit RMS radius per step",
+                })
+                self._remember(key, cached)
+        return cached
+
+    def _remember(self, key: tuple, reply: Reply) -> None:
+        if len(self._views) >= 64:  # answers of the runs looked at lately
+            self._views.pop(next(iter(self._views)))
+        self._views[key] = reply
 
     def png(self, rid: str, query: Mapping[str, str]) -> Reply:
         entry = self.catalog.file(rid)
@@ -285,6 +348,19 @@ def _layer(run: Run, query: Mapping[str, str], kernel: bool) -> str:
         what = "recorded kernels" if kernel else "layers"
         raise ApiError(404, f"no {'kernel of ' if kernel else ''}layer {layer!r}; {what}: {', '.join(valid) or 'none'}")
     return layer
+
+
+def _float(query: Mapping[str, str], name: str) -> float | None:
+    text = query.get(name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ApiError(400, f"{name} must be a finite number, got {text[:40]!r}")
+    return value
 
 
 def _int(query: Mapping[str, str], name: str, default: int) -> int:

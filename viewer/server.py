@@ -217,6 +217,10 @@ class Handler(BaseHTTPRequestHandler):
                 return api.probes(rid)
             if rest == ["metrics"]:
                 return api.metrics(rid)
+            if rest == ["distribution"]:
+                return api.distribution(rid, query)
+            if rest == ["geometry"]:
+                return api.geometry(rid, query)
             if rest == ["series"]:
                 return api.series(rid, query)
             if rest == ["frame.png"]:

@@ -10,6 +10,7 @@ import { LayerPanel, el, parseList, tip } from "./panel.js";
 import { similarityPlot, layerMap } from "./similarity.js";
 import { ListView, fmt } from "./table.js";
 import { CurvesView } from "./runs_curves.js";
+import { DistributionPanel, GeometryPanel, classLegend } from "./views.js";
 
 const app = document.getElementById("app");
 const where = document.getElementById("where");
@@ -288,9 +289,11 @@ class RunView extends SteppedView {
       p.exportLink = link;
       p.root.querySelector(".panel-head").append(link);
     }
+    this.views = new LayerViews(this.shownLayers(run).map((l) => l.name), run, "");
     app.replaceChildren(this.facts, this.controls.root, this.selectionInputs(), this.curves.canvas, this.curveLegend,
       el("div", { class: "panels" }, ...this.panels.map((p) => p.root)),
-      ...(this.kernelPanels.length ? [el("h3", { text: "first layer's kernels over training" }), el("div", { class: "panels" }, ...this.kernelPanels.map((p) => p.root))] : []));
+      ...(this.kernelPanels.length ? [el("h3", { text: "first layer's kernels over training" }), el("div", { class: "panels" }, ...this.kernelPanels.map((p) => p.root))] : []),
+      ...this.views.sections());
     this.showFacts();
     if (!this.steps.length) { this.controls.notice.textContent = "no frame recorded yet"; }
     else if (this.requested !== null) this.goto(this.requested, false);
@@ -298,6 +301,9 @@ class RunView extends SteppedView {
     this.controls.follow.checked = this.following;
     this.setMetrics(await metrics);
     this.timers.push(setInterval(() => this.poll().catch(fail), 1000));
+    await firstFramesDrawn(); // the distributions take the server a moment per layer: after the frames, not before
+    this.viewsLoaded = performance.now();
+    await this.views.load([this.id], () => this.steps.length ? this.steps[this.pos] : null);
   }
 
   shownLayers(run) {  // a layer too large to serve (its frames get 413) is named in the facts instead
@@ -339,6 +345,7 @@ class RunView extends SteppedView {
 
   afterRender(step) {
     this.curves.setCursor(step);
+    this.views.setStep(step);
     for (const p of this.panels) p.exportLink.setAttribute("href", `/api/runs/${this.id}/frame.png?layer=${encodeURIComponent(p.info.name)}&step=${step}`);
   }
 
@@ -358,6 +365,10 @@ class RunView extends SteppedView {
     }
     this.showFacts();
     if (counts) this.setMetrics(await getJSON(`/api/runs/${this.id}/metrics`));
+    if (grown && performance.now() - this.viewsLoaded > 10000) { // a live run's distributions: every 10 s at most
+      this.viewsLoaded = performance.now();
+      this.views.load([this.id], () => this.steps[this.pos]).catch(fail);
+    }
     if (!this.steps.length) return;
     if (this.following && !this.playing) this.move("last", false);
     else if (grown || this.panels.some((p) => p.drawnStep === null)) {
@@ -412,10 +423,14 @@ class CompareView extends SteppedView {
     } else {
       this.sim.append(el("p", { class: "notice", text: `no similarity between the runs: ${cmp.mismatch || "no analysed step in common"}` }));
     }
+    this.views = new LayerViews(layers, ra, "A ", rb);
     app.replaceChildren(head, this.controls.root, this.selectionInputs(),
-      el("div", { class: "pairs" }, ...this.pairs.map(([a, b]) => el("div", { class: "pair" }, a.root, b.root))), this.sim);
+      el("div", { class: "pairs" }, ...this.pairs.map(([a, b]) => el("div", { class: "pair" }, a.root, b.root))), this.sim,
+      ...this.views.sections());
     if (!this.steps.length) { this.controls.notice.textContent = "the runs have no recorded step in common"; return; }
     if (this.requested !== null) this.goto(this.requested, false); else this.move("last", false);
+    await firstFramesDrawn();
+    await this.views.load(this.ids, () => this.steps[this.pos]);
   }
 
   panelPositions(pos) {
@@ -424,11 +439,90 @@ class CompareView extends SteppedView {
     return this.pairs.flatMap(([a, b]) => [[a, posA], [b, posB]]);
   }
 
-  afterRender(step) { if (this.simPlot) this.simPlot.setCursor(step); }
+  afterRender(step) {
+    if (this.simPlot) this.simPlot.setCursor(step);
+    this.views.setStep(step);
+  }
 }
 
 window.addEventListener("hashchange", route);
 route();
+
+// Distributions and geometry of the shown layers, for one run or two side by side (B's panels after A's, with
+// the distributions of both binned over one range so that their columns compare).
+class LayerViews {
+  constructor(layers, runA, tagA, runB = null) {
+    this.layers = layers;
+    this.runs = runB ? [runA, runB] : [runA];
+    const tags = runB ? [tagA, "B "] : [""];
+    this.dist = layers.map((name) => this.runs.map((_, k) => new DistributionPanel(name, tags[k])));
+    const analysed = this.runs.every((r) => r.has_analysis);
+    this.geo = analysed ? layers.map((name) => this.runs.map((r, k) => new GeometryPanel(name, r.class_names, tags[k]))) : [];
+    this.legend = el("div");
+    this.method = el("p", { class: "legend" });
+    this.distNote = el("p", { class: "legend", text: "loading…" });
+    this.stats = stats;
+  }
+
+  sections() {
+    const row = (panels) => el("div", { class: "pair" }, ...panels.map((p) => p.root));
+    const out = [el("h3", { id: "distributions", text: "Distributions over training" }), this.distNote,
+      el("div", { class: "panels" }, ...this.dist.map(row))];
+    if (this.geo.length) {
+      out.push(el("h3", { id: "geometry", text: "Representation geometry: the analysis images on two principal components, by class" }),
+        this.method, this.legend, el("div", { class: "panels" }, ...this.geo.map(row)));
+    }
+    return out;
+  }
+
+  // one range for both runs' bins: the union of their colour scales (0 at the bottom where both are one-sided)
+  range(name) {
+    const ends = this.runs.map((r) => {
+      const s = r.layers.find((l) => l.name === name).scale;
+      return [s.one_sided ? 0 : Math.min(...[].concat(s.lo)), Math.max(...[].concat(s.hi))];
+    });
+    return [Math.min(...ends.map((e) => e[0])), Math.max(...ends.map((e) => e[1]))];
+  }
+
+  async load(ids, currentStep) {
+    const shared = ids.length > 1;
+    await Promise.all(this.layers.flatMap((name, i) => ids.map(async (id, k) => {
+      const [lo, hi] = shared ? this.range(name) : [null, null];
+      const q = shared ? `&lo=${lo}&hi=${hi}` : "";
+      const d = await getJSON(`/api/runs/${id}/distribution?layer=${encodeURIComponent(name)}${q}`);
+      this.dist[i][k].set(d);
+      this.dist[i][k].setStep(currentStep());
+      this.distNote.textContent = `Each column: ${d.what} at one recorded step, binned over ${shared ? "one range shared by both runs" : "the layer's colour-scale range"} (the same bins at every step); colour: the share of the step's values in the bin, log scale from 0.01% (light) to 100% (dark); lines: the median (solid), 25/75% (dashed), 5/95% (dotted); red: the step shown.`;
+    })));
+    this.stats.distributionsReady = true;
+    if (!this.geo.length) return;
+    await Promise.all(this.layers.flatMap((name, i) => ids.map(async (id, k) => {
+      const g = await getJSON(`/api/runs/${id}/geometry?layer=${encodeURIComponent(name)}`);
+      this.geo[i][k].set(g);
+      this.geo[i][k].setStep(currentStep());
+      this.method.textContent = `${g.method}. Only the analysed steps have Grams: each panel shows the analysed step at or before the cursor. Between-class share: the classes' share of the features' variance (all dimensions).`;
+      if (!this.legend.childNodes.length) this.legend.replaceChildren(classLegend(this.runs[k].class_names, g.labels));
+    })));
+    this.stats.geometryReady = true;
+  }
+
+  setStep(step) {
+    for (const p of [...this.dist.flat(), ...this.geo.flat()]) p.setStep(step);
+  }
+}
+
+// resolves once the view's first frames are drawn (or after 5 s, or at once for a run without frames)
+function firstFramesDrawn() {
+  const started = performance.now();
+  return new Promise((resolve) => {
+    const check = () => {
+      const c = stats.current;
+      if (stats.firstFramesMs !== null || !c || !c.steps || !c.steps.length || performance.now() - started > 5000) resolve();
+      else setTimeout(check, 30);
+    };
+    check();
+  });
+}
 
 // the first kernel layer, when it can be served
 function servedKernels(run) {
