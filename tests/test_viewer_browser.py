@@ -3,6 +3,7 @@
 Pixels are read back from the page's canvases with getImageData and compared with replay's palette.
 """
 
+import re
 import shutil
 import subprocess
 import sys
@@ -370,3 +371,51 @@ def test_compare_bins_both_runs_distributions_over_one_range(page, served):
     relu = get_json(served[0], f"/api/runs/{b}")["layers"]
     for (ea, eb), layer in zip(edges, relu):
         assert ea == eb and ea[0] == -1.0 and ea[-1] == pytest.approx(max(1.0, layer["scale"]["hi"]))
+
+
+GROWING = """
+import sys, time
+import numpy as np
+sys.path.insert(0, {tests!r})
+from conftest import write_run
+writer = write_run(__import__("pathlib").Path({path!r}), {{"conv1": np.full((1, 2, 3, 3, 1), 0.1, np.float32)}},
+                   activation="relu", close=False)
+for step in range(1, 25):
+    time.sleep(0.2)
+    writer.write_frame(step, {{"conv1": np.full((2, 3, 3, 1), 0.1 * (step + 1), np.float32),
+                              "logits": np.zeros((2, 10), np.float32)}}, float(step))
+    writer.flush()
+writer.set_status("completed")
+writer.close()
+"""
+
+
+def test_a_live_runs_scale_is_labelled_provisional_and_each_change_is_announced(browser, tmp_path):
+    folder = tmp_path / "live"
+    folder.mkdir()
+    server = start_in_thread(folder, idle_seconds=0.5)
+    pg = browser.new_context(viewport={"width": 1300, "height": 900}).new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    proc = subprocess.Popen([sys.executable, "-c", GROWING.format(tests=str(Path(__file__).parent), path=str(folder / "grow.h5"))])
+    try:
+        deadline = __import__("time").monotonic() + 20
+        while not (folder / "grow.h5").exists() and __import__("time").monotonic() < deadline:
+            __import__("time").sleep(0.05)
+        pg.goto(f"http://127.0.0.1:{server.server_address[1]}/#/run/{run_id('grow.h5')}")
+        pg.wait_for_function("() => window.__emergence && window.__emergence.ready === true", timeout=20000)
+        rule = pg.text_content(".panel .rule")
+        assert rule.startswith("provisional: the run is still recording; covers the ")  # relu: a percentile scale
+        pg.wait_for_function("() => (window.__emergence.scaleChanges || 0) >= 2", timeout=30000)
+        line = pg.text_content("#scale-log div")
+        assert re.match(r"at step \d+: conv1's colour scale \[-[0-9.]+, [0-9.]+\] → \[-[0-9.]+, [0-9.]+\] \(over the \d+ frames recorded so far\)", line), line
+    finally:
+        proc.wait(timeout=60)
+    pg.wait_for_function("() => document.querySelector('#run-state').textContent.startsWith('completed')", timeout=15000)
+    pg.wait_for_function("() => !document.querySelector('.panel .rule').textContent.startsWith('provisional')", timeout=15000)
+    final = get_json(server, f"/api/runs/{run_id('grow.h5')}")["layers"][0]["scale"]
+    assert "provisional" not in final and final["hi"] == pytest.approx(2.5)  # p99.9 of every value: 0.1 × 25
+    assert errors == []
+    pg.context.close()
+    server.shutdown()
+    server.server_close()

@@ -43,9 +43,9 @@ from replay.geometry import layer_geometry
 from replay.images import png_bytes
 from replay.palette import DIVERGING, NAN_RGB, SEQUENTIAL, colour_map, level_thresholds
 from runfile.reader import Run
-from replay.scales import Scale
+from replay.scales import Scale, fixed_scale
 from viewer.catalog import Catalog
-from viewer.scale_book import ScaleBook, frame_nbytes, scale_json
+from viewer.scale_book import AUTO, ScaleBook, frame_nbytes, scale_json
 
 MAX_RANGE = 64  # frames per request
 MAX_BYTES = 16 << 20  # bytes per frame or kernel request
@@ -106,7 +106,9 @@ class Api:
                 "name": name, "shape": list(run.layer_shape(name)), "activation": run.activation_label(name),
                 "channels": run.layer_channels(name),  # the model's channel numbers of the stored ones
                 "dtype": run.layer_dtype(name).name, "max_frames": _range_cap(run, name, kernel=False),
-                "scale": scale_json(_NOT_SERVED if refused else self.scales.layer_scale(rid, run, name)),
+                "scale": scale_json(_NOT_SERVED if refused else self.scales.layer_scale(rid, run, name),
+                                    provisional=state == "recording" and not refused
+                                    and fixed_scale(run.activation_label(name), AUTO) is None, covers=run.num_frames),
                 "too_large": refused,
             })
         kernels = []

@@ -94,8 +94,15 @@ def frame_nbytes(run: Run, layer: str, kernel: bool) -> int:
     return itemsize * math.prod(shape)
 
 
-def scale_json(scale: Scale) -> dict[str, Any]:
-    """What the page needs to colour and label one scale."""
+def scale_json(scale: Scale, provisional: bool = False, covers: int = 0) -> dict[str, Any]:
+    """What the page needs to colour and label one scale. A `provisional` scale (a run still recording, a rule
+    that depends on the values) covers the `covers` frames recorded so far and will change: the page says so."""
+    if provisional:
+        return {**scale_json(scale), "provisional": True, "covers": covers}
+    return _cached_json(scale)
+
+
+def _cached_json(scale: Scale) -> dict[str, Any]:
     key = (scale.lo.tobytes(), scale.hi.tobytes(), scale.kind, scale.rule, scale.short, scale.one_sided)
     if key not in _JSON:
         if len(_JSON) > 4096:

@@ -278,6 +278,8 @@ class RunView extends SteppedView {
     document.title = `${run.name} · emergence`;
     this.facts = el("div", { class: "facts" });
     this.controls = new Controls(this, this.params);
+    this.scaleLog = el("div", { class: "notice scale-log", id: "scale-log" });
+    this.controls.root.append(this.scaleLog);
     this.curves = new Curves((step) => this.goto(step, true));
     this.curveLegend = el("p", { class: "legend" });
     const opts = { zoom: this.zoom, probes: this.probes, channels: this.channels, probeBytes: this.probeBytes };
@@ -343,6 +345,16 @@ class RunView extends SteppedView {
     return [...this.panels, ...this.kernelPanels].map((p) => [p, pos]);
   }
 
+  // a scale that changed while the run records is never changed silently: one line each, newest first
+  announceScale(name, was, now, run) {
+    const range = (s) => `[${[].concat(s.lo)[0].toPrecision(3)}, ${[].concat(s.hi)[0].toPrecision(3)}]`;
+    const last = run.steps.length ? run.steps[run.steps.length - 1] : 0;
+    const line = el("div", { text: `at step ${last}: ${name}'s colour scale ${range(was)} → ${range(now)} (${now.provisional ? `over the ${now.covers} frames recorded so far` : "final"})` });
+    this.scaleLog.prepend(line);
+    while (this.scaleLog.childNodes.length > 6) this.scaleLog.lastChild.remove();
+    stats.scaleChanges = (stats.scaleChanges || 0) + 1;
+  }
+
   afterRender(step) {
     this.curves.setCursor(step);
     this.views.setStep(step);
@@ -361,7 +373,16 @@ class RunView extends SteppedView {
       const info = (p.kernels ? run.kernels : run.layers).find((l) => l.name === p.info.name);
       p.run = this.run;
       p.store.setTotal(run.steps.length);
-      if (info && JSON.stringify(info.scale.thresholds) !== p.scaleKey) { p.setScale(info.scale); p.drawnStep = null; }
+      if (info && JSON.stringify(info.scale.thresholds) !== p.scaleKey) {
+        const was = p.info.scale;
+        this.announceScale(p.kernels ? `${info.name} kernels` : info.name, was, info.scale, run);
+        p.info = { ...p.info, scale: info.scale };
+        p.setScale(info.scale);
+        p.drawnStep = null;
+      } else if (info && !!info.scale.provisional !== !!p.info.scale.provisional) {
+        p.info = { ...p.info, scale: info.scale };
+        p.setScale(info.scale); // the run completed: the same scale, no longer provisional
+      }
     }
     this.showFacts();
     if (counts) this.setMetrics(await getJSON(`/api/runs/${this.id}/metrics`));

@@ -52,8 +52,10 @@ export class LayerPanel {
       el("span", { text: formatTick(lo) }),
       el("span", { text: formatTick((lo + scale.hi) / 2) }),
       el("span", { text: formatTick(scale.hi) }));
-    this.barBox.replaceChildren(el("div", { class: "barwrap" }, colourBar(this.colourer, scale.one_sided), ticks),
-      el("span", { class: "rule", text: scale.describe }));
+    const rule = scale.provisional
+      ? el("span", { class: "rule provisional", text: `provisional: the run is still recording; covers the ${scale.covers} frames recorded so far and changes as it records (each change announced above). ${scale.describe}` })
+      : el("span", { class: "rule", text: scale.describe });
+    this.barBox.replaceChildren(el("div", { class: "barwrap" }, colourBar(this.colourer, scale.one_sided), ticks), rule);
     this.scaleKey = JSON.stringify(scale.thresholds);
     const name = this.info.name;
     const what = this.kernels ? `${name} kernels` : `${name} · ${this.info.activation}`;
