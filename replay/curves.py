@@ -10,17 +10,28 @@ import numpy as np
 from replay.images import atomic_path
 from runfile.reader import Run
 
-SMOOTHING = 0.9  # EMA decay of the smoothed train line, bias-corrected at the start
+def centred_half_width(n: int) -> int:
+    """Half the window of `centred` for a series of n batches: 2k + 1 batches, about 1/30 of the run, 11 at least."""
+    return max(5, round(n / 60))
 
 
-def ema(values: np.ndarray, decay: float = SMOOTHING) -> np.ndarray:
-    """Bias-corrected exponential moving average (the first point is the first value, not decay × 0)."""
-    out = np.empty(len(values), np.float64)
-    acc = 0.0
-    for i, v in enumerate(np.asarray(values, np.float64)):
-        acc = decay * acc + (1 - decay) * v
-        out[i] = acc / (1 - decay ** (i + 1))
-    return out
+def centred(values: np.ndarray, half: int | None = None) -> np.ndarray:
+    """The mean over a centred window of 2·half + 1 batches, shrinking at the ends; non-finite values are left out.
+    Unlike an exponential average it does not lag: a fast drop is drawn where it happened, under the eval points."""
+    x = np.asarray(values, np.float64)
+    half = centred_half_width(len(x)) if half is None else half
+    ok = np.isfinite(x)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(ok, x, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(ok)])
+    i = np.arange(len(x))
+    lo, hi = np.maximum(i - half, 0), np.minimum(i + half + 1, len(x))
+    n = counts[hi] - counts[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, (sums[hi] - sums[lo]) / np.maximum(n, 1), np.nan)
+
+
+def smoothing_label(n: int) -> str:
+    return f"centred mean of {2 * centred_half_width(n) + 1} batches (no lag)"
 
 
 def write_curves(run: Run, path: Path) -> Path:
@@ -58,7 +69,7 @@ def _plot(runs: list[tuple[str, Run]], path: Path, title: str) -> Path:
                 if single:
                     ax.plot(train.step, t, color=colour, alpha=0.25, lw=0.8,
                             label="train batch (parameters before its update)")
-                ax.plot(train.step, ema(t), color=colour, lw=1.8, label=f"{name}train, smoothed (EMA {SMOOTHING})")
+                ax.plot(train.step, centred(t), color=colour, lw=1.8, label=f"{name}train, {smoothing_label(len(t))}")
             e = getattr(ev, what)
             if len(e):
                 ax.plot(ev.step, e, "o-" if single else "o--", color="tab:orange" if single else colour, ms=3.5,

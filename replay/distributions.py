@@ -26,7 +26,7 @@ from runfile.reader import Run
 
 BINS = 64
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-READ_BYTES = 32 << 20  # frames read at a time
+READ_BYTES = 4 << 20  # stored bytes read at a time: the binning holds ~16 bytes per value (server memory)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -240,6 +240,10 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
         facts.append(("stamps", "STEP = updates applied before the frame (0 = initialisation); TRAIN ACC = mean of "
                                 "the last 10 training batches at or before it; EVAL ACC = latest evaluation at or "
                                 "before it"))
+        facts.append(("one clock", "each GIF here plays on its own clock. To step every layer together, with the "
+                                   "curves, distributions and geometry, at any exact step: emergence serve "
+                                   f"{Path(path).resolve().parent}, then open {Path(path).stem} in the runs table "
+                                   "(http://127.0.0.1:8421/)"))
         facts += [("note", n) for n in report.notes]
         report.index = write_index(out, f"{Path(path).name}: {run.experiment}", facts, entries, sizes)
     report.seconds = time.perf_counter() - t0

@@ -348,3 +348,16 @@ def test_layouts_the_recorder_never_writes_are_refused_by_every_reader(tmp_path,
 
     with pytest.raises(RunFileError, match="not laid out as emergence writes run files"):
         open_run(path)
+
+
+def test_the_smoothed_train_line_is_centred_and_does_not_lag():
+    from replay.curves import centred
+
+    drop = np.array([1.0] * 50 + [0.0] * 50)
+    smooth = centred(drop)  # 11 batches for 100
+    assert smooth[44] == 1.0 and smooth[55] == 0.0  # flat beyond half a window of the drop
+    assert smooth[49] + smooth[50] == pytest.approx(1.0) and smooth[49] > 0.5 > smooth[50]  # halfway at the drop
+    gappy = drop.copy()
+    gappy[[0, 60]] = np.nan
+    assert np.isfinite(centred(gappy)).all() and centred(gappy)[0] == 1.0  # a NaN is left out, not spread
+    assert centred(np.array([2.0, 4.0, 6.0]), half=1).tolist() == [3.0, 4.0, 5.0]  # the window shrinks at the ends

@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import write_run
 from replay import open_run
 from replay.animate import LayerFrames
-from replay.curves import ema
+from replay.curves import centred
 from replay.palette import DIVERGING, SEQUENTIAL, colour_map, level_thresholds, value_to_index
 from replay.render import ReplayOptions, replay
 from replay.scales import ScaleSpec, resolve_scale
@@ -95,7 +95,7 @@ def test_frames_are_the_stored_bytes_and_the_numbers_are_replays(server, runs_di
     metrics = get_json(server, f"/api/runs/{rid}/metrics")
     assert metrics["train"]["step"] == train.step.tolist()
     assert metrics["train"]["loss"] == train.loss.astype(float).tolist()
-    assert metrics["train"]["loss_smoothed"] == ema(train.loss).tolist()
+    assert metrics["train"]["loss_smoothed"] == centred(train.loss).tolist()
     assert metrics["eval"]["accuracy"] == [0.75]
 
 

@@ -37,7 +37,7 @@ from compare.finiteness import nonfinite_layers
 from compare.cross import cross_similarity, layer_map_at, layer_matching, probe_set_mismatch
 from compare.linear_probes import wilson_interval
 from replay.animate import LayerFrames
-from replay.curves import SMOOTHING, ema
+from replay.curves import centred, smoothing_label
 from replay.distributions import QUANTILES, layer_distribution
 from replay.geometry import layer_geometry
 from replay.images import png_bytes
@@ -166,9 +166,9 @@ class Api:
                     "train": {"step": train.step.tolist(), "wall_time": [_num(v) for v in run.train_wall_time()],
                               "loss": [_num(v) for v in train.loss],
                               "accuracy": [_num(v) for v in train.accuracy],
-                              "loss_smoothed": [_num(v) for v in ema(train.loss)],
-                              "accuracy_smoothed": [_num(v) for v in ema(train.accuracy)],
-                              "smoothing": f"EMA {SMOOTHING}, bias-corrected"},
+                              "loss_smoothed": [_num(v) for v in centred(train.loss)],
+                              "accuracy_smoothed": [_num(v) for v in centred(train.accuracy)],
+                              "smoothing": smoothing_label(len(train.step))},
                     "eval": {"step": ev.step.tolist(), "loss": [_num(v) for v in ev.loss],
                              "accuracy": [_num(v) for v in ev.accuracy], "count": run.eval_count},
                     "test": _test(run),

@@ -1,6 +1,6 @@
 // Loss and accuracy over training, with the step cursor drawn on them; a click asks for the clicked step.
 // Series are labelled for what they are: train = each batch with the parameters before its update (raw,
-// light) and its EMA (computed by the server with replay's own smoothing); eval = the held-out subset;
+// light) and its centred mean (computed by the server with replay's own smoothing: no lag); eval = the held-out subset;
 // test = the full test split at the end.
 
 const PAD = { l: 44, r: 10, t: 18, b: 26 };
