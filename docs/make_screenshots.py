@@ -5,7 +5,10 @@
     .venv/bin/python docs/make_screenshots.py [--runs runs]
 
 The run view shows runs/learn_to_see.h5 at step 60; the compare view shows it beside
-runs/learn_to_see-relu.h5 at the same step.
+runs/learn_to_see-relu.h5 at the same step; the views shot is that run's distributions and geometry at step
+60 (conv2 and conv6); the table and curves shots show every run in the folder (a sweep of activations and
+seeds under runs/ makes them worth looking at: `emergence sweep learn_to_see --grid activation=tanh,relu
+--seeds 0,1,2 --out runs/sweep`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,18 @@ from viewer.server import start_in_thread  # noqa: E402
 SHOTS = {  # file -> (hash of the view, viewport height, clip height or None for the whole page)
     "viewer_run.png": ("#/run/{a}?step=60&layers=conv1,conv2,conv3,conv4", 1250, 1250),
     "viewer_compare.png": ("#/compare/{a}/{b}?step=60&layers=conv1,conv3&zoom=1", 1250, None),
+    "viewer_views.png": ("#/run/{a}?step=60&layers=conv2,conv6", 1250, "views"),
+    "viewer_table.png": ("#/?group=config.activation&sort=best_accuracy&desc=1", 900, None),
+    "viewer_curves.png": ("#/curves/{all}?series=conv6/weight_change", 1000, 1000),
 }
+
+
+def _rows(base: str) -> list[dict]:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(base + "api/runs") as r:
+        return json.load(r)["runs"]
 
 
 def main() -> None:
@@ -43,14 +57,22 @@ def main() -> None:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+            ids["all"] = ",".join(row["id"] for row in _rows(base) if row["readable"])
             for name, (view, height, clip) in SHOTS.items():
                 page = browser.new_page(viewport={"width": 1400, "height": height})
                 page.goto(base + view.format(**ids))
-                page.wait_for_function("() => window.__emergence && window.__emergence.firstFramesMs !== null",
-                                       timeout=60000)
+                page.wait_for_function("() => window.__emergence && window.__emergence.ready === true", timeout=60000)
+                if name == "viewer_views.png":
+                    page.wait_for_function("() => window.__emergence.geometryReady === true", timeout=60000)
                 page.wait_for_timeout(500)
                 out = ROOT / "docs" / "img" / name
-                page.screenshot(path=str(out), full_page=clip is None)
+                if clip == "views":  # from the distributions' heading to the end of the page
+                    top = page.evaluate("document.getElementById('distributions').getBoundingClientRect().top + scrollY")
+                    bottom = page.evaluate("document.documentElement.scrollHeight")
+                    page.screenshot(path=str(out), full_page=True,
+                                    clip={"x": 0, "y": top - 8, "width": 1400, "height": bottom - top + 8})
+                else:
+                    page.screenshot(path=str(out), full_page=clip is None)
                 print(out, out.stat().st_size // 1000, "kB")
                 page.close()
             browser.close()
