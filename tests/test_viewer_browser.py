@@ -419,3 +419,31 @@ def test_a_live_runs_scale_is_labelled_provisional_and_each_change_is_announced(
     pg.context.close()
     server.shutdown()
     server.server_close()
+
+
+def test_a_panel_below_the_colour_resolution_says_so_instead_of_looking_dead(browser, tmp_path):
+    folder = tmp_path / "faint"
+    folder.mkdir()
+    acts = np.zeros((3, 2, 4, 4, 2), np.float32)
+    acts[0] = 0.001  # far below one colour level of a scale of ±10
+    acts[1] = 10.0
+    write_run(folder / "faint.h5", {"conv1": acts}, activation="relu")
+    server = start_in_thread(folder, idle_seconds=0.5)
+    pg = browser.new_context(viewport={"width": 1300, "height": 900}).new_page()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/#/run/{run_id('faint.h5')}"
+        pg.goto(base + "?step=0")
+        pg.wait_for_function("() => window.__emergence && window.__emergence.ready === true", timeout=20000)
+        text = pg.text_content(".panel .counts")
+        assert text.startswith("every value is within 0's colour: max |a| at this step = 0.0010, 0.00010 of the scale"), text
+        assert "warn" in pg.get_attribute(".panel .counts", "class")
+        pg.keyboard.press("End")
+        pg.wait_for_function("() => document.body.dataset.step === '2'")
+        assert pg.text_content(".panel .counts").startswith("every value is exactly 0 at this step")
+        pg.keyboard.press("ArrowLeft")
+        pg.wait_for_function("() => document.body.dataset.step === '1'")
+        assert pg.text_content(".panel .counts").startswith("clipped 0")
+    finally:
+        pg.context.close()
+        server.shutdown()
+        server.server_close()

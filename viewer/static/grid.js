@@ -82,6 +82,8 @@ export class GridView {
     const Wt = spec.cols * spec.W;
     const counts = [0, 0, 0]; // NORMAL, CLIPPED, NOT_A_NUMBER
     const half = bits ? colourer.halfTable() : null;
+    const zero = colourer.rgba(0); // the colour of 0: a frame drawn only in it looks empty
+    let blank = true;
     for (let r = 0; r < spec.rows; r++) {
       for (let c = 0; c < spec.cols; c++) {
         for (let y = 0; y < spec.H; y++) {
@@ -97,6 +99,7 @@ export class GridView {
               pixels[o] = colourer.rgba(v);
               counts[colourer.flag(v)]++;
             }
+            if (pixels[o] !== zero) blank = false;
           }
         }
       }
@@ -110,7 +113,14 @@ export class GridView {
         ctx.drawImage(this.small, c * spec.W, r * spec.H, spec.W, spec.H, x, y, spec.W * this.fx, spec.H * this.fy);
       }
     }
-    return { clipped, nan, shown: spec.rows * spec.cols * spec.H * spec.W };
+    let maxAbs = null; // only for a frame that looks empty: how far below the colour resolution its values are
+    if (blank) {
+      maxAbs = 0;
+      for (let r = 0; r < spec.rows; r++) for (let c = 0; c < spec.cols; c++) for (let y = 0; y < spec.H; y++) {
+        for (let x = 0; x < spec.W; x++) { const v = Math.abs(frame[spec.index(r, c, y, x)]); if (v > maxAbs) maxAbs = v; }
+      }
+    }
+    return { clipped, nan, shown: spec.rows * spec.cols * spec.H * spec.W, maxAbs };
   }
 
   // canvas pixel -> {r, c, y, x} of a tile, {header: c} for a probe image, or null

@@ -109,8 +109,13 @@ export class LayerPanel {
     this.root.classList.remove("loading");
     this.status.textContent = `step ${step}`;
     const parts = [`clipped ${n.clipped}`, `NaN ${n.nan}`, `of ${n.shown} shown values`];
+    const top = Math.max(...[].concat(this.info.scale.hi).map(Math.abs), ...[].concat(this.info.scale.lo).map(Math.abs));
+    // a panel drawn entirely in 0's colour is not called dead when its values are merely below the resolution
+    const faint = n.maxAbs !== null && n.maxAbs > 0 && n.nan === 0;
+    if (faint) parts.unshift(`every value is within 0's colour: max |a| at this step = ${n.maxAbs.toPrecision(2)}, ${(n.maxAbs / top).toPrecision(2)} of the scale`);
+    if (n.maxAbs === 0) parts.unshift("every value is exactly 0 at this step");
     this.counts.textContent = parts.join(" · ");
-    this.counts.classList.toggle("warn", n.nan > 0);
+    this.counts.classList.toggle("warn", n.nan > 0 || faint);
     return true;
   }
 
