@@ -447,3 +447,22 @@ def test_a_panel_below_the_colour_resolution_says_so_instead_of_looking_dead(bro
         pg.context.close()
         server.shutdown()
         server.server_close()
+
+
+def test_compare_can_draw_both_runs_on_one_scale_and_says_so(page, served):
+    a, b = run_id("tiny-tanh.h5"), run_id("tiny-relu.h5")
+    cmp = get_json(served[0], f"/api/compare?a={a}&b={b}")
+    relu = get_json(served[0], f"/api/runs/{b}")["layers"][0]["scale"]
+    shared = cmp["shared_scales"]["conv1"]
+    assert shared["hi"] == pytest.approx(max(1.0, relu["hi"])) and shared["lo"] == -shared["hi"]
+    open_view(page, f"#/compare/{a}/{b}?step=10")
+    rules = lambda: page.eval_on_selector_all(".panel .rule", "r => r.map(x => x.textContent)")  # noqa: E731
+    assert "fixed (tanh range)" in rules()[0] and "one scale for both runs" not in rules()[0]
+    page.check("#shared-scale")
+    assert all("one scale for both runs" in r for r in rules())
+    his = page.evaluate("window.__emergence.current.pairs[0].map(p => p.info.scale.hi)")
+    assert his == [shared["hi"], shared["hi"]]
+    page.wait_for_function("() => location.hash.includes('scale=shared')")
+    page.reload()
+    page.wait_for_function("() => window.__emergence && window.__emergence.ready === true", timeout=20000)
+    assert page.is_checked("#shared-scale") and all("one scale for both runs" in r for r in rules())

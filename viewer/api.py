@@ -271,6 +271,9 @@ class Api:
             shared = [n for n in a.layers if n in b.layers]
             out: dict[str, Any] = {"a": ra, "b": rb, "names": names, "steps": steps.tolist(), "layers": shared,
                                    "alignment": "frames at the steps recorded in both runs"}
+            out["shared_scales"] = {name: scale_json(shared_scale(self.scales.layer_scale(ra, a, name),
+                                                                  self.scales.layer_scale(rb, b, name)))
+                                    for name in shared if not too_large(a, name) and not too_large(b, name)}
             mismatch = probe_set_mismatch(a, b)
             out["similarity"] = None
             out["mismatch"] = mismatch
@@ -293,6 +296,19 @@ class Api:
                                  for when, m in (("init", init_map), ("end", cross.layer_map))},
                 }
         return json_reply(out)
+
+
+def shared_scale(a: Scale, b: Scale) -> Scale:
+    """One scale for a layer of two runs: the range that holds both runs' scales (per-channel scales by their
+    widest channel), one-sided only if both are. Each side's own scale stays the default."""
+    lo = min(float(np.min(a.lo)), float(np.min(b.lo)))
+    hi = max(float(np.max(a.hi)), float(np.max(b.hi)))
+    kind = "sequential" if a.kind == b.kind == "sequential" else "diverging"
+    if kind == "diverging":
+        lo = -max(abs(lo), abs(hi))
+        hi = -lo
+    rule = "one scale for both runs: the range holding A's and B's own scales"
+    return Scale(np.float32(lo), np.float32(hi), kind, rule, "shared by A and B", a.one_sided and b.one_sided)
 
 
 def _matching(matrix: np.ndarray, rows: list[str], cols: list[str]) -> dict[str, Any] | None:

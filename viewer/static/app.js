@@ -219,6 +219,7 @@ class SteppedView {
       if (this.zoom !== 2) p.set("zoom", String(this.zoom));
       if (this.controls.fpsValue !== 10) p.set("fps", String(this.controls.fpsValue));
       if (this.following) p.set("follow", "1");
+      if (this.extraParams) this.extraParams(p);
       history.replaceState(null, "", `#/${this.urlPath()}?${p}`);
     }, 150);
   }
@@ -433,7 +434,7 @@ class CompareView extends SteppedView {
     const head = el("div", { class: "facts" }, el("h2", { text: "Two runs at the same step" }),
       ...[0, 1].map((k) => el("p", {}, el("b", { text: k ? "B " : "A " }), el("a", { href: `#/run/${this.runs[k].id}`, text: this.runs[k].name }),
         el("span", { text: ` · ${this.runs[k].facts.activation}, seed ${this.runs[k].facts.seed} · ${this.runs[k].state}` }))),
-      el("p", { class: "muted", text: `Aligned by step: ${cmp.steps.length} steps recorded in both runs; each side keeps its own fixed colour scale.` }));
+      el("p", { class: "muted", text: `Aligned by step: ${cmp.steps.length} steps recorded in both runs; each side keeps its own fixed colour scale unless "one colour scale for both runs" is ticked.` }));
     this.sim = el("div", { class: "similarity" });
     if (cmp.similarity) {
       this.simPlot = similarityPlot(cmp.similarity, layers);
@@ -444,6 +445,12 @@ class CompareView extends SteppedView {
     } else {
       this.sim.append(el("p", { class: "notice", text: `no similarity between the runs: ${cmp.mismatch || "no analysed step in common"}` }));
     }
+    this.sharedScale = el("input", { type: "checkbox", id: "shared-scale" });
+    this.sharedScale.checked = this.params.get("scale") === "shared";
+    this.sharedScale.addEventListener("change", () => { this.applyScales(); this.saveUrl(); });
+    this.controls.root.append(el("label", { class: "row" }, this.sharedScale,
+      " one colour scale for both runs (per layer: the range holding both runs' own scales)"));
+    this.applyScales();
     this.views = new LayerViews(layers, ra, "A ", rb);
     app.replaceChildren(head, this.controls.root, this.selectionInputs(),
       el("div", { class: "pairs" }, ...this.pairs.map(([a, b]) => el("div", { class: "pair" }, a.root, b.root))), this.sim,
@@ -459,6 +466,23 @@ class CompareView extends SteppedView {
     const posA = this.runs[0].steps.indexOf(step), posB = this.runs[1].steps.indexOf(step);
     return this.pairs.flatMap(([a, b]) => [[a, posA], [b, posB]]);
   }
+
+  // each run's own scale (the default), or one per layer shared by both: always stated under the bar
+  applyScales() {
+    const shared = this.sharedScale.checked;
+    for (const pair of this.pairs) {
+      for (const [k, panel] of pair.entries()) {
+        const own = this.runs[k].layers.find((l) => l.name === panel.info.name).scale;
+        const scale = shared && this.cmp.shared_scales[panel.info.name] ? this.cmp.shared_scales[panel.info.name] : own;
+        panel.info = { ...panel.info, scale };
+        panel.setScale(scale);
+        panel.drawnStep = null;
+      }
+    }
+    if (this.views && this.steps && this.steps.length) this.render();
+  }
+
+  extraParams(p) { if (this.sharedScale && this.sharedScale.checked) p.set("scale", "shared"); }
 
   afterRender(step) {
     if (this.simPlot) this.simPlot.setCursor(step);
