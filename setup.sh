@@ -21,4 +21,4 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 # The editable install's build backend is chatty; show its log only if it fails.
-.venv/bin/python -m pip install -q -e '.[test,video]' >.venv/install.log 2>&1 || { cat .venv/install.log >&2; exit 1; }
+.venv/bin/python -m pip install -q -e '.[test,video,cluster]' >.venv/install.log 2>&1 || { cat .venv/install.log >&2; exit 1; }

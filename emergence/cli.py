@@ -207,7 +207,8 @@ def _compare(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     enable_compilation_cache()
     from compare.sweep import sweep_report
-    from experiments.sweep import parse_grid, plan_sweep, record_sweep
+    from experiments.launchers import RayOptions, SlurmOptions, sbatch_script
+    from experiments.sweep import parse_grid, plan_sweep, record_sweep, tasks_of
 
     grid = parse_grid(args.grid or [])
     name = args.name or "-".join(["sweep", args.experiment, *grid])
@@ -215,8 +216,16 @@ def _sweep(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     runs = plan_sweep(args.experiment, grid, overrides, folder)
     print(f"sweep: {len(runs)} runs of {args.experiment} -> {folder}")
-    for line in record_sweep(runs, args.experiment, overrides, args.jobs, args.overwrite, not args.no_progress):
-        print(f"  {line}")
+    ray = RayOptions(args.address, args.cpus_per_run, args.gpus_per_run, args.retries)
+    slurm = SlurmOptions(args.partition, args.time_min, int(args.gpus_per_run), max(1, int(args.cpus_per_run)),
+                         args.parallel, args.slurm_cluster)
+    if args.dry_run:
+        if args.launcher != "slurm":
+            raise ValueError("--dry-run prints the sbatch script of --launcher slurm")
+        print(sbatch_script(tasks_of(runs, args.experiment, overrides), slurm, folder / "slurm-logs", folder.name))
+        return 0
+    record_sweep(runs, args.experiment, overrides, args.jobs, args.overwrite, not args.no_progress and args.launcher == "local",
+                 log=lambda line: print(f"  {line}", flush=True), launcher=args.launcher, ray=ray, slurm=slurm)
     print(sweep_report([(r.values, r.path) for r in runs], folder, f"{args.experiment}, {', '.join(args.grid)}"))
     return 0
 
@@ -248,7 +257,23 @@ def _sweep_parser(sub: Any, experiments: Sequence[str]) -> None:
     swp.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a swept config key (repeatable), e.g. "
                      "--grid activation=tanh,relu --grid seed=0,1,2")
     swp.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run")
-    swp.add_argument("--jobs", type=int, default=1, help="runs recorded at a time, each in its own process")
+    swp.add_argument("--jobs", type=int, default=1, help="local: runs recorded at a time, each in its own process")
+    swp.add_argument("--launcher", choices=("local", "ray", "slurm"), default="local", help="where runs are recorded: "
+                     "this machine (default), a Ray cluster, or a SLURM job array through submitit (pip install "
+                     "'emergence[cluster]'); every worker must see --out and run this package")
+    swp.add_argument("--address", help="ray: the cluster's address (HOST:PORT; default RAY_ADDRESS, else a local "
+                     "Ray instance)")
+    swp.add_argument("--cpus-per-run", type=float, default=1.0, help="ray and slurm: CPUs each run asks for")
+    swp.add_argument("--gpus-per-run", type=float, default=0.0, help="ray and slurm: GPUs each run asks for")
+    swp.add_argument("--retries", type=int, default=2, help="ray: tries after a task's process dies or its run "
+                     "fails (each resumes from the run's checkpoint)")
+    swp.add_argument("--partition", help="slurm: the partition")
+    swp.add_argument("--time-min", type=int, default=60, help="slurm: time limit of each run in minutes (a "
+                     "timed-out or preempted run is requeued and resumes)")
+    swp.add_argument("--parallel", type=int, default=16, help="slurm: array tasks running at once")
+    swp.add_argument("--slurm-cluster", choices=("slurm", "local"), default="slurm", help="slurm: 'local' runs the "
+                     "same job array with submitit's local executor, without SLURM (a test of the setup)")
+    swp.add_argument("--dry-run", action="store_true", help="slurm: print the sbatch script and submit nothing")
     swp.add_argument("--out", default="runs", help="output folder (default: runs)")
     swp.add_argument("--name", help="sweep folder name (default: sweep-EXPERIMENT-KEYS)")
     swp.add_argument("--overwrite", action="store_true", help="record every run again")

@@ -7,7 +7,8 @@ same config is reused. Runs that differ only in values that are not static to th
 initial weights, data order, augmentation draws) compile the same programs: with JAX's persistent
 compilation cache (on in the CLI) every distinct static config is compiled once. `--jobs J` records J runs at
 a time, each in its own process (`emergence record`); the default 1 records them one after another in this
-process.
+process. `--launcher ray|slurm` runs each grid point as a Ray task or a SLURM array task
+(experiments/launchers.py). Whatever the launcher, a complete run is reused and a killed one resumed.
 
 The report (compare/sweep.py) is written to `OUT/NAME/report.md` and `sweep.json`.
 """
@@ -16,16 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 from experiments.configs import get_experiment
-from experiments.pair import reusable
+from experiments.launchers import (LAUNCHERS, RayOptions, SlurmOptions, Task, clear, run_local, run_ray, run_slurm,
+                                   task_state)
 from recorder.config import RunConfig, apply_overrides, override_keys
-from recorder.run import record
+from recorder.run import record, resume
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,40 +68,44 @@ def plan_sweep(experiment: str, grid: dict[str, list[str]], overrides: list[str]
     return runs
 
 
+def tasks_of(runs: list[SweepRun], experiment: str, overrides: list[str], show_progress: bool = False) -> list[Task]:
+    return [Task(experiment, (*overrides, *(f"{k}={v}" for k, v in r.values.items())), str(r.path.resolve()),
+                 show_progress) for r in runs]
+
+
 def record_sweep(runs: list[SweepRun], experiment: str, overrides: list[str], jobs: int = 1, overwrite: bool = False,
-                 show_progress: bool = True, log: Callable[[str], None] = print) -> list[str]:
-    """Records every run not reusable; returns one line per run saying what happened."""
-    done, todo = [], []
-    for r in runs:
-        if not overwrite and reusable(r.path, r.config):
-            done.append(f"{r.path.name}: reused (complete, same config)")
+                 show_progress: bool = True, log: Callable[[str], None] = lambda s: None, launcher: str = "local",
+                 ray: RayOptions = RayOptions(), slurm: SlurmOptions = SlurmOptions()) -> list[str]:
+    """Records every run that is not complete (resuming those a killed try left); returns one line per run saying
+    what happened, and logs each as it finishes. `launcher`: local (this machine; `jobs` at a time, each in its
+    own process, or one after another in this process), ray or slurm (experiments/launchers.py)."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"--launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+    tasks = tasks_of(runs, experiment, overrides)
+    if overwrite:
+        clear(tasks)
+    for folder in {r.path.parent for r in runs}:
+        folder.mkdir(parents=True, exist_ok=True)
+    if launcher == "ray":
+        return run_ray(tasks, ray, log)
+    if launcher == "slurm":
+        folder = runs[0].path.parent
+        return run_slurm(tasks, slurm, folder / "slurm-logs", folder.name, log)
+    if jobs > 1:
+        return run_local(tasks, jobs, log)
+    lines = []
+    for r, task in zip(runs, tasks):  # in this process: no start-up per run, compiled programs shared
+        t = time.perf_counter()
+        state = task_state(task)
+        if state == "complete":
+            lines.append(f"{r.path.name}: reused (complete, same config)")
+        elif state == "resumable":
+            result = resume(r.path, show_progress=show_progress, log=log)
+            lines.append(f"{r.path.name}: resumed from its checkpoint and completed in {time.perf_counter() - t:.0f} s, "
+                         f"test accuracy {result.test_accuracy:.4f}")
         else:
-            todo.append(r)
-    if jobs <= 1:
-        for r in todo:
-            t = time.perf_counter()
             result = record(r.config, r.path, overwrite=True, show_progress=show_progress, log=log)
-            done.append(f"{r.path.name}: recorded in {time.perf_counter() - t:.0f} s, test accuracy "
-                        f"{result.test_accuracy:.4f}")
-        return done
-    pending, active = list(todo), []
-    while pending or active:
-        while pending and len(active) < jobs:
-            r = pending.pop(0)
-            sets = [*overrides, *(f"{k}={v}" for k, v in r.values.items())]
-            cmd = [sys.executable, "-m", "emergence", "record", experiment, "--out", str(r.path.parent), "--name",
-                   r.path.stem, "--overwrite", "--no-progress", *itertools.chain(*(("--set", s) for s in sets))]
-            active.append((r, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
-                           time.perf_counter()))
-        time.sleep(0.2)
-        for item in list(active):
-            r, proc, t = item
-            if proc.poll() is None:
-                continue
-            active.remove(item)
-            _, err = proc.communicate()  # reads and closes the pipe
-            if proc.returncode != 0:
-                raise RuntimeError(f"sweep: recording {r.path.name} failed ({proc.returncode}): "
-                                   f"{err.strip().splitlines()[-1] if err.strip() else 'no message'}")
-            done.append(f"{r.path.name}: recorded in {time.perf_counter() - t:.0f} s (its own process)")
-    return done
+            lines.append(f"{r.path.name}: recorded in {time.perf_counter() - t:.0f} s, test accuracy "
+                         f"{result.test_accuracy:.4f}")
+        log(lines[-1])
+    return lines

@@ -1,0 +1,264 @@
+"""Where a sweep's runs are recorded: processes on this machine, a Ray cluster, or SLURM through submitit.
+
+Every launcher runs the same task for each grid point (`run_task`), in a fresh `emergence` process:
+
+* a complete run file recorded with the very same config is reused (never recorded again);
+* a file left by a killed, interrupted or failed try of the same config is resumed from its last checkpoint
+  (`emergence resume`: the finished file equals an uninterrupted run's, bitwise on the CPU);
+* anything else is recorded from the start.
+
+So a task can be run again at any time and continues what the last try left: Ray retries a task whose process
+died or failed (`retries`), SLURM requeues a preempted job (`RecordTask.checkpoint`), and running the sweep
+again after Ctrl-C picks up every run where it stopped. `--overwrite` deletes a sweep's files before any task
+starts; tasks themselves never delete a run.
+
+The child `emergence` process is tied to the task's process (PR_SET_PDEATHSIG on Linux): when Ray cancels a
+task or SLURM ends a job, the recorder gets SIGTERM and stops at the next block boundary with a resumable file.
+
+Runs are written where the sweep's folder is, which every worker must see (a shared filesystem) and every
+worker must run the same environment (this package installed). HDF5's single-writer/many-reader mode relies on
+POSIX semantics that NFS and Lustre do not give: on those, watch a sweep's progress with `emergence serve` on
+the files as they complete, not the frames of a run still recording (README, "More devices, sweeps").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+LAUNCHERS = ("local", "ray", "slurm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    experiment: str
+    sets: tuple[str, ...]  # every override of this grid point: the sweep's --set and its grid values
+    path: str  # absolute path of the run file
+    show_progress: bool = False
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+class TaskFailed(RuntimeError):
+    """The run's `emergence` process failed; the message is its last line."""
+
+
+def _tie_to_parent() -> None:  # in the child, before exec: SIGTERM when the task's process dies
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: a cancelled task may leave its recorder running to the end
+
+
+def task_state(task: Task) -> str:
+    """"complete", "resumable" or "new": what this task's file holds for this task's config."""
+    from experiments.configs import get_experiment
+    from experiments.pair import reusable
+    from recorder.config import apply_overrides
+    from recorder.plan import json_config
+    from runfile.reader import open_run
+
+    path = Path(task.path)
+    config = apply_overrides(get_experiment(task.experiment), list(task.sets))
+    if reusable(path, config):
+        return "complete"
+    if not path.exists() or not path.with_suffix(".ckpt").is_dir():
+        return "new"
+    try:
+        with open_run(path) as run:
+            same = run.config == json_config(config)
+            state = run.state()[0]
+    except Exception:  # noqa: BLE001 - an unreadable leftover is recorded again
+        return "new"
+    return "resumable" if same and state in ("killed", "interrupted", "failed", "diverged") else "new"
+
+
+def _emergence(args: list[str], show_progress: bool) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emergence", *args, *([] if show_progress else ["--no-progress"])],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_tie_to_parent)
+
+
+def run_task(task: Task) -> str:
+    """Reuses, resumes or records one grid point's run; returns one line saying which. Raises TaskFailed."""
+    t0 = time.perf_counter()
+    state = task_state(task)
+    if state == "complete":
+        return f"{task.name}: reused (complete, same config)"
+    path = Path(task.path)
+    if state == "resumable":
+        done = _emergence(["resume", str(path)], task.show_progress)
+        if done.returncode == 0:
+            return f"{task.name}: resumed from its checkpoint and completed in {time.perf_counter() - t0:.0f} s"
+        # a checkpoint that cannot be used: record the run again from the start below
+    sets = [a for s in task.sets for a in ("--set", s)]
+    done = _emergence(["record", task.experiment, "--out", str(path.parent), "--name", path.stem, "--overwrite",
+                       *sets], task.show_progress)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise TaskFailed(f"{task.name}: `emergence record` exited with {done.returncode}: "
+                         f"{lines[-1] if lines else 'no message'}")
+    return f"{task.name}: recorded in {time.perf_counter() - t0:.0f} s"
+
+
+def clear(tasks: Sequence[Task]) -> None:
+    """--overwrite: the sweep's files and checkpoints go before any task starts."""
+    for t in tasks:
+        path = Path(t.path)
+        path.unlink(missing_ok=True)
+        shutil.rmtree(path.with_suffix(".ckpt"), ignore_errors=True)
+
+
+# -- local ------------------------------------------------------------------------------------------------
+def run_local(tasks: Sequence[Task], jobs: int, log: Callable[[str], None]) -> list[str]:
+    """`jobs` tasks at a time on threads of this process, each task's run in its own process."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    lines = []
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = [pool.submit(run_task, t) for t in tasks]
+        try:
+            for f in as_completed(futures):
+                lines.append(f.result())
+                log(lines[-1])
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return lines
+
+
+# -- Ray ----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: RAY_ADDRESS, or a local Ray instance started for the sweep
+    cpus: float = 1.0  # per task
+    gpus: float = 0.0
+    retries: int = 2  # a task whose process dies or whose run fails is run again this many times
+
+
+def run_ray(tasks: Sequence[Task], options: RayOptions, log: Callable[[str], None]) -> list[str]:
+    import ray
+
+    address = options.address or os.environ.get("RAY_ADDRESS") or None
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        remote = ray.remote(num_cpus=options.cpus, num_gpus=options.gpus, max_retries=options.retries,
+                            retry_exceptions=True)(run_task)
+        pending = {remote.remote(t): t for t in tasks}
+        where = address or "a local Ray instance"
+        log(f"ray: {len(tasks)} tasks on {where} ({options.cpus:g} CPU, {options.gpus:g} GPU each; "
+            f"{options.retries} retries)")
+        lines = []
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    task = pending.pop(ref)
+                    try:
+                        lines.append(ray.get(ref))
+                    except Exception as e:  # noqa: BLE001 - Ray wraps the task's error
+                        raise TaskFailed(f"{task.name}: failed after {options.retries} retries: "
+                                         f"{_cause(e)}") from None
+                    log(lines[-1])
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)  # the recorders get SIGTERM (tied to the worker) and stop resumable
+            raise
+        return lines
+    finally:
+        ray.shutdown()
+
+
+def _cause(error: BaseException) -> str:
+    cause = getattr(error, "cause", None) or error
+    return str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+
+
+# -- SLURM through submitit -----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SlurmOptions:
+    partition: str | None = None
+    time_min: int = 60
+    gpus: int = 0  # per task (one node each)
+    cpus: int = 2
+    parallel: int = 16  # array tasks running at once
+    cluster: str = "slurm"  # "local": submitit's local executor, the same code path without SLURM (tests)
+
+
+class RecordTask:
+    """The submitit job: a task that SLURM may preempt and requeue. On preemption or timeout submitit calls
+    `checkpoint`, which submits the same task again; the next try resumes the run from its checkpoint."""
+
+    def __call__(self, task: Task) -> str:
+        return run_task(task)
+
+    def checkpoint(self, task: Task) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(RecordTask(), task)
+
+
+def slurm_parameters(options: SlurmOptions, name: str) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": name, "timeout_min": options.time_min, "cpus_per_task": options.cpus,
+                              "slurm_array_parallelism": options.parallel, "nodes": 1, "tasks_per_node": 1}
+    if options.gpus:
+        params["gpus_per_node"] = options.gpus
+    if options.partition:
+        params["slurm_partition"] = options.partition
+    return params
+
+
+def sbatch_script(tasks: Sequence[Task], options: SlurmOptions, logs: Path, name: str) -> str:
+    """The sbatch script that submitit writes for this sweep's job array, from the same parameters (what
+    `emergence sweep --launcher slurm --dry-run` prints; it needs no SLURM to be written)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    p = slurm_parameters(options, name)
+    return _make_sbatch_string(
+        command=f"{sys.executable} -u -m submitit.core._submit {logs}", folder=logs, job_name=p["name"],
+        partition=p.get("slurm_partition"), time=p["timeout_min"], nodes=p["nodes"], ntasks_per_node=p["tasks_per_node"],
+        cpus_per_task=p["cpus_per_task"], gpus_per_node=p.get("gpus_per_node"),
+        array_parallelism=p["slurm_array_parallelism"], map_count=len(tasks))
+
+
+def run_slurm(tasks: Sequence[Task], options: SlurmOptions, logs: Path, name: str,
+              log: Callable[[str], None]) -> list[str]:
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=logs, cluster=options.cluster)
+    executor.update_parameters(**slurm_parameters(options, name))
+    jobs = executor.map_array(RecordTask(), list(tasks))
+    log(f"slurm: {len(jobs)} array tasks submitted ({'submitit local executor' if options.cluster == 'local' else 'sbatch'}); "
+        f"logs in {logs}")
+    lines = []
+    try:
+        for job, task in _as_done(jobs, tasks):
+            try:
+                lines.append(job.result())
+            except Exception as e:  # noqa: BLE001 - submitit re-raises the job's error with its traceback
+                raise TaskFailed(f"{task.name}: {_cause(e)}") from None
+            log(lines[-1])
+    except BaseException:
+        for job in jobs:
+            job.cancel(check=False)  # SIGTERM to the job: the recorder stops resumable
+        raise
+    return lines
+
+
+def _as_done(jobs: list[Any], tasks: Sequence[Task]) -> Iterator[tuple[Any, Task]]:
+    waiting = list(zip(jobs, tasks))
+    while waiting:
+        for item in [w for w in waiting if w[0].done()]:
+            waiting.remove(item)
+            yield item
+        time.sleep(0.5)
