@@ -1,0 +1,136 @@
+"""Sweeps beyond one machine on real engines: a Ray cluster of a head and a separate worker process on 127.0.0.1,
+and SLURM's code path through submitit's local executor (SLURM itself is not on this machine)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.launchers import RecordTask, SlurmOptions, Task, sbatch_script
+from runfile.identity import differences
+from runfile.reader import open_run
+
+BIN = Path(sys.executable).parent
+GRID = ["--grid", "seed=0,1", "--grid", "activation=tanh,relu"]
+SETS = ["--set", "steps=40", "--set", "checkpoint_every=8"]
+FOLDER = "sweep-tiny-seed-activation"
+
+
+def emergence(*args, check=True, timeout=600, env=None):
+    done = subprocess.run([sys.executable, "-m", "emergence", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+    if check:
+        assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def recorder_pid(stem):
+    """The pid of the `emergence record` process writing run `stem`, or None."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"emergence" in argv and b"record" in argv and stem.encode() in argv:
+            return int(entry.name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """`ray start --head` on 127.0.0.1 and one worker node started apart with `ray start --address`."""
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(tmp_path_factory.mktemp("ray")),
+           "RAY_AUTH_MODE": "token"}  # the head and the worker node share the token in ~/.ray/auth_token
+    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    address = f"127.0.0.1:{port}"
+    subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--include-dashboard", "false", *common], check=True, env=env, capture_output=True, timeout=180)
+    try:
+        subprocess.run([str(BIN / "ray"), "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
+                       check=True, env=env, capture_output=True, timeout=180)
+        yield address, env
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_a_ray_cluster_records_the_sweep_and_a_killed_task_resumes_to_the_same_file(tmp_path, ray_cluster):
+    address, env = ray_cluster
+    nodes = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={address!r}); "
+                            "print(len([n for n in ray.nodes() if n['Alive']]))"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert nodes.stdout.strip().splitlines()[-1] == "2", nodes.stderr[-2000:]  # the head and the worker node
+    out = tmp_path / "ray"
+    proc = subprocess.Popen([sys.executable, "-m", "emergence", "sweep", "tiny", *GRID, *SETS, "--launcher", "ray",
+                             "--address", address, "--out", str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    victim = "seed=0-activation=tanh"
+    path = out / FOLDER / f"{victim}.h5"
+    killed_at = None
+    deadline = time.monotonic() + 300
+    while killed_at is None and time.monotonic() < deadline and proc.poll() is None:
+        pid = recorder_pid(victim)
+        if pid is not None and path.exists():
+            try:
+                with open_run(path) as run:
+                    last = int(run.train_metrics().step[-1]) if run.train_count else 0
+            except Exception:  # noqa: BLE001 - the file is being created
+                last = 0
+            if last >= 20:  # past two checkpoints, before the end (40)
+                os.kill(pid, signal.SIGKILL)
+                killed_at = last
+        time.sleep(0.1)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert killed_at is not None and proc.returncode == 0, stderr[-3000:]
+    assert f"{victim}.h5: resumed from its checkpoint and completed" in stdout  # Ray ran the task again
+    assert stdout.count(": recorded in ") == 3 and (out / FOLDER / "report.md").exists()
+    with open_run(path) as run:
+        assert run.status == "completed" and int(run.train_metrics().step[-1]) == 40
+    # the killed and resumed run equals an uninterrupted recording of the same grid point on this machine
+    emergence("sweep", "tiny", "--grid", "seed=0", "--grid", "activation=tanh", *SETS, "--out", str(tmp_path / "local"),
+              "--name", "ref", "--no-progress")
+    assert differences(path, tmp_path / "local" / "ref" / f"{victim}.h5") == []
+    # a second sweep reuses every run: no task records anything
+    again = emergence("sweep", "tiny", *GRID, *SETS, "--launcher", "ray", "--address", address, "--out", str(out),
+                      env=env)
+    assert again.stdout.count("reused (complete, same config)") == 4
+
+
+def test_slurm_through_submitits_local_executor_and_the_sbatch_script(tmp_path):
+    out = tmp_path / "slurm"
+    done = emergence("sweep", "tiny", "--grid", "seed=0,1", "--set", "steps=12", "--launcher", "slurm",
+                     "--slurm-cluster", "local", "--out", str(out))
+    folder = out / "sweep-tiny-seed"
+    assert "2 array tasks submitted (submitit local executor)" in done.stdout and done.stdout.count("recorded in") == 2
+    for seed in (0, 1):
+        with open_run(folder / f"seed={seed}.h5") as run:
+            assert run.status == "completed"
+    assert list((folder / "slurm-logs").glob("*_log.out"))  # logs next to the runs
+    script = emergence("sweep", "tiny", *GRID, "--launcher", "slurm", "--dry-run", "--partition", "gpu",
+                       "--gpus-per-run", "1", "--cpus-per-run", "4", "--time-min", "30", "--parallel", "2",
+                       "--out", str(tmp_path / "dry")).stdout
+    for line in ("#SBATCH --array=0-3%2", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=4", "#SBATCH --time=30", "#SBATCH --job-name=sweep-tiny-seed-activation",
+                 "#SBATCH --signal=USR2@90", "-m submitit.core._submit"):
+        assert line in script, line
+    assert f"--output={tmp_path / 'dry' / FOLDER / 'slurm-logs'}" in script
+    assert not list((tmp_path / "dry").rglob("*.h5"))  # a dry run records nothing
+    # preemption: submitit calls checkpoint(), which submits the same task again (and it resumes the run)
+    task = Task("tiny", ("seed=0",), str(tmp_path / "x.h5"))
+    again = RecordTask().checkpoint(task)
+    assert isinstance(again.function, RecordTask) and again.args == (task,)
+    text = sbatch_script([task] * 3, SlurmOptions(parallel=5), tmp_path / "logs", "s")  # never more than the tasks
+    assert "#SBATCH --array=0-2%3" in text and "--partition" not in text and "--gpus-per-node" not in text
