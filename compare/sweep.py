@@ -35,7 +35,7 @@ from compare.cross import cross_similarity, layer_map_at, layer_matching, probe_
 from compare.dynamics import run_dynamics
 from compare.finiteness import nonfinite_layers
 from compare.linear_probes import wilson_interval
-from compare.tables import finite_mean
+from compare.tables import finite_mean, interval_cell, mean_interval
 from replay.images import atomic_path
 from runfile.reader import open_run
 
@@ -140,6 +140,23 @@ def sweep_report(runs: list[tuple[dict[str, str], Path]], out: Path, title: str,
         for group, members in groups.items():
             if len(members) >= 2:
                 seeds.append(_seed_group(group, members, layers, lines))
+        lines += ["", "Across the seeds of each config: the mean and its 95% interval (Student's t over the seeds) of "
+                  "the test accuracy and of each layer's t90 (the step by which its CKA to the final step reached "
+                  "90%).", "",
+                  "| config | seeds | test accuracy | " + " | ".join(f"{n} t90" for n in layers) + " |",
+                  "|" + "---|" * (3 + len(layers))]
+        by_file = {r["file"]: r for r in per_run}
+        for group, members in groups.items():
+            rows = [by_file[path.name] for _, path in members]
+            acc = mean_interval([r["test_accuracy"] for r in rows])
+            t90 = {n: mean_interval([r["t90"].get(n) for r in rows]) for n in layers}
+            label = ", ".join(f"{k}={v}" for k, v in group) or "(all)"
+            lines.append(f"| {label} | {len(members)} | {interval_cell(acc)} | "
+                         + " | ".join(interval_cell(t90[n], 1) for n in layers) + " |")
+            entry = next((e for e in seeds if e["config"] == dict(group)), None)
+            if entry is None:
+                seeds.append(entry := {"config": dict(group), "seeds": [s for s, _ in members]})
+            entry.update({"test_accuracy": acc, "t90": t90})
     report = out / "report.md"
     with atomic_path(report) as tmp:
         tmp.write_text("\n".join(lines) + "\n\n" + (__doc__ or "").split("\n\n", 1)[1])

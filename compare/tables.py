@@ -44,6 +44,33 @@ def finite_mean(x: np.ndarray) -> float:
     return float(x.mean()) if len(x) else float("nan")
 
 
+# Student's t, 97.5% quantile, for 1 to 30 degrees of freedom (beyond: the normal's 1.96)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def mean_interval(values: list[float | None]) -> dict[str, Any] | None:
+    """Mean of the finite values and its 95% interval (Student's t over the n values: seeds as samples), or
+    None without any; a single value has no interval."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], np.float64)
+    if not len(x):
+        return None
+    mean = float(x.mean())
+    if len(x) == 1:
+        return {"mean": mean, "interval95": None, "n": 1}
+    half = (T975[len(x) - 2] if len(x) - 1 <= len(T975) else 1.96) * float(x.std(ddof=1)) / np.sqrt(len(x))
+    return {"mean": mean, "interval95": [mean - half, mean + half], "n": int(len(x))}
+
+
+def interval_cell(m: dict[str, Any] | None, digits: int = 3) -> str:
+    if m is None:
+        return "-"
+    if m["interval95"] is None:
+        return f"{m['mean']:.{digits}f} (n = 1)"
+    lo, hi = m["interval95"]
+    return f"{m['mean']:.{digits}f} [{lo:.{digits}f}–{hi:.{digits}f}]"
+
+
 def finite_median(x: np.ndarray) -> float:
     """The median of the finite entries (NaN when there are none; no warning)."""
     x = np.asarray(x, np.float64)

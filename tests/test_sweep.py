@@ -52,7 +52,13 @@ def test_a_sweep_records_every_combination_and_its_report_matches_the_files(tmp_
             assert (matching["matches"], matching["compared"]) == (hits, 2 * len(a.layers))
         assert group["layer_matching_gain"] == pytest.approx(group["layer_matching"]["end"]["accuracy"]
                                                              - group["layer_matching"]["init"]["accuracy"])
+        accs = [r["test_accuracy"] for r in data["runs"] if r["values"]["activation"] == act]
+        mean, sd = np.mean(accs), np.std(accs, ddof=1)  # two seeds: Student's t with 1 degree of freedom
+        assert group["test_accuracy"]["mean"] == pytest.approx(mean) and group["test_accuracy"]["n"] == 2
+        assert group["test_accuracy"]["interval95"] == pytest.approx([mean - 12.706 * sd / np.sqrt(2),
+                                                                      mean + 12.706 * sd / np.sqrt(2)])
     report = (folder / "report.md").read_text()
+    assert "| config | seeds | test accuracy | conv1 t90 | conv2 t90 |" in report
     assert "| activation | seed | test accuracy | conv1 t50/t90 | conv2 t50/t90 |" in report
     assert "| conv1 CKA init → end | conv2 CKA init → end | layer matching init | layer matching end | gain |" in report
     capsys.readouterr()
