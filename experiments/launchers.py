@@ -12,8 +12,12 @@ died or failed (`retries`), SLURM requeues a preempted job (`RecordTask.checkpoi
 again after Ctrl-C picks up every run where it stopped. `--overwrite` deletes a sweep's files before any task
 starts; tasks themselves never delete a run.
 
-The child `emergence` process is tied to the task's process (PR_SET_PDEATHSIG on Linux): when Ray cancels a
-task or SLURM ends a job, the recorder gets SIGTERM and stops at the next block boundary with a resumable file.
+Ctrl-C on the sweep creates a stop file in the sweep's folder (`.stop`, which every worker sees); each task
+watches for it, sends its recorder SIGTERM and waits: the recorder stops at the next block boundary and closes
+its file `interrupted` with a checkpoint. The sweep waits for that (up to STOP_WAIT), then cancels what is left
+(Ray's cancel, submitit's job cancel). The child is also tied
+to the task's process (PR_SET_PDEATHSIG on Linux), so a task process that dies outright takes its recorder
+with it (a `killed` file, equally resumable) instead of leaving it running.
 
 Runs are written where the sweep's folder is, which every worker must see (a shared filesystem) and every
 worker must run the same environment (this package installed). HDF5's single-writer/many-reader mode relies on
@@ -43,6 +47,13 @@ class Task:
     sets: tuple[str, ...]  # every override of this grid point: the sweep's --set and its grid values
     path: str  # absolute path of the run file
     show_progress: bool = False
+    own_session: bool = False  # Ray and SLURM: the recorder in a session of its own, out of reach of process-group
+    # kills of the worker; it still gets SIGTERM when the worker dies (PR_SET_PDEATHSIG)
+    stop_file: str | None = None  # when it exists, the task stops its recorder (SIGTERM) and returns
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_file is not None and Path(self.stop_file).exists()
 
     @property
     def name(self) -> str:
@@ -83,9 +94,38 @@ def task_state(task: Task) -> str:
     return "resumable" if same and state in ("killed", "interrupted", "failed", "diverged") else "new"
 
 
-def _emergence(args: list[str], show_progress: bool) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emergence", *args, *([] if show_progress else ["--no-progress"])],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_tie_to_parent)
+def _emergence(args: list[str], task: Task) -> tuple[int, str, bool]:
+    """Runs `emergence ARGS` until it ends or the sweep asks its tasks to stop (the stop file appears, or this
+    task is interrupted): then the recorder gets SIGTERM and is waited for, so it finishes its block,
+    checkpoints and closes its file `interrupted`, resumable. Returns (exit code, last line of stderr, stopped)."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: nothing blocks however much it says
+        proc = subprocess.Popen([sys.executable, "-m", "emergence", *args,
+                                 *([] if task.show_progress else ["--no-progress"])],
+                                stdout=subprocess.DEVNULL, stderr=err, text=True, preexec_fn=_tie_to_parent,
+                                start_new_session=task.own_session)
+        stopped = False
+        try:
+            while proc.poll() is None:
+                if task.stop_requested and not stopped:
+                    proc.send_signal(signal.SIGTERM)
+                    stopped = True
+                try:
+                    proc.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+        except BaseException:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=120)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            raise
+        err.seek(0)
+        lines = err.read().strip().splitlines()
+    return proc.returncode, lines[-1] if lines else "no message", stopped
 
 
 def run_task(task: Task) -> str:
@@ -95,19 +135,40 @@ def run_task(task: Task) -> str:
     if state == "complete":
         return f"{task.name}: reused (complete, same config)"
     path = Path(task.path)
+    if task.stop_requested:
+        return f"{task.name}: not started (the sweep was stopped)"
+    stopped_line = f"{task.name}: stopped by the sweep's Ctrl-C, resumable (the same command continues it)"
     if state == "resumable":
-        done = _emergence(["resume", str(path)], task.show_progress)
-        if done.returncode == 0:
+        code, _, stopped = _emergence(["resume", str(path)], task)
+        if stopped:
+            return stopped_line
+        if code == 0:
             return f"{task.name}: resumed from its checkpoint and completed in {time.perf_counter() - t0:.0f} s"
         # a checkpoint that cannot be used: record the run again from the start below
     sets = [a for s in task.sets for a in ("--set", s)]
-    done = _emergence(["record", task.experiment, "--out", str(path.parent), "--name", path.stem, "--overwrite",
-                       *sets], task.show_progress)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        raise TaskFailed(f"{task.name}: `emergence record` exited with {done.returncode}: "
-                         f"{lines[-1] if lines else 'no message'}")
+    code, last, stopped = _emergence(["record", task.experiment, "--out", str(path.parent), "--name", path.stem,
+                                      "--overwrite", *sets], task)
+    if stopped:
+        return stopped_line
+    if code != 0:
+        raise TaskFailed(f"{task.name}: `emergence record` exited with {code}: {last}")
     return f"{task.name}: recorded in {time.perf_counter() - t0:.0f} s"
+
+
+STOP_WAIT = 150  # seconds the sweep waits, after Ctrl-C, for its tasks' recorders to close their files
+STOP_FILE = ".stop"  # in the sweep's folder (every worker sees it): its tasks stop when it appears
+
+
+def with_stop_file(tasks: Sequence[Task], folder: Path) -> list[Task]:
+    """The tasks, told to watch the sweep's stop file; a stop file left by an earlier Ctrl-C is removed."""
+    stop = folder / STOP_FILE
+    stop.unlink(missing_ok=True)
+    return [dataclasses.replace(t, stop_file=str(stop.resolve())) for t in tasks]
+
+
+def request_stop(tasks: Sequence[Task]) -> None:
+    for stop in {t.stop_file for t in tasks if t.stop_file}:
+        Path(stop).touch()
 
 
 def clear(tasks: Sequence[Task]) -> None:
@@ -133,6 +194,7 @@ def run_local(tasks: Sequence[Task], jobs: int, log: Callable[[str], None]) -> l
         except BaseException:
             for f in futures:
                 f.cancel()
+            request_stop(tasks)  # the running ones stop their recorders cleanly; the pool waits for them
             raise
     return lines
 
@@ -154,7 +216,7 @@ def run_ray(tasks: Sequence[Task], options: RayOptions, log: Callable[[str], Non
     try:
         remote = ray.remote(num_cpus=options.cpus, num_gpus=options.gpus, max_retries=options.retries,
                             retry_exceptions=True)(run_task)
-        pending = {remote.remote(t): t for t in tasks}
+        pending = {remote.remote(dataclasses.replace(t, own_session=True)): t for t in tasks}
         where = address or "a local Ray instance"
         log(f"ray: {len(tasks)} tasks on {where} ({options.cpus:g} CPU, {options.gpus:g} GPU each; "
             f"{options.retries} retries)")
@@ -171,8 +233,12 @@ def run_ray(tasks: Sequence[Task], options: RayOptions, log: Callable[[str], Non
                                          f"{_cause(e)}") from None
                     log(lines[-1])
         except BaseException:
+            # the stop file tells every task to stop its recorder cleanly; the sweep waits for them (its tasks die
+            # with it, and Ray's raylet SIGKILLs the children of a dead worker), then cancels what is left
+            request_stop(tasks)
+            ray.wait(list(pending), num_returns=len(pending), timeout=STOP_WAIT)
             for ref in pending:
-                ray.cancel(ref, force=True)  # the recorders get SIGTERM (tied to the worker) and stop resumable
+                ray.cancel(ref, force=True)
             raise
         return lines
     finally:
@@ -237,7 +303,7 @@ def run_slurm(tasks: Sequence[Task], options: SlurmOptions, logs: Path, name: st
 
     executor = submitit.AutoExecutor(folder=logs, cluster=options.cluster)
     executor.update_parameters(**slurm_parameters(options, name))
-    jobs = executor.map_array(RecordTask(), list(tasks))
+    jobs = executor.map_array(RecordTask(), [dataclasses.replace(t, own_session=True) for t in tasks])
     log(f"slurm: {len(jobs)} array tasks submitted ({'submitit local executor' if options.cluster == 'local' else 'sbatch'}); "
         f"logs in {logs}")
     lines = []
@@ -249,8 +315,12 @@ def run_slurm(tasks: Sequence[Task], options: SlurmOptions, logs: Path, name: st
                 raise TaskFailed(f"{task.name}: {_cause(e)}") from None
             log(lines[-1])
     except BaseException:
+        request_stop(tasks)
+        deadline = time.monotonic() + STOP_WAIT
+        while time.monotonic() < deadline and not all(job.done() for job in jobs):
+            time.sleep(0.5)
         for job in jobs:
-            job.cancel(check=False)  # SIGTERM to the job: the recorder stops resumable
+            job.cancel(check=False)
         raise
     return lines
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 from experiments.configs import get_experiment
 from experiments.launchers import (LAUNCHERS, RayOptions, SlurmOptions, Task, clear, run_local, run_ray, run_slurm,
-                                   task_state)
+                                   task_state, with_stop_file)
 from recorder.config import RunConfig, apply_overrides, override_keys
 from recorder.run import record, resume
 
@@ -84,6 +84,8 @@ def record_sweep(runs: list[SweepRun], experiment: str, overrides: list[str], jo
     tasks = tasks_of(runs, experiment, overrides)
     if overwrite:
         clear(tasks)
+    if runs:
+        tasks = with_stop_file(tasks, runs[0].path.parent)
     for folder in {r.path.parent for r in runs}:
         folder.mkdir(parents=True, exist_ok=True)
     if launcher == "ray":

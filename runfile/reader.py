@@ -477,8 +477,11 @@ def _process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        pass
+    try:  # a zombie (dead, not yet reaped: e.g. orphaned under a subreaper that does not reap) is not a writer
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): existing is all we know
 
 
 def open_run(path: str | Path) -> Run:

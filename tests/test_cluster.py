@@ -134,3 +134,40 @@ def test_slurm_through_submitits_local_executor_and_the_sbatch_script(tmp_path):
     assert isinstance(again.function, RecordTask) and again.args == (task,)
     text = sbatch_script([task] * 3, SlurmOptions(parallel=5), tmp_path / "logs", "s")  # never more than the tasks
     assert "#SBATCH --array=0-2%3" in text and "--partition" not in text and "--gpus-per-node" not in text
+
+
+def test_ctrl_c_on_a_ray_sweep_cancels_its_tasks_and_the_same_command_resumes_them(tmp_path, ray_cluster):
+    address, env = ray_cluster
+    out = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "emergence", "sweep", "tiny", "--grid", "seed=0,1", "--set", "steps=600",
+           "--set", "checkpoint_every=50", "--launcher", "ray", "--address", address, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = out / "sweep-tiny-seed"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        steps = []
+        for seed in (0, 1):
+            try:
+                with open_run(folder / f"seed={seed}.h5") as run:
+                    steps.append(int(run.train_metrics().step[-1]) if run.train_count else 0)
+            except Exception:  # noqa: BLE001 - not created yet
+                steps.append(0)
+        if min(steps) >= 100:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C on the launcher
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    deadline = time.monotonic() + 60
+    while any(recorder_pid(f"seed={s}") for s in (0, 1)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(recorder_pid(f"seed={s}") for s in (0, 1))  # the cancelled tasks' recorders stopped
+    for seed in (0, 1):
+        with open_run(folder / f"seed={seed}.h5") as run:
+            state, reason = run.state()
+            assert state == "interrupted" and run.train_count < 600, (state, reason)  # SIGTERM: a clean stop
+    again = emergence(*cmd[3:], env=env)
+    assert again.stdout.count("resumed from its checkpoint and completed") == 2, again.stdout
+    for seed in (0, 1):
+        with open_run(folder / f"seed={seed}.h5") as run:
+            assert run.status == "completed" and int(run.train_metrics().step[-1]) == 600
