@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -489,7 +490,29 @@ def _several_processes() -> bool:
     return "jax" in sys.modules and sys.modules["jax"].distributed.is_initialized()
 
 
+TIED_TO = "EMERGENCE_TIED_TO"  # a parent's pid: this process gets SIGTERM when that parent dies (sweep tasks)
+
+
+def _tie_to_parent() -> None:
+    """With EMERGENCE_TIED_TO set to our parent's pid (experiments/launchers.py sets it), ask Linux for SIGTERM
+    when the parent dies (PR_SET_PDEATHSIG), so a sweep task that dies outright does not leave its recorder
+    running; a parent already gone by then ends this process at once. Set here, not by a preexec_fn: forking a
+    process that runs JAX's threads is unsafe."""
+    wanted = os.environ.pop(TIED_TO, None)
+    if not wanted:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        return  # not Linux
+    if str(os.getppid()) != wanted:
+        sys.exit("emergence: the process that started this one is gone; not starting")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tie_to_parent()
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(light=command in LIGHT_COMMANDS).parse_args(argv)

@@ -27,7 +27,6 @@ the files as they complete, not the frames of a run still recording (README, "Mo
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import shutil
@@ -37,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+
+TIED_TO = "EMERGENCE_TIED_TO"  # read by emergence/cli.py: the recorder gets SIGTERM when this process dies
 
 LAUNCHERS = ("local", "ray", "slurm")
 
@@ -62,13 +63,6 @@ class Task:
 
 class TaskFailed(RuntimeError):
     """The run's `emergence` process failed; the message is its last line."""
-
-
-def _tie_to_parent() -> None:  # in the child, before exec: SIGTERM when the task's process dies
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: a cancelled task may leave its recorder running to the end
 
 
 def task_state(task: Task) -> str:
@@ -103,8 +97,8 @@ def _emergence(args: list[str], task: Task) -> tuple[int, str, bool]:
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: nothing blocks however much it says
         proc = subprocess.Popen([sys.executable, "-m", "emergence", *args,
                                  *([] if task.show_progress else ["--no-progress"])],
-                                stdout=subprocess.DEVNULL, stderr=err, text=True, preexec_fn=_tie_to_parent,
-                                start_new_session=task.own_session)
+                                stdout=subprocess.DEVNULL, stderr=err, text=True, start_new_session=task.own_session,
+                                env={**os.environ, TIED_TO: str(os.getpid())})
         stopped = False
         try:
             while proc.poll() is None:
