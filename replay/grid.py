@@ -181,7 +181,7 @@ class LayerGrid:
 
     def indices(self, acts: np.ndarray) -> np.ndarray:
         """Palette indices uint8 [..., P, H, W, C] of activations on this grid's fixed scale."""
-        return value_to_index(acts, self.scale.lo, self.scale.hi)
+        return value_to_index(acts, self.scale.lo, self.scale.hi, self.scale.linthresh)
 
     def render(self, index: np.ndarray, stamp: str) -> np.ndarray:
         """One frame, uint8 [height, width], from palette indices [P, H, W, C] and the stamp line."""
@@ -220,11 +220,8 @@ def draw_colour_bar(canvas: np.ndarray, scale: Scale, y: int, x: int, ts: int = 
     if scale.one_sided:  # only [0, hi] is ever used: its levels stretched over the same width
         levels = (CENTRE + np.arange(width) * (N_LEVELS - CENTRE) // width).astype(np.uint8)
     canvas[y : y + h, x : x + width] = levels
-    lo, hi = (float(scale.lo[0]), float(scale.hi[0])) if scale.per_channel else (
-        float(scale.lo), float(scale.hi))
-    if scale.one_sided:
-        lo = 0.0
-    ticks = [(0, lo), (CENTRE, (lo + hi) / 2), (N_LEVELS - 1, hi)]
+    lo, mid, hi = scale.tick_values()
+    ticks = [(0, lo), (CENTRE, mid), (N_LEVELS - 1, hi)]
     if scale.per_channel:
         ticks = [(0, "0" if scale.one_sided else "-S_C"), (CENTRE, "+S_C/2" if scale.one_sided else 0.0),
                  (N_LEVELS - 1, "+S_C")]

@@ -72,11 +72,26 @@ def grey_levels(count: int = N_PROBE_COLOURS) -> np.ndarray:  # [count, 3] uint8
     return np.repeat(g[:, None], 3, axis=1)
 
 
-def value_to_index(values: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float) -> np.ndarray:
+def symlog(x: np.ndarray | float, linthresh: float) -> np.ndarray:
+    """The symmetric-log transform sign(x)·ln(1 + |x|/C), float32: linear within about ±C, logarithmic beyond."""
+    x = np.asarray(x, np.float32)
+    return (np.sign(x) * np.log1p(np.abs(x) / np.float32(linthresh))).astype(np.float32)
+
+
+def symlog_inverse(y: np.ndarray | float, linthresh: float) -> np.ndarray:
+    y = np.asarray(y, np.float64)
+    return np.sign(y) * linthresh * np.expm1(np.abs(y))
+
+
+def value_to_index(values: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float,
+                   linthresh: float | None = None) -> np.ndarray:
     """Palette indices (uint8, same shape) of `values` on the fixed scale [lo, hi] (broadcastable).
 
-    Level = round((v − lo) / (hi − lo) · (N_LEVELS − 1)), clipped to the end levels; NaN → the NaN colour.
+    Level = round((v − lo) / (hi − lo) · (N_LEVELS − 1)), clipped to the end levels; NaN → the NaN colour. With
+    `linthresh` C the same rule applies to symlog(v), symlog(lo), symlog(hi) (a symmetric-log scale).
     """
+    if linthresh is not None:
+        values, lo, hi = symlog(values, linthresh), symlog(lo, linthresh), symlog(hi, linthresh)
     lo = np.asarray(lo, np.float32)
     hi = np.asarray(hi, np.float32)
     step = np.float32(N_LEVELS - 1) / (hi - lo)
@@ -91,7 +106,7 @@ def value_to_index(values: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | 
     return out
 
 
-def level_thresholds(lo: float | np.ndarray, hi: float | np.ndarray) -> np.ndarray:
+def level_thresholds(lo: float | np.ndarray, hi: float | np.ndarray, linthresh: float | None = None) -> np.ndarray:
     """[..., N_LEVELS − 1] float32: entry k−1 is the smallest float32 value that `value_to_index` puts at level
     k or above, for each of the scales [lo, hi] (broadcast shapes [...]).
 
@@ -110,7 +125,7 @@ def level_thresholds(lo: float | np.ndarray, hi: float | np.ndarray) -> np.ndarr
     with np.errstate(over="ignore", invalid="ignore"):
         while np.any(above - below > 1):
             mid = (below + above) // 2
-            reached = value_to_index(_from_order_key(mid), lo_b, hi_b) >= want
+            reached = value_to_index(_from_order_key(mid), lo_b, hi_b, linthresh) >= want
             above = np.where(reached, mid, above)
             below = np.where(reached, below, mid)
     return _from_order_key(above)

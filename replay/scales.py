@@ -18,6 +18,9 @@ Rules (the default, `auto`):
 * `LO:HI`: fixed [LO, HI]; diverging when LO = −HI, sequential otherwise.
 * `channel`: the percentile rule above applied per channel (each channel its own fixed S_c).
 * `auto`: the default rule.
+* `symlog` (or `symlog:C`): the default rule's range on a symmetric-log colour scale, sign(a)·ln(1 + |a|/C):
+  linear within about ±C (default S/100), logarithmic beyond, so that small values next to a few large ones
+  still get colours. Stated on every picture; colours of different C are not comparable.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import math
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from replay.palette import symlog, symlog_inverse
 
 PERCENTILE = 99.9
 BOUNDED = {"tanh": (-1.0, 1.0, "diverging"), "sigmoid": (0.0, 1.0, "sequential")}
@@ -41,6 +46,17 @@ class Scale:
     rule: str  # one line for index.html and reports
     short: str  # at most ~34 characters, drawn under the colour bar
     one_sided: bool = False  # a diverging scale of values that are never negative: the bar shows [0, hi]
+    linthresh: float | None = None  # a symmetric-log scale: linear within about ±linthresh (replay/palette.py symlog)
+
+    def tick_values(self) -> tuple[float, float, float]:
+        """The values at the colour bar's left end, middle and right end (its first channel's, if per channel)."""
+        lo, hi = float(np.ravel(self.lo)[0]), float(np.ravel(self.hi)[0])
+        if self.one_sided:
+            lo = 0.0
+        if self.linthresh is None:
+            return lo, (lo + hi) / 2, hi
+        ends = symlog(np.array([lo, hi]), self.linthresh).astype(np.float64)
+        return lo, float(symlog_inverse(ends.mean(), self.linthresh)), hi
 
     @property
     def per_channel(self) -> bool:
@@ -61,6 +77,7 @@ class ScaleSpec:
     mode: str  # "auto" | "channel" | "fixed"
     lo: float = 0.0
     hi: float = 0.0
+    symlog: float | None = None  # 0: symlog with the default C; > 0: that C; None: linear
 
 
 def format_value(v: float) -> str:
@@ -75,9 +92,18 @@ def parse_scale(text: str) -> ScaleSpec:
     layer = layer if sep else None
     value = value.strip().lower()
     usage = (f"bad --scale {text!r}: expected [LAYER=]VALUE with VALUE a positive number S (for [-S, S]), "
-             "LO:HI, 'channel' or 'auto'")
+             "LO:HI, 'channel', 'auto' or 'symlog[:C]'")
     if value in ("auto", "channel"):
         return ScaleSpec(layer, value)
+    if value == "symlog" or value.startswith("symlog:"):
+        c = value.partition(":")[2]
+        try:
+            linthresh = float(c) if c else 0.0
+        except ValueError:
+            linthresh = -1.0
+        if not (math.isfinite(linthresh) and linthresh >= 0 and (not c or linthresh > 0)):
+            raise ValueError(usage + f"; symlog:C needs a positive C, got {c!r}")
+        return ScaleSpec(layer, "auto", symlog=linthresh)
     try:
         if ":" in value:
             lo, hi = (float(v) for v in value.split(":"))
@@ -149,11 +175,21 @@ def resolve_scale(
     `frame_shape`) is read only if the rule needs the values."""
     fixed = fixed_scale(activation, spec)
     if fixed is not None:
-        return fixed
+        return with_symlog(fixed, spec.symlog)
     top = TopAbs(spec.mode == "channel", values_per_frame(frame_shape, spec.mode == "channel") * num_frames)
     for chunk in chunks or ():
         top.add(chunk)
-    return percentile_scale(top, num_frames, activation in ONE_SIDED)
+    return with_symlog(percentile_scale(top, num_frames, activation in ONE_SIDED), spec.symlog)
+
+
+def with_symlog(scale: Scale, linthresh: float | None) -> Scale:
+    """`scale` on a symmetric-log colour axis (None: unchanged; 0: C = 1% of the scale's largest end)."""
+    if linthresh is None:
+        return scale
+    top = float(max(np.max(np.abs(scale.lo)), np.max(np.abs(scale.hi))))
+    c = linthresh or top / 100
+    return dataclasses.replace(scale, linthresh=c, rule=f"{scale.rule}; symlog colours: linear within ±{c:.3g}, "
+                               "logarithmic beyond", short=f"symlog C={c:.2g}; " + scale.short)
 
 
 def fixed_scale(activation: str, spec: ScaleSpec) -> Scale | None:

@@ -10,7 +10,7 @@ from replay import font
 from replay.animate import LayerFrames
 from replay.gif import GifWriter
 from replay.grid import GridStyle
-from replay.palette import INK, build_palette
+from replay.palette import INK, build_palette, value_to_index
 from replay.render import ReplayOptions, replay
 from replay.scales import ScaleSpec, TopAbs, parse_scale, resolve_scale
 from replay.selection import StepRange, parse_indices, parse_step_range, select_frames
@@ -361,3 +361,32 @@ def test_the_smoothed_train_line_is_centred_and_does_not_lag():
     gappy[[0, 60]] = np.nan
     assert np.isfinite(centred(gappy)).all() and centred(gappy)[0] == 1.0  # a NaN is left out, not spread
     assert centred(np.array([2.0, 4.0, 6.0]), half=1).tolist() == [3.0, 4.0, 5.0]  # the window shrinks at the ends
+
+
+def test_symlog_scale_colours_small_values_and_is_stated(tmp_path):
+    from replay.palette import CENTRE, N_LEVELS, level_thresholds, symlog
+
+    acts = np.zeros((2, 1, 4, 4, 2), np.float32)
+    acts[:, 0, :, :, 0] = 0.05  # small beside …
+    acts[:, 0, :, :, 1] = 10.0  # … a few large ones
+    write_run(tmp_path / "r.h5", {"conv1": acts}, activation="relu")
+    replay(tmp_path / "r.h5", tmp_path / "out", ReplayOptions(kernels=False, curves=False, distributions=False,
+                                                                scales=(parse_scale("symlog:0.1"),)))
+    from runfile.reader import open_run
+
+    with open_run(tmp_path / "r.h5") as run:
+        frames = LayerFrames(run, "conv1", scale_spec=parse_scale("symlog:0.1"))
+    s = frames.scale
+    assert s.linthresh == pytest.approx(0.1) and "symlog colours: linear within ±0.1" in s.rule
+    t = symlog(np.array([-10.0, 0.05, 10.0]), 0.1).astype(np.float64)
+    level = int(np.rint((t[1] - t[0]) / (t[2] - t[0]) * (N_LEVELS - 1)))
+    assert level >= CENTRE + 5 and value_to_index(np.array([0.05], np.float32), -10.0, 10.0)[0] == CENTRE  # linear: white
+    index = frames.grid.indices(acts[:1])
+    assert (index[0, 0, :, :, 0] == level).all() and (index[0, 0, :, :, 1] == N_LEVELS - 1).all()
+    lo, mid, hi = s.tick_values()  # one-sided: the bar runs 0 … 10, its middle where symlog is halfway
+    assert lo == 0.0 and hi == 10.0 and symlog(mid, 0.1) == pytest.approx(symlog(10.0, 0.1) / 2, rel=1e-5)
+    x = np.random.default_rng(3).normal(size=20000).astype(np.float32) * 4  # the viewer's thresholds agree
+    thresholds = level_thresholds(s.lo, s.hi, s.linthresh)
+    assert np.array_equal(np.searchsorted(thresholds, x, side="right"), value_to_index(x, s.lo, s.hi, s.linthresh))
+    with pytest.raises(ValueError, match="symlog:C needs a positive C"):
+        parse_scale("symlog:-1")

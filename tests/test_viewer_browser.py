@@ -466,3 +466,28 @@ def test_compare_can_draw_both_runs_on_one_scale_and_says_so(page, served):
     page.reload()
     page.wait_for_function("() => window.__emergence && window.__emergence.ready === true", timeout=20000)
     assert page.is_checked("#shared-scale") and all("one scale for both runs" in r for r in rules())
+
+
+def test_symlog_colours_are_chosen_in_the_page_stated_and_replays(page, served):
+    rid = run_id("tiny-relu.h5")
+    open_view(page, f"#/run/{rid}?step=10")
+    page.select_option("#scale-mode", "symlog")
+    page.wait_for_function("() => location.hash.includes('scale=symlog') && window.__emergence.current.run && "
+                           "window.__emergence.current.run.layers[1].scale.linthresh", timeout=20000)
+    page.wait_for_function("() => document.body.dataset.step === '10'", timeout=20000)
+    scale = get_json(served[0], f"/api/runs/{rid}?scale=symlog")["layers"][1]["scale"]
+    assert "symlog colours: linear within" in page.text_content(".panel[data-layer='conv2'] .rule")
+    values = [0.0, scale["linthresh"], 0.3 * scale["hi"], -scale["hi"], 2 * scale["hi"]]
+    levels = page.evaluate("""(v) => {
+        const p = window.__emergence.current.panels[1];
+        return v.map(x => p.colourer.level(x));
+    }""", values)
+    expected = value_to_index(np.array(values, np.float32), scale["lo"], scale["hi"], scale["linthresh"]).tolist()
+    assert levels == expected
+    assert request_status(served[0], f"/api/runs/{rid}?scale=cubic") == 400
+
+
+def request_status(server, path):
+    from test_viewer_api import request
+
+    return request(server, path)[0]

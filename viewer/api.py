@@ -1,7 +1,8 @@
 """The viewer's JSON and binary API. Every answer is computed from a run file through `replay`'s reader.
 
     GET /api/runs                                       the run list (catalog rows)
-    GET /api/runs/<id>                                  one run: layers, shapes, dtypes, steps, scales, palette
+    GET /api/runs/<id>[?scale=symlog]                   one run: layers, shapes, dtypes, steps, scales (symlog: on a
+                                                        symmetric-log colour axis), palette
     GET /api/runs/<id>/frames?layer=L&start=i&count=n   frames at positions i … i+n−1, as stored (little-endian
                                                         float16/float32 bytes, [n, P, H, W, C])
     GET /api/runs/<id>/kernels?layer=L&start=i&count=n  kernels as stored (float32 [n, kh, kw, Cin, Cout])
@@ -43,7 +44,7 @@ from replay.geometry import layer_geometry
 from replay.images import png_bytes
 from replay.palette import DIVERGING, NAN_RGB, SEQUENTIAL, colour_map, level_thresholds
 from runfile.reader import Run
-from replay.scales import Scale, fixed_scale
+from replay.scales import Scale, fixed_scale, with_symlog
 from viewer.catalog import Catalog
 from viewer.scale_book import AUTO, ScaleBook, frame_nbytes, scale_json
 
@@ -78,7 +79,7 @@ class Api:
         self.catalog = catalog
         self.scales = ScaleBook()
         self._metrics: dict[tuple[str, float, int, int], dict[str, Any]] = {}
-        self._meta: dict[str, tuple[tuple, Reply]] = {}  # run id -> (file version, answer)
+        self._meta: dict[tuple[str, str], tuple[tuple, Reply]] = {}  # (run id, scale mode) -> (file version, answer)
         self._views: dict[tuple, Reply] = {}  # distributions and geometry, per run, file version and layer
         self.palettes = palettes()  # at start-up: it imports matplotlib's colour maps, which takes a while
 
@@ -87,17 +88,20 @@ class Api:
         rows = self.catalog.rows()
         return json_reply({"root": str(self.catalog.root), "runs": rows, "truncated": self.catalog.truncated})
 
-    def run(self, rid: str) -> Reply:
+    def run(self, rid: str, query: Mapping[str, str] | None = None) -> Reply:
+        mode = (query or {}).get("scale", "")
+        if mode not in ("", "symlog"):
+            raise ApiError(400, f"scale must be symlog or left out, got {mode[:20]!r}")
         entry = self.catalog.file(rid)
         with self.catalog.open(rid) as run:
             st = entry.path.stat()
             # the same file unchanged gives the same answer, but for the state, which ages: cached 10 s at most
             key = (st.st_ino, st.st_mtime_ns, st.st_size, int(time.time()) // 10)
-            if self._meta.get(rid, (None,))[0] != key:
-                self._meta[rid] = (key, self._run(rid, entry.name, run))
-            return self._meta[rid][1]
+            if self._meta.get((rid, mode), (None,))[0] != key:
+                self._meta[(rid, mode)] = (key, self._run(rid, entry.name, run, mode == "symlog"))
+            return self._meta[(rid, mode)][1]
 
-    def _run(self, rid: str, run_name: str, run: Run) -> Reply:
+    def _run(self, rid: str, run_name: str, run: Run, symlog: bool = False) -> Reply:
         state, reason = run.state()
         layers = []
         for name in run.layers:
@@ -106,7 +110,8 @@ class Api:
                 "name": name, "shape": list(run.layer_shape(name)), "activation": run.activation_label(name),
                 "channels": run.layer_channels(name),  # the model's channel numbers of the stored ones
                 "dtype": run.layer_dtype(name).name, "max_frames": _range_cap(run, name, kernel=False),
-                "scale": scale_json(_NOT_SERVED if refused else self.scales.layer_scale(rid, run, name),
+                "scale": scale_json(_NOT_SERVED if refused else with_symlog(self.scales.layer_scale(rid, run, name),
+                                                                            0.0 if symlog else None),
                                     provisional=state == "recording" and not refused
                                     and fixed_scale(run.activation_label(name), AUTO) is None, covers=run.num_frames),
                 "too_large": refused,

@@ -103,7 +103,8 @@ def scale_json(scale: Scale, provisional: bool = False, covers: int = 0) -> dict
 
 
 def _cached_json(scale: Scale) -> dict[str, Any]:
-    key = (scale.lo.tobytes(), scale.hi.tobytes(), scale.kind, scale.rule, scale.short, scale.one_sided)
+    key = (scale.lo.tobytes(), scale.hi.tobytes(), scale.kind, scale.rule, scale.short, scale.one_sided,
+           scale.linthresh)
     if key not in _JSON:
         if len(_JSON) > 4096:
             _JSON.clear()
@@ -118,8 +119,8 @@ def _scale_json(scale: Scale) -> dict[str, Any]:
     return {
         "lo": _floats(scale.lo), "hi": _floats(scale.hi), "kind": scale.kind, "rule": scale.rule,
         "short": scale.short, "describe": scale.describe(), "per_channel": scale.per_channel,
-        "one_sided": scale.one_sided,
-        "thresholds": _floats(level_thresholds(scale.lo, scale.hi)),
+        "one_sided": scale.one_sided, "linthresh": scale.linthresh, "ticks": list(scale.tick_values()),
+        "thresholds": _floats(level_thresholds(scale.lo, scale.hi, scale.linthresh)),
     }
 
 

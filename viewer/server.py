@@ -208,7 +208,7 @@ class Handler(BaseHTTPRequestHandler):
         if len(parts) >= 3 and parts[:2] == ["api", "runs"] and RUN_ID.fullmatch(parts[2]):
             rid, rest = parts[2], parts[3:]
             if not rest:
-                return api.run(rid)
+                return api.run(rid, query)
             if rest == ["frames"]:
                 return api.frames(rid, query)
             if rest == ["kernels"]:

@@ -264,11 +264,32 @@ class RunView extends SteppedView {
 
   urlPath() { return `run/${this.id}`; }
 
+  runUrl() { return `/api/runs/${this.id}${this.scaleMode ? `?scale=${this.scaleMode}` : ""}`; }
+
+  extraParams(p) { if (this.scaleMode) p.set("scale", this.scaleMode); }
+
+  // linear colours (the default) or a symmetric-log colour axis: the view reloads with the server's scales
+  scaleChoice() {
+    const box = el("select", { id: "scale-mode" }, ...[["", "linear"], ["symlog", "symmetric log"]].map(([v, t]) => {
+      const o = el("option", { value: v, text: t });
+      o.selected = v === this.scaleMode;
+      return o;
+    }));
+    box.addEventListener("change", () => {
+      const p = new URLSearchParams(this.params);
+      if (box.value) p.set("scale", box.value); else p.delete("scale");
+      if (this.steps.length) p.set("step", String(this.steps[this.pos]));
+      location.hash = `#/${this.urlPath()}?${p}`;
+    });
+    return el("label", {}, " colours ", box);
+  }
+
   async load() {
     // the run, its probes and metrics are asked for at once; the first frames (one per layer) as soon as the
     // run's steps are known, and the page is built while they travel
     const metrics = getJSON(`/api/runs/${this.id}/metrics`);
-    const [run, probes] = await Promise.all([getJSON(`/api/runs/${this.id}`), getBytes(`/api/runs/${this.id}/probes`)]);
+    this.scaleMode = this.params.get("scale") === "symlog" ? "symlog" : "";
+    const [run, probes] = await Promise.all([getJSON(this.runUrl()), getBytes(`/api/runs/${this.id}/probes`)]);
     if (this.stopped) return;
     this.run = run;
     this.steps = run.steps;
@@ -293,7 +314,9 @@ class RunView extends SteppedView {
       p.root.querySelector(".panel-head").append(link);
     }
     this.views = new LayerViews(this.shownLayers(run).map((l) => l.name), run, "");
-    app.replaceChildren(this.facts, this.controls.root, this.selectionInputs(), this.curves.canvas, this.curveLegend,
+    const selection = this.selectionInputs();
+    selection.append(this.scaleChoice());
+    app.replaceChildren(this.facts, this.controls.root, selection, this.curves.canvas, this.curveLegend,
       el("div", { class: "panels" }, ...this.panels.map((p) => p.root)),
       ...(this.kernelPanels.length ? [el("h3", { text: "first layer's kernels over training" }), el("div", { class: "panels" }, ...this.kernelPanels.map((p) => p.root))] : []),
       ...this.views.sections());
@@ -363,7 +386,7 @@ class RunView extends SteppedView {
   }
 
   async poll() {
-    const run = await getJSON(`/api/runs/${this.id}`);
+    const run = await getJSON(this.runUrl());
     if (this.stopped) return;
     conn.textContent = "";
     const grown = run.steps.length !== this.steps.length;

@@ -48,10 +48,11 @@ export class LayerPanel {
   setScale(scale) {
     this.colourer = new Colourer(scale, this.run.palettes);
     const lo = scale.one_sided ? 0 : scale.lo;
+    const [left, mid, right] = scale.ticks || [lo, (lo + scale.hi) / 2, scale.hi]; // the server's (symlog-aware)
     const ticks = el("div", { class: "ticks" },
-      el("span", { text: formatTick(lo) }),
-      el("span", { text: formatTick((lo + scale.hi) / 2) }),
-      el("span", { text: formatTick(scale.hi) }));
+      el("span", { text: formatTick(left) }),
+      el("span", { text: formatTick(mid) }),
+      el("span", { text: formatTick(right) }));
     const rule = scale.provisional
       ? el("span", { class: "rule provisional", text: `provisional: the run is still recording; covers the ${scale.covers} frames recorded so far and changes as it records (each change announced above). ${scale.describe}` })
       : el("span", { class: "rule", text: scale.describe });
