@@ -47,7 +47,6 @@ class Task:
     experiment: str
     sets: tuple[str, ...]  # every override of this grid point: the sweep's --set and its grid values
     path: str  # absolute path of the run file
-    show_progress: bool = False
     own_session: bool = False  # Ray and SLURM: the recorder in a session of its own, out of reach of process-group
     # kills of the worker; it still gets SIGTERM when the worker dies (PR_SET_PDEATHSIG)
     stop_file: str | None = None  # when it exists, the task stops its recorder (SIGTERM) and returns
@@ -95,8 +94,7 @@ def _emergence(args: list[str], task: Task) -> tuple[int, str, bool]:
     import tempfile
 
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: nothing blocks however much it says
-        proc = subprocess.Popen([sys.executable, "-m", "emergence", *args,
-                                 *([] if task.show_progress else ["--no-progress"])],
+        proc = subprocess.Popen([sys.executable, "-m", "emergence", *args, "--no-progress"],  # stdout is not read
                                 stdout=subprocess.DEVNULL, stderr=err, text=True, start_new_session=task.own_session,
                                 env={**os.environ, TIED_TO: str(os.getpid())})
         stopped = False

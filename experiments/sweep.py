@@ -68,9 +68,9 @@ def plan_sweep(experiment: str, grid: dict[str, list[str]], overrides: list[str]
     return runs
 
 
-def tasks_of(runs: list[SweepRun], experiment: str, overrides: list[str], show_progress: bool = False) -> list[Task]:
-    return [Task(experiment, (*overrides, *(f"{k}={v}" for k, v in r.values.items())), str(r.path.resolve()),
-                 show_progress) for r in runs]
+def tasks_of(runs: list[SweepRun], experiment: str, overrides: list[str]) -> list[Task]:
+    return [Task(experiment, (*overrides, *(f"{k}={v}" for k, v in r.values.items())), str(r.path.resolve()))
+            for r in runs]
 
 
 def record_sweep(runs: list[SweepRun], experiment: str, overrides: list[str], jobs: int = 1, overwrite: bool = False,

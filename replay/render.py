@@ -26,7 +26,7 @@ import numpy as np
 
 from replay.animate import Animation, Frames, KernelFrames, LayerFrames, write_animation
 from replay.curves import write_curves
-from replay.distributions import Distribution, layer_distribution, write_distributions
+from replay.distributions import layer_distribution, write_distributions
 from replay.geometry import layer_geometry, write_geometry_gif
 from replay.gif import BROWSER_MAX_FPS, frame_duration_ms
 from replay.grid import GridStyle
@@ -176,7 +176,8 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
                                  "at the end.", display_zoom=1))
 
         if options.distributions:
-            dists = _in_parallel(lambda layer: _distribution(run, layer, layer_frames[layer], positions), layers)
+            dists = _in_parallel(  # read_frames takes the run's lock; the binning runs beside the other layers'
+                lambda layer: layer_distribution(run, layer, layer_frames[layer].scale, positions), layers)
             report.pictures.append(write_distributions(run, dists, out / "distributions.png"))
             entries.append(Entry("Distributions", "distributions.png", "distributions.png",
                                  f"Each layer's activations on the {run.layer_shape(layers[0])[0]} probe images (every "
@@ -264,10 +265,6 @@ def _in_parallel(fn: Callable[[str], T], items: Sequence[str]) -> list[T]:
         return [fn(item) for item in items]
     with ThreadPoolExecutor(threads, thread_name_prefix="emergence-replay") as pool:
         return list(pool.map(fn, items))
-
-
-def _distribution(run: Run, layer: str, frames: LayerFrames, positions: np.ndarray) -> Distribution:
-    return layer_distribution(run, layer, frames.scale, positions)  # read_frames takes the run's lock
 
 
 def _snapshots(run: Run, layer_frames: dict[str, LayerFrames], step: int, probes: Sequence[int] | None,

@@ -335,16 +335,16 @@ def test_a_missing_folder_is_one_clear_error(tmp_path):
     assert r.returncode == 2 and "no folder" in r.stderr and "Traceback" not in r.stderr
 
 
-WRITER = textwrap.dedent("""
+LIVE_WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
     sys.path.insert(0, {tests!r})
     from conftest import write_run
-    writer = write_run(__import__("pathlib").Path({path!r}), {{"conv1": np.zeros((1, 2, 3, 3, 1), np.float32)}},
-                       close=False)
-    for step in range(1, 13):
-        time.sleep(0.15)
-        writer.write_frame(step, {{"conv1": np.full((2, 3, 3, 1), step / 12, np.float32),
+    writer = write_run(__import__("pathlib").Path({path!r}), {{"conv1": np.full((1, 2, 3, 3, 1), {first}, np.float32)}},
+                       activation={activation!r}, close=False)
+    for step in range(1, {last} + 1):
+        time.sleep({pause})
+        writer.write_frame(step, {{"conv1": np.full((2, 3, 3, 1), {value}, np.float32),
                                   "logits": np.zeros((2, 10), np.float32)}}, float(step))
         writer.flush()
     writer.set_status("completed")
@@ -352,9 +352,16 @@ WRITER = textwrap.dedent("""
 """)
 
 
+def live_writer(path, activation="tanh", first=0.0, value="step / 12", last=12, pause=0.15):
+    """A script that records a run at `path` in its own process, one frame every `pause` s to step `last` (frame
+    values: the expression `value` of `step`), then completes it."""
+    return LIVE_WRITER.format(tests=str(Path(__file__).parent), path=str(path), activation=activation, first=first,
+                              value=value, last=last, pause=pause)
+
+
 def test_a_run_being_written_grows_live_and_can_be_reopened_after(server, runs_dir):
     path = runs_dir / "live.h5"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(tests=str(Path(__file__).parent), path=str(path))])
+    proc = subprocess.Popen([sys.executable, "-c", live_writer(path)])
     seen, states = [], set()
     rid = run_id("live.h5")
     try:

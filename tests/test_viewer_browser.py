@@ -15,7 +15,7 @@ import pytest
 from conftest import write_run
 from replay import open_run
 from replay.palette import DIVERGING, colour_map, value_to_index
-from test_viewer_api import WRITER, get_json
+from test_viewer_api import get_json, live_writer
 from viewer.catalog import run_id
 from viewer.server import start_in_thread
 
@@ -179,7 +179,7 @@ def test_a_run_being_recorded_appears_grows_and_keeps_a_set_cursor(browser, page
     path = folder / "live.h5"
     rid = run_id("live.h5")
     open_view(page, "")
-    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(tests=str(Path(__file__).parent), path=str(path))])
+    proc = subprocess.Popen([sys.executable, "-c", live_writer(path)])
     try:
         page.wait_for_selector(f"#runs tr[data-id='{rid}']", timeout=20000)
         page.wait_for_function("() => document.body.dataset.step === undefined")  # still the list
@@ -373,23 +373,6 @@ def test_compare_bins_both_runs_distributions_over_one_range(page, served):
         assert ea == eb and ea[0] == -1.0 and ea[-1] == pytest.approx(max(1.0, layer["scale"]["hi"]))
 
 
-GROWING = """
-import sys, time
-import numpy as np
-sys.path.insert(0, {tests!r})
-from conftest import write_run
-writer = write_run(__import__("pathlib").Path({path!r}), {{"conv1": np.full((1, 2, 3, 3, 1), 0.1, np.float32)}},
-                   activation="relu", close=False)
-for step in range(1, 25):
-    time.sleep(0.2)
-    writer.write_frame(step, {{"conv1": np.full((2, 3, 3, 1), 0.1 * (step + 1), np.float32),
-                              "logits": np.zeros((2, 10), np.float32)}}, float(step))
-    writer.flush()
-writer.set_status("completed")
-writer.close()
-"""
-
-
 def test_a_live_runs_scale_is_labelled_provisional_and_each_change_is_announced(browser, tmp_path):
     folder = tmp_path / "live"
     folder.mkdir()
@@ -397,7 +380,9 @@ def test_a_live_runs_scale_is_labelled_provisional_and_each_change_is_announced(
     pg = browser.new_context(viewport={"width": 1300, "height": 900}).new_page()
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    proc = subprocess.Popen([sys.executable, "-c", GROWING.format(tests=str(Path(__file__).parent), path=str(folder / "grow.h5"))])
+    # a relu run whose values grow at every step: its percentile scale changes as it records
+    proc = subprocess.Popen([sys.executable, "-c", live_writer(folder / "grow.h5", "relu", first=0.1,
+                                                               value="0.1 * (step + 1)", last=24, pause=0.2)])
     try:
         deadline = __import__("time").monotonic() + 20
         while not (folder / "grow.h5").exists() and __import__("time").monotonic() < deadline:

@@ -525,7 +525,7 @@ class LayerViews {
     const tags = runB ? [tagA, "B "] : [""];
     this.dist = layers.map((name) => this.runs.map((_, k) => new DistributionPanel(name, tags[k])));
     const analysed = this.runs.every((r) => r.has_analysis);
-    this.geo = analysed ? layers.map((name) => this.runs.map((r, k) => new GeometryPanel(name, r.class_names, tags[k]))) : [];
+    this.geo = analysed ? layers.map((name) => this.runs.map((_, k) => new GeometryPanel(name, tags[k]))) : [];
     this.legend = el("div");
     this.method = el("p", { class: "legend" });
     this.distNote = el("p", { class: "legend", text: "loading…" });

@@ -7,6 +7,7 @@
 
 import { getJSON } from "./data.js";
 import { el } from "./panel.js";
+import { differingKeys } from "./table.js";
 
 // matplotlib's tab10: distinct for ten runs; runs beyond ten reuse them dashed
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
@@ -331,10 +332,4 @@ function swatch(r) {
   const s = el("span", { class: "swatch" + (r.dashed ? " dashed" : "") });
   s.style.borderTopColor = r.colour;
   return s;
-}
-
-// the config keys whose values differ between these runs: what tells their lines apart
-export function differingKeys(configs) {
-  const keys = [...new Set(configs.flatMap((c) => Object.keys(c)))];
-  return keys.filter((k) => new Set(configs.map((c) => JSON.stringify(c[k] ?? null))).size > 1);
 }

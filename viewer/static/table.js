@@ -14,13 +14,18 @@ export function fmt(v, digits = 3) {
   return v === null || v === undefined ? "–" : Number(v).toFixed(digits);
 }
 
+// the config keys whose values differ between these configs (in first-seen order): what tells runs apart
+export function differingKeys(configs) {
+  const keys = [...new Set(configs.flatMap((c) => Object.keys(c)))];
+  return keys.filter((k) => new Set(configs.map((c) => JSON.stringify(c[k] ?? null))).size > 1);
+}
+
 // the table's columns for these rows: fixed ones around the config keys that differ (or are always shown)
 export function tableColumns(rows) {
-  const readable = rows.filter((r) => r.readable);
-  const keys = [];
-  for (const r of readable) for (const k of Object.keys(r.config || {})) if (!keys.includes(k) && !LEFT_OUT.has(k)) keys.push(k);
-  const differs = (k) => new Set(readable.map((r) => JSON.stringify(r.config[k] ?? null))).size > 1;
-  const shown = [...ALWAYS.filter((k) => keys.includes(k)), ...keys.filter((k) => !ALWAYS.includes(k) && differs(k))];
+  const configs = rows.filter((r) => r.readable).map((r) => r.config || {});
+  const keys = [...new Set(configs.flatMap((c) => Object.keys(c)))].filter((k) => !LEFT_OUT.has(k));
+  const differs = new Set(differingKeys(configs));
+  const shown = [...ALWAYS.filter((k) => keys.includes(k)), ...keys.filter((k) => !ALWAYS.includes(k) && differs.has(k))];
   const config = shown.map((k) => ({
     key: `config.${k}`, label: k, value: (r) => (r.config ? r.config[k] ?? null : null),
   }));

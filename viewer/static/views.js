@@ -27,12 +27,13 @@ function position(steps, step) { // the last index with steps[i] <= step (0 if n
 
 function short(v) { return v === null ? "–" : String(Number(v.toPrecision(3))); }
 
-export class DistributionPanel {
-  constructor(name, tag = "") {
+// one layer's panel of a view: a titled canvas and a caption, redrawn for the server's data and the cursor's step
+class ViewPanel {
+  constructor(view, name, tag, width, height) {
     this.name = name;
-    this.canvas = el("canvas", { class: "dist", width: "420", height: "150" });
+    this.canvas = el("canvas", { class: view, width: String(width), height: String(height) });
     this.caption = el("div", { class: "counts" });
-    this.root = el("div", { class: "view-panel", "data-view": "distribution", "data-layer": name },
+    this.root = el("div", { class: "view-panel", "data-view": view, "data-layer": name },
       el("h3", { text: `${tag}${name}` }), this.canvas, this.caption);
     this.data = null;
     this.step = null;
@@ -40,7 +41,7 @@ export class DistributionPanel {
 
   set(data) {
     this.data = data;
-    this.base = null;
+    this.base = null; // a drawing cached for the previous data
     this.draw();
   }
 
@@ -48,6 +49,10 @@ export class DistributionPanel {
     this.step = step;
     this.draw();
   }
+}
+
+export class DistributionPanel extends ViewPanel {
+  constructor(name, tag = "") { super("distribution", name, tag, 420, 150); }
 
   drawBase() {
     const d = this.data, c = document.createElement("canvas");
@@ -119,21 +124,8 @@ export class DistributionPanel {
   }
 }
 
-export class GeometryPanel {
-  constructor(name, classNames, tag = "") {
-    this.name = name;
-    this.classNames = classNames;
-    this.canvas = el("canvas", { class: "geometry", width: "240", height: "240" });
-    this.caption = el("div", { class: "counts" });
-    this.root = el("div", { class: "view-panel", "data-view": "geometry", "data-layer": name },
-      el("h3", { text: `${tag}${name}` }), this.canvas, this.caption);
-    this.data = null;
-    this.step = null;
-  }
-
-  set(data) { this.data = data; this.draw(); }
-
-  setStep(step) { this.step = step; this.draw(); }
+export class GeometryPanel extends ViewPanel {
+  constructor(name, tag = "") { super("geometry", name, tag, 240, 240); }
 
   draw() {
     const d = this.data;
