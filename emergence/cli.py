@@ -216,13 +216,13 @@ def _sweep(args: argparse.Namespace) -> int:
     folder = Path(args.out) / name
     overrides = list(args.set or [])
     runs = plan_sweep(args.experiment, grid, overrides, folder)
+    if args.dry_run and args.launcher != "slurm":
+        raise ValueError("--dry-run prints the sbatch script of --launcher slurm")
     print(f"sweep: {len(runs)} runs of {args.experiment} -> {folder}")
     ray = RayOptions(args.address, args.cpus_per_run, args.gpus_per_run, args.retries)
     slurm = SlurmOptions(args.partition, args.time_min, int(args.gpus_per_run), max(1, int(args.cpus_per_run)),
                          args.parallel, args.slurm_cluster)
     if args.dry_run:
-        if args.launcher != "slurm":
-            raise ValueError("--dry-run prints the sbatch script of --launcher slurm")
         print(sbatch_script(tasks_of(runs, args.experiment, overrides), slurm, folder / "slurm-logs", folder.name))
         return 0
     record_sweep(runs, args.experiment, overrides, args.jobs, args.overwrite, not args.no_progress and args.launcher == "local",

@@ -200,8 +200,19 @@ class RayOptions:
     retries: int = 2  # a task whose process dies or whose run fails is run again this many times
 
 
+def cluster_module(name: str) -> Any:
+    """`ray` or `submitit`, or one clear error that says how to install it (the optional extra `cluster`)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise ValueError(f"--launcher {'ray' if name == 'ray' else 'slurm'} needs {name}, which is not installed "
+                         f"({e}): pip install -e '.[cluster]' (setup.sh does)") from None
+
+
 def run_ray(tasks: Sequence[Task], options: RayOptions, log: Callable[[str], None]) -> list[str]:
-    import ray
+    ray = cluster_module("ray")
 
     address = options.address or os.environ.get("RAY_ADDRESS") or None
     ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -279,6 +290,7 @@ def slurm_parameters(options: SlurmOptions, name: str) -> dict[str, Any]:
 def sbatch_script(tasks: Sequence[Task], options: SlurmOptions, logs: Path, name: str) -> str:
     """The sbatch script that submitit writes for this sweep's job array, from the same parameters (what
     `emergence sweep --launcher slurm --dry-run` prints; it needs no SLURM to be written)."""
+    cluster_module("submitit")
     from submitit.slurm.slurm import _make_sbatch_string
 
     p = slurm_parameters(options, name)
@@ -291,7 +303,7 @@ def sbatch_script(tasks: Sequence[Task], options: SlurmOptions, logs: Path, name
 
 def run_slurm(tasks: Sequence[Task], options: SlurmOptions, logs: Path, name: str,
               log: Callable[[str], None]) -> list[str]:
-    import submitit
+    submitit = cluster_module("submitit")
 
     executor = submitit.AutoExecutor(folder=logs, cluster=options.cluster)
     executor.update_parameters(**slurm_parameters(options, name))

@@ -171,3 +171,11 @@ def test_ctrl_c_on_a_ray_sweep_cancels_its_tasks_and_the_same_command_resumes_th
     for seed in (0, 1):
         with open_run(folder / f"seed={seed}.h5") as run:
             assert run.status == "completed" and int(run.train_metrics().step[-1]) == 600
+
+
+def test_a_launcher_without_its_package_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if the `cluster` extra were not installed
+    with pytest.raises(ValueError, match=r"--launcher slurm needs submitit, which is not installed .*pip install -e '\.\[cluster\]'"):
+        sbatch_script([Task("tiny", (), str(tmp_path / "a.h5"))], SlurmOptions(), tmp_path, "s")
+    done = emergence("sweep", "tiny", "--grid", "seed=0", "--dry-run", "--out", str(tmp_path), check=False)
+    assert done.returncode == 2 and done.stderr.strip() == "emergence: error: --dry-run prints the sbatch script of --launcher slurm"
