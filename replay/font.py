@@ -119,6 +119,26 @@ def read_text(canvas: np.ndarray, y: int, x: int, length: int, color: int, scale
     return "".join(out)
 
 
+def draw_text_up(canvas: np.ndarray, text: str, y: int, x: int, color: int, scale: int = 1) -> None:
+    """Draws `text` turned a quarter left, reading bottom to top, with its bottom-left corner at (y, x): the
+    column label of a narrow column, whole. `read_text_up` decodes it."""
+    h, w = text_size(text, scale)
+    block = np.zeros((h, w), np.uint8)
+    draw_text(block, text, 0, 0, 1, scale)
+    turned = np.rot90(block)  # [w, h]: the first character at the bottom
+    y0 = y - turned.shape[0]
+    region = canvas[max(y0, 0) : y, x : x + turned.shape[1]]
+    mask = turned[turned.shape[0] - region.shape[0] :, : region.shape[1]] == 1
+    region[mask] = color
+
+
+def read_text_up(canvas: np.ndarray, y: int, x: int, length: int, color: int, scale: int = 1) -> str:
+    """Decodes `length` characters that `draw_text_up` drew with its bottom-left corner at (y, x)."""
+    h, w = GLYPH_H * scale, length * CELL_W * scale
+    turned = canvas[y - w : y, x : x + h]
+    return read_text(np.rot90(turned, -1).copy(), 0, 0, length, color, scale)
+
+
 def fit_text(text: str, width: int, scale: int = 1) -> str:
     """`text` cut to at most `width` pixels (a trailing '.' marks a cut)."""
     n = (width // scale + 1) // CELL_W

@@ -3,7 +3,7 @@
     ┌──────────────────────────────────────────┐
     │ CONV3  TANH                               │  title
     │ STEP 120  TRAIN ACC 0.781  EVAL ACC 0.774 │  stamp (changes every frame)
-    │      T-SH. TROU. PULL. ...                │  probe labels
+    │      T-SHIRT/TOP TROUSER ...              │  column labels, whole (turned upright when a column is narrower)
     │      [probe images, one per column]       │
     │ C0   [tile][tile][tile] ...               │  one row per channel (columns with --transpose)
     │ C1   ...                                  │
@@ -90,11 +90,12 @@ class LayerGrid:
             channel_labels = [f"{channel_prefix}{c} {format_value(float(s))}" for c, s in zip(channels, scale.hi)]
         if style.transpose:
             row_labels, col_labels = list(probe_labels), channel_labels
-            row_label_chars = 8
         else:
             row_labels, col_labels = channel_labels, list(probe_labels)
-            row_label_chars = max(len(s) for s in channel_labels)
-        label_w = (row_label_chars * font.CELL_W) * ts + GAP
+        label_w = max(len(s) for s in [*row_labels, "C0"]) * font.CELL_W * ts + GAP
+        # column labels are never cut: a label wider than its column turns upright, reading bottom to top
+        upright = any(font.text_size(t, ts)[1] > pitch[1] - GAP for t in col_labels)
+        labels_h = max(font.text_size(t, ts)[1] for t in col_labels) + GAP if upright else line
 
         # vertical layout
         y = MARGIN
@@ -103,7 +104,7 @@ class LayerGrid:
         self.stamp = Stamp(y, MARGIN, ts, len(str(max(int(max_step), 0))))
         y += line + GAP
         labels_y = y
-        y += line
+        y += labels_h
         skip = (pitch[0] + 2 * GAP, pitch[1] + 2 * GAP) if probe_index is not None else (0, 0)
         if style.transpose:  # probe images form the first column, channels the next ones
             blocks, n_rows, n_cols = 1, p, len(channels)
@@ -130,6 +131,7 @@ class LayerGrid:
 
         canvas = np.full(self.shape, PAPER, np.uint8)
         font.draw_text(canvas, title, self._title_y, MARGIN, INK, ts)
+        self.column_labels: list[tuple[str, int, int, bool]] = []  # (text, y, x, upright) as drawn: tests read them
         oy, ox = (cell[0] - shown[0]) // 2, (cell[1] - shown[1]) // 2
         for b, bx in enumerate(self._blocks_x):
             px = bx - (skip[1] if style.transpose else 0)  # where this block's probe images start
@@ -143,11 +145,17 @@ class LayerGrid:
             shown_rows = row_labels if style.transpose else row_labels[b * n_rows : (b + 1) * n_rows]
             for j, text in enumerate(col_labels):
                 cx = (bx if style.transpose else px) + j * pitch[1]
-                font.draw_text(canvas, font.fit_text(text, pitch[1] - GAP, ts), labels_y, cx, INK, ts)
+                if upright:  # centred in its column, bottoms aligned just above the grid
+                    cx += max(0, (pitch[1] - GAP - font.GLYPH_H * ts) // 2)
+                    font.draw_text_up(canvas, text, labels_y + labels_h - GAP, cx, INK, ts)
+                    self.column_labels.append((text, labels_y + labels_h - GAP, cx, True))
+                else:
+                    font.draw_text(canvas, text, labels_y, cx, INK, ts)
+                    self.column_labels.append((text, labels_y, cx, False))
             for i, text in enumerate(shown_rows):
                 cy = (probes_at[0] if style.transpose else grid_y) + i * pitch[0] + (cell[0] - font.GLYPH_H * ts) // 2
                 lx = bx - label_w - (skip[1] if style.transpose else 0)
-                font.draw_text(canvas, font.fit_text(text, label_w - GAP, ts), cy, lx, INK, ts)
+                font.draw_text(canvas, text, cy, lx, INK, ts)
             rows_here = n_rows if style.transpose else len(shown_rows)
             canvas[grid_y - GAP // 2 : grid_y + rows_here * pitch[0] - GAP // 2,
                    bx - GAP // 2 : bx + grid_w - GAP // 2] = RULE

@@ -390,3 +390,20 @@ def test_symlog_scale_colours_small_values_and_is_stated(tmp_path):
     assert np.array_equal(np.searchsorted(thresholds, x, side="right"), value_to_index(x, s.lo, s.hi, s.linthresh))
     with pytest.raises(ValueError, match="symlog:C needs a positive C"):
         parse_scale("symlog:-1")
+
+
+@pytest.mark.parametrize("zoom, upright", [(1, True), (4, False)])
+def test_class_names_are_drawn_whole_upright_when_the_column_is_narrow(tmp_path, zoom, upright):
+    acts = np.zeros((2, 3, 4, 4, 2), np.float32)
+    write_run(tmp_path / "r.h5", {"conv1": acts})  # 16-pixel probes; classes named "class 0", "class 1", ...
+    replay(tmp_path / "r.h5", tmp_path / "out", ReplayOptions(kernels=False, curves=False, zoom=zoom))
+    from runfile.reader import open_run
+
+    with open_run(tmp_path / "r.h5") as run:
+        frames = LayerFrames(run, "conv1", style=GridStyle(zoom=zoom))
+    rgb = gif_frames(tmp_path / "out" / "conv1.gif")[0]
+    canvas = np.where((rgb == 0).all(axis=-1), INK, 0).astype(np.uint8)
+    labels = frames.grid.column_labels
+    assert [(t, up) for t, _, _, up in labels] == [(f"class {k}", upright) for k in range(3)]
+    read = font.read_text_up if upright else font.read_text
+    assert [read(canvas, y, x, len(t), INK) for t, y, x, _ in labels] == ["CLASS 0", "CLASS 1", "CLASS 2"]

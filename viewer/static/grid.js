@@ -21,7 +21,13 @@ export class GridView {
     this.fx = Math.max(1, Math.floor(spec.cellW / spec.W)) * z;
     this.cellH = Math.max(spec.cellH * z, spec.H * this.fy);
     this.cellW = Math.max(spec.cellW * z, spec.W * this.fx);
-    this.top = HEAD_H + (spec.header ? this.cellH + PROBE_GAP : 0);
+    // column labels are never cut: when one is wider than its column, all stand upright (read bottom to top)
+    const measure = document.createElement("canvas").getContext("2d");
+    measure.font = FONT;
+    const widest = Math.max(0, ...spec.colLabels.map((t) => measure.measureText(t).width));
+    this.uprightLabels = widest > this.cellW;
+    this.headH = this.uprightLabels ? Math.ceil(widest) + 4 : HEAD_H;
+    this.top = this.headH + (spec.header ? this.cellH + PROBE_GAP : 0);
     const width = LABEL_W + spec.cols * (this.cellW + GAP);
     const height = this.top + spec.rows * (this.cellH + GAP);
     this.canvas = document.createElement("canvas");
@@ -61,7 +67,15 @@ export class GridView {
     ctx.fillStyle = "#000";
     ctx.font = FONT;
     ctx.textBaseline = "top";
-    spec.colLabels.forEach((t, c) => ctx.fillText(fit(ctx, t, this.cellW), LABEL_W + c * (this.cellW + GAP), 1));
+    spec.colLabels.forEach((t, c) => {
+      const x = LABEL_W + c * (this.cellW + GAP);
+      if (!this.uprightLabels) return ctx.fillText(t, x, 1);
+      ctx.save();
+      ctx.translate(x + Math.floor((this.cellW - 10) / 2), this.headH - 2);
+      ctx.rotate(-Math.PI / 2);
+      ctx.fillText(t, 0, 0);
+      ctx.restore();
+    });
     spec.rowLabels.forEach((t, r) => {
       const y = this.top + r * (this.cellH + GAP) + this.cellH / 2 - 5;
       ctx.fillText(fit(ctx, t, LABEL_W - 3), 1, y);
@@ -70,7 +84,7 @@ export class GridView {
       const strip = spec.header, ph = strip.height, pw = strip.width / spec.cols;
       for (let c = 0; c < spec.cols; c++) {
         const x = LABEL_W + c * (this.cellW + GAP) + Math.floor((this.cellW - pw * spec.zoom) / 2);
-        ctx.drawImage(strip, c * pw, 0, pw, ph, x, HEAD_H + Math.floor((this.cellH - ph * spec.zoom) / 2),
+        ctx.drawImage(strip, c * pw, 0, pw, ph, x, this.headH + Math.floor((this.cellH - ph * spec.zoom) / 2),
           pw * spec.zoom, ph * spec.zoom);
       }
     }
@@ -128,7 +142,7 @@ export class GridView {
     const { spec } = this;
     const c = Math.floor((px - LABEL_W) / (this.cellW + GAP));
     if (c < 0 || c >= spec.cols) return null;
-    if (spec.header && py >= HEAD_H && py < HEAD_H + this.cellH) return { header: c };
+    if (spec.header && py >= this.headH && py < this.headH + this.cellH) return { header: c };
     const r = Math.floor((py - this.top) / (this.cellH + GAP));
     if (r < 0 || r >= spec.rows) return null;
     const [ox, oy] = this.tileOrigin(r, c);
