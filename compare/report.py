@@ -34,6 +34,7 @@ from replay.animate import write_animation
 from replay.curves import write_comparison_curves
 from replay.gif import frame_duration_ms
 from replay.grid import GridStyle
+from replay.scales import ScaleSpec, spec_for
 from replay.images import atomic_path
 from replay.render import DEFAULT_MAX_MB
 from runfile.reader import Run, open_run
@@ -54,6 +55,8 @@ class CompareOptions:
     gifs: bool = True
     measures: bool = True  # per-channel measures and linear probes, re-running the model (compare/measures.py)
     measure_images: int = MEASURE_IMAGES  # held-out images they run on (half fit the probes, half evaluate them)
+    scales: tuple[ScaleSpec, ...] = ()  # colour scales of the side-by-side GIFs, as replay's --scale
+    shared_scale: bool = False  # one scale for both halves of a layer's GIF (the range holding both own scales)
 
 
 @dataclasses.dataclass
@@ -290,7 +293,8 @@ def _two_runs(a: Run, b: Run, out: Path, options: CompareOptions, log: Callable[
         positions = select_frames(frame_steps, StepRange(), options.every)
         style = GridStyle(zoom=options.zoom)
         for layer in layers:
-            pair = PairFrames(a, b, layer, frame_steps, names, style)
+            pair = PairFrames(a, b, layer, frame_steps, names, style, spec_for(layer, options.scales, layers),
+                              options.shared_scale)
             anim = write_animation(pair, positions, out / f"{layer}_side_by_side.gif", frame_duration_ms(options.fps),
                                    int(options.max_mb * 1e6) if options.max_mb else None)
             files.append(anim.path)

@@ -2,7 +2,8 @@
 
 Alignment: a frame is shown for every step recorded in both runs (the intersection of their frame steps),
 so each pair of halves shows the two networks after the same number of updates. Each half keeps its own
-honest, fixed colour scale (replay/scales.py) and its own title naming the run and its activation.
+honest colour scale (replay/scales.py: fixed by default, per step or symmetric-log on request) and its own title
+naming the run and its activation; `shared` gives both halves one fixed scale, the range holding both own ones.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from typing import Iterator
 
 import numpy as np
 
-from replay.animate import LayerFrames
+from replay.animate import LayerFrames, layer_scale
 from replay.grid import GridStyle
 from replay.palette import PAPER
+from replay.scales import Scale, ScaleSpec, shared_scale, with_symlog
 from runfile.reader import Run
 
 SEPARATOR = 12  # pixels of paper between the halves
@@ -31,9 +33,18 @@ class PairFrames:
     """Frames of `layer` from two runs, side by side; positions index `steps` (the shared steps)."""
 
     def __init__(self, a: Run, b: Run, layer: str, steps: np.ndarray, names: tuple[str, str],
-                 style: GridStyle = GridStyle()):
-        self.left = LayerFrames(a, layer, style=style, title=f"A {names[0]}: {layer} {a.activation_label(layer)}")
-        self.right = LayerFrames(b, layer, style=style, title=f"B {names[1]}: {layer} {b.activation_label(layer)}")
+                 style: GridStyle = GridStyle(), spec: ScaleSpec = ScaleSpec(None, "auto"), shared: bool = False):
+        scales: tuple[Scale | None, Scale | None] = (None, None)
+        if shared:
+            if spec.mode in ("step", "channel"):
+                raise ValueError(f"--shared-scale gives both runs one fixed scale; it cannot be combined with "
+                                 f"--scale {spec.mode}")
+            one = with_symlog(shared_scale(layer_scale(a, layer, spec), layer_scale(b, layer, spec)), spec.symlog)
+            scales = (one, one)
+        self.left = LayerFrames(a, layer, style=style, title=f"A {names[0]}: {layer} {a.activation_label(layer)}",
+                                scale_spec=spec, scale=scales[0])
+        self.right = LayerFrames(b, layer, style=style, title=f"B {names[1]}: {layer} {b.activation_label(layer)}",
+                                 scale_spec=spec, scale=scales[1])
         if not np.array_equal(self.left.palette, self.right.palette):
             raise ValueError(
                 f"{layer}: the two runs need different colour palettes (a {self.left.scale.kind} and a "

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 USAGE_ERRORS = (ValueError, FileExistsError, FileNotFoundError, KeyError)
+SCALE_HELP = ("colour scale override (repeatable): S for [-S, S], LO:HI, 'channel' (per-channel percentile rule), "
+              "'step' (each frame its own scale, said on it), 'symlog[:C]' or 'auto' (replay/scales.py)")
 INFO_FULL_CHECK_BYTES = 200 * 1024**2  # `info` reads every chunk of files up to this size, the rest but frames
 
 
@@ -184,11 +186,13 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from compare import CompareOptions, compare
+    from replay.scales import parse_scale
 
     runs = [args.run_a] + ([args.run_b] if args.run_b else [])
     options = CompareOptions(force=args.force, layers=tuple(args.layers.split(",")) if args.layers else None,
                              every=args.every, zoom=args.zoom, fps=args.fps, max_mb=args.max_mb, gifs=not args.no_gifs,
-                             measures=not args.no_measures,
+                             measures=not args.no_measures, scales=tuple(parse_scale(s) for s in args.scale or ()),
+                             shared_scale=args.shared_scale,
                              **({"measure_images": args.measure_images} if args.measure_images else {}))
     if args.out:
         out = Path(args.out)
@@ -370,8 +374,7 @@ def _replay_parser(sub: Any) -> None:
     rep.add_argument("--no-wrap", action="store_true", help="one column of channel rows even for wide layers "
                      "(by default their rows are wrapped into side-by-side blocks, near square)")
     rep.add_argument("--transpose", action="store_true", help="one row per probe, one column per channel")
-    rep.add_argument("--scale", action="append", metavar="[LAYER=]VALUE", help="colour scale override (repeatable): "
-                     "S for [-S, S], LO:HI, 'channel' (per-channel percentile rule) or 'auto'")
+    rep.add_argument("--scale", action="append", metavar="[LAYER=]VALUE", help=SCALE_HELP)
     rep.add_argument("--step", type=int, action="append", metavar="N", help="also write snapshot PNGs of every "
                      "layer at recorded step N, and of each probe's feature maps (repeatable)")
     rep.add_argument("--maximise", nargs="?", const="all", metavar="LAYERS", help="also render feature "
@@ -408,6 +411,9 @@ def _compare_parser(sub: Any) -> None:
     cmp.add_argument("--fps", type=float, default=20.0)
     cmp.add_argument("--max-mb", type=float, default=8.0, metavar="MB", help="largest size of each side-by-side GIF "
                      "(default 8; 0: no limit)")
+    cmp.add_argument("--scale", action="append", metavar="[LAYER=]VALUE", help=SCALE_HELP + "; both runs alike")
+    cmp.add_argument("--shared-scale", action="store_true", help="one fixed colour scale for both halves of each "
+                     "side-by-side GIF: the range holding both runs' own scales (default: each run its own)")
     cmp.add_argument("--no-gifs", action="store_true", help="measurements and plots only")
     cmp.add_argument("--no-measures", action="store_true", help="skip the per-channel measures and linear probes "
                      "(they re-run the model at every stored weight step on the held-out measure images)")

@@ -20,9 +20,9 @@ import numpy as np
 
 from replay.gif import GifWriter
 from replay.grid import GridStyle, LayerGrid
-from replay.palette import build_palette, probe_to_index
+from replay.palette import build_palette, probe_to_index, value_to_index
 from runfile.reader import Run
-from replay.scales import Scale, ScaleSpec, resolve_scale
+from replay.scales import Scale, ScaleSpec, resolve_scale, step_scales
 from replay.selection import thin
 from replay.video import Mp4Writer
 
@@ -82,9 +82,23 @@ class Frames:
             nans = np.isnan(values).reshape(len(block), -1).sum(axis=1)
             self.nan_values += int(nans.sum())
             self.nan_frames += int(np.count_nonzero(nans))
+            if self.grid.scale.per_step:  # each frame on its own [−S_t, S_t], its ticks drawn on it
+                s = step_scales(values)
+                index = value_to_index(values, -s[:, None, None, None, None], s[:, None, None, None, None])
+                for k in range(len(block)):
+                    own = dataclasses.replace(self.grid.scale, lo=-s[k], hi=s[k])
+                    yield self.grid.render(index[k], stamps[b + k], own)
+                continue
             index = self.grid.indices(values)  # [len, P, H, W, C] uint8
             for k in range(len(block)):
                 yield self.grid.render(index[k], stamps[b + k])
+
+
+def layer_scale(run: Run, layer: str, spec: ScaleSpec = ScaleSpec(None, "auto")) -> Scale:
+    """The colour scale of `layer` under `spec` (replay/scales.py), reading the layer only if the rule needs it."""
+    all_frames = np.arange(run.num_frames)
+    chunks = (run.read_frames(layer, all_frames[i : i + READ_BLOCK]) for i in range(0, len(all_frames), READ_BLOCK))
+    return resolve_scale(run.activation_label(layer), spec, chunks, run.layer_shape(layer), run.num_frames)
 
 
 class LayerFrames(Frames):
@@ -101,9 +115,7 @@ class LayerFrames(Frames):
         numbers = run.layer_channels(layer)  # the model's channel numbers (a subset when recorded with channels=)
         activation = run.activation_label(layer)
         if scale is None:
-            all_frames = np.arange(run.num_frames)
-            chunks = (run.read_frames(layer, all_frames[i : i + READ_BLOCK]) for i in range(0, len(all_frames), READ_BLOCK))
-            scale = resolve_scale(activation, scale_spec, chunks, (p, h, w, c), run.num_frames)
+            scale = layer_scale(run, layer, scale_spec)
         self.scale = scale  # of all channels; the grid gets the shown ones
         if scale.per_channel:
             scale = dataclasses.replace(scale, lo=scale.lo[self.channels], hi=scale.hi[self.channels])

@@ -95,7 +95,7 @@ class LayerGrid:
         label_w = max(len(s) for s in [*row_labels, "C0"]) * font.CELL_W * ts + GAP
         # column labels are never cut: a label wider than its column turns upright, reading bottom to top
         upright = any(font.text_size(t, ts)[1] > pitch[1] - GAP for t in col_labels)
-        labels_h = max(font.text_size(t, ts)[1] for t in col_labels) + GAP if upright else line
+        labels_h = max(font.text_size(t, ts)[1] for t in col_labels) + 2 * GAP if upright else line
 
         # vertical layout
         y = MARGIN
@@ -159,7 +159,8 @@ class LayerGrid:
             rows_here = n_rows if style.transpose else len(shown_rows)
             canvas[grid_y - GAP // 2 : grid_y + rows_here * pitch[0] - GAP // 2,
                    bx - GAP // 2 : bx + grid_w - GAP // 2] = RULE
-        draw_colour_bar(canvas, scale, bar_y, MARGIN + label_w if MARGIN + label_w + bar_w + MARGIN <= width else MARGIN, ts)
+        self._bar = (bar_y, MARGIN + label_w if MARGIN + label_w + bar_w + MARGIN <= width else MARGIN, ts)
+        draw_colour_bar(canvas, scale, *self._bar)
         self.template = canvas
 
         # where the tiles go: see _tile_view
@@ -191,9 +192,15 @@ class LayerGrid:
         """Palette indices uint8 [..., P, H, W, C] of activations on this grid's fixed scale."""
         return value_to_index(acts, self.scale.lo, self.scale.hi, self.scale.linthresh)
 
-    def render(self, index: np.ndarray, stamp: str) -> np.ndarray:
-        """One frame, uint8 [height, width], from palette indices [P, H, W, C] and the stamp line."""
+    def render(self, index: np.ndarray, stamp: str, scale: Scale | None = None) -> np.ndarray:
+        """One frame, uint8 [height, width], from palette indices [P, H, W, C] and the stamp line; `scale`: this
+        frame's own scale (a per-step rule), whose ticks replace the template's."""
         canvas = self.template.copy()
+        if scale is not None:
+            y, x, ts = self._bar
+            ty = y + BAR_HEIGHT * ts + GAP
+            canvas[ty : ty + font.CELL_H * ts] = PAPER
+            draw_ticks(canvas, scale, ty, x, ts)
         if self.style.transpose:  # rows = probes, cols = channels
             self._tile_view(canvas)[...] = index.transpose(0, 1, 3, 2)[:, :, None, :, :, None]
         else:  # rows = channels, cols = probes; block b holds channels b·R .. (b+1)·R − 1
@@ -228,17 +235,24 @@ def draw_colour_bar(canvas: np.ndarray, scale: Scale, y: int, x: int, ts: int = 
     if scale.one_sided:  # only [0, hi] is ever used: its levels stretched over the same width
         levels = (CENTRE + np.arange(width) * (N_LEVELS - CENTRE) // width).astype(np.uint8)
     canvas[y : y + h, x : x + width] = levels
+    ty = y + h + GAP
+    for level in (0, CENTRE, N_LEVELS - 1):
+        level = level * BAR_LEVEL_PX + BAR_LEVEL_PX // 2
+        canvas[y + h : y + h + GAP, x + level] = INK
+    draw_ticks(canvas, scale, ty, x, ts)
+    font.draw_text(canvas, scale.short, ty + font.CELL_H * ts, x, INK, ts)
+
+
+def draw_ticks(canvas: np.ndarray, scale: Scale, ty: int, x: int, ts: int = 1) -> None:
+    """The values at the colour bar's ends and centre, on the line at `ty` under a bar that starts at `x`."""
     lo, mid, hi = scale.tick_values()
     ticks = [(0, lo), (CENTRE, mid), (N_LEVELS - 1, hi)]
     if scale.per_channel:
         ticks = [(0, "0" if scale.one_sided else "-S_C"), (CENTRE, "+S_C/2" if scale.one_sided else 0.0),
                  (N_LEVELS - 1, "+S_C")]
-    ty = y + h + GAP
     for level, value in ticks:
         level = level * BAR_LEVEL_PX + BAR_LEVEL_PX // 2
-        canvas[y + h : y + h + GAP, x + level] = INK
         text = value if isinstance(value, str) else format_value(value)
         tw = font.text_size(text, ts)[1]
         tx = min(max(x + level - tw // 2, 0), canvas.shape[1] - tw)
         font.draw_text(canvas, text, ty, tx, INK, ts)
-    font.draw_text(canvas, scale.short, ty + font.CELL_H * ts, x, INK, ts)

@@ -24,7 +24,7 @@ from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
-from replay.animate import Animation, Frames, KernelFrames, LayerFrames, write_animation
+from replay.animate import Animation, Frames, KernelFrames, LayerFrames, layer_scale, write_animation
 from replay.curves import write_curves
 from replay.distributions import layer_distribution, write_distributions
 from replay.geometry import layer_geometry, write_geometry_gif
@@ -34,7 +34,7 @@ from replay.images import save_png
 from replay.index_page import Entry, write_index
 from replay.palette import NAN_RGB
 from runfile.reader import Run, open_run
-from replay.scales import ScaleSpec, spec_for
+from replay.scales import Scale, ScaleSpec, spec_for
 from replay.selection import StepRange, parse_indices, select_frames
 
 SNAPSHOT_PROBE_ZOOM = 3
@@ -177,7 +177,7 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
 
         if options.distributions:
             dists = _in_parallel(  # read_frames takes the run's lock; the binning runs beside the other layers'
-                lambda layer: layer_distribution(run, layer, layer_frames[layer].scale, positions), layers)
+                lambda layer: layer_distribution(run, layer, _fixed(run, layer, layer_frames[layer].scale), positions), layers)
             report.pictures.append(write_distributions(run, dists, out / "distributions.png"))
             entries.append(Entry("Distributions", "distributions.png", "distributions.png",
                                  f"Each layer's activations on the {run.layer_shape(layers[0])[0]} probe images (every "
@@ -265,6 +265,14 @@ def _in_parallel(fn: Callable[[str], T], items: Sequence[str]) -> list[T]:
         return [fn(item) for item in items]
     with ThreadPoolExecutor(threads, thread_name_prefix="emergence-replay") as pool:
         return list(pool.map(fn, items))
+
+
+def _fixed(run: Run, layer: str, scale: Scale) -> Scale:
+    """`scale`, or the default fixed rule's where it is per step (histograms need one range for every step)."""
+    if not scale.per_step:
+        return scale
+    with run.lock:
+        return layer_scale(run, layer)
 
 
 def _snapshots(run: Run, layer_frames: dict[str, LayerFrames], step: int, probes: Sequence[int] | None,

@@ -18,6 +18,9 @@ Rules (the default, `auto`):
 * `LO:HI`: fixed [LO, HI]; diverging when LO = −HI, sequential otherwise.
 * `channel`: the percentile rule above applied per channel (each channel its own fixed S_c).
 * `auto`: the default rule.
+* `step`: a scale per frame, [−S_t, S_t] with S_t the 99.9th percentile of |a| at that step alone (one-sided for
+  relu and sigmoid). It shows the pattern of a step whatever its magnitude, at the price of colours that are
+  not comparable between steps: every frame says so under its colour bar, whose ticks give that step's S_t.
 * `symlog` (or `symlog:C`): the default rule's range on a symmetric-log colour scale, sign(a)·ln(1 + |a|/C):
   linear within about ±C (default S/100), logarithmic beyond, so that small values next to a few large ones
   still get colours. Stated on every picture; colours of different C are not comparable.
@@ -47,6 +50,7 @@ class Scale:
     short: str  # at most ~34 characters, drawn under the colour bar
     one_sided: bool = False  # a diverging scale of values that are never negative: the bar shows [0, hi]
     linthresh: float | None = None  # a symmetric-log scale: linear within about ±linthresh (replay/palette.py symlog)
+    per_step: bool = False  # lo/hi are placeholders: each frame's scale is [−S_t, S_t] (step_scales)
 
     def tick_values(self) -> tuple[float, float, float]:
         """The values at the colour bar's left end, middle and right end (its first channel's, if per channel)."""
@@ -64,6 +68,8 @@ class Scale:
 
     def describe(self) -> str:
         """Range and rule, for index.html and the command's report."""
+        if self.per_step:
+            return self.rule
         if self.per_channel:
             return f"{self.rule}: S_c from {float(self.hi.min()):.3g} to {float(self.hi.max()):.3g}"
         return f"[{format_value(float(self.lo))}, {format_value(float(self.hi))}] {self.rule}"
@@ -74,7 +80,7 @@ class ScaleSpec:
     """One parsed `--scale` value."""
 
     layer: str | None
-    mode: str  # "auto" | "channel" | "fixed"
+    mode: str  # "auto" | "channel" | "fixed" | "step"
     lo: float = 0.0
     hi: float = 0.0
     symlog: float | None = None  # 0: symlog with the default C; > 0: that C; None: linear
@@ -92,8 +98,8 @@ def parse_scale(text: str) -> ScaleSpec:
     layer = layer if sep else None
     value = value.strip().lower()
     usage = (f"bad --scale {text!r}: expected [LAYER=]VALUE with VALUE a positive number S (for [-S, S]), "
-             "LO:HI, 'channel', 'auto' or 'symlog[:C]'")
-    if value in ("auto", "channel"):
+             "LO:HI, 'channel', 'step', 'auto' or 'symlog[:C]'")
+    if value in ("auto", "channel", "step"):
         return ScaleSpec(layer, value)
     if value == "symlog" or value.startswith("symlog:"):
         c = value.partition(":")[2]
@@ -173,6 +179,8 @@ def resolve_scale(
 ) -> Scale:
     """The scale of one layer. `chunks` ([t, P, H, W, C] covering all `num_frames` recorded frames of shape
     `frame_shape`) is read only if the rule needs the values."""
+    if spec.mode == "step":
+        return per_step_scale(activation)
     fixed = fixed_scale(activation, spec)
     if fixed is not None:
         return with_symlog(fixed, spec.symlog)
@@ -180,6 +188,39 @@ def resolve_scale(
     for chunk in chunks or ():
         top.add(chunk)
     return with_symlog(percentile_scale(top, num_frames, activation in ONE_SIDED), spec.symlog)
+
+
+def shared_scale(a: Scale, b: Scale) -> Scale:
+    """One scale for a layer of two runs: the range that holds both runs' scales (per-channel scales by their
+    widest channel), one-sided only if both are (compare --shared-scale, the viewer's "one colour scale for both runs")."""
+    lo = min(float(np.min(a.lo)), float(np.min(b.lo)))
+    hi = max(float(np.max(a.hi)), float(np.max(b.hi)))
+    kind = "sequential" if a.kind == b.kind == "sequential" else "diverging"
+    if kind == "diverging":
+        lo = -max(abs(lo), abs(hi))
+        hi = -lo
+    rule = "one scale for both runs: the range holding A's and B's own scales"
+    return Scale(np.float32(lo), np.float32(hi), kind, rule, "shared by A and B", a.one_sided and b.one_sided)
+
+
+def per_step_scale(activation: str) -> Scale:
+    """The `step` rule: each frame on its own [−S_t, S_t] (`step_scales`); lo/hi here are placeholders. One-sided
+    for activations that are never negative."""
+    one_sided = activation in ONE_SIDED or activation == "sigmoid"
+    rule = (f"per step: S = p{PERCENTILE:g} of |a| over the frame's values at its step alone, clipped beyond; "
+            "colours of different steps are not comparable" + (" (never negative: the bar shows [0, S])" if one_sided else ""))
+    return Scale(np.float32(-1.0), np.float32(1.0), "diverging", rule, f"PER STEP: p{PERCENTILE:g} |a| THIS STEP ONLY",
+                 one_sided, per_step=True)
+
+
+def step_scales(values: np.ndarray) -> np.ndarray:
+    """[t] float32: S_t, the nearest-rank PERCENTILE of |a| over each frame of `values` [t, ...] (NaN counts as 0;
+    an all-zero frame gets S = 1, as the fixed rule does)."""
+    a = np.nan_to_num(np.abs(values.reshape(len(values), -1).astype(np.float32)), nan=0.0)
+    n = a.shape[1]
+    rank = max(1, math.ceil(PERCENTILE / 100.0 * n))  # the percentile is the rank-th smallest
+    s = np.partition(a, rank - 1, axis=1)[:, rank - 1] if n else np.zeros(len(values), np.float32)
+    return np.where(s > 0, s, np.float32(1.0)).astype(np.float32)
 
 
 def with_symlog(scale: Scale, linthresh: float | None) -> Scale:

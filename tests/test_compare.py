@@ -136,3 +136,30 @@ def test_relu_vs_tanh_experiment_end_to_end(tmp_path):
         assert f"| {layer} |" in text
     assert relu_vs_tanh.main(argv) == 0  # second time: reuses the complete runs
     assert relu_vs_tanh.main(argv + ["--set", "activation=gelu"]) == 2
+
+
+def test_side_by_side_shared_and_per_step_scales(tmp_path):
+    from compare.side_by_side import PairFrames
+    from conftest import write_run
+    from replay.palette import N_LEVELS
+    from replay.scales import parse_scale
+
+    for name, v in (("a", 1.0), ("b", 10.0)):
+        acts = np.zeros((2, 1, 4, 4, 2), np.float32)
+        acts[..., 0], acts[..., 1] = v, -v
+        write_run(tmp_path / f"{name}.h5", {"conv1": acts}, activation="gelu")
+    with open_run(tmp_path / "a.h5") as a, open_run(tmp_path / "b.h5") as b:
+        steps = a.steps
+        own = PairFrames(a, b, "conv1", steps, ("a", "b"))
+        assert (float(own.left.scale.hi), float(own.right.scale.hi)) == (1.0, 10.0)
+        shared = PairFrames(a, b, "conv1", steps, ("a", "b"), shared=True)
+        assert float(shared.left.scale.hi) == float(shared.right.scale.hi) == 10.0
+        assert "both runs" in shared.left.scale.rule
+        index = shared.left.grid.indices(a.read_frames("conv1", np.array([0])).astype(np.float32))
+        assert 0 < index[0, 0, 0, 0, 1] < index[0, 0, 0, 0, 0] < N_LEVELS - 1  # A's ±1 on B's ±10: not the ends
+        step = PairFrames(a, b, "conv1", steps, ("a", "b"), spec=parse_scale("step"))
+        assert step.left.scale.per_step and step.right.scale.per_step
+        frame = next(iter(step(np.array([0]))))
+        assert frame.shape == step.shape
+        with pytest.raises(ValueError, match="cannot be combined with --scale step"):
+            PairFrames(a, b, "conv1", steps, ("a", "b"), spec=parse_scale("step"), shared=True)

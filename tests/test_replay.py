@@ -407,3 +407,42 @@ def test_class_names_are_drawn_whole_upright_when_the_column_is_narrow(tmp_path,
     assert [(t, up) for t, _, _, up in labels] == [(f"class {k}", upright) for k in range(3)]
     read = font.read_text_up if upright else font.read_text
     assert [read(canvas, y, x, len(t), INK) for t, y, x, _ in labels] == ["CLASS 0", "CLASS 1", "CLASS 2"]
+
+
+def _text_in_row(canvas, y, text):
+    """Whether `text` is drawn (unscaled) anywhere on the line that starts at row y."""
+    w = font.text_size(text)[1]
+    return any(font.read_text(canvas, y, x, len(text), INK) == text.upper() for x in range(canvas.shape[1] - w))
+
+
+def test_per_step_scale_fills_each_frame_and_states_its_own_range(tmp_path):
+    acts = np.zeros((2, 1, 4, 4, 2), np.float32)
+    acts[0, ..., 0], acts[0, ..., 1] = 0.01, -0.01  # step 0: tiny
+    acts[1, ..., 0], acts[1, ..., 1] = 10.0, -10.0  # step 1: large
+    write_run(tmp_path / "r.h5", {"conv1": acts}, activation="gelu")
+    from replay.grid import BAR_HEIGHT, GAP
+    from replay.palette import CENTRE, N_LEVELS
+    from runfile.reader import open_run
+
+    for spec, out in ((parse_scale("step"), "step"), (parse_scale("auto"), "fixed")):
+        replay(tmp_path / "r.h5", tmp_path / out, ReplayOptions(kernels=False, curves=False, distributions=False,
+                                                              scales=(spec,)))
+        with open_run(tmp_path / "r.h5") as run:
+            frames = LayerFrames(run, "conv1", scale_spec=spec)
+        palette = build_palette(frames.scale.kind)
+        y, _, _ = frames.grid._bar
+        ticks_y = y + BAR_HEIGHT + GAP
+        for k, rgb in enumerate(gif_frames(tmp_path / out / "conv1.gif")):
+            levels = []
+            for channel in (0, 1):
+                y0, y1, x0, x1 = frames.grid.tile_box(0, channel)
+                levels.append(set(np.unique(to_index(rgb[y0:y1, x0:x1], palette)).tolist()))
+            canvas = np.where((rgb == 0).all(axis=-1), INK, 0).astype(np.uint8)
+            if out == "step":  # every frame spans the whole bar, and says so with its own ticks
+                assert levels == [{N_LEVELS - 1}, {0}]
+                assert _text_in_row(canvas, ticks_y, "+0.01" if k == 0 else "+10")
+                assert _text_in_row(canvas, ticks_y + font.CELL_H, "PER STEP")
+            else:  # one scale [-10, 10]: step 0 is white
+                assert levels == ([{CENTRE}, {CENTRE}] if k == 0 else [{N_LEVELS - 1}, {0}])
+                assert _text_in_row(canvas, ticks_y, "+10")
+    assert "colours of different steps are not comparable" in (tmp_path / "step" / "index.html").read_text()

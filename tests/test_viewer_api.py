@@ -197,18 +197,23 @@ def test_the_scale_of_a_growing_run_is_the_rule_over_the_frames_so_far(tmp_path)
     assert float(grown.hi) > float(first.hi)
 
 
-def test_png_export_is_the_gifs_frame(server, runs_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["", "step"])
+def test_png_export_is_the_gifs_frame(server, runs_dir, tmp_path, mode):
+    from replay.scales import parse_scale
+
     rid = ids(server)["sub/relu"]["id"]
-    status, headers, body = request(server, f"/api/runs/{rid}/frame.png?layer=conv1&step=8")
+    status, headers, body = request(server, f"/api/runs/{rid}/frame.png?layer=conv1&step=8&scale={mode}")
     assert status == 200 and headers["content-type"] == "image/png"
     (tmp_path / "f.png").write_bytes(body)
-    replay(runs_dir / "sub" / "relu.h5", tmp_path / "out", ReplayOptions(kernels=False, curves=False))
+    replay(runs_dir / "sub" / "relu.h5", tmp_path / "out", ReplayOptions(
+        kernels=False, curves=False, scales=(parse_scale(mode),) if mode else ()))
     with Image.open(tmp_path / "out" / "conv1.gif") as gif:
         gif.seek(4)  # steps 0, 1, 2, 4, 8: the fifth frame
         expected = np.asarray(gif.convert("RGB"))
     with Image.open(tmp_path / "f.png") as png:
         assert np.array_equal(np.asarray(png.convert("RGB")), expected)
     assert request(server, f"/api/runs/{rid}/frame.png?layer=conv1&step=5")[0] == 404  # not recorded
+    assert request(server, f"/api/runs/{rid}/frame.png?layer=conv1&step=8&scale=cubic")[0] == 400
 
 
 @pytest.mark.parametrize("path", [

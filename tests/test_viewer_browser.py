@@ -476,3 +476,29 @@ def request_status(server, path):
     from test_viewer_api import request
 
     return request(server, path)[0]
+
+
+def test_per_step_scales_colour_each_frame_on_its_own_range_and_say_so(page, served):
+    from replay.scales import step_scales
+
+    server, folder = served
+    rid = run_id("tiny-relu.h5")
+    with open_run(folder / "tiny-relu.h5") as run:
+        steps = run.steps
+        at = {int(steps[k]): (k, run.read_frames("conv2", np.array([k])).astype(np.float32)) for k in (1, len(steps) - 1)}
+    open_view(page, f"#/run/{rid}?step={int(steps[1])}")
+    page.select_option("#scale-mode", "step")
+    for step, (k, frame) in at.items():
+        open_view(page, f"#/run/{rid}?scale=step&step={step}")
+        page.wait_for_function(f"() => document.body.dataset.step === '{step}' && window.__emergence.current.panels "
+                               "&& window.__emergence.current.panels[1].scalePos !== undefined", timeout=20000)
+        s = float(step_scales(frame)[0])
+        got = page.evaluate("""() => { const p = window.__emergence.current.panels[1];
+            return [p.colourer.hi, p.colourer.lo, p.scalePos, [...p.barBox.querySelectorAll('.ticks span')].map(e => e.textContent),
+                    p.barBox.querySelector('.rule').textContent,
+                    [0, 1, 2, 3].map(x => p.colourer.level(p.frame.values[x])), Array.from(p.frame.values.slice(0, 4))]; }""")
+        hi, lo, pos, ticks, rule, levels, values = got
+        assert (hi, lo, pos) == (pytest.approx(s), pytest.approx(-s), k)
+        assert "per step" in rule and "not comparable" in rule and len(ticks) == 3
+        assert levels == value_to_index(np.array(values, np.float32), -np.float32(s), np.float32(s)).tolist()
+    assert at[int(steps[1])][1].max() != at[int(steps[-1])][1].max()

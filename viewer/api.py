@@ -1,8 +1,10 @@
 """The viewer's JSON and binary API. Every answer is computed from a run file through `replay`'s reader.
 
     GET /api/runs                                       the run list (catalog rows)
-    GET /api/runs/<id>[?scale=symlog]                   one run: layers, shapes, dtypes, steps, scales (symlog: on a
-                                                        symmetric-log colour axis), palette
+    GET /api/runs/<id>[?scale=symlog|step]              one run: layers, shapes, dtypes, steps, scales (symlog: on a
+                                                        symmetric-log colour axis; step: each frame its own), palette
+    GET /api/runs/<id>/step_scales?layer=L&start=i&count=n  the per-step rule's scale of frames i … i+n−1: float32
+                                                        [n, N_LEVELS], S_t then the level thresholds of [−S_t, S_t]
     GET /api/runs/<id>/frames?layer=L&start=i&count=n   frames at positions i … i+n−1, as stored (little-endian
                                                         float16/float32 bytes, [n, P, H, W, C])
     GET /api/runs/<id>/kernels?layer=L&start=i&count=n  kernels as stored (float32 [n, kh, kw, Cin, Cout])
@@ -13,8 +15,8 @@
                                                         (replay/distributions.py; bins over its scale, or [lo, hi])
     GET /api/runs/<id>/geometry?layer=L                 the analysis images' aligned PCA at every analysed step
                                                         (replay/geometry.py)
-    GET /api/runs/<id>/frame.png?layer=L&step=s         the frame at recorded step s, rendered by replay's own
-                                                        renderer (the GIF's frame, pixel for pixel)
+    GET /api/runs/<id>/frame.png?layer=L&step=s[&scale=symlog|step]  the frame at recorded step s, rendered by
+                                                        replay's own renderer (the GIF's frame, pixel for pixel)
     GET /api/compare?a=<id>&b=<id>                      shared steps, and (when both runs analysed the same
                                                         images) same-layer similarity and the layer map
 
@@ -44,7 +46,7 @@ from replay.geometry import layer_geometry
 from replay.images import png_bytes
 from replay.palette import DIVERGING, NAN_RGB, SEQUENTIAL, colour_map, level_thresholds
 from runfile.reader import Run
-from replay.scales import Scale, fixed_scale, with_symlog
+from replay.scales import Scale, fixed_scale, per_step_scale, shared_scale, step_scales, with_symlog
 from viewer.catalog import Catalog
 from viewer.scale_book import AUTO, ScaleBook, frame_nbytes, scale_json
 
@@ -90,28 +92,30 @@ class Api:
 
     def run(self, rid: str, query: Mapping[str, str] | None = None) -> Reply:
         mode = (query or {}).get("scale", "")
-        if mode not in ("", "symlog"):
-            raise ApiError(400, f"scale must be symlog or left out, got {mode[:20]!r}")
+        if mode not in ("", "symlog", "step"):
+            raise ApiError(400, f"scale must be symlog, step or left out, got {mode[:20]!r}")
         entry = self.catalog.file(rid)
         with self.catalog.open(rid) as run:
             st = entry.path.stat()
             # the same file unchanged gives the same answer, but for the state, which ages: cached 10 s at most
             key = (st.st_ino, st.st_mtime_ns, st.st_size, int(time.time()) // 10)
             if self._meta.get((rid, mode), (None,))[0] != key:
-                self._meta[(rid, mode)] = (key, self._run(rid, entry.name, run, mode == "symlog"))
+                self._meta[(rid, mode)] = (key, self._run(rid, entry.name, run, mode))
             return self._meta[(rid, mode)][1]
 
-    def _run(self, rid: str, run_name: str, run: Run, symlog: bool = False) -> Reply:
+    def _run(self, rid: str, run_name: str, run: Run, mode: str = "") -> Reply:
         state, reason = run.state()
         layers = []
         for name in run.layers:
             refused = too_large(run, name)
+            if mode == "step" and not refused:
+                layers.append({**self._layer_info(run, name), "too_large": None,
+                               "scale": scale_json(per_step_scale(run.activation_label(name)))})
+                continue
             layers.append({
-                "name": name, "shape": list(run.layer_shape(name)), "activation": run.activation_label(name),
-                "channels": run.layer_channels(name),  # the model's channel numbers of the stored ones
-                "dtype": run.layer_dtype(name).name, "max_frames": _range_cap(run, name, kernel=False),
+                **self._layer_info(run, name),
                 "scale": scale_json(_NOT_SERVED if refused else with_symlog(self.scales.layer_scale(rid, run, name),
-                                                                            0.0 if symlog else None),
+                                                                            0.0 if mode == "symlog" else None),
                                     provisional=state == "recording" and not refused
                                     and fixed_scale(run.activation_label(name), AUTO) is None, covers=run.num_frames),
                 "too_large": refused,
@@ -135,20 +139,42 @@ class Api:
             "test": _test(run), "palettes": self.palettes,
         })
 
+    @staticmethod
+    def _layer_info(run: Run, name: str) -> dict[str, Any]:
+        return {"name": name, "shape": list(run.layer_shape(name)), "activation": run.activation_label(name),
+                "channels": run.layer_channels(name),  # the model's channel numbers of the stored ones
+                "dtype": run.layer_dtype(name).name, "max_frames": _range_cap(run, name, kernel=False)}
+
+    def step_scales(self, rid: str, query: Mapping[str, str]) -> Reply:
+        """The per-step rule (replay.scales.step_scales) over whole stored frames: for frames start … start+count−1,
+        S_t and the thresholds of [−S_t, S_t] that the page colours with, as float32 rows."""
+        with self.catalog.open(rid) as run:
+            layer = _layer(run, query, kernel=False)
+            start, count, stop = self._frame_range(run, layer, query, kernel=False)
+            s = step_scales(run.read_frames(layer, np.arange(start, stop)))
+        rows = np.concatenate([s[:, None], level_thresholds(-s, s)], axis=1).astype("<f4")
+        return Reply(200, "application/octet-stream", rows.tobytes(), {
+            "X-Frame-Start": str(start), "X-Frame-Count": str(stop - start), "X-Frames-Total": str(run.num_frames)})
+
+    def _frame_range(self, run: Run, layer: str, query: Mapping[str, str], kernel: bool) -> tuple[int, int, int]:
+        """(start, count, stop) of a frame request, checked: refused layers, the cap, positions recorded."""
+        total = run.num_frames
+        start, count = _int(query, "start", 0), _int(query, "count", 1)
+        refused = too_large(run, layer, kernel)
+        if refused:
+            raise ApiError(413, refused)
+        cap = _range_cap(run, layer, kernel)
+        if count < 1 or count > cap:
+            raise ApiError(400, f"count must be 1 to {cap} frames of {layer} per request, got {count}")
+        if not 0 <= start < total:
+            raise ApiError(416, f"start {start} is outside the {total} recorded frames (positions 0 to {total - 1})")
+        return start, count, min(start + count, total)
+
     def frames(self, rid: str, query: Mapping[str, str], kernel: bool = False) -> Reply:
         with self.catalog.open(rid) as run:
             layer = _layer(run, query, kernel)
             total = run.num_frames
-            start, count = _int(query, "start", 0), _int(query, "count", 1)
-            refused = too_large(run, layer, kernel)
-            if refused:
-                raise ApiError(413, refused)
-            cap = _range_cap(run, layer, kernel)
-            if count < 1 or count > cap:
-                raise ApiError(400, f"count must be 1 to {cap} frames of {layer} per request, got {count}")
-            if not 0 <= start < total:
-                raise ApiError(416, f"start {start} is outside the {total} recorded frames (positions 0 to {total - 1})")
-            stop = min(start + count, total)
+            start, count, stop = self._frame_range(run, layer, query, kernel)
             data = run.read_frames(layer, np.arange(start, stop), kernel=kernel)
         body = np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
         return Reply(200, "application/octet-stream", body, {
@@ -261,7 +287,12 @@ class Api:
             position = int(np.searchsorted(steps, step))
             if position >= len(steps) or steps[position] != step:
                 raise ApiError(404, f"step {step} was not recorded in {entry.name}")
-            frames = LayerFrames(run, layer, scale=self.scales.layer_scale(rid, run, layer))
+            mode = query.get("scale", "")
+            if mode not in ("", "symlog", "step"):
+                raise ApiError(400, f"scale must be symlog, step or left out, got {mode[:20]!r}")
+            scale = (per_step_scale(run.activation_label(layer)) if mode == "step" else
+                     with_symlog(self.scales.layer_scale(rid, run, layer), 0.0 if mode == "symlog" else None))
+            frames = LayerFrames(run, layer, scale=scale)
             picture = next(iter(frames(np.array([position]))))
             body = png_bytes(picture, frames.palette)
         name = f"{entry.name.replace('/', '_')}_{layer}_step{step}.png"
@@ -301,19 +332,6 @@ class Api:
                                  for when, m in (("init", init_map), ("end", cross.layer_map))},
                 }
         return json_reply(out)
-
-
-def shared_scale(a: Scale, b: Scale) -> Scale:
-    """One scale for a layer of two runs: the range that holds both runs' scales (per-channel scales by their
-    widest channel), one-sided only if both are. Each side's own scale stays the default."""
-    lo = min(float(np.min(a.lo)), float(np.min(b.lo)))
-    hi = max(float(np.max(a.hi)), float(np.max(b.hi)))
-    kind = "sequential" if a.kind == b.kind == "sequential" else "diverging"
-    if kind == "diverging":
-        lo = -max(abs(lo), abs(hi))
-        hi = -lo
-    rule = "one scale for both runs: the range holding A's and B's own scales"
-    return Scale(np.float32(lo), np.float32(hi), kind, rule, "shared by A and B", a.one_sided and b.one_sided)
 
 
 def _matching(matrix: np.ndarray, rows: list[str], cols: list[str]) -> dict[str, Any] | None:

@@ -19,12 +19,12 @@ import numpy as np
 
 from replay.animate import READ_BLOCK, kernel_scale
 
-READ_BYTES = 16 << 20  # read at a time while a scale streams a layer in
 from replay.palette import level_thresholds
 from runfile.reader import Run
 from replay.scales import ONE_SIDED, Scale, ScaleSpec, TopAbs, fixed_scale, percentile_scale, values_per_frame
 
 AUTO = ScaleSpec(None, "auto")
+READ_BYTES = 16 << 20  # read at a time while a scale streams a layer in
 
 
 @dataclasses.dataclass
@@ -104,7 +104,7 @@ def scale_json(scale: Scale, provisional: bool = False, covers: int = 0) -> dict
 
 def _cached_json(scale: Scale) -> dict[str, Any]:
     key = (scale.lo.tobytes(), scale.hi.tobytes(), scale.kind, scale.rule, scale.short, scale.one_sided,
-           scale.linthresh)
+           scale.linthresh, scale.per_step)
     if key not in _JSON:
         if len(_JSON) > 4096:
             _JSON.clear()
@@ -120,6 +120,7 @@ def _scale_json(scale: Scale) -> dict[str, Any]:
         "lo": _floats(scale.lo), "hi": _floats(scale.hi), "kind": scale.kind, "rule": scale.rule,
         "short": scale.short, "describe": scale.describe(), "per_channel": scale.per_channel,
         "one_sided": scale.one_sided, "linthresh": scale.linthresh, "ticks": list(scale.tick_values()),
+        "per_step": scale.per_step,
         "thresholds": _floats(level_thresholds(scale.lo, scale.hi, scale.linthresh)),
     }
 

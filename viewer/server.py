@@ -221,6 +221,8 @@ class Handler(BaseHTTPRequestHandler):
                 return api.distribution(rid, query)
             if rest == ["geometry"]:
                 return api.geometry(rid, query)
+            if rest == ["step_scales"]:
+                return api.step_scales(rid, query)
             if rest == ["series"]:
                 return api.series(rid, query)
             if rest == ["frame.png"]:

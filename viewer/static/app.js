@@ -268,9 +268,10 @@ class RunView extends SteppedView {
 
   extraParams(p) { if (this.scaleMode) p.set("scale", this.scaleMode); }
 
-  // linear colours (the default) or a symmetric-log colour axis: the view reloads with the server's scales
+  // linear colours (the default), a symmetric-log colour axis or each frame on its own scale: the view reloads
+  // with the server's scales
   scaleChoice() {
-    const box = el("select", { id: "scale-mode" }, ...[["", "linear"], ["symlog", "symmetric log"]].map(([v, t]) => {
+    const box = el("select", { id: "scale-mode" }, ...[["", "linear"], ["symlog", "symmetric log"], ["step", "per step"]].map(([v, t]) => {
       const o = el("option", { value: v, text: t });
       o.selected = v === this.scaleMode;
       return o;
@@ -288,7 +289,7 @@ class RunView extends SteppedView {
     // the run, its probes and metrics are asked for at once; the first frames (one per layer) as soon as the
     // run's steps are known, and the page is built while they travel
     const metrics = getJSON(`/api/runs/${this.id}/metrics`);
-    this.scaleMode = this.params.get("scale") === "symlog" ? "symlog" : "";
+    this.scaleMode = ["symlog", "step"].includes(this.params.get("scale")) ? this.params.get("scale") : "";
     const [run, probes] = await Promise.all([getJSON(this.runUrl()), getBytes(`/api/runs/${this.id}/probes`)]);
     if (this.stopped) return;
     this.run = run;
@@ -340,7 +341,8 @@ class RunView extends SteppedView {
   firstFetches(run, pos) {
     const items = [...this.shownLayers(run).map((l) => [l.name, l, false]), ...servedKernels(run).map((k) => [`kernel ${k.name}`, k, true])];
     for (const [key, info, kernels] of items) {
-      const store = new FrameStore(run.id, info.name, { dtype: info.dtype, shape: info.shape, maxFrames: info.max_frames, kernels });
+      const store = new FrameStore(run.id, info.name, { dtype: info.dtype, shape: info.shape, maxFrames: info.max_frames, kernels,
+        stepScales: info.scale.per_step ? info.scale.thresholds.length + 1 : 0 });
       store.setTotal(run.steps.length);
       this.stores.set(key, store);
       store.ensureOne(pos).catch(fail);
@@ -382,7 +384,7 @@ class RunView extends SteppedView {
   afterRender(step) {
     this.curves.setCursor(step);
     this.views.setStep(step);
-    for (const p of this.panels) p.exportLink.setAttribute("href", `/api/runs/${this.id}/frame.png?layer=${encodeURIComponent(p.info.name)}&step=${step}`);
+    for (const p of this.panels) p.exportLink.setAttribute("href", `/api/runs/${this.id}/frame.png?layer=${encodeURIComponent(p.info.name)}&step=${step}${this.scaleMode ? `&scale=${this.scaleMode}` : ""}`);
   }
 
   async poll() {

@@ -22,8 +22,12 @@ const MAX_BYTES = 48 << 20; // per store: older blocks are dropped beyond this
 
 // Frames of one layer (or its kernels) of one run, fetched `block` frames at a time.
 export class FrameStore {
-  constructor(runId, layer, { dtype, shape, maxFrames, kernels = false }) {
+  // stepScales (its row length, or 0): each frame also gets its own scale row (S_t, then the level thresholds of
+  // [−S_t, S_t]) from the server's per-step rule, fetched beside it and handed out with it as `scaleRow`
+  constructor(runId, layer, { dtype, shape, maxFrames, kernels = false, stepScales = 0 }) {
     this.url = `/api/runs/${runId}/${kernels ? "kernels" : "frames"}?layer=${encodeURIComponent(layer)}`;
+    this.scalesUrl = stepScales ? `/api/runs/${runId}/step_scales?layer=${encodeURIComponent(layer)}` : null;
+    this.row = stepScales;
     this.dtype = dtype;
     this.frameSize = shape.reduce((a, b) => a * b, 1);
     this.block = Math.max(1, Math.min(32, maxFrames));
@@ -47,7 +51,13 @@ export class FrameStore {
     this.blocks.delete(k);
   }
 
-  // {values, bits} of frame `pos` if loaded, else null
+  // Float32Array [count × row] of the per-step scales of frames start …, or null when the store has none
+  _scales(start, count) {
+    if (!this.scalesUrl) return Promise.resolve(null);
+    return getBytes(`${this.scalesUrl}&start=${start}&count=${count}`).then(({ buffer }) => new Float32Array(buffer));
+  }
+
+  // {values, bits, scaleRow} of frame `pos` if loaded, else null
   get(pos) {
     const b = this.blocks.get(Math.floor(pos / this.block));
     if (!b || b instanceof Promise || pos >= b.start + b.count) {
@@ -57,7 +67,8 @@ export class FrameStore {
     this.blocks.delete(Math.floor(pos / this.block)); // move to the end: most recently used
     this.blocks.set(Math.floor(pos / this.block), b);
     const o = (pos - b.start) * this.frameSize;
-    return { values: b.values.subarray(o, o + this.frameSize), bits: b.bits ? b.bits.subarray(o, o + this.frameSize) : null };
+    return { values: b.values.subarray(o, o + this.frameSize), bits: b.bits ? b.bits.subarray(o, o + this.frameSize) : null,
+      scaleRow: b.scales ? b.scales.subarray((pos - b.start) * this.row, (pos - b.start + 1) * this.row) : null };
   }
 
   // resolves when frame `pos` alone is loaded: the quickest way to a first picture (its block is fetched
@@ -65,8 +76,9 @@ export class FrameStore {
   ensureOne(pos) {
     if (this.get(pos)) return Promise.resolve();
     if (this.singles.get(pos) instanceof Promise) return this.singles.get(pos);
-    const p = getBytes(`${this.url}&start=${pos}&count=1`).then(({ buffer }) => {
-      this.singles.set(pos, { values: decode(buffer, this.dtype), bits: this.dtype === "float16" ? new Uint16Array(buffer) : null });
+    const p = Promise.all([getBytes(`${this.url}&start=${pos}&count=1`), this._scales(pos, 1)]).then(([{ buffer }, scales]) => {
+      this.singles.set(pos, { values: decode(buffer, this.dtype), bits: this.dtype === "float16" ? new Uint16Array(buffer) : null,
+        scaleRow: scales });
     }, (e) => { this.singles.delete(pos); throw e; });
     this.singles.set(pos, p);
     return p;
@@ -83,11 +95,11 @@ export class FrameStore {
     if (single instanceof Promise) return single; // the first frame is on its way alone
     const start = k * this.block;
     const count = Math.min(this.block, this.total - start);
-    const p = getBytes(`${this.url}&start=${start}&count=${count}`).then(({ buffer, headers }) => {
-      const got = Number(headers.get("X-Frame-Count"));
+    const p = Promise.all([getBytes(`${this.url}&start=${start}&count=${count}`), this._scales(start, count)]).then(([{ buffer, headers }, scales]) => {
+      const got = Math.min(Number(headers.get("X-Frame-Count")), scales ? scales.length / this.row : Infinity);
       const values = decode(buffer, this.dtype);
       const bits = this.dtype === "float16" ? new Uint16Array(buffer) : null;
-      this.blocks.set(k, { start, count: got, values, bits });
+      this.blocks.set(k, { start, count: got, values, bits, scales });
       this.bytes += values.byteLength;
       for (const key of this.blocks.keys()) {
         if (this.bytes <= MAX_BYTES) break;

@@ -95,7 +95,8 @@ export class GridView {
     const { spec, pixels } = this;
     const Wt = spec.cols * spec.W;
     const counts = [0, 0, 0]; // NORMAL, CLIPPED, NOT_A_NUMBER
-    const half = bits ? colourer.halfTable() : null;
+    // a table of every float16 pattern pays off for a scale used frame after frame, not for one frame's own
+    const half = bits && !colourer.scale.per_step ? colourer.halfTable() : null;
     const zero = colourer.rgba(0); // the colour of 0: a frame drawn only in it looks empty
     let blank = true;
     for (let r = 0; r < spec.rows; r++) {

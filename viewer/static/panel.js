@@ -30,7 +30,8 @@ export class LayerPanel {
     this.run = run;
     this.info = info;
     this.kernels = !!opts.kernels;
-    this.store = store || new FrameStore(run.id, info.name, { dtype: info.dtype, shape: info.shape, maxFrames: info.max_frames, kernels: this.kernels });
+    this.store = store || new FrameStore(run.id, info.name, { dtype: info.dtype, shape: info.shape, maxFrames: info.max_frames, kernels: this.kernels,
+      stepScales: info.scale.per_step ? info.scale.thresholds.length + 1 : 0 });
     this.store.setTotal(run.steps.length);
     this.opts = opts;
     this.drawnStep = null;
@@ -61,6 +62,15 @@ export class LayerPanel {
     const name = this.info.name;
     const what = this.kernels ? `${name} kernels` : `${name} · ${this.info.activation}`;
     this.title.textContent = `${this.opts.tag ? this.opts.tag + " " : ""}${what} · [${this.info.shape.join(", ")}] ${this.info.dtype}`;
+  }
+
+  // the per-step rule: frame `pos` on its own scale [−S_t, S_t], its ticks under the bar (the rule says so)
+  setFrameScale(row, pos) {
+    const base = this.info.scale, s = row[0];
+    this.setScale({ ...base, lo: -s, hi: s, thresholds: Array.from(row.subarray(1)),
+      ticks: base.one_sided ? [0, s / 2, s] : [-s, 0, s] });
+    this.scaleKey = JSON.stringify(base.thresholds); // the run's scale (the rule) is unchanged
+    this.scalePos = pos;
   }
 
   layout() {
@@ -103,6 +113,7 @@ export class LayerPanel {
       this.status.textContent = `loading step ${step}…`;
       return false;
     }
+    if (f.scaleRow && this.scalePos !== pos) this.setFrameScale(f.scaleRow, pos); // per step: this frame's own
     const n = this.grid.draw(f.values, this.colourer, f.bits);
     this.frame = f;
     this.drawnStep = step;
@@ -110,7 +121,7 @@ export class LayerPanel {
     this.root.classList.remove("loading");
     this.status.textContent = `step ${step}`;
     const parts = [`clipped ${n.clipped}`, `NaN ${n.nan}`, `of ${n.shown} shown values`];
-    const top = Math.max(...[].concat(this.info.scale.hi).map(Math.abs), ...[].concat(this.info.scale.lo).map(Math.abs));
+    const top = Math.max(...[].concat(this.colourer.hi).map(Math.abs), ...[].concat(this.colourer.lo).map(Math.abs));
     // a panel drawn entirely in 0's colour is not called dead when its values are merely below the resolution
     const faint = n.maxAbs !== null && n.maxAbs > 0 && n.nan === 0;
     if (faint) parts.unshift(`every value is within 0's colour: max |a| at this step = ${n.maxAbs.toPrecision(2)}, ${(n.maxAbs / top).toPrecision(2)} of the scale`);
