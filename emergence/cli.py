@@ -230,7 +230,8 @@ def _sweep(args: argparse.Namespace) -> int:
         print(sbatch_script(tasks_of(runs, args.experiment, overrides), slurm, folder / "slurm-logs", folder.name))
         return 0
     record_sweep(runs, args.experiment, overrides, args.jobs, args.overwrite, not args.no_progress and args.launcher == "local",
-                 log=lambda line: print(f"  {line}", flush=True), launcher=args.launcher, ray=ray, slurm=slurm)
+                 log=lambda line: print(f"  {line}", flush=True), launcher=args.launcher, ray=ray, slurm=slurm,
+                 stage=args.stage)
     print(sweep_report([(r.values, r.path) for r in runs], folder, f"{args.experiment}, {', '.join(args.grid)}"))
     return 0
 
@@ -279,6 +280,10 @@ def _sweep_parser(sub: Any, experiments: Sequence[str]) -> None:
     swp.add_argument("--slurm-cluster", choices=("slurm", "local"), default="slurm", help="slurm: 'local' runs the "
                      "same job array with submitit's local executor, without SLURM (a test of the setup)")
     swp.add_argument("--dry-run", action="store_true", help="slurm: print the sbatch script and submit nothing")
+    swp.add_argument("--stage", metavar="DIR", help="record each run in DIR on the worker's local disk ($VARS are "
+                     "expanded there, e.g. '$SLURM_TMPDIR') and publish it into the sweep's folder whole, by an atomic "
+                     "rename, when it completes or stops; meanwhile NAME.progress.json there says how far it is. For "
+                     "NFS and Lustre, where a run file cannot be read while it is written")
     swp.add_argument("--out", default="runs", help="output folder (default: runs)")
     swp.add_argument("--name", help="sweep folder name (default: sweep-EXPERIMENT-KEYS)")
     swp.add_argument("--overwrite", action="store_true", help="record every run again")

@@ -19,10 +19,23 @@ its file `interrupted` with a checkpoint. The sweep waits for that (up to STOP_W
 to the task's process (PR_SET_PDEATHSIG on Linux), so a task process that dies outright takes its recorder
 with it (a `killed` file, equally resumable) instead of leaving it running.
 
-Runs are written where the sweep's folder is, which every worker must see (a shared filesystem) and every
-worker must run the same environment (this package installed). HDF5's single-writer/many-reader mode relies on
-POSIX semantics that NFS and Lustre do not give: on those, watch a sweep's progress with `emergence serve` on
-the files as they complete, not the frames of a run still recording (README, "More devices, sweeps").
+Every worker must see the sweep's folder (a shared filesystem) and run the same environment (this package
+installed). By default runs are written there directly. HDF5's single-writer/many-reader mode relies on POSIX
+semantics that NFS and Lustre do not give, so with `stage` (a folder on each worker's local disk; `$VARS` are
+expanded on the worker, e.g. `$SLURM_TMPDIR`) a task records into that folder and publishes into the sweep's:
+
+* the run file and its checkpoint are copied under hidden temporary names (`.NAME.h5.part-…`), flushed to
+  disk, then renamed into place: a reader of the shared folder sees the previous file or the new one, never a
+  part of one. The run file is renamed last, so a listed run always has its checkpoint beside it;
+* a run is published when it completes, and also when it stops (Ctrl-C, preemption) or fails, as the
+  resumable file it is: a retry on any worker copies it back to its own disk and resumes it;
+* while it records, the task writes `NAME.progress.json` beside the run's place in the sweep's folder every
+  PROGRESS_EVERY seconds (step, planned steps, last loss and accuracy, state, host; written to a temporary
+  name and renamed): `emergence serve` lists it as a run recording elsewhere. It is removed once the complete
+  run is published, and so are the staged files (the worker's scratch space is freed).
+
+A worker that dies outright leaves its staged files on its own disk: a retry on the same worker resumes them,
+one on another worker resumes from the last published state (or records the run again).
 """
 
 from __future__ import annotations
@@ -37,6 +50,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from runfile.progress import progress_path, run_progress, write_progress
+
 TIED_TO = "EMERGENCE_TIED_TO"  # read by emergence/cli.py: the recorder gets SIGTERM when this process dies
 
 LAUNCHERS = ("local", "ray", "slurm")
@@ -50,6 +65,8 @@ class Task:
     own_session: bool = False  # Ray and SLURM: the recorder in a session of its own, out of reach of process-group
     # kills of the worker; it still gets SIGTERM when the worker dies (PR_SET_PDEATHSIG)
     stop_file: str | None = None  # when it exists, the task stops its recorder (SIGTERM) and returns
+    stage: str | None = None  # a folder on the worker's local disk to record in, published into `path`'s
+    fresh_since: float | None = None  # --overwrite: staged files older than this (unix time) are not used
 
     @property
     def stop_requested(self) -> bool:
@@ -87,10 +104,11 @@ def task_state(task: Task) -> str:
     return "resumable" if same and state in ("killed", "interrupted", "failed", "diverged") else "new"
 
 
-def _emergence(args: list[str], task: Task) -> tuple[int, str, bool]:
+def _emergence(args: list[str], task: Task, tick: Callable[[], None] | None = None) -> tuple[int, str, bool]:
     """Runs `emergence ARGS` until it ends or the sweep asks its tasks to stop (the stop file appears, or this
     task is interrupted): then the recorder gets SIGTERM and is waited for, so it finishes its block,
-    checkpoints and closes its file `interrupted`, resumable. Returns (exit code, last line of stderr, stopped)."""
+    checkpoints and closes its file `interrupted`, resumable. `tick` is called about every PROGRESS_EVERY seconds
+    while it runs. Returns (exit code, last line of stderr, stopped)."""
     import tempfile
 
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: nothing blocks however much it says
@@ -98,11 +116,15 @@ def _emergence(args: list[str], task: Task) -> tuple[int, str, bool]:
                                 stdout=subprocess.DEVNULL, stderr=err, text=True, start_new_session=task.own_session,
                                 env={**os.environ, TIED_TO: str(os.getpid())})
         stopped = False
+        next_tick = time.monotonic()
         try:
             while proc.poll() is None:
                 if task.stop_requested and not stopped:
                     proc.send_signal(signal.SIGTERM)
                     stopped = True
+                if tick is not None and time.monotonic() >= next_tick:
+                    tick()
+                    next_tick = time.monotonic() + PROGRESS_EVERY
                 try:
                     proc.wait(timeout=0.5)
                 except subprocess.TimeoutExpired:
@@ -122,16 +144,23 @@ def _emergence(args: list[str], task: Task) -> tuple[int, str, bool]:
 
 def run_task(task: Task) -> str:
     """Reuses, resumes or records one grid point's run; returns one line saying which. Raises TaskFailed."""
-    t0 = time.perf_counter()
     state = task_state(task)
     if state == "complete":
         return f"{task.name}: reused (complete, same config)"
-    path = Path(task.path)
     if task.stop_requested:
         return f"{task.name}: not started (the sweep was stopped)"
+    if task.stage is None:
+        return _record_or_resume(task, state)
+    return _staged(task, state)
+
+
+def _record_or_resume(task: Task, state: str, tick: Callable[[], None] | None = None) -> str:
+    """Resumes the task's run (`state` "resumable") or records it from the start, where `task.path` says."""
+    t0 = time.perf_counter()
+    path = Path(task.path)
     stopped_line = f"{task.name}: stopped by the sweep's Ctrl-C, resumable (the same command continues it)"
     if state == "resumable":
-        code, _, stopped = _emergence(["resume", str(path)], task)
+        code, _, stopped = _emergence(["resume", str(path)], task, tick)
         if stopped:
             return stopped_line
         if code == 0:
@@ -139,12 +168,130 @@ def run_task(task: Task) -> str:
         # a checkpoint that cannot be used: record the run again from the start below
     sets = [a for s in task.sets for a in ("--set", s)]
     code, last, stopped = _emergence(["record", task.experiment, "--out", str(path.parent), "--name", path.stem,
-                                      "--overwrite", *sets], task)
+                                      "--overwrite", *sets], task, tick)
     if stopped:
         return stopped_line
     if code != 0:
         raise TaskFailed(f"{task.name}: `emergence record` exited with {code}: {last}")
     return f"{task.name}: recorded in {time.perf_counter() - t0:.0f} s"
+
+
+# -- worker-local recording, published atomically -----------------------------------------------------------
+PROGRESS_EVERY = 2.0  # seconds between a staged run's progress files (runfile/progress.py)
+
+
+def staged_path(task: Task) -> Path:
+    """Where the task records on this worker: STAGE/<the sweep folder's hash>/<name>.h5 (two sweeps never share)."""
+    import hashlib
+
+    shared = Path(task.path)
+    key = hashlib.sha256(str(shared.parent).encode()).hexdigest()[:12]
+    return Path(os.path.expandvars(os.path.expanduser(task.stage or ""))) / f"emergence-{key}" / shared.name
+
+
+def _staged(task: Task, shared_state: str) -> str:
+    shared, local = Path(task.path), staged_path(task)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    if task.fresh_since is not None and local.exists() and local.stat().st_mtime < task.fresh_since:
+        local.unlink()  # --overwrite: an earlier sweep's leftover on this worker is not used
+        shutil.rmtree(checkpoint_dir(local), ignore_errors=True)
+    here = dataclasses.replace(task, path=str(local), stage=None)
+    state = task_state(here)
+    if state == "complete":  # recorded here by an earlier try that died before publishing it
+        publish(local, shared)
+        return f"{task.name}: published (completed here by an earlier try)"
+    if shared_state == "resumable" and (state != "resumable" or _last_step(shared) > _last_step(local)):
+        _copy_run(shared, local)  # a stopped try, published from any worker, got further than this disk's
+        state = task_state(here)
+    extra = {"config": _task_config(task), "stage": str(local)}
+    write_progress(shared, {"state": "starting", **extra})
+    tick = lambda: write_progress(shared, {**run_progress(local), **extra})  # noqa: E731
+    try:
+        line = _record_or_resume(here, state, tick)
+    except BaseException:
+        _publish_resumable(local, shared, extra)
+        raise
+    if task_state(here) == "complete":
+        publish(local, shared)
+        progress_path(shared).unlink(missing_ok=True)
+        local.unlink()  # published: the worker's scratch space is freed
+        shutil.rmtree(checkpoint_dir(local), ignore_errors=True)
+        return line + f"; published into {shared.parent}"
+    _publish_resumable(local, shared, extra)
+    return line
+
+
+def _last_step(path: Path) -> int:
+    from runfile.reader import open_run
+
+    try:
+        with open_run(path) as run:
+            return run.last_step()
+    except Exception:  # noqa: BLE001 - unreadable: nothing to continue from
+        return -1
+
+
+def _publish_resumable(local: Path, shared: Path, extra: dict[str, Any]) -> None:
+    """A stopped, failed or killed run, published as the resumable file it is (any worker can continue it)."""
+    if local.exists():
+        publish(local, shared)
+    write_progress(shared, {**run_progress(local), **extra})
+
+
+def _task_config(task: Task) -> dict[str, Any]:
+    from experiments.configs import get_experiment
+    from recorder.config import apply_overrides
+    from recorder.plan import json_config
+
+    return json_config(apply_overrides(get_experiment(task.experiment), list(task.sets)))
+
+
+def publish(local: Path, shared: Path) -> None:
+    """The staged run file and its checkpoint into the shared folder, each copied under a temporary name, flushed
+    and renamed into place; the checkpoint first, so that a listed run always has its checkpoint."""
+    tag = f"part-{os.getpid()}-{time.monotonic_ns()}"
+    ckpt, target_ckpt = checkpoint_dir(local), checkpoint_dir(shared)
+    if ckpt.is_dir():
+        tmp = target_ckpt.with_name(f".{target_ckpt.name}.{tag}")
+        shutil.copytree(ckpt, tmp)
+        _fsync_tree(tmp)
+        old = target_ckpt.with_name(f".{target_ckpt.name}.old-{tag}")
+        if target_ckpt.exists():
+            os.replace(target_ckpt, old)
+        os.replace(tmp, target_ckpt)
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = shared.with_name(f".{shared.name}.{tag}")
+    shutil.copyfile(local, tmp)
+    _fsync(tmp)
+    os.replace(tmp, shared)
+    _fsync(shared.parent)
+
+
+def checkpoint_dir(run_path: Path) -> Path:
+    return run_path.with_suffix(".ckpt")  # as recorder/checkpoints.py places it (that module imports JAX)
+
+
+def _copy_run(shared: Path, local: Path) -> None:
+    """A published resumable run (file and checkpoint) onto this worker's disk, to continue it here."""
+    shutil.rmtree(checkpoint_dir(local), ignore_errors=True)
+    if checkpoint_dir(shared).is_dir():
+        shutil.copytree(checkpoint_dir(shared), checkpoint_dir(local))
+    shutil.copyfile(shared, local)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(folder) / name)
+        _fsync(Path(folder))
 
 
 STOP_WAIT = 150  # seconds the sweep waits, after Ctrl-C, for its tasks' recorders to close their files
@@ -168,6 +315,7 @@ def clear(tasks: Sequence[Task]) -> None:
     for t in tasks:
         path = Path(t.path)
         path.unlink(missing_ok=True)
+        progress_path(path).unlink(missing_ok=True)
         shutil.rmtree(path.with_suffix(".ckpt"), ignore_errors=True)
 
 

@@ -75,13 +75,16 @@ def tasks_of(runs: list[SweepRun], experiment: str, overrides: list[str]) -> lis
 
 def record_sweep(runs: list[SweepRun], experiment: str, overrides: list[str], jobs: int = 1, overwrite: bool = False,
                  show_progress: bool = True, log: Callable[[str], None] = lambda s: None, launcher: str = "local",
-                 ray: RayOptions = RayOptions(), slurm: SlurmOptions = SlurmOptions()) -> list[str]:
+                 ray: RayOptions = RayOptions(), slurm: SlurmOptions = SlurmOptions(), stage: str | None = None) -> list[str]:
     """Records every run that is not complete (resuming those a killed try left); returns one line per run saying
     what happened, and logs each as it finishes. `launcher`: local (this machine; `jobs` at a time, each in its
-    own process, or one after another in this process), ray or slurm (experiments/launchers.py)."""
+    own process, or one after another in this process), ray or slurm (experiments/launchers.py). `stage`: record
+    on each worker's local disk there and publish into the sweep's folder (experiments/launchers.py)."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"--launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
     tasks = tasks_of(runs, experiment, overrides)
+    if stage:
+        tasks = [dataclasses.replace(t, stage=stage, fresh_since=time.time() if overwrite else None) for t in tasks]
     if overwrite:
         clear(tasks)
     if runs:
@@ -93,7 +96,7 @@ def record_sweep(runs: list[SweepRun], experiment: str, overrides: list[str], jo
     if launcher == "slurm":
         folder = runs[0].path.parent
         return run_slurm(tasks, slurm, folder / "slurm-logs", folder.name, log)
-    if jobs > 1:
+    if jobs > 1 or stage:
         return run_local(tasks, jobs, log)
     lines = []
     for r, task in zip(runs, tasks):  # in this process: no start-up per run, compiled programs shared

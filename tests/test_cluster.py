@@ -179,3 +179,44 @@ def test_a_launcher_without_its_package_is_one_clear_error(monkeypatch, tmp_path
         sbatch_script([Task("tiny", (), str(tmp_path / "a.h5"))], SlurmOptions(), tmp_path, "s")
     done = emergence("sweep", "tiny", "--grid", "seed=0", "--dry-run", "--out", str(tmp_path), check=False)
     assert done.returncode == 2 and done.stderr.strip() == "emergence: error: --dry-run prints the sbatch script of --launcher slurm"
+
+
+def test_a_staged_sweep_shows_progress_publishes_whole_files_and_resumes_after_ctrl_c(tmp_path):
+    from runfile.progress import read_progress
+    from viewer.catalog import Catalog
+
+    out, stage = tmp_path / "shared", tmp_path / "worker-disk"
+    sets = ["--set", "steps=400", "--set", "checkpoint_every=50"]
+    cmd = [sys.executable, "-m", "emergence", "sweep", "tiny", "--grid", "seed=0,1", *sets, "--jobs", "2",
+           "--stage", str(stage), "--out", str(out), "--name", "s"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = out / "s"
+    progress = [folder / f"seed={s}.progress.json" for s in (0, 1)]
+    deadline, seen = time.monotonic() + 300, []
+    while time.monotonic() < deadline:
+        assert not list(folder.glob("*.h5")) if folder.exists() else True  # nothing published before it stops
+        try:
+            seen = [read_progress(p) for p in progress]
+        except (OSError, ValueError):  # not written yet
+            seen = []
+        if seen and min(p.get("step") or 0 for p in seen) >= 100:
+            break
+        time.sleep(0.2)
+    rows = Catalog(folder).rows()  # the viewer lists both runs from their progress files
+    assert [(r["name"], r["state"], r["staged"], r["readable"]) for r in rows] == [
+        ("seed=0", "recording elsewhere", True, False), ("seed=1", "recording elsewhere", True, False)]
+    assert all(r["last_step"] >= 100 and r["planned_steps"] == 400 and r["config"]["seed"] == s
+               for r, s in zip(rows, (0, 1)))
+    proc.send_signal(signal.SIGINT)  # Ctrl-C on the launcher: each run stops and is published, resumable
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode != 0, stderr[-2000:]
+    for seed, p in zip((0, 1), progress):
+        with open_run(folder / f"seed={seed}.h5") as run:
+            assert run.state()[0] == "interrupted" and run.train_count < 400
+        assert read_progress(p)["state"] == "interrupted"
+    assert not [f for f in folder.iterdir() if f.name.startswith(".") and ".part-" in f.name]  # no half copies
+    again = emergence(*cmd[3:])
+    assert again.stdout.count("resumed from its checkpoint and completed") == 2, again.stdout
+    assert not any(p.exists() for p in progress) and not list(stage.rglob("*.h5"))  # published; scratch freed
+    emergence("record", "tiny", *sets, "--set", "seed=0", "--out", str(tmp_path), "--name", "unstaged")
+    assert differences(tmp_path / "unstaged.h5", folder / "seed=0.h5") == []  # the same run, bit for bit

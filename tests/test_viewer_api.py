@@ -523,3 +523,36 @@ def test_a_listed_file_swapped_for_a_link_out_of_the_folder_is_not_served(tmp_pa
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_progress_files_list_runs_recorded_elsewhere_and_hostile_ones_are_refused(tmp_path):
+    from runfile.progress import STALE_SECONDS, write_progress
+    from viewer.catalog import Catalog
+
+    write_progress(tmp_path / "live.h5", {"state": "recording", "step": 40, "planned_steps": 100, "frames": 41,
+                                          "train": {"step": 40, "loss": 0.5, "accuracy": 0.75},
+                                          "config": {"seed": 3, "activation": "relu", "lr": float("nan")}})
+    old = write_progress(tmp_path / "old.h5", {"state": "recording", "step": 7, "planned_steps": 100})
+    body = json.loads(old.read_text())
+    old.write_text(json.dumps({**body, "updated_unix": body["updated_unix"] - STALE_SECONDS - 5}))
+    (tmp_path / "big.progress.json").write_text(" " * (70 * 1024))
+    (tmp_path / "types.progress.json").write_text(json.dumps({"format": "emergence progress 1", "step": "many"}))
+    (tmp_path / "other.progress.json").write_text("[1, 2]")
+    write_run(tmp_path / "done.h5", {"conv1": np.zeros((2, 1, 2, 2, 1), np.float32)})
+    write_progress(tmp_path / "done.h5", {"state": "recording", "step": 5, "planned_steps": 9})  # a retry
+    rows = {r["name"]: r for r in Catalog(tmp_path).rows()}
+    live = rows["live"]
+    assert (live["state"], live["staged"], live["readable"], live["last_step"]) == ("recording elsewhere", True, False, 40)
+    assert live["final"] == {"kind": "train", "step": 40, "loss": 0.5, "accuracy": 0.75}
+    assert live["config"]["lr"] == "nan" and "own disk; here when it completes" in live["reason"]
+    assert rows["old"]["state"] == "stale" and "probably killed" in rows["old"]["reason"]
+    for name, why in (("big", "larger than"), ("types", "step is not a number"), ("other", "not a progress file")):
+        assert rows[name]["state"] == "unreadable" and why in rows[name]["reason"], rows[name]
+    assert rows["done"]["readable"] and "step 5 of 9" in rows["done"]["progress"]
+    server = start_in_thread(tmp_path, idle_seconds=0.5)
+    try:
+        listed = {r["name"]: r for r in get_json(server, "/api/runs")["runs"]}
+        assert listed["live"]["staged"] and request(server, f"/api/runs/{listed['live']['id']}")[0] == 404
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,6 +5,10 @@
   request carries is ever joined to a path.
 * A file is listed only if its real path (symlinks resolved) lies inside RUNS_DIR; symlinked folders are not
   followed. Hidden names (the recorder's and replay's temporary files start with '.') are skipped.
+* A run recorded on a worker's local disk (a sweep's `--stage`) is listed from its progress file
+  (`NAME.progress.json`, runfile/progress.py) until its run file is published beside it: a row with its step,
+  last metrics and config, not openable. A progress file newer than a published (stopped) run file of the same
+  name says that a retry is recording it elsewhere.
 * h5py serialises its calls and concurrent threaded reads have crashed it, so every HDF5 access in the server
   runs under `Catalog.lock`.
 * Open handles are kept while a run is being looked at and closed after `idle_seconds` without use (a
@@ -27,6 +31,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from runfile.progress import SUFFIX as PROGRESS_SUFFIX
+from runfile.progress import read_progress
 from runfile.reader import Metrics, Run, RunFileError
 
 MAX_RUNS = 2000  # files listed at most; a folder with more is cut and says so
@@ -66,6 +72,7 @@ class Catalog:
         self.idle_seconds = idle_seconds
         self.lock = threading.RLock()  # every HDF5 call of the server runs under it
         self._files: dict[str, RunFile] = {}
+        self._progress: dict[str, RunFile] = {}  # run name -> its progress file (a run recorded elsewhere)
         self._handles: dict[str, _Handle] = {}
         self._rows: dict[str, tuple[tuple[int, int, int, int], dict[str, Any]]] = {}  # id -> (identity, row)
         self.truncated = False
@@ -74,11 +81,16 @@ class Catalog:
     def scan(self) -> list[RunFile]:
         """The run files under the root now, sorted by name; also the table that ids are looked up in."""
         found: dict[str, RunFile] = {}
+        progress: dict[str, RunFile] = {}
         self.truncated = False
         for folder, dirs, files in os.walk(self.root, followlinks=False):
             depth = len(Path(folder).relative_to(self.root).parts)
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and depth < MAX_DEPTH)
             for name in sorted(files):
+                if name.endswith(PROGRESS_SUFFIX) and not name.startswith(".") and len(progress) < MAX_RUNS:
+                    entry = self._entry(Path(folder) / name, PROGRESS_SUFFIX)
+                    if entry is not None:
+                        progress[entry.name] = entry
                 if name.startswith(".") or not name.endswith(".h5"):
                     continue
                 entry = self._entry(Path(folder) / name)
@@ -90,9 +102,10 @@ class Catalog:
             if self.truncated:
                 break
         self._files = found
+        self._progress = progress
         return sorted(found.values(), key=lambda f: f.name)
 
-    def _entry(self, path: Path) -> RunFile | None:
+    def _entry(self, path: Path, suffix: str = ".h5") -> RunFile | None:
         try:
             real = path.resolve(strict=True)
             st = real.stat()
@@ -101,7 +114,7 @@ class Catalog:
         if not real.is_relative_to(self.root) or not real.is_file():
             return None  # a symlink that leaves RUNS_DIR is not served
         relative = path.relative_to(self.root).as_posix()
-        return RunFile(run_id(relative), relative[: -len(".h5")], real, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+        return RunFile(run_id(relative), relative[: -len(suffix)], real, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
 
     def file(self, rid: str) -> RunFile:
         entry = self._files.get(rid)
@@ -137,7 +150,28 @@ class Catalog:
             rows.append(row)
         for gone in set(self._rows) - set(self._files):
             del self._rows[gone]
-        return rows
+        return self._with_progress(rows)
+
+    def _with_progress(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows, with the runs that are recording elsewhere (progress files): a row of their own until their
+        run file is published, or a `progress` note on the published file's row when a newer try records it."""
+        by_name = {r["name"]: i for i, r in enumerate(rows)}
+        extra = []
+        for name, entry in sorted(self._progress.items()):
+            try:
+                p = read_progress(entry.path)
+            except (OSError, ValueError) as e:
+                extra.append({"id": entry.id, "name": name, "readable": False, "staged": True, "state": "unreadable",
+                              "reason": f"{name}{PROGRESS_SUFFIX}: {e}", "bytes": entry.identity[3]})
+                continue
+            if name in by_name:
+                row = rows[by_name[name]]
+                newer = p["updated_unix"] * 1e9 > self._files[row["id"]].identity[2] if row["id"] in self._files else False
+                if newer and p.get("state") in ("starting", "recording") and not p["stale"]:
+                    rows[by_name[name]] = {**row, "progress": progress_note(p)}
+                continue
+            extra.append(progress_row(entry, p))
+        return sorted(rows + extra, key=lambda r: r["name"]) if extra else rows
 
     # -- handles ------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -226,6 +260,42 @@ def summarise(entry: RunFile, run: Run) -> dict[str, Any]:
         "test_accuracy": float(test_acc) if count else None, "has_analysis": run.has_analysis,
         "bytes": entry.identity[3], "config": table_config(run.config), "final": final, "best": best,
     }
+
+
+def progress_note(p: dict[str, Any]) -> str:
+    """One line on a run recorded elsewhere, from its progress file."""
+    step = f"step {int(p['step'])} of {int(p['planned_steps'])}" if p.get("step") is not None and p.get(
+        "planned_steps") is not None else "starting"
+    if p["stale"]:
+        return (f"no progress from {p.get('host', '?')} for {p['age_seconds']:.0f} s ({step}): its task was probably "
+                "killed; a retry resumes it")
+    return (f"{step} on {p.get('host', '?')}'s own disk; here when it completes or stops "
+            f"(updated {max(p['age_seconds'], 0):.0f} s ago)")
+
+
+def progress_row(entry: RunFile, p: dict[str, Any]) -> dict[str, Any]:
+    """The runs table's row of a run known only by its progress file (not openable: no frames here yet)."""
+    config = p.get("config") or {}
+    last = p.get("eval") or p.get("train")
+    final = None
+    if last:
+        final = {"kind": "eval" if p.get("eval") else "train", "step": last.get("step"),
+                 "loss": _number(last.get("loss")), "accuracy": _number(last.get("accuracy"))}
+    state = "stale" if p["stale"] else p.get("state") or "?"
+    return {
+        "id": entry.id, "name": entry.name, "readable": False, "staged": True,
+        "state": f"{state} elsewhere" if state in ("starting", "recording") else state,
+        "reason": progress_note(p) if state in ("starting", "recording", "stale") else p.get("reason") or "",
+        "experiment": p.get("experiment"), "model": str(config.get("model", "?")),
+        "activation": str(config.get("activation", "?")), "dataset": str(config.get("dataset", "?")),
+        "frames": p.get("frames"), "last_step": p.get("step"), "planned_steps": p.get("planned_steps"),
+        "final": final, "best": None, "test_accuracy": None, "config": table_config(config),
+        "bytes": entry.identity[3],
+    }
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def table_config(config: dict[str, Any]) -> dict[str, Any]:

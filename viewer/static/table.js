@@ -22,7 +22,7 @@ export function differingKeys(configs) {
 
 // the table's columns for these rows: fixed ones around the config keys that differ (or are always shown)
 export function tableColumns(rows) {
-  const configs = rows.filter((r) => r.readable).map((r) => r.config || {});
+  const configs = rows.filter((r) => r.readable || r.staged).map((r) => r.config || {});
   const keys = [...new Set(configs.flatMap((c) => Object.keys(c)))].filter((k) => !LEFT_OUT.has(k));
   const differs = new Set(differingKeys(configs));
   const shown = [...ALWAYS.filter((k) => keys.includes(k)), ...keys.filter((k) => !ALWAYS.includes(k) && differs.has(k))];
@@ -35,7 +35,7 @@ export function tableColumns(rows) {
     { key: "state", label: "status", value: (r) => r.state },
     { key: "experiment", label: "experiment", value: (r) => r.experiment ?? null },
     ...config,
-    { key: "steps", label: "steps", value: (r) => r.last_step ?? null, text: (r) => r.readable ? `${r.last_step ?? "–"} of ${r.planned_steps} · ${r.frames} frames` : "" },
+    { key: "steps", label: "steps", value: (r) => r.last_step ?? null, text: (r) => r.readable || r.staged ? `${r.last_step ?? "–"} of ${r.planned_steps ?? "?"} · ${r.frames ?? "?"} frames` : "" },
     { key: "final_accuracy", label: "final accuracy", value: acc("final"), text: (r) => r.final ? `${fmt(r.final.accuracy)} ${r.final.kind} @${r.final.step}` : "–" },
     { key: "best_accuracy", label: "best accuracy", value: acc("best"), text: (r) => r.best ? `${fmt(r.best.accuracy)} @${r.best.step}` : "–" },
     { key: "final_loss", label: "final loss", value: (r) => (r.final ? r.final.loss : null), text: (r) => r.final ? fmt(r.final.loss, 4) : "–" },
@@ -194,7 +194,7 @@ export class RunsTable {
     if (!this.rows.length) out.push(el("tr", {}, el("td", { colspan: String(this.columns.length + 1), class: "muted", text: "no run files yet: emergence record learn_to_see writes runs/learn_to_see.h5" })));
     this.body.replaceChildren(...out);
     this.count.textContent = ` ${this.shown.length} of ${this.rows.length} runs shown · ${this.selected.size} selected`;
-    this.allBox.checked = this.shown.length > 0 && this.shown.every((r) => !r.readable || this.selected.has(r.id));
+    this.allBox.checked = this.shown.some((r) => r.readable) && this.shown.every((r) => !r.readable || this.selected.has(r.id));
     const ids = [...this.selected];
     this.curvesLink.classList.toggle("disabled", !ids.length);
     this.curvesLink.textContent = `curves of the ${ids.length} selected run${ids.length === 1 ? "" : "s"}`;
@@ -229,11 +229,12 @@ export class RunsTable {
       if (c.key === "state") {
         const td = el("td", { class: `state ${r.state}` }, el("span", { text: r.state }));
         if (r.reason) td.append(el("div", { class: "reason", text: r.reason }));
+        if (r.progress) td.append(el("div", { class: "reason progress", text: `a retry records it elsewhere: ${r.progress}` }));
         return td;
       }
-      return el("td", { "data-key": c.key, text: r.readable || c.key === "bytes" ? cellText(c, r) : "" });
+      return el("td", { "data-key": c.key, text: r.readable || r.staged || c.key === "bytes" ? cellText(c, r) : "" });
     });
-    return el("tr", { "data-id": r.id, class: r.readable ? "" : "unreadable" }, el("td", {}, tick), ...cells);
+    return el("tr", { "data-id": r.id, class: r.readable ? "" : r.staged ? "staged" : "unreadable" }, el("td", {}, tick), ...cells);
   }
 }
 
