@@ -62,7 +62,7 @@ def main() -> None:
                 page = browser.new_page(viewport={"width": 1400, "height": height})
                 page.goto(base + view.format(**ids))
                 page.wait_for_function("() => window.__emergence && window.__emergence.ready === true", timeout=60000)
-                if name == "viewer_views.png":
+                if name in ("viewer_views.png", "viewer_compare.png"):  # their distributions and geometry loaded
                     page.wait_for_function("() => window.__emergence.geometryReady === true", timeout=60000)
                 page.wait_for_timeout(500)
                 out = ROOT / "docs" / "img" / name
