@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -82,25 +82,20 @@ def histograms(frames: np.ndarray, lo: float, hi: float, bins: int = BINS) -> tu
 def layer_distribution(run: Run, layer: str, scale: Scale, positions: Sequence[int] | None = None,
                        bins: int = BINS) -> Distribution:
     """The layer's distribution at the recorded `positions` (all if None), binned over its colour scale."""
-    pos = np.arange(run.num_frames) if positions is None else np.asarray(positions, np.int64)
-    return binned(layer, run.steps[pos], run.layer_shape(layer), run.layer_dtype(layer).itemsize, scale,
-                  lambda k: run.read_frames(layer, pos[k]), bins)
-
-
-def binned(layer: str, steps: np.ndarray, shape: Sequence[int], itemsize: int, scale: Scale,
-           read: Callable[[slice], np.ndarray], bins: int = BINS) -> Distribution:
-    """The distribution of frames [T, *shape] at `steps`, read a block at a time by `read(slice of 0..T)`: the
-    viewer's reads each take its file lock, and the binning runs without it."""
     lo, hi = bin_range(scale)
+    pos = np.arange(run.num_frames) if positions is None else np.asarray(positions, np.int64)
+    shape = run.layer_shape(layer)
     per_step = math.prod(shape)
-    block = max(1, READ_BYTES // (per_step * itemsize))
-    parts = [histograms(read(slice(i, i + block)), lo, hi, bins) for i in range(0, len(steps), block)]
+    block = max(1, READ_BYTES // (per_step * run.layer_dtype(layer).itemsize))
+    parts = []
+    for i in range(0, len(pos), block):
+        parts.append(histograms(run.read_frames(layer, pos[i : i + block]), lo, hi, bins))
     if parts:
         counts, q, below, above, bad = (np.concatenate(p) for p in zip(*parts))
     else:
         counts, q = np.zeros((0, bins), np.int64), np.zeros((0, len(QUANTILES)))
         below = above = bad = np.zeros(0, np.int64)
-    return Distribution(layer, np.asarray(steps), np.linspace(lo, hi, bins + 1), counts, q, below, above, bad, per_step)
+    return Distribution(layer, run.steps[pos], np.linspace(lo, hi, bins + 1), counts, q, below, above, bad, per_step)
 
 
 def write_distributions(run: Run, dists: Sequence[Distribution], path: Path) -> Path:

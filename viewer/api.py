@@ -41,7 +41,7 @@ from compare.cross import cross_similarity, layer_map_at, layer_matching, probe_
 from compare.linear_probes import wilson_interval
 from replay.animate import LayerFrames
 from replay.curves import centred, smoothing_label
-from replay.distributions import QUANTILES, binned
+from replay.distributions import QUANTILES, layer_distribution
 from replay.geometry import layer_geometry
 from replay.images import png_bytes
 from replay.palette import DIVERGING, NAN_RGB, SEQUENTIAL, colour_map, level_thresholds
@@ -235,23 +235,17 @@ class Api:
                 scale = Scale(np.float32(lo), np.float32(hi), "diverging", "asked", "asked")
             key = ("distribution", rid, run.created_unix, run.num_frames, layer, lo, hi)
             cached = self._views.get(key)
-            steps, shape, itemsize = run.steps, run.layer_shape(layer), run.layer_dtype(layer).itemsize
-        if cached is None:  # binned block by block, the file lock taken only for each block's read
-
-            def read(k: slice) -> np.ndarray:
-                with self.catalog.open(rid) as again:
-                    return again.read_frames(layer, np.arange(len(steps))[k])
-
-            d = binned(layer, steps, shape, itemsize, scale, read)
-            cached = json_reply({
-                "layer": layer, "steps": d.steps.tolist(), "edges": d.edges.tolist(), "bins": len(d.edges) - 1,
-                "counts": d.counts.ravel().tolist(), "per_step": d.per_step, "quantile_levels": list(QUANTILES),
-                "quantiles": [[_num(v) for v in row] for row in d.quantiles],
-                "beyond": (d.below + d.above).tolist(), "nonfinite": d.nonfinite.tolist(), "describe": d.describe(),
-                "what": f"the {shape[0]} probe images' activations (every position and stored channel), from the "
-                        "stored frames",
-            })
-            self._remember(key, cached)
+            if cached is None:
+                d = layer_distribution(run, layer, scale)
+                cached = json_reply({
+                    "layer": layer, "steps": d.steps.tolist(), "edges": d.edges.tolist(), "bins": len(d.edges) - 1,
+                    "counts": d.counts.ravel().tolist(), "per_step": d.per_step, "quantile_levels": list(QUANTILES),
+                    "quantiles": [[_num(v) for v in row] for row in d.quantiles],
+                    "beyond": (d.below + d.above).tolist(), "nonfinite": d.nonfinite.tolist(), "describe": d.describe(),
+                    "what": f"the {run.layer_shape(layer)[0]} probe images' activations (every position and stored "
+                            "channel), from the stored frames",
+                })
+                self._remember(key, cached)
         return cached
 
     def geometry(self, rid: str, query: Mapping[str, str]) -> Reply:
@@ -277,10 +271,9 @@ class Api:
         return cached
 
     def _remember(self, key: tuple, reply: Reply) -> None:
-        with self.catalog.lock:  # the distribution's answer arrives without it
-            if len(self._views) >= 64:  # answers of the runs looked at lately
-                self._views.pop(next(iter(self._views)))
-            self._views[key] = reply
+        if len(self._views) >= 64:  # answers of the runs looked at lately
+            self._views.pop(next(iter(self._views)))
+        self._views[key] = reply
 
     def png(self, rid: str, query: Mapping[str, str]) -> Reply:
         entry = self.catalog.file(rid)
