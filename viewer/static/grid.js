@@ -22,9 +22,7 @@ export class GridView {
     this.cellH = Math.max(spec.cellH * z, spec.H * this.fy);
     this.cellW = Math.max(spec.cellW * z, spec.W * this.fx);
     // column labels are never cut: when one is wider than its column, all stand upright (read bottom to top)
-    const measure = document.createElement("canvas").getContext("2d");
-    measure.font = FONT;
-    const widest = Math.max(0, ...spec.colLabels.map((t) => measure.measureText(t).width));
+    const widest = Math.max(0, ...spec.colLabels.map((t) => textWidth(t)));
     this.uprightLabels = widest > this.cellW;
     this.headH = this.uprightLabels ? Math.ceil(widest) + 4 : HEAD_H;
     this.top = this.headH + (spec.header ? this.cellH + PROBE_GAP : 0);
@@ -151,6 +149,15 @@ export class GridView {
     if (x < 0 || y < 0 || x >= spec.W || y >= spec.H) return null;
     return { r, c, y, x };
   }
+}
+
+let measurer = null; // one 2-D context for measuring label widths, made when first needed
+function textWidth(text) {
+  if (!measurer) {
+    measurer = document.createElement("canvas").getContext("2d");
+    measurer.font = FONT;
+  }
+  return measurer.measureText(text).width;
 }
 
 const fitted = new Map(); // "width text" -> the text shortened to fit, measured once
