@@ -111,7 +111,8 @@ class LayerGrid:
             probes_at = (y, MARGIN + label_w)
             grid_y = y
         else:  # probe images form the first row of each block of channels
-            blocks = choose_blocks(len(channels), p, pitch, label_w) if style.wrap else 1
+            extra_h = pitch[0] + labels_h - line  # the probe row, and upright labels' taller band
+            blocks = choose_blocks(len(channels), p, pitch, label_w, extra_h) if style.wrap else 1
             n_rows, n_cols = -(-len(channels) // blocks), p
             probes_at = (y, MARGIN + label_w)
             grid_y = y + skip[0]
@@ -212,15 +213,16 @@ class LayerGrid:
         return canvas
 
 
-def choose_blocks(channels: int, probes: int, pitch: tuple[int, int], label_w: int) -> int:
-    """How many side-by-side blocks of channel rows make the grid closest to square (1 for narrow layers)."""
+def choose_blocks(channels: int, probes: int, pitch: tuple[int, int], label_w: int, extra_h: int | None = None) -> int:
+    """How many side-by-side blocks of channel rows make the picture closest to square (1 for narrow layers);
+    `extra_h`: what the picture has above its channel rows beyond one line of labels (default one row)."""
     best, best_k = None, 1
     for k in range(1, channels + 1):
         rows = -(-channels // k)
         if k > 1 and -(-channels // (k - 1)) == rows:
             continue  # no fewer rows than k − 1 blocks
         w = k * (label_w + probes * pitch[1] + BLOCK_GAP)
-        h = (rows + 1) * pitch[0]
+        h = rows * pitch[0] + (pitch[0] if extra_h is None else extra_h)
         off = abs(np.log(w / h))
         if best is None or off < best - 1e-9:
             best, best_k = off, k
