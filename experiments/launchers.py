@@ -186,7 +186,11 @@ def staged_path(task: Task) -> Path:
 
     shared = Path(task.path)
     key = hashlib.sha256(str(shared.parent).encode()).hexdigest()[:12]
-    return Path(os.path.expandvars(os.path.expanduser(task.stage or ""))) / f"emergence-{key}" / shared.name
+    stage = os.path.expandvars(os.path.expanduser(task.stage or ""))
+    if "$" in stage:
+        raise TaskFailed(f"{task.name}: --stage {task.stage!r} names an environment variable this worker "
+                         f"({os.uname().nodename}) does not set")
+    return Path(stage) / f"emergence-{key}" / shared.name
 
 
 def _staged(task: Task, shared_state: str) -> str:

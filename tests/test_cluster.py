@@ -220,3 +220,15 @@ def test_a_staged_sweep_shows_progress_publishes_whole_files_and_resumes_after_c
     assert not any(p.exists() for p in progress) and not list(stage.rglob("*.h5"))  # published; scratch freed
     emergence("record", "tiny", *sets, "--set", "seed=0", "--out", str(tmp_path), "--name", "unstaged")
     assert differences(tmp_path / "unstaged.h5", folder / "seed=0.h5") == []  # the same run, bit for bit
+
+
+def test_a_stage_folder_named_by_an_unset_variable_is_one_clear_error(tmp_path, monkeypatch):
+    from experiments.launchers import TaskFailed, staged_path
+
+    monkeypatch.delenv("EMERGENCE_NO_SUCH_DIR", raising=False)
+    task = Task("tiny", (), str(tmp_path / "s" / "seed=0.h5"), stage="$EMERGENCE_NO_SUCH_DIR/runs")
+    with pytest.raises(TaskFailed, match="names an environment variable this worker"):
+        staged_path(task)
+    monkeypatch.setenv("EMERGENCE_NO_SUCH_DIR", str(tmp_path / "scratch"))
+    assert staged_path(task).parent.parent == tmp_path / "scratch" / "runs"
+    assert staged_path(task).name == "seed=0.h5"
