@@ -9,7 +9,7 @@ Prints one table:
   (target ≥ 30);
 * table: the runs table over `--table-runs` (500) small run files that differ in activation, seed and
   learning rate: `/api/runs` the first time (every file opened) and warm (median of 5; target < 1 s), the page
-  from navigation to the table drawn, and one sort by a column;
+  from navigation to the table drawn, one sort by a column, and a new listing in which one run changed;
 * memory: the server's resident memory (VmRSS of its process) while a page plays a 1,000-step run with
   learn_to_see's layer shapes, written for the purpose: the median over the second half of the frames
   against the first half (target: flat).
@@ -157,9 +157,22 @@ def measure_table(browser, n: int) -> list[tuple[str, str, str, str]]:
             page.click("#runs th[data-key='config.learning_rate']")
             page.wait_for_function("() => document.querySelector('#runs th[data-key=\"config.learning_rate\"] .arrow').textContent !== ''")
             sort = (time.perf_counter() - t) * 1000
+            changed = page.evaluate("""() => {  // a listing in which one run moved on (a sweep recording)
+                const table = window.__emergence.current.table, times = [];
+                for (let k = 0; k < 5; k++) {
+                    const rows = table.rows.map((r, i) => i === 7 ? { ...r, last_step: (r.last_step || 0) + k + 1 } : r);
+                    const t = performance.now();
+                    table.setRows(rows);
+                    void document.body.offsetHeight;  // layout included
+                    times.push(performance.now() - t);
+                }
+                return times.sort((a, b) => a - b)[2];
+            }""")
             page.close()
             rows.append((f"the runs table in the page: navigation to {n} rows drawn; one sort by a column",
                          f"{drawn:.0f} ms", f"sort {sort:.0f} ms", ""))
+            rows.append((f"the runs table: a new listing in which one of {n} runs changed (median of 5), layout "
+                         "included", f"{changed:.0f} ms", "", ""))
         finally:
             server.close()
     return rows

@@ -502,3 +502,20 @@ def test_per_step_scales_colour_each_frame_on_its_own_range_and_say_so(page, ser
         assert "per step" in rule and "not comparable" in rule and len(ticks) == 3
         assert levels == value_to_index(np.array(values, np.float32), -np.float32(s), np.float32(s)).tolist()
     assert at[int(steps[1])][1].max() != at[int(steps[-1])][1].max()
+
+
+def test_a_listing_with_one_changed_run_redraws_only_that_row(browser, table_served):
+    pg = browser.new_context(viewport={"width": 1300, "height": 900}).new_page()
+    pg.goto(f"http://127.0.0.1:{table_served.server_address[1]}/")
+    pg.wait_for_function("() => window.__emergence && window.__emergence.ready === true", timeout=20000)
+    pg.wait_for_selector("#runs tbody tr[data-id]")
+    kept, steps = pg.evaluate("""() => {
+        const table = window.__emergence.current.table;
+        const before = [...document.querySelectorAll('#runs tbody tr[data-id]')];
+        table.setRows(table.rows.map((r) => r.name === 'r-b' ? { ...r, last_step: 77 } : r));
+        const after = [...document.querySelectorAll('#runs tbody tr[data-id]')];
+        return [after.map((tr, i) => tr === before[i]),
+                after.map((tr) => tr.querySelector("td[data-key='steps']").textContent.split(' ')[0])];
+    }""")
+    assert kept == [True, False, True, True] and steps == ["3", "77", "2", "4"]
+    pg.context.close()

@@ -89,6 +89,8 @@ export class RunsTable {
     this.filters = new Map(); // column key -> filter text
     for (const [k, v] of params) if (k.startsWith("f.")) this.filters.set(k.slice(2), v);
     this.selected = new Set((params.get("sel") || "").split(",").filter(Boolean));
+    this.built = new Map(); // row or group key -> [what it was built from, its <tr>]: unchanged rows are kept
+    this.used = new Set(); // the keys of this render
     this.rows = [];
     this.columns = [];
     this.head = el("thead");
@@ -185,14 +187,22 @@ export class RunsTable {
       }
       const ordered = [...groups.entries()].sort((a, b) => compare(a[1].value, b[1].value));
       for (const [key, g] of ordered) {
-        out.push(el("tr", { class: "group", "data-group": key }, el("td", { colspan: String(this.columns.length + 1), text: groupLine(group.label, key, g.rows) })));
+        const line = groupLine(group.label, key, g.rows);
+        out.push(this.kept(`group ${key}`, `${this.columnKeys}\n${line}`, () => el("tr", { class: "group", "data-group": key },
+          el("td", { colspan: String(this.columns.length + 1), text: line }))));
         out.push(...g.rows.map((r) => this.row(r)));
       }
     } else {
       out.push(...this.shown.map((r) => this.row(r)));
     }
     if (!this.rows.length) out.push(el("tr", {}, el("td", { colspan: String(this.columns.length + 1), class: "muted", text: "no run files yet: emergence record learn_to_see writes runs/learn_to_see.h5" })));
-    this.body.replaceChildren(...out);
+    // rows that changed in place are swapped one by one; anything else (a new order, rows come or gone) is rebuilt
+    const before = [...this.body.children];
+    const changed = out.length === before.length ? out.map((tr, i) => (tr === before[i] ? -1 : i)).filter((i) => i >= 0) : null;
+    if (changed && changed.every((i) => !out[i].isConnected)) for (const i of changed) before[i].replaceWith(out[i]);
+    else this.body.replaceChildren(...out);
+    for (const key of [...this.built.keys()]) if (!this.used.has(key)) this.built.delete(key);
+    this.used = new Set();
     this.count.textContent = ` ${this.shown.length} of ${this.rows.length} runs shown · ${this.selected.size} selected`;
     this.allBox.checked = this.shown.some((r) => r.readable) && this.shown.every((r) => !r.readable || this.selected.has(r.id));
     const ids = [...this.selected];
@@ -216,7 +226,22 @@ export class RunsTable {
     return p;
   }
 
+  // the <tr> built from `source` under `key` last time, or a new one from build(): a listing that changes in a
+  // few rows (a sweep recording) redraws only those
+  kept(key, source, build) {
+    this.used.add(key);
+    const had = this.built.get(key);
+    if (had && had[0] === source) return had[1];
+    const tr = build();
+    this.built.set(key, [source, tr]);
+    return tr;
+  }
+
   row(r) {
+    return this.kept(`run ${r.id}`, `${this.columnKeys}\n${this.selected.has(r.id)}\n${JSON.stringify(r)}`, () => this.buildRow(r));
+  }
+
+  buildRow(r) {
     const tick = el("input", { type: "checkbox", "aria-label": "select" });
     tick.checked = this.selected.has(r.id);
     tick.disabled = !r.readable;
