@@ -83,17 +83,15 @@ class TaskFailed(RuntimeError):
 
 def task_state(task: Task) -> str:
     """"complete", "resumable" or "new": what this task's file holds for this task's config."""
-    from experiments.configs import get_experiment
     from experiments.pair import reusable
-    from recorder.config import apply_overrides
     from recorder.plan import json_config
     from runfile.reader import open_run
 
     path = Path(task.path)
-    config = apply_overrides(get_experiment(task.experiment), list(task.sets))
+    config = _config(task)
     if reusable(path, config):
         return "complete"
-    if not path.exists() or not path.with_suffix(".ckpt").is_dir():
+    if not path.exists() or not checkpoint_dir(path).is_dir():
         return "new"
     try:
         with open_run(path) as run:
@@ -207,7 +205,9 @@ def _staged(task: Task, shared_state: str) -> str:
     if shared_state == "resumable" and (state != "resumable" or _last_step(shared) > _last_step(local)):
         _copy_run(shared, local)  # a stopped try, published from any worker, got further than this disk's
         state = task_state(here)
-    extra = {"config": _task_config(task), "stage": str(local)}
+    from recorder.plan import json_config
+
+    extra = {"config": json_config(_config(task)), "stage": str(local)}
     write_progress(shared, {"state": "starting", **extra})
     tick = lambda: write_progress(shared, {**run_progress(local), **extra})  # noqa: E731
     try:
@@ -242,12 +242,12 @@ def _publish_resumable(local: Path, shared: Path, extra: dict[str, Any]) -> None
     write_progress(shared, {**run_progress(local), **extra})
 
 
-def _task_config(task: Task) -> dict[str, Any]:
+def _config(task: Task) -> Any:
+    """The task's RunConfig: its experiment with its overrides."""
     from experiments.configs import get_experiment
     from recorder.config import apply_overrides
-    from recorder.plan import json_config
 
-    return json_config(apply_overrides(get_experiment(task.experiment), list(task.sets)))
+    return apply_overrides(get_experiment(task.experiment), list(task.sets))
 
 
 def publish(local: Path, shared: Path) -> None:
@@ -320,7 +320,7 @@ def clear(tasks: Sequence[Task]) -> None:
         path = Path(t.path)
         path.unlink(missing_ok=True)
         progress_path(path).unlink(missing_ok=True)
-        shutil.rmtree(path.with_suffix(".ckpt"), ignore_errors=True)
+        shutil.rmtree(checkpoint_dir(path), ignore_errors=True)
 
 
 # -- local ------------------------------------------------------------------------------------------------

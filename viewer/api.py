@@ -91,9 +91,7 @@ class Api:
         return json_reply({"root": str(self.catalog.root), "runs": rows, "truncated": self.catalog.truncated})
 
     def run(self, rid: str, query: Mapping[str, str] | None = None) -> Reply:
-        mode = (query or {}).get("scale", "")
-        if mode not in ("", "symlog", "step"):
-            raise ApiError(400, f"scale must be symlog, step or left out, got {mode[:20]!r}")
+        mode = _scale_mode(query or {})
         entry = self.catalog.file(rid)
         with self.catalog.open(rid) as run:
             st = entry.path.stat()
@@ -108,15 +106,12 @@ class Api:
         layers = []
         for name in run.layers:
             refused = too_large(run, name)
-            if mode == "step" and not refused:
-                layers.append({**self._layer_info(run, name), "too_large": None,
-                               "scale": scale_json(per_step_scale(run.activation_label(name)))})
-                continue
             layers.append({
-                **self._layer_info(run, name),
-                "scale": scale_json(_NOT_SERVED if refused else with_symlog(self.scales.layer_scale(rid, run, name),
-                                                                            0.0 if mode == "symlog" else None),
-                                    provisional=state == "recording" and not refused
+                "name": name, "shape": list(run.layer_shape(name)), "activation": run.activation_label(name),
+                "channels": run.layer_channels(name),  # the model's channel numbers of the stored ones
+                "dtype": run.layer_dtype(name).name, "max_frames": _range_cap(run, name, kernel=False),
+                "scale": scale_json(_NOT_SERVED if refused else self._layer_scale(rid, run, name, mode),
+                                    provisional=state == "recording" and not refused and mode != "step"
                                     and fixed_scale(run.activation_label(name), AUTO) is None, covers=run.num_frames),
                 "too_large": refused,
             })
@@ -139,25 +134,25 @@ class Api:
             "test": _test(run), "palettes": self.palettes,
         })
 
-    @staticmethod
-    def _layer_info(run: Run, name: str) -> dict[str, Any]:
-        return {"name": name, "shape": list(run.layer_shape(name)), "activation": run.activation_label(name),
-                "channels": run.layer_channels(name),  # the model's channel numbers of the stored ones
-                "dtype": run.layer_dtype(name).name, "max_frames": _range_cap(run, name, kernel=False)}
+    def _layer_scale(self, rid: str, run: Run, name: str, mode: str) -> Scale:
+        """The layer's scale in the page's colour mode: replay's rule (linear or symmetric-log) or per step."""
+        if mode == "step":
+            return per_step_scale(run.activation_label(name))
+        return with_symlog(self.scales.layer_scale(rid, run, name), 0.0 if mode == "symlog" else None)
 
     def step_scales(self, rid: str, query: Mapping[str, str]) -> Reply:
         """The per-step rule (replay.scales.step_scales) over whole stored frames: for frames start … start+count−1,
         S_t and the thresholds of [−S_t, S_t] that the page colours with, as float32 rows."""
         with self.catalog.open(rid) as run:
             layer = _layer(run, query, kernel=False)
-            start, count, stop = self._frame_range(run, layer, query, kernel=False)
+            start, stop = self._frame_range(run, layer, query, kernel=False)
             s = step_scales(run.read_frames(layer, np.arange(start, stop)))
         rows = np.concatenate([s[:, None], level_thresholds(-s, s)], axis=1).astype("<f4")
         return Reply(200, "application/octet-stream", rows.tobytes(), {
             "X-Frame-Start": str(start), "X-Frame-Count": str(stop - start), "X-Frames-Total": str(run.num_frames)})
 
-    def _frame_range(self, run: Run, layer: str, query: Mapping[str, str], kernel: bool) -> tuple[int, int, int]:
-        """(start, count, stop) of a frame request, checked: refused layers, the cap, positions recorded."""
+    def _frame_range(self, run: Run, layer: str, query: Mapping[str, str], kernel: bool) -> tuple[int, int]:
+        """(start, stop) of a frame request, checked: refused layers, the cap, positions recorded."""
         total = run.num_frames
         start, count = _int(query, "start", 0), _int(query, "count", 1)
         refused = too_large(run, layer, kernel)
@@ -168,13 +163,13 @@ class Api:
             raise ApiError(400, f"count must be 1 to {cap} frames of {layer} per request, got {count}")
         if not 0 <= start < total:
             raise ApiError(416, f"start {start} is outside the {total} recorded frames (positions 0 to {total - 1})")
-        return start, count, min(start + count, total)
+        return start, min(start + count, total)
 
     def frames(self, rid: str, query: Mapping[str, str], kernel: bool = False) -> Reply:
         with self.catalog.open(rid) as run:
             layer = _layer(run, query, kernel)
             total = run.num_frames
-            start, count, stop = self._frame_range(run, layer, query, kernel)
+            start, stop = self._frame_range(run, layer, query, kernel)
             data = run.read_frames(layer, np.arange(start, stop), kernel=kernel)
         body = np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
         return Reply(200, "application/octet-stream", body, {
@@ -287,12 +282,7 @@ class Api:
             position = int(np.searchsorted(steps, step))
             if position >= len(steps) or steps[position] != step:
                 raise ApiError(404, f"step {step} was not recorded in {entry.name}")
-            mode = query.get("scale", "")
-            if mode not in ("", "symlog", "step"):
-                raise ApiError(400, f"scale must be symlog, step or left out, got {mode[:20]!r}")
-            scale = (per_step_scale(run.activation_label(layer)) if mode == "step" else
-                     with_symlog(self.scales.layer_scale(rid, run, layer), 0.0 if mode == "symlog" else None))
-            frames = LayerFrames(run, layer, scale=scale)
+            frames = LayerFrames(run, layer, scale=self._layer_scale(rid, run, layer, _scale_mode(query)))
             picture = next(iter(frames(np.array([position]))))
             body = png_bytes(picture, frames.palette)
         name = f"{entry.name.replace('/', '_')}_{layer}_step{step}.png"
@@ -370,6 +360,14 @@ def too_large(run: Run, layer: str, kernel: bool = False) -> str | None:
     what = f"{layer}'s kernel" if kernel else layer
     return (f"one frame of {what} is {n / 1e6:.0f} MB, over the viewer's {MAX_BYTES / 1e6:.0f} MB per answer; "
             "`emergence replay` renders it")
+
+
+def _scale_mode(query: Mapping[str, str]) -> str:
+    """The colour mode a request asks for: "" (linear), "symlog" or "step"."""
+    mode = query.get("scale", "")
+    if mode not in ("", "symlog", "step"):
+        raise ApiError(400, f"scale must be symlog, step or left out, got {mode[:20]!r}")
+    return mode
 
 
 def _range_cap(run: Run, layer: str, kernel: bool) -> int:

@@ -341,8 +341,7 @@ class RunView extends SteppedView {
   firstFetches(run, pos) {
     const items = [...this.shownLayers(run).map((l) => [l.name, l, false]), ...servedKernels(run).map((k) => [`kernel ${k.name}`, k, true])];
     for (const [key, info, kernels] of items) {
-      const store = new FrameStore(run.id, info.name, { dtype: info.dtype, shape: info.shape, maxFrames: info.max_frames, kernels,
-        stepScales: info.scale.per_step ? info.scale.thresholds.length + 1 : 0 });
+      const store = FrameStore.forLayer(run.id, info, kernels);
       store.setTotal(run.steps.length);
       this.stores.set(key, store);
       store.ensureOne(pos).catch(fail);

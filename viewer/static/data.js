@@ -37,6 +37,13 @@ export class FrameStore {
     this.bytes = 0;
   }
 
+  // the store of one layer (or its kernels) as the run's answer describes it, with per-step scale rows when the
+  // layer's scale is the per-step rule
+  static forLayer(runId, info, kernels = false) {
+    return new FrameStore(runId, info.name, { dtype: info.dtype, shape: info.shape, maxFrames: info.max_frames, kernels,
+      stepScales: info.scale.per_step ? info.scale.thresholds.length + 1 : 0 });
+  }
+
   setTotal(total) {
     this.total = total;
     // a block fetched while it was the run's incomplete last block is fetched again when asked for

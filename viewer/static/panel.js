@@ -30,8 +30,7 @@ export class LayerPanel {
     this.run = run;
     this.info = info;
     this.kernels = !!opts.kernels;
-    this.store = store || new FrameStore(run.id, info.name, { dtype: info.dtype, shape: info.shape, maxFrames: info.max_frames, kernels: this.kernels,
-      stepScales: info.scale.per_step ? info.scale.thresholds.length + 1 : 0 });
+    this.store = store || FrameStore.forLayer(run.id, info, this.kernels);
     this.store.setTotal(run.steps.length);
     this.opts = opts;
     this.drawnStep = null;
