@@ -28,7 +28,7 @@ from compare.finiteness import flag_order, nonfinite_layers
 from compare.tables import (convergence_order, finite_median, fmt, measures_json, measures_table, num,
                             two_measures_table)
 from compare.weight_change import weight_change, weight_series, weight_settled
-from compare.side_by_side import PairFrames, shared_steps
+from compare.side_by_side import PairFrames, check_shared, shared_steps
 from compare.cross import cross_similarity, probe_set_mismatch
 from replay.animate import write_animation
 from replay.curves import write_comparison_curves
@@ -57,6 +57,10 @@ class CompareOptions:
     measure_images: int = MEASURE_IMAGES  # held-out images they run on (half fit the probes, half evaluate them)
     scales: tuple[ScaleSpec, ...] = ()  # colour scales of the side-by-side GIFs, as replay's --scale
     shared_scale: bool = False  # one scale for both halves of a layer's GIF (the range holding both own scales)
+
+    def __post_init__(self) -> None:  # refused before anything is computed or written
+        for spec in self.scales if self.shared_scale else ():
+            check_shared(spec)
 
 
 @dataclasses.dataclass

@@ -29,6 +29,12 @@ def shared_steps(a: Run, b: Run) -> np.ndarray:
     return steps
 
 
+def check_shared(spec: ScaleSpec) -> None:
+    """One shared fixed scale and a per-step or per-channel rule exclude each other: one clear error."""
+    if spec.mode in ("step", "channel"):
+        raise ValueError(f"--shared-scale gives both runs one fixed scale; it cannot be combined with --scale {spec.mode}")
+
+
 class PairFrames:
     """Frames of `layer` from two runs, side by side; positions index `steps` (the shared steps)."""
 
@@ -36,9 +42,7 @@ class PairFrames:
                  style: GridStyle = GridStyle(), spec: ScaleSpec = ScaleSpec(None, "auto"), shared: bool = False):
         scales: tuple[Scale | None, Scale | None] = (None, None)
         if shared:
-            if spec.mode in ("step", "channel"):
-                raise ValueError(f"--shared-scale gives both runs one fixed scale; it cannot be combined with "
-                                 f"--scale {spec.mode}")
+            check_shared(spec)
             one = with_symlog(shared_scale(layer_scale(a, layer, spec), layer_scale(b, layer, spec)), spec.symlog)
             scales = (one, one)
         self.left = LayerFrames(a, layer, style=style, title=f"A {names[0]}: {layer} {a.activation_label(layer)}",

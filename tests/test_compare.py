@@ -163,3 +163,5 @@ def test_side_by_side_shared_and_per_step_scales(tmp_path):
         assert frame.shape == step.shape
         with pytest.raises(ValueError, match="cannot be combined with --scale step"):
             PairFrames(a, b, "conv1", steps, ("a", "b"), spec=parse_scale("step"), shared=True)
+    with pytest.raises(ValueError, match="cannot be combined with --scale channel"):  # before anything is computed
+        CompareOptions(scales=(parse_scale("conv1=channel"),), shared_scale=True)
