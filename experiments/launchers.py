@@ -157,13 +157,14 @@ def _record_or_resume(task: Task, state: str, tick: Callable[[], None] | None = 
     t0 = time.perf_counter()
     path = Path(task.path)
     stopped_line = f"{task.name}: stopped by the sweep's Ctrl-C, resumable (the same command continues it)"
+    again = ""
     if state == "resumable":
-        code, _, stopped = _emergence(["resume", str(path)], task, tick)
+        code, last, stopped = _emergence(["resume", str(path)], task, tick)
         if stopped:
             return stopped_line
         if code == 0:
             return f"{task.name}: resumed from its checkpoint and completed in {time.perf_counter() - t0:.0f} s"
-        # a checkpoint that cannot be used: record the run again from the start below
+        again = f" (resuming failed: {last})"  # a checkpoint that cannot be used: recorded again from the start
     sets = [a for s in task.sets for a in ("--set", s)]
     code, last, stopped = _emergence(["record", task.experiment, "--out", str(path.parent), "--name", path.stem,
                                       "--overwrite", *sets], task, tick)
@@ -171,7 +172,7 @@ def _record_or_resume(task: Task, state: str, tick: Callable[[], None] | None = 
         return stopped_line
     if code != 0:
         raise TaskFailed(f"{task.name}: `emergence record` exited with {code}: {last}")
-    return f"{task.name}: recorded in {time.perf_counter() - t0:.0f} s"
+    return f"{task.name}: recorded in {time.perf_counter() - t0:.0f} s{again}"
 
 
 # -- worker-local recording, published atomically -----------------------------------------------------------

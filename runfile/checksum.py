@@ -7,13 +7,26 @@ fails to read instead of returning wrong numbers. The writer bypasses HDF5's fil
 algorithm over big-endian 16-bit words with both sums folded to 16 bits after every 360 words, a lone last
 byte as the high byte of a word, the result `sum2 << 16 | sum1` stored little-endian.
 
-Folding keeps each sum's value modulo 65535 and, from a positive value, never reaches 0; so the result has
-a closed form (`fletcher32`), computed with numpy in one pass: with N words (a lone last byte b counts as a
-word b << 8), S = Σ w_k and T = Σ (N − k) w_k, both sums are 0 when every word is 0 and otherwise
-((x − 1) mod 65535) + 1. tests/test_checksum.py checks it against HDF5's own filter.
+Two implementations give the same number:
+- HDF5's own: `H5_checksum_fletcher32`, the function its filter calls, exported by the libhdf5 that h5py has
+  loaded, called through ctypes (which releases the GIL: the writer's encoding threads checksum chunks in
+  parallel while the training thread runs). It is checked against the closed form below on a fixed sample
+  when first used; `native()` says whether it is in use.
+- A closed form in numpy (`fletcher32_numpy`), used where that library or its symbol cannot be found (about 3x
+  slower). Folding keeps each sum's value modulo 65535 and, from a positive value, never reaches 0; so with
+  N words (a lone last byte b counts as a word b << 8), S = Σ w_k and T = Σ (N − k) w_k, both sums are 0 when
+  every word is 0 and otherwise ((x − 1) mod 65535) + 1.
+
+tests/test_checksum.py checks both against HDF5's filter, byte for byte.
 """
 
 from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,10 +35,29 @@ MAX_WORDS = 1 << 23  # 16 MB: below it every float64 sum in `fletcher32` is an e
 ROW = 4096  # words summed per row: Σ j w_j < 4096**2 * 65535 < 2**53, exact in float64
 
 
-def fletcher32(data: bytes | bytearray | memoryview | np.ndarray) -> int:
-    """The Fletcher-32 checksum of `data`'s bytes as HDF5's filter computes it (chunks up to 16 MB: HDF5's
-    own chunks are at most 4 GB, the recorder's one frame)."""
-    raw = np.ascontiguousarray(data).view(np.uint8).ravel() if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+Buffer = bytes | bytearray | memoryview | np.ndarray
+
+
+def _bytes_of(data: Buffer) -> np.ndarray:
+    """`data`'s bytes as a flat uint8 array, without a copy where `data` is contiguous."""
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    return np.frombuffer(data, np.uint8)
+
+
+def fletcher32(data: Buffer) -> int:
+    """The Fletcher-32 checksum of `data`'s bytes as HDF5's filter computes it."""
+    raw = _bytes_of(data)
+    native = _native()
+    if native is None:
+        return fletcher32_numpy(raw)
+    return int(native(raw.ctypes.data, raw.size))
+
+
+def fletcher32_numpy(data: Buffer) -> int:
+    """`fletcher32` by its closed form in numpy (chunks up to 16 MB: HDF5's own chunks are at most 4 GB, the
+    recorder's one frame)."""
+    raw = _bytes_of(data)
     n = (len(raw) + 1) // 2  # words, a lone last byte b counting as b << 8
     if n > MAX_WORDS:
         raise ValueError(f"fletcher32 of {len(raw)} bytes: chunks up to {2 * MAX_WORDS} bytes only")
@@ -44,7 +76,49 @@ def fletcher32(data: bytes | bytearray | memoryview | np.ndarray) -> int:
     return (sum2 << 16) | sum1
 
 
-def with_checksum(chunk: bytes | bytearray | memoryview | np.ndarray) -> bytes:
-    """`chunk`'s bytes followed by their Fletcher-32 checksum, as HDF5's filter stores a chunk."""
-    body = chunk.tobytes() if isinstance(chunk, np.ndarray) else bytes(chunk)
-    return body + fletcher32(body).to_bytes(4, "little")
+def with_checksum(chunk: Buffer) -> np.ndarray:
+    """`chunk`'s bytes followed by their Fletcher-32 checksum, as HDF5's filter stores a chunk (uint8; one copy)."""
+    raw = _bytes_of(chunk)
+    out = np.empty(raw.size + 4, np.uint8)
+    out[:raw.size] = raw
+    out[raw.size:] = np.frombuffer(fletcher32(raw).to_bytes(4, "little"), np.uint8)
+    return out
+
+
+NATIVE_SYMBOL = "H5_checksum_fletcher32"
+
+
+def _loaded_hdf5() -> list[str]:
+    """Paths of the libhdf5 that this process has loaded (through h5py), the high-level library left out."""
+    import h5py  # noqa: F401 - loads libhdf5
+
+    paths: list[str] = []
+    try:
+        with open("/proc/self/maps") as maps:  # Linux: the exact file h5py's extensions were linked against
+            paths = [line.split(maxsplit=5)[5].strip() for line in maps if len(line.split(maxsplit=5)) == 6]
+    except OSError:  # macOS: the wheel's bundled copy
+        folder = Path(h5py.__file__).parent / ".dylibs"
+        paths = [str(p) for p in folder.glob("libhdf5*")] if folder.is_dir() else []
+    named = (p for p in paths if os.path.basename(p).startswith("libhdf5") and "_hl" not in os.path.basename(p))
+    return list(dict.fromkeys(named))
+
+
+@functools.cache
+def _native() -> Callable[[int, int], int] | None:
+    """HDF5's own Fletcher-32 (the function its filter calls) from the loaded libhdf5, or None where it cannot
+    be found or does not agree with the closed form on a fixed sample."""
+    sample = np.random.default_rng(7).integers(0, 256, 4099, dtype=np.uint8)
+    for path in _loaded_hdf5():
+        try:
+            function: Any = getattr(ctypes.CDLL(path), NATIVE_SYMBOL)
+        except (OSError, AttributeError):
+            continue
+        function.restype, function.argtypes = ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_size_t)
+        if all(function(sample.ctypes.data, n) == fletcher32_numpy(sample[:n]) for n in (0, 1, 720, 721, 4099)):
+            return function
+    return None
+
+
+def native() -> bool:
+    """Whether `fletcher32` uses HDF5's own function (else the numpy closed form)."""
+    return _native() is not None

@@ -1,6 +1,7 @@
 """Sweeps beyond one machine on real engines: a Ray cluster of a head and a separate worker process on 127.0.0.1,
 and SLURM's code path through submitit's local executor (SLURM itself is not on this machine)."""
 
+import dataclasses
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.launchers import RecordTask, SlurmOptions, Task, sbatch_script
+from experiments.launchers import RecordTask, SlurmOptions, Task, sbatch_script, staged_path, task_state
 from runfile.identity import differences
 from runfile.reader import open_run
 
@@ -215,6 +216,10 @@ def test_a_staged_sweep_shows_progress_publishes_whole_files_and_resumes_after_c
             assert run.state()[0] == "interrupted" and run.train_count < 400
         assert read_progress(p)["state"] == "interrupted"
     assert not [f for f in folder.iterdir() if f.name.startswith(".") and ".part-" in f.name]  # no half copies
+    for seed in (0, 1):  # what the same command will find: each run resumable, published and on the worker's disk
+        task = Task("tiny", (*sets[1::2], f"seed={seed}"), str(folder / f"seed={seed}.h5"), stage=str(stage))
+        assert task_state(task) == "resumable", seed
+        assert task_state(dataclasses.replace(task, path=str(staged_path(task)), stage=None)) == "resumable", seed
     again = emergence(*cmd[3:])
     assert again.stdout.count("resumed from its checkpoint and completed") == 2, again.stdout
     assert not any(p.exists() for p in progress) and not list(stage.rglob("*.h5"))  # published; scratch freed
