@@ -80,8 +80,12 @@ def analysis_steps(frame_steps: np.ndarray, n_analysis: int) -> np.ndarray:
 def gram_and_stats(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     """[n, H, W, C] activations -> (centred Gram [n, n] float32, stats [len(STAT_NAMES)] float32)."""
     x = a.reshape(a.shape[0], -1).astype(jnp.float32)  # [n, d]
-    xc = x - jnp.mean(x, axis=0, keepdims=True)
-    gram = jnp.matmul(xc, xc.T, precision=jax.lax.Precision.HIGHEST)  # [n, n]
+    highest = jax.lax.Precision.HIGHEST
+    # the column means as a product with ones: XLA's CPU backend reduces over the leading axis slowly (5.8 against
+    # 0.35 ms for [128, 21632]; the whole centred Gram 13.6 against 4.7 ms), and a dot is fast on every backend
+    mean = jnp.matmul(jnp.full((1, x.shape[0]), 1.0 / x.shape[0], jnp.float32), x, precision=highest)  # [1, d]
+    xc = x - mean
+    gram = jnp.matmul(xc, xc.T, precision=highest)  # [n, n]
     stats = jnp.stack([
         jnp.mean(jnp.abs(x) > SATURATION),
         jnp.mean(jnp.all(x == 0, axis=0)),
