@@ -83,6 +83,11 @@ class TaskFailed(RuntimeError):
 
 def task_state(task: Task) -> str:
     """"complete", "resumable" or "new": what this task's file holds for this task's config."""
+    return _task_state(task)[0]
+
+
+def _task_state(task: Task) -> tuple[str, str]:
+    """`task_state`, and why a file already at the task's path is not continued ("" when none is there)."""
     from experiments.pair import reusable
     from recorder.plan import json_config
     from runfile.reader import open_run
@@ -90,16 +95,22 @@ def task_state(task: Task) -> str:
     path = Path(task.path)
     config = _config(task)
     if reusable(path, config):
-        return "complete"
-    if not path.exists() or not checkpoint_dir(path).is_dir():
-        return "new"
+        return "complete", ""
+    if not path.exists():
+        return "new", ""
+    if not checkpoint_dir(path).is_dir():
+        return "new", f"no checkpoint beside it ({checkpoint_dir(path).name})"
     try:
         with open_run(path) as run:
             same = run.config == json_config(config)
             state = run.state()[0]
-    except Exception:  # noqa: BLE001 - an unreadable leftover is recorded again
-        return "new"
-    return "resumable" if same and state in ("killed", "interrupted", "failed", "diverged") else "new"
+    except Exception as e:  # noqa: BLE001 - an unreadable leftover is recorded again
+        return "new", f"it could not be read ({type(e).__name__}: {e})"
+    if not same:
+        return "new", "it was recorded with another config"
+    if state not in ("killed", "interrupted", "failed", "diverged"):
+        return "new", f"it is {state}"
+    return "resumable", ""
 
 
 def _emergence(args: list[str], task: Task, tick: Callable[[], None] | None = None) -> tuple[int, str, bool]:
@@ -165,6 +176,8 @@ def _record_or_resume(task: Task, state: str, tick: Callable[[], None] | None = 
         if code == 0:
             return f"{task.name}: resumed from its checkpoint and completed in {time.perf_counter() - t0:.0f} s"
         again = f" (resuming failed: {last})"  # a checkpoint that cannot be used: recorded again from the start
+    elif path.exists():
+        again = f" (the file there was not continued: {_task_state(task)[1]})"
     sets = [a for s in task.sets for a in ("--set", s)]
     code, last, stopped = _emergence(["record", task.experiment, "--out", str(path.parent), "--name", path.stem,
                                       "--overwrite", *sets], task, tick)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments.launchers import RecordTask, SlurmOptions, Task, sbatch_script, staged_path, task_state
@@ -225,6 +226,21 @@ def test_a_staged_sweep_shows_progress_publishes_whole_files_and_resumes_after_c
     assert not any(p.exists() for p in progress) and not list(stage.rglob("*.h5"))  # published; scratch freed
     emergence("record", "tiny", *sets, "--set", "seed=0", "--out", str(tmp_path), "--name", "unstaged")
     assert differences(tmp_path / "unstaged.h5", folder / "seed=0.h5") == []  # the same run, bit for bit
+
+
+def test_a_file_that_is_not_continued_says_why(tmp_path):
+    from experiments.launchers import _task_state
+    from conftest import write_run
+
+    task = Task("tiny", (), str(tmp_path / "seed=0.h5"))
+    assert _task_state(task) == ("new", "")  # nothing there
+    write_run(tmp_path / "seed=0.h5", {"conv1": np.zeros((2, 1, 4, 4, 2), np.float16)}, status="interrupted")
+    assert _task_state(task) == ("new", "no checkpoint beside it (seed=0.ckpt)")
+    (tmp_path / "seed=0.ckpt").mkdir()
+    assert _task_state(task) == ("new", "it was recorded with another config")
+    (tmp_path / "seed=0.h5").write_bytes(b"not HDF5")
+    state, why = _task_state(task)
+    assert state == "new" and why.startswith("it could not be read (")
 
 
 def test_a_stage_folder_named_by_an_unset_variable_is_one_clear_error(tmp_path, monkeypatch):
