@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -60,7 +61,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_TMPDIR": str(tmp / "ray")}
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_TMPDIR": str(tmp / "ray"),
+               "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # the cluster's own token (none need exist in ~/.ray)
         (tmp / "ray").mkdir()
         base = sweep(tmp / "inproc", args.runs, args.steps, [], env)
         reference = sorted((tmp / "inproc" / "s").glob("*.h5"))

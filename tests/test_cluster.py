@@ -54,16 +54,21 @@ def recorder_pid(stem):
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """`ray start --head` on 127.0.0.1 and one worker node started apart with `ray start --address`."""
+    import secrets
+
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(tmp_path_factory.mktemp("ray")),
-           "RAY_AUTH_MODE": "token"}  # the head and the worker node share the token in ~/.ray/auth_token
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # the cluster's own token, for every node and client
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     address = f"127.0.0.1:{port}"
-    subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--include-dashboard", "false", *common], check=True, env=env, capture_output=True, timeout=180)
+
+    def ray(*args):
+        done = subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"ray {' '.join(args)}: {done.stderr[-2000:]}"
+
+    ray("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--include-dashboard", "false", *common)
     try:
-        subprocess.run([str(BIN / "ray"), "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
-                       check=True, env=env, capture_output=True, timeout=180)
+        ray("start", "--address", address, "--node-ip-address", "127.0.0.1", *common)
         yield address, env
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
