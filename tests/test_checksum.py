@@ -43,3 +43,18 @@ def test_a_flipped_byte_changes_the_checksum():
         data[position] ^= 0x10
         assert fletcher32(data) != before and fletcher32_numpy(data) != before
         data[position] ^= 0x10
+
+
+def test_without_hdf5s_function_the_numpy_form_gives_the_same_chunks(monkeypatch):
+    import runfile.checksum as checksum
+
+    data = rng.integers(0, 256, 100_001, dtype=np.uint8)
+    expected = with_checksum(data).tobytes()
+    monkeypatch.setattr(checksum, "_loaded_hdf5", lambda: [])  # a libhdf5 this module cannot find
+    checksum._native.cache_clear()
+    try:
+        assert not checksum.native() and with_checksum(data).tobytes() == expected
+    finally:
+        monkeypatch.undo()
+        checksum._native.cache_clear()
+    assert checksum.native()
