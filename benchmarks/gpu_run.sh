@@ -2,7 +2,7 @@
 # Every GPU measurement in one call, from the project's root on the device machine (../shared/gpu/README.md):
 #   bash ../shared/gpu/prepare.sh            # here: data and wheels into .gpu/
 #   device run, carry [".gpu"]:  bash .gpu/run.sh bash benchmarks/gpu_run.sh
-# Results go to $OUT (or out/gpu): record_overhead.md, block1.md, record_*.log, demo.log. Sections run in order
+# Results go to $OUT (or out/gpu): record_overhead.md, block1.md, checksum_cost.md, record_*.log, demo.log. Sections run in order
 # of importance, each with its own time limit, so a slow one leaves the others' results.
 set -u
 out=${OUT:-out/gpu}; mkdir -p "$out"
@@ -28,4 +28,6 @@ done
 section "one step per dispatch (block_steps=1) against blocks, learn_to_see and keras_fashion"
 timeout 150 python3 benchmarks/record_overhead.py --trials 3 --experiments learn_to_see:300,keras_fashion:600 \
   --also block_steps=1 | tee "$out/block1.md"
+section "checksums: the encoder and the writer with and without them (16 host cores)"
+timeout 90 python3 benchmarks/checksum_cost.py --trials 3 --loop-steps 0 | tee "$out/checksum_cost.md"
 section "done"
