@@ -30,11 +30,10 @@ import h5py
 
 import runfile.checksum
 from experiments import get_experiment
-from record_overhead import _cpu_seconds, advance, rotated
-from recorder.loop import TrainingLoop
+from record_overhead import rotated
 from recorder.plan import make_plan
 from runfile.writer import _raw, _raw_checked, _shuffle_deflate, _shuffle_deflate_checked
-from writer_throughput import SETTINGS, real_frames, write_rate
+from writer_throughput import SETTINGS, loop_rates, real_frames, write_rate
 
 ENCODERS = {"gzip": (_shuffle_deflate, _shuffle_deflate_checked), "none": (_raw, _raw_checked)}
 CHECKSUMS = ("without", "HDF5's function", "numpy closed form")
@@ -96,29 +95,13 @@ def writer_rates(frames: list, layout: object, count: int, trials: int, folder: 
     return {k: statistics.median(v) for k, v in rates.items()}
 
 
-def loop_rates(experiment: str, compression: str, steps: int, trials: int, folder: Path) -> dict[str, tuple[float, float]]:
-    """Median steps/s and process CPU ms per step of the loop unrecorded, recorded with and without checksums."""
+def checked_loops(experiment: str, compression: str, steps: int, trials: int, folder: Path) -> dict[str, tuple[float, float]]:
+    """Median steps/s and process CPU seconds per step of the loop unrecorded, recorded with and without checksums."""
     plan = make_plan(dataclasses.replace(get_experiment(experiment), eval_every=0, compression=compression))
     with without_checksums():
         unchecked = plan.recorder(folder / "without.h5", overwrite=True)
-    recorders = {"recorded, with checksums": plan.recorder(folder / "with.h5", overwrite=True),
-                 "recorded, without checksums": unchecked}
-    loops = {"unrecorded": TrainingLoop(plan, None, evaluate=False),
-             **{name: TrainingLoop(plan, rec, evaluate=False) for name, rec in recorders.items()}}
-    for loop in loops.values():
-        loop.start()
-        advance(loop, steps)  # compiles every step kind the trials use
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in loops}
-    for trial in range(trials):
-        for name in rotated(list(loops), trial):
-            t, c = time.perf_counter(), _cpu_seconds()
-            advance(loops[name], steps)
-            if name in recorders:
-                recorders[name].wait()  # what was handed over is written before the clock stops
-            times[name].append((steps / (time.perf_counter() - t), 1e3 * (_cpu_seconds() - c) / steps))
-    for rec in recorders.values():
-        rec.close()
-    return {name: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for name, v in times.items()}
+    return loop_rates(plan, {"recorded, with checksums": plan.recorder(folder / "with.h5", overwrite=True),
+                             "recorded, without checksums": unchecked}, steps, trials)
 
 
 def main() -> None:
@@ -157,10 +140,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for c in ENCODERS:
         with tempfile.TemporaryDirectory() as tmp:
-            loops = loop_rates(args.experiment, c, args.loop_steps, args.trials, Path(tmp))
+            loops = checked_loops(args.experiment, c, args.loop_steps, args.trials, Path(tmp))
         base = loops["recorded, without checksums"][0]
         for name, (rate, cpu) in loops.items():
-            print(f"| {c} | {name} | {rate:.1f} | {cpu:.2f} | {rate / base:.3f} |")
+            print(f"| {c} | {name} | {rate:.1f} | {1e3 * cpu:.2f} | {rate / base:.3f} |")
 
 
 if __name__ == "__main__":

@@ -95,8 +95,13 @@ def writer_rates(experiment: str, count: int, trials: int, folder: Path,
 def in_loop(experiment: str, steps: int, trials: int, folder: Path) -> dict[str, tuple[float, float]]:
     """Median steps/s and CPU seconds per step of the loop unrecorded and recorded both ways."""
     plan = make_plan(dataclasses.replace(get_experiment(experiment), eval_every=0))
-    recorders = {"one by one": plan.recorder(folder / "single.h5", overwrite=True, frames_per_transfer=1),
-                 "packed 8 per transfer": plan.recorder(folder / "packed.h5", overwrite=True)}
+    return loop_rates(plan, {"one by one": plan.recorder(folder / "single.h5", overwrite=True, frames_per_transfer=1),
+                             "packed 8 per transfer": plan.recorder(folder / "packed.h5", overwrite=True)}, steps, trials)
+
+
+def loop_rates(plan: object, recorders: dict[str, object], steps: int, trials: int) -> dict[str, tuple[float, float]]:
+    """Median steps/s and process CPU seconds per step of `plan`'s loop unrecorded and with each of `recorders`
+    (name -> Recorder, closed here), `steps` a trial, trials alternating; each loop warmed up first."""
     loops = {"unrecorded": TrainingLoop(plan, None, evaluate=False),
              **{name: TrainingLoop(plan, rec, evaluate=False) for name, rec in recorders.items()}}
     for loop in loops.values():
@@ -106,7 +111,7 @@ def in_loop(experiment: str, steps: int, trials: int, folder: Path) -> dict[str,
     for trial in range(trials):
         for name in rotated(list(loops), trial):
             t, c = time.perf_counter(), _cpu_seconds()
-            advance(loops[name], steps)
+            advance(loops[name], steps)  # a recorded loop's rows are written before it returns
             times[name].append((steps / (time.perf_counter() - t), (_cpu_seconds() - c) / steps))
     for rec in recorders.values():
         rec.close()

@@ -95,7 +95,7 @@ def _loaded_hdf5() -> list[str]:
     paths: list[str] = []
     try:
         with open("/proc/self/maps") as maps:  # Linux: the exact file h5py's extensions were linked against
-            paths = [line.split(maxsplit=5)[5].strip() for line in maps if len(line.split(maxsplit=5)) == 6]
+            paths = [fields[5].strip() for line in maps if len(fields := line.split(maxsplit=5)) == 6]
     except OSError:  # macOS: the wheel's bundled copy
         folder = Path(h5py.__file__).parent / ".dylibs"
         paths = [str(p) for p in folder.glob("libhdf5*")] if folder.is_dir() else []
