@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from recorder.analysis import STAT_NAMES, gram_and_stats
 from recorder.data import load_dataset
 from recorder.models import build_model
 from recorder.run import record
@@ -120,6 +121,29 @@ def test_analysis_grams_are_the_centred_grams_of_the_model(tiny_run):
             stats = run.activity(layer)
             assert stats["saturated_fraction"][0] == np.mean(np.abs(np.asarray(a)) > 0.99)
             assert stats["std"][0] == pytest.approx(np.asarray(a).std(), rel=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_activity_statistics_are_exact_on_either_path(backend):
+    """The CPU backend's statistics, accumulated over blocks of rows (with a remainder block), and the one-pass
+    form other backends use give numpy's values on a layer with dead, constant, saturated and NaN units."""
+    rng = np.random.default_rng(3)
+    a = np.tanh(3 * rng.standard_normal((37, 24, 24, 40))).astype(np.float32)  # 37 rows of 90 kB: blocks of 11
+    a[..., 4] = 0  # a dead channel
+    a[:, 2, 3, 7] = 0.25  # a constant unit
+    a[5, 1, 1, 1] = np.nan
+    _, got = gram_and_stats(jnp.asarray(a), backend=backend)
+    x = a.reshape(len(a), -1)
+    expected = {"saturated_fraction": np.mean(np.abs(x) > 0.99), "dead_fraction": np.mean(np.all(x == 0, axis=0)),
+                "constant_fraction": np.mean(np.all(x == x[:1], axis=0)), "zero_fraction": np.mean(x == 0),
+                "nonfinite_fraction": 1 / x.size}
+    got = dict(zip(STAT_NAMES, np.asarray(got).tolist()))
+    assert {k: got[k] for k in expected} == pytest.approx(expected, rel=1e-6)
+    assert np.isnan(got["mean"]) and np.isnan(got["std"])  # a NaN makes them no measure (readers exclude the step)
+    _, clean = gram_and_stats(jnp.asarray(np.nan_to_num(a)), backend=backend)
+    clean = dict(zip(STAT_NAMES, np.asarray(clean).tolist()))
+    assert clean["mean"] == pytest.approx(np.nan_to_num(x).mean(), rel=1e-4, abs=1e-6)
+    assert clean["std"] == pytest.approx(np.nan_to_num(x).std(), rel=1e-5)
 
 
 def test_zstd_compression_stores_the_same_values(tiny_run, tmp_path):
