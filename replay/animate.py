@@ -166,6 +166,7 @@ class Animation:
     stride: int  # > 1 when --max-mb dropped frames
     bytes: int
     mp4: Path | None = None
+    positions: tuple[int, ...] = ()  # the frames written: positions in the run's recorded steps
 
     @property
     def dropped(self) -> int:
@@ -208,4 +209,4 @@ def write_animation(frames: FrameSource, positions: np.ndarray, path: Path, dura
         with Mp4Writer(mp4_path, frames.palette, 1000.0 / duration_ms) as video:
             for frame in frames(pos):
                 video.add(frame)
-    return Animation(path, len(pos), len(positions), stride, path.stat().st_size, mp4_path)
+    return Animation(path, len(pos), len(positions), stride, path.stat().st_size, mp4_path, tuple(map(int, pos)))

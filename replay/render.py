@@ -143,7 +143,8 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
             video = f" Also as {result.mp4.name}." if result.mp4 else ""
             entries.append(Entry(section, f"{name}.gif", f"{name}.gif",
                                  f"{caption} {result.frames} frames, steps {steps[0]}–{steps[-1]}, "
-                                 f"{duration} ms each; {result.bytes / 1e6:.2f} MB{dropped}.{video}"))
+                                 f"{duration} ms each; {result.bytes / 1e6:.2f} MB{dropped}.{video}",
+                                 steps=tuple(int(s) for s in run.steps[list(result.positions)])))
             log(f"{name}.gif  {result.frames} frames  {result.bytes / 1e6:.2f} MB{dropped}")
             if result.dropped:
                 report.notes.append(f"{name}.gif: to stay within --max-mb {options.max_mb:g}, every {ordinal(result.stride)} "
@@ -201,7 +202,8 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
                                      "(the last step is PCA as it is); unit RMS radius per frame. At the last step "
                                      f"PC1+PC2 explain {final:.0%} of the variance; between-class share of the variance "
                                      f"{geometry.class_share[0]:.2f} at step {geometry.steps[0]} → "
-                                     f"{geometry.class_share[-1]:.2f} at step {geometry.steps[-1]}.", display_zoom=1))
+                                     f"{geometry.class_share[-1]:.2f} at step {geometry.steps[-1]}.", display_zoom=1,
+                                     steps=tuple(int(s) for s in geometry.steps[:count])))
                 log(f"{name}.gif  {count} frames")
 
         if options.kernels:
@@ -241,8 +243,9 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
         facts.append(("stamps", "STEP = updates applied before the frame (0 = initialisation); TRAIN ACC = mean of "
                                 "the last 10 training batches at or before it; EVAL ACC = latest evaluation at or "
                                 "before it"))
-        facts.append(("one clock", "each GIF here plays on its own clock. To step every layer together, with the "
-                                   "curves, distributions and geometry, at any exact step: emergence serve "
+        facts.append(("one clock", "the bar above the pictures steps every layer, filter and geometry animation "
+                                   "together (a GIF opened on its own plays on its own clock). With the curves and "
+                                   "distributions on the same cursor, and every recorded step: emergence serve "
                                    f"{Path(path).resolve().parent}, then open {Path(path).stem} in the runs table "
                                    "(http://127.0.0.1:8421/)"))
         facts += [("note", n) for n in report.notes]

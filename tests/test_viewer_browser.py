@@ -3,6 +3,8 @@
 Pixels are read back from the page's canvases with getImageData and compared with replay's palette.
 """
 
+import base64
+import io
 import re
 import shutil
 import subprocess
@@ -519,3 +521,75 @@ def test_a_listing_with_one_changed_run_redraws_only_that_row(browser, table_ser
     }""")
     assert kept == [True, False, True, True] and steps == ["3", "77", "2", "4"]
     pg.context.close()
+
+
+def test_index_html_steps_every_animation_on_one_clock(browser, two_runs, tmp_path):
+    """replay's index.html: one slider shows every layer, filter and geometry GIF at the same training step;
+    each canvas holds exactly the GIF's frame at that step (Pillow's decoding), forwards, backwards and across
+    keyframes, and an animation without a frame at the cursor's step shows its last frame before it."""
+    from PIL import Image, ImageSequence
+
+    from replay.render import ReplayOptions, replay
+    from replay.selection import select_frames
+
+    out = tmp_path / "out"
+    replay(two_runs["tanh"], out, ReplayOptions(every=1))
+    with open_run(two_runs["tanh"]) as run:
+        shown = [int(run.steps[p]) for p in select_frames(run.steps, every=1)]
+        analysed = [int(s) for s in run.analysis_steps]
+    steps = sorted(set(shown) | set(analysed))
+    assert len(shown) > 16  # more than one keyframe
+    animations = sorted(p.name for p in out.glob("*.gif"))
+    assert {"conv1.gif", "conv2.gif", "conv1_kernels.gif", "geometry_conv1.gif"} <= set(animations)
+    assert sorted(p.name[:-3] for p in (out / "clock").glob("*.gif.js")) == animations
+
+    def gif_frames(name: str) -> list[np.ndarray]:
+        with Image.open(out / name) as im:
+            return [np.asarray(frame.convert("RGBA")) for frame in ImageSequence.Iterator(im)]
+
+    expected_frames = {name: gif_frames(name) for name in animations}
+
+    page = browser.new_page()
+    try:
+        page.goto((out / "index.html").as_uri())
+        page.wait_for_selector("#clock:not([hidden])")
+        assert page.locator("canvas").count() == len(animations) and page.locator("img[src$='.gif']").count() == 0
+        assert page.evaluate("emergenceClock.steps()") == steps
+        for step in (steps[-1], steps[5], steps[19], steps[30], steps[0], steps[-2]):  # back across keyframes, forwards
+            page.evaluate(f"emergenceClock.show({step})")
+            for name in animations:
+                frame_steps = analysed if name.startswith("geometry_") else shown
+                k = max(i for i, s in enumerate(frame_steps) if s <= step)
+                png = page.evaluate("(file) => document.querySelector(`canvas[data-file=\"${file}\"]`).toDataURL()", name)
+                got = np.asarray(Image.open(io.BytesIO(base64.b64decode(png.split(",", 1)[1]))).convert("RGBA"))
+                assert np.array_equal(got, expected_frames[name][k]), (name, step)  # opaque, the GIF's colours
+                label = page.locator(f'canvas[data-file="{name}"] + .clock-step').inner_text()
+                assert label.startswith(f"step {frame_steps[k]}") and (("at or before" in label) == (frame_steps[k] != step))
+        page.keyboard.press("End")
+        page.keyboard.press("ArrowLeft")
+        assert page.locator(".clock-now").inner_text().startswith(f"step {steps[-2]}")
+        page.keyboard.press("Space")  # play from there: it reaches the last step and stops
+        page.wait_for_function(f"document.querySelector('.clock-now').textContent.startsWith('step {steps[-1]} ')")
+        page.wait_for_function("document.querySelector('#clock button').textContent === 'play'")
+    finally:
+        page.close()
+
+
+def test_index_html_shows_the_last_frame_before_a_step_and_keeps_a_gif_it_cannot_step(browser, two_runs, tmp_path):
+    from replay.render import ReplayOptions, replay
+
+    out = tmp_path / "out"
+    replay(two_runs["relu"], out, ReplayOptions(every=3, kernels=False))  # layers at steps 0, 3, 6, …; geometry at each
+    script = out / "clock" / "conv2.gif.js"
+    script.write_text(script.read_text().replace('"R0lGOD', '"R0xGOD'))  # "GIF89a" -> not a GIF
+    page = browser.new_page()
+    try:
+        page.goto((out / "index.html").as_uri())
+        page.wait_for_selector("#clock:not([hidden])")
+        assert page.locator("img[src='conv2.gif']").count() == 1 and page.locator("canvas[data-file='conv1.gif']").count() == 1
+        assert "conv2.gif: not a GIF" in page.locator(".clock-note").inner_text()
+        page.evaluate("emergenceClock.show(4)")
+        label = lambda f: page.locator(f'canvas[data-file="{f}"] + .clock-step').inner_text()
+        assert label("conv1.gif") == "step 3 (the last frame at or before 4)" and label("geometry_conv1.gif") == "step 4"
+    finally:
+        page.close()
