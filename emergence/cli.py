@@ -174,6 +174,7 @@ def _replay(args: argparse.Namespace) -> int:
         snapshot_steps=tuple(args.step or ()),
         distributions=not args.no_distributions,
         geometry=not args.no_geometry,
+        clock=not args.no_clock,
         maximise=None if args.maximise is None else tuple(n for n in args.maximise.split(",") if n and n != "all"),
     )
     out = Path(args.out) if args.out else Path(args.run).with_suffix("")
@@ -390,6 +391,9 @@ def _replay_parser(sub: Any) -> None:
                      "histogram at every step, from the stored frames)")
     rep.add_argument("--no-geometry", action="store_true", help="skip geometry_<layer>.gif (the analysis images' PCA "
                      "at every analysed step)")
+    rep.add_argument("--no-clock", action="store_true", help="leave out index.html's one clock for every animation "
+                     "(clock/: the GIFs' bytes again, in scripts a page opened from disk may load, about 1.35 times "
+                     "the GIFs' size)")
     rep.add_argument("--no-metrics", action="store_true", help="stamp only the step, not the accuracies")
     rep.add_argument("--mp4", action="store_true", help="also write MP4s (needs imageio's ffmpeg plugin: "
                      "pip install 'emergence[video]')")

@@ -55,8 +55,9 @@ PgUp/PgDn ten, Home/End, space). An animation not recorded at that step shows it
 
 
 def write_index(out_dir: Path, title: str, facts: Sequence[tuple[str, str]], entries: Sequence[Entry],
-                sizes: dict[str, tuple[int, int]]) -> Path:
-    """`sizes` maps a file to its (width, height) in pixels, for the enlarged display size."""
+                sizes: dict[str, tuple[int, int]]) -> tuple[Path, int]:
+    """`sizes` maps a file to its (width, height) in pixels, for the enlarged display size. Entries with `steps`
+    go on the page's clock. Returns the page and the bytes its clock's scripts take."""
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
     parts = []
     for section in dict.fromkeys(e.section for e in entries):
@@ -72,19 +73,21 @@ def write_index(out_dir: Path, title: str, facts: Sequence[tuple[str, str]], ent
             )
         parts.append(f"<h2>{html.escape(section)}</h2>\n" + "\n".join(figs))
     fps = "".join(f'<option{" selected" if f == 10 else ""}>{f}</option>' for f in (2, 5, 10, 20, 30))
+    scripts, clock_bytes = _clock_scripts(out_dir, [e for e in entries if e.steps])
     path = out_dir / "index.html"
     with atomic_path(path) as tmp:
         tmp.write_text(PAGE.format(title=html.escape(title), facts=f"<table>{rows}</table>", sections="\n".join(parts),
-                                   fps=fps, scripts=_clock_scripts(out_dir, [e for e in entries if e.steps])))
-    return path
+                                   fps=fps, scripts=scripts))
+    return path, clock_bytes
 
 
-def _clock_scripts(out_dir: Path, animations: Sequence[Entry]) -> str:
+def _clock_scripts(out_dir: Path, animations: Sequence[Entry]) -> tuple[str, int]:
     """Writes clock/clock.js and one clock/NAME.js per animation (its bytes in base64 and its frames' steps);
-    returns the page's script tags. Without animations, none."""
-    if not animations:
-        return ""
+    returns the page's script tags and the bytes written. Without animations, none (and clock/ is removed)."""
     folder = out_dir / "clock"
+    if not animations:
+        shutil.rmtree(folder, ignore_errors=True)  # a clock of an earlier replay into the same folder
+        return "", 0
     folder.mkdir(exist_ok=True)
     with atomic_path(folder / "clock.js") as tmp:
         shutil.copyfile(Path(__file__).with_name("clock.js"), tmp)
@@ -95,4 +98,5 @@ def _clock_scripts(out_dir: Path, animations: Sequence[Entry]) -> str:
         with atomic_path(script) as tmp:
             tmp.write_text(f"emergenceClock.add({json.dumps(e.file)}, {json.dumps(list(e.steps))}, \"{data}\");\n")
         tags.append(f'<script src="clock/{html.escape(e.file)}.js"></script>')
-    return "\n".join(tags + ["<script>emergenceClock.start();</script>"])
+    written = sum(p.stat().st_size for p in folder.iterdir())
+    return "\n".join(tags + ["<script>emergenceClock.start();</script>"]), written

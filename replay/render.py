@@ -62,6 +62,7 @@ class ReplayOptions:
     curves: bool = True
     distributions: bool = True  # distributions.png: every layer's histogram at every selected step
     geometry: bool = True  # geometry_<layer>.gif: the analysis images' PCA at every analysed step (needs /analysis)
+    clock: bool = True  # index.html steps every animation on one clock (clock/: the GIFs' bytes in scripts)
     maximise: tuple[str, ...] | None = None  # feature visualisation (replay/maximise.py): layers, () = all + logits
 
 
@@ -243,13 +244,19 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
         facts.append(("stamps", "STEP = updates applied before the frame (0 = initialisation); TRAIN ACC = mean of "
                                 "the last 10 training batches at or before it; EVAL ACC = latest evaluation at or "
                                 "before it"))
-        facts.append(("one clock", "the bar above the pictures steps every layer, filter and geometry animation "
-                                   "together (a GIF opened on its own plays on its own clock). With the curves and "
+        facts.append(("one clock", ("the bar above the pictures steps every layer, filter and geometry animation "
+                                    "together (a GIF opened on its own plays on its own clock)" if options.clock else
+                                    "each GIF here plays on its own clock (--no-clock)") + ". With the curves and "
                                    "distributions on the same cursor, and every recorded step: emergence serve "
                                    f"{Path(path).resolve().parent}, then open {Path(path).stem} in the runs table "
                                    "(http://127.0.0.1:8421/)"))
         facts += [("note", n) for n in report.notes]
-        report.index = write_index(out, f"{Path(path).name}: {run.experiment}", facts, entries, sizes)
+        if not options.clock:
+            entries = [dataclasses.replace(e, steps=()) for e in entries]
+        report.index, clock_bytes = write_index(out, f"{Path(path).name}: {run.experiment}", facts, entries, sizes)
+        if clock_bytes:
+            log(f"clock/  {clock_bytes / 1e6:.2f} MB (index.html's one clock: the GIFs again, as scripts; --no-clock "
+                "leaves it out)")
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -178,6 +178,24 @@ def test_frame_selection_follows_every_and_steps(tmp_path):
         parse_indices("12", 10, "probes")
 
 
+def test_the_clock_holds_each_gif_and_its_frames_steps_and_no_clock_leaves_it_out(tmp_path):
+    import base64
+    import json
+    import re
+
+    acts = np.random.default_rng(2).uniform(-1, 1, (21, 2, 4, 4, 2)).astype(np.float32)
+    write_run(tmp_path / "r.h5", {"conv1": acts}, steps=list(range(0, 42, 2)))
+    out = tmp_path / "out"
+    replay(tmp_path / "r.h5", out, ReplayOptions(every=3, steps=parse_step_range("4:30"), kernels=False, curves=False))
+    file, steps, data = json.loads("[" + re.fullmatch(r"emergenceClock\.add\((.*)\);\n",
+                                                      (out / "clock" / "conv1.gif.js").read_text()).group(1) + "]")
+    assert file == "conv1.gif" and steps == [4, 10, 16, 22, 28, 30]  # the recorded step of each frame written
+    assert base64.b64decode(data) == (out / "conv1.gif").read_bytes()
+    assert '<script src="clock/conv1.gif.js"></script>' in (out / "index.html").read_text()
+    replay(tmp_path / "r.h5", out, ReplayOptions(kernels=False, curves=False, clock=False))
+    assert not (out / "clock").exists() and "<script" not in (out / "index.html").read_text()
+
+
 def test_max_mb_is_respected_and_the_drop_reported(tmp_path):
     acts = np.random.default_rng(3).uniform(-1, 1, (60, 4, 8, 8, 4)).astype(np.float32)  # noise: compresses badly
     write_run(tmp_path / "r.h5", {"conv1": acts})
