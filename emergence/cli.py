@@ -173,6 +173,7 @@ def _replay(args: argparse.Namespace) -> int:
         mp4=args.mp4,
         snapshot_steps=tuple(args.step or ()),
         distributions=not args.no_distributions,
+        channel_distributions=tuple(n for n in (args.channel_distributions or "").split(",") if n),
         geometry=not args.no_geometry,
         clock=not args.no_clock,
         maximise=None if args.maximise is None else tuple(n for n in args.maximise.split(",") if n and n != "all"),
@@ -389,6 +390,8 @@ def _replay_parser(sub: Any) -> None:
                      "and the logits; needs the run's dataset and a model emergence builds")
     rep.add_argument("--no-distributions", action="store_true", help="skip distributions.png (each layer's "
                      "histogram at every step, from the stored frames)")
+    rep.add_argument("--channel-distributions", metavar="LAYERS", help="also write distributions_<layer>.png for "
+                     "these layers (comma-separated): one row per stored channel, its histogram at every step")
     rep.add_argument("--no-geometry", action="store_true", help="skip geometry_<layer>.gif (the analysis images' PCA "
                      "at every analysed step)")
     rep.add_argument("--no-clock", action="store_true", help="leave out index.html's one clock for every animation "

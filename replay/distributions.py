@@ -1,7 +1,7 @@
 """Distributions of a layer's activations over training: a histogram at every recorded step, and its quantiles.
 
 What is counted: the stored frames, so the P probe images' activations at every position and stored channel of
-the layer (P·H·W·C values a step), at every recorded step. Not the analysis images (the run keeps only their
+the layer (P·H·W·C values a step), at every recorded step; or, for one channel, its P·H·W values a step. Not the analysis images (the run keeps only their
 Gram matrices). Computed from the file when asked, in blocks of frames: nothing is added to the training step,
 and a run recorded before this view existed has it too.
 
@@ -39,7 +39,8 @@ class Distribution:
     below: np.ndarray  # [T] finite values under edges[0] (counted in the first bin)
     above: np.ndarray  # [T] finite values over edges[-1] (counted in the last bin)
     nonfinite: np.ndarray  # [T]
-    per_step: int  # values a step (P·H·W·C)
+    per_step: int  # values a step (P·H·W·C, or P·H·W for one channel)
+    channel: int | None = None  # the model's channel number when the distribution is of one channel
 
     def describe(self) -> str:
         clipped = int(self.below.sum() + self.above.sum())
@@ -50,10 +51,13 @@ class Distribution:
                 + (f"; {bad:,} non-finite values left out" if bad else ""))
 
 
-def bin_range(scale: Scale) -> tuple[float, float]:
-    """The histogram's range: the layer's colour scale, from 0 when it is one-sided (relu), widest channel's
-    when the scale is per channel."""
-    lo, hi = float(np.min(scale.lo)), float(np.max(scale.hi))
+def bin_range(scale: Scale, stored: int | None = None) -> tuple[float, float]:
+    """The histogram's range: the layer's colour scale, from 0 when it is one-sided (relu); when the scale is
+    per channel, stored channel `stored`'s, or the widest channel's."""
+    lo, hi = np.asarray(scale.lo, np.float64), np.asarray(scale.hi, np.float64)
+    if stored is not None and lo.ndim:
+        lo, hi = lo[stored], hi[stored]
+    lo, hi = float(np.min(lo)), float(np.max(hi))
     if scale.one_sided:
         lo = 0.0
     if not hi > lo:
@@ -80,22 +84,28 @@ def histograms(frames: np.ndarray, lo: float, hi: float, bins: int = BINS) -> tu
 
 
 def layer_distribution(run: Run, layer: str, scale: Scale, positions: Sequence[int] | None = None,
-                       bins: int = BINS) -> Distribution:
-    """The layer's distribution at the recorded `positions` (all if None), binned over its colour scale."""
-    lo, hi = bin_range(scale)
-    pos = np.arange(run.num_frames) if positions is None else np.asarray(positions, np.int64)
+                       bins: int = BINS, stored: int | None = None) -> Distribution:
+    """The layer's distribution at the recorded `positions` (all if None), binned over its colour scale; with
+    `stored` (a position among the layer's stored channels), that channel's alone."""
     shape = run.layer_shape(layer)
-    per_step = math.prod(shape)
-    block = max(1, READ_BYTES // (per_step * run.layer_dtype(layer).itemsize))
+    if stored is not None and not 0 <= stored < shape[-1]:
+        raise ValueError(f"{layer} stores {shape[-1]} channels (0 to {shape[-1] - 1}); there is no stored channel {stored}")
+    lo, hi = bin_range(scale, stored)
+    pos = np.arange(run.num_frames) if positions is None else np.asarray(positions, np.int64)
+    per_step = math.prod(shape) // (1 if stored is None else shape[-1])
+    block = max(1, READ_BYTES // (math.prod(shape) * run.layer_dtype(layer).itemsize))
     parts = []
     for i in range(0, len(pos), block):
-        parts.append(histograms(run.read_frames(layer, pos[i : i + block]), lo, hi, bins))
+        frames = run.read_frames(layer, pos[i : i + block])
+        parts.append(histograms(frames if stored is None else frames[..., stored], lo, hi, bins))
     if parts:
         counts, q, below, above, bad = (np.concatenate(p) for p in zip(*parts))
     else:
         counts, q = np.zeros((0, bins), np.int64), np.zeros((0, len(QUANTILES)))
         below = above = bad = np.zeros(0, np.int64)
-    return Distribution(layer, run.steps[pos], np.linspace(lo, hi, bins + 1), counts, q, below, above, bad, per_step)
+    channel = None if stored is None else run.layer_channels(layer)[stored]
+    return Distribution(layer, run.steps[pos], np.linspace(lo, hi, bins + 1), counts, q, below, above, bad, per_step,
+                        channel)
 
 
 def write_distributions(run: Run, dists: Sequence[Distribution], path: Path) -> Path:
@@ -110,8 +120,9 @@ def write_distributions(run: Run, dists: Sequence[Distribution], path: Path) -> 
     fig, axes = plt.subplots(len(dists), 1, figsize=(9.5, 1.7 * len(dists) + 0.8), squeeze=False, sharex=True,
                              layout="constrained")
     p = run.layer_shape(dists[0].layer)[0] if dists else 0
+    what = "all positions and stored channels" if all(d.channel is None for d in dists) else "all positions, one channel a row"
     fig.suptitle(f"{run.path.stem}: activations of the {p} probe images at every recorded step "
-                 "(all positions and stored channels)\nshare of a step's values per bin (colour, log), and the "
+                 f"({what})\nshare of a step's values per bin (colour, log), and the "
                  "5/25/50/75/95% quantiles (lines)", fontsize=9)
     image = None
     for ax, d in zip(axes[:, 0], dists):
@@ -125,7 +136,8 @@ def write_distributions(run: Run, dists: Sequence[Distribution], path: Path) -> 
             ax.plot(steps, d.quantiles[:, k], styles[q], color="black", lw=0.9 if q == 0.5 else 0.7)
         ax.set_ylim(d.edges[0], d.edges[-1])
         ax.set_ylabel("value", fontsize=8)
-        ax.set_title(f"{d.layer} ({run.activation_label(d.layer)}): {d.describe()}", fontsize=8, loc="left")
+        channel = "" if d.channel is None else f" channel {d.channel}"
+        ax.set_title(f"{d.layer}{channel} ({run.activation_label(d.layer)}): {d.describe()}", fontsize=8, loc="left")
         ax.tick_params(labelsize=7)
     axes[-1, 0].set_xlabel("step", fontsize=8)
     if image is not None:

@@ -61,6 +61,7 @@ class ReplayOptions:
     kernels: bool = True
     curves: bool = True
     distributions: bool = True  # distributions.png: every layer's histogram at every selected step
+    channel_distributions: tuple[str, ...] = ()  # distributions_<layer>.png: one row per stored channel
     geometry: bool = True  # geometry_<layer>.gif: the analysis images' PCA at every analysed step (needs /analysis)
     clock: bool = True  # index.html steps every animation on one clock (clock/: the GIFs' bytes in scripts)
     maximise: tuple[str, ...] | None = None  # feature visualisation (replay/maximise.py): layers, () = all + logits
@@ -103,6 +104,9 @@ def _validate(options: ReplayOptions, run: Run) -> list[str]:
     if unknown:
         raise ValueError(f"no layer {', '.join(unknown)} in {run.path}; layers: {', '.join(run.layers)}")
     spec_for(layers[0], options.scales, run.layers)  # raises if a --scale names a layer the run lacks
+    shown = [n for n in options.channel_distributions if n not in layers]
+    if shown:
+        raise ValueError(f"--channel-distributions {', '.join(shown)}: not among the layers rendered ({', '.join(layers)})")
     missing = [s for s in options.snapshot_steps if s not in set(run.steps.tolist())]
     if missing:
         steps = run.steps
@@ -185,6 +189,15 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
                                  f"Each layer's activations on the {run.layer_shape(layers[0])[0]} probe images (every "
                                  "position and stored channel) at each selected step: the share of values per bin "
                                  "(log colour; the layer's colour-scale range, the same bins at every step) and the "
+                                 "5/25/50/75/95% quantiles. Computed from the stored frames.", display_zoom=1))
+        for layer in (options.channel_distributions or ()):
+            fixed = _fixed(run, layer, layer_frames[layer].scale)
+            dists = [layer_distribution(run, layer, fixed, positions, stored=k) for k in range(run.layer_shape(layer)[-1])]
+            name = f"distributions_{layer}.png"
+            report.pictures.append(write_distributions(run, dists, out / name))
+            entries.append(Entry("Distributions", name, name,
+                                 f"{layer}, one channel a row: each stored channel's activations on the probe images "
+                                 "(every position) at each selected step, over its colour-scale range, with the "
                                  "5/25/50/75/95% quantiles. Computed from the stored frames.", display_zoom=1))
 
         if options.geometry and run.has_analysis and len(run.analysis_steps):

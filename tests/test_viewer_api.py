@@ -160,6 +160,13 @@ def test_distribution_and_geometry_answers_are_replays(tmp_path, two_runs):
         status, _, body = request(srv, f"/api/runs/{rows['plain']['id']}/geometry?layer=conv1")
         assert status == 404 and b"analysis_probes=0" in body
         assert request(srv, f"/api/runs/{rid}/distribution?layer=nope")[0] == 404
+        one = get_json(srv, f"/api/runs/{rid}/distribution?layer=conv2&channel=5")
+        with open_run(tmp_path / "relu.h5") as run:
+            mine = layer_distribution(run, "conv2", LayerFrames(run, "conv2").scale, stored=5)
+        assert one["channel"] == 5 and one["counts"] == mine.counts.ravel().tolist() and one["per_step"] == mine.per_step
+        assert one["counts"] != d["counts"] and "every position of channel 5" in one["what"]
+        status, _, body = request(srv, f"/api/runs/{rid}/distribution?layer=conv2&channel=16")
+        assert status == 404 and b"conv2 has no stored channel 16; stored: 0-15" in body
     finally:
         srv.shutdown()
         srv.server_close()

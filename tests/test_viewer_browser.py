@@ -363,6 +363,14 @@ def test_distribution_and_geometry_panels_follow_the_step_cursor(page, served):
     assert panels("distribution") == ["30", "30"] and panels("geometry") == [str(analysed[-1])] * 2
     caption = page.text_content(".view-panel[data-view='distribution'] .counts")
     assert caption.startswith("step 30: median ") and "64 bins over [-1, +1]" in caption
+    # one channel of conv1: that channel's counts from the server, on the same cursor
+    page.select_option(".view-panel[data-view='distribution'][data-layer='conv1'] select.channel", "3")
+    page.wait_for_function("() => window.__emergence.current.views.dist[0][0].data.channel === 3")
+    expected = get_json(served[0], f"/api/runs/{rid}/distribution?layer=conv1&channel=3")["counts"]
+    assert page.evaluate("window.__emergence.current.views.dist[0][0].data.counts") == expected
+    page.keyboard.press("Home")
+    page.wait_for_function("() => document.body.dataset.step === '0'")
+    assert panels("distribution") == ["0", "0"]
 
 
 def test_compare_bins_both_runs_distributions_over_one_range(page, served):

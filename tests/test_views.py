@@ -39,6 +39,25 @@ def test_distribution_is_the_histogram_of_the_stored_frames_with_clipping_and_na
     assert "1 non-finite values left out" in d.describe()
 
 
+def test_a_channels_distribution_is_the_histogram_of_that_channel_over_its_own_scale(tmp_path):
+    rng = np.random.default_rng(1)
+    acts = (rng.normal(size=(4, 3, 4, 4, 3)) * np.array([0.5, 2.0, 8.0])).astype(np.float32)  # channels of 3 widths
+    write_run(tmp_path / "r.h5", {"conv1": acts}, activation="identity")
+    per_channel = Scale(np.array([-1, -4, -16], np.float32), np.array([1, 4, 16], np.float32), "diverging", "per channel",
+                        "per channel")
+    with open_run(tmp_path / "r.h5") as run:
+        d = layer_distribution(run, "conv1", per_channel, bins=8, stored=1)
+        whole = layer_distribution(run, "conv1", per_channel, bins=8)
+        with pytest.raises(ValueError, match="stores 3 channels"):
+            layer_distribution(run, "conv1", per_channel, stored=3)
+    assert d.channel == 1 and d.per_step == 3 * 4 * 4 and d.edges[0] == -4 and d.edges[-1] == 4
+    assert whole.channel is None and whole.edges[0] == -16 and whole.per_step == 3 * 4 * 4 * 3  # the widest channel's
+    for t in range(4):
+        x = acts[t, ..., 1].ravel()
+        assert d.counts[t].tolist() == np.histogram(np.clip(x, -4, 4), bins=8, range=(-4, 4))[0].tolist()
+        assert np.allclose(d.quantiles[t], np.quantile(x, QUANTILES))
+
+
 def _features(seed=0, n=60, dim=40, classes=4):
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % classes

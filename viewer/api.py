@@ -11,8 +11,9 @@
     GET /api/runs/<id>/probes                           probe pixels as stored (uint8 [P, H, W, C])
     GET /api/runs/<id>/metrics                          train (raw, the curves' EMA, wall time), eval, test, series names
     GET /api/runs/<id>/series?name=N                    one extra scalar series (per-layer measures, lr, own series)
-    GET /api/runs/<id>/distribution?layer=L[&lo=&hi=]   the layer's histogram at every recorded step, its quantiles
-                                                        (replay/distributions.py; bins over its scale, or [lo, hi])
+    GET /api/runs/<id>/distribution?layer=L[&lo=&hi=][&channel=c]  the layer's histogram at every recorded step,
+                                                        its quantiles (replay/distributions.py; bins over its scale,
+                                                        or [lo, hi]; of one channel, by the model's number)
     GET /api/runs/<id>/geometry?layer=L                 the analysis images' aligned PCA at every analysed step
                                                         (replay/geometry.py)
     GET /api/runs/<id>/frame.png?layer=L&step=s[&scale=symlog|step]  the frame at recorded step s, rendered by
@@ -45,8 +46,9 @@ from replay.distributions import QUANTILES, layer_distribution
 from replay.geometry import layer_geometry
 from replay.images import png_bytes
 from replay.palette import DIVERGING, NAN_RGB, SEQUENTIAL, colour_map, level_thresholds
-from runfile.reader import Run
 from replay.scales import Scale, fixed_scale, per_step_scale, shared_scale, step_scales, with_symlog
+from runfile.reader import Run
+from runfile.verify import compact_ranges
 from viewer.catalog import Catalog
 from viewer.scale_book import AUTO, ScaleBook, frame_nbytes, scale_json
 
@@ -228,17 +230,25 @@ class Api:
                 raise ApiError(400, "lo and hi go together, with hi > lo")
             if lo is not None:
                 scale = Scale(np.float32(lo), np.float32(hi), "diverging", "asked", "asked")
-            key = ("distribution", rid, run.created_unix, run.num_frames, layer, lo, hi)
+            stored = None
+            if "channel" in query:
+                channel, numbers = _int(query, "channel", 0), run.layer_channels(layer)
+                if channel not in numbers:
+                    raise ApiError(404, f"{layer} has no stored channel {channel}; stored: {compact_ranges(numbers)}")
+                stored = numbers.index(channel)
+            key = ("distribution", rid, run.created_unix, run.num_frames, layer, lo, hi, stored)
             cached = self._views.get(key)
             if cached is None:
-                d = layer_distribution(run, layer, scale)
+                d = layer_distribution(run, layer, scale, stored=stored)
+                what = "every position and stored channel" if stored is None else f"every position of channel {d.channel}"
                 cached = json_reply({
-                    "layer": layer, "steps": d.steps.tolist(), "edges": d.edges.tolist(), "bins": len(d.edges) - 1,
+                    "layer": layer, "channel": d.channel, "steps": d.steps.tolist(), "edges": d.edges.tolist(),
+                    "bins": len(d.edges) - 1,
                     "counts": d.counts.ravel().tolist(), "per_step": d.per_step, "quantile_levels": list(QUANTILES),
                     "quantiles": [[_num(v) for v in row] for row in d.quantiles],
                     "beyond": (d.below + d.above).tolist(), "nonfinite": d.nonfinite.tolist(), "describe": d.describe(),
-                    "what": f"the {run.layer_shape(layer)[0]} probe images' activations (every position and stored "
-                            "channel), from the stored frames",
+                    "what": f"the {run.layer_shape(layer)[0]} probe images' activations ({what}), from the stored "
+                            "frames",
                 })
                 self._remember(key, cached)
         return cached

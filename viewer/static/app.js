@@ -524,7 +524,10 @@ class LayerViews {
     this.layers = layers;
     this.runs = runB ? [runA, runB] : [runA];
     const tags = runB ? [tagA, "B "] : [""];
-    this.dist = layers.map((name) => this.runs.map((_, k) => new DistributionPanel(name, tags[k])));
+    this.dist = layers.map((name, i) => this.runs.map((run, k) => new DistributionPanel(name, tags[k],
+      run.layers.find((l) => l.name === name).channels, (channel) => this.loadDistribution(i, k, channel))));
+    this.ids = [];
+    this.currentStep = () => null;
     const analysed = this.runs.every((r) => r.has_analysis);
     this.geo = analysed ? layers.map((name) => this.runs.map((_, k) => new GeometryPanel(name, tags[k]))) : [];
     this.legend = el("div");
@@ -553,15 +556,23 @@ class LayerViews {
     return [Math.min(...ends.map((e) => e[0])), Math.max(...ends.map((e) => e[1]))];
   }
 
+  // layer i's distribution in run k, of one channel (the model's number) or of the whole layer (null)
+  async loadDistribution(i, k, channel = null) {
+    const name = this.layers[i], shared = this.ids.length > 1;
+    const [lo, hi] = shared ? this.range(name) : [null, null];
+    const q = (shared ? `&lo=${lo}&hi=${hi}` : "") + (channel === null ? "" : `&channel=${channel}`);
+    const d = await getJSON(`/api/runs/${this.ids[k]}/distribution?layer=${encodeURIComponent(name)}${q}`);
+    this.dist[i][k].set(d);
+    this.dist[i][k].setStep(this.currentStep());
+    this.distNote.textContent = `Each column: the probe images' activations (every position; every stored channel, or the one chosen above a panel) at one recorded step, from the stored frames, binned over ${shared ? "one range shared by both runs" : "the layer's colour-scale range"} (the same bins at every step); colour: the share of the step's values in the bin, log scale from 0.01% (light) to 100% (dark); lines: the median (solid), 25/75% (dashed), 5/95% (dotted); red: the step shown.`;
+  }
+
   async load(ids, currentStep) {
-    const shared = ids.length > 1;
-    await Promise.all(this.layers.flatMap((name, i) => ids.map(async (id, k) => {
-      const [lo, hi] = shared ? this.range(name) : [null, null];
-      const q = shared ? `&lo=${lo}&hi=${hi}` : "";
-      const d = await getJSON(`/api/runs/${id}/distribution?layer=${encodeURIComponent(name)}${q}`);
-      this.dist[i][k].set(d);
-      this.dist[i][k].setStep(currentStep());
-      this.distNote.textContent = `Each column: ${d.what} at one recorded step, binned over ${shared ? "one range shared by both runs" : "the layer's colour-scale range"} (the same bins at every step); colour: the share of the step's values in the bin, log scale from 0.01% (light) to 100% (dark); lines: the median (solid), 25/75% (dashed), 5/95% (dotted); red: the step shown.`;
+    this.ids = ids;
+    this.currentStep = currentStep;
+    await Promise.all(this.layers.flatMap((_, i) => ids.map((_, k) => {
+      const select = this.dist[i][k].channel;
+      return this.loadDistribution(i, k, select && select.value !== "" ? Number(select.value) : null);
     })));
     this.stats.distributionsReady = true;
     if (!this.geo.length) return;

@@ -1,6 +1,7 @@
 // Two views of every layer over training, on the page's step cursor:
-// * DistributionPanel: the layer's histogram at every recorded step (x: step, y: value, colour: the share of the
-//   step's values in the bin, log), its 5/25/50/75/95% quantiles as lines, and the cursor's step;
+// * DistributionPanel: the layer's (or one chosen channel's) histogram at every recorded step (x: step, y: value,
+//   colour: the share of the step's values in the bin, log), its 5/25/50/75/95% quantiles as lines, and the
+//   cursor's step;
 // * GeometryPanel: the analysis images on the first two principal components at the analysed step at or before
 //   the cursor, coloured by class, with the share of variance explained and the between-class share.
 // Both are computed by the server from the run file (replay/distributions.py, replay/geometry.py).
@@ -52,7 +53,17 @@ class ViewPanel {
 }
 
 export class DistributionPanel extends ViewPanel {
-  constructor(name, tag = "") { super("distribution", name, tag, 420, 150); }
+  // `channels`: the model's numbers of the layer's stored channels; `choose(channel or null)` loads that
+  // channel's distribution (or the whole layer's) and hands it to set()
+  constructor(name, tag = "", channels = [], choose = null) {
+    super("distribution", name, tag, 420, 150);
+    if (channels.length > 1 && choose) {
+      this.channel = el("select", { class: "channel", "aria-label": `${tag}${name}: channel` },
+        el("option", { value: "", text: "all channels" }), ...channels.map((c) => el("option", { value: String(c), text: `channel ${c}` })));
+      this.channel.addEventListener("change", () => choose(this.channel.value === "" ? null : Number(this.channel.value)));
+      this.root.querySelector("h3").append(" ", this.channel);
+    }
+  }
 
   drawBase() {
     const d = this.data, c = document.createElement("canvas");
