@@ -2,7 +2,7 @@
 # Every GPU measurement in one call, from the project's root on the device machine (../shared/gpu/README.md):
 #   bash ../shared/gpu/prepare.sh            # here: data and wheels into .gpu/
 #   device run, carry [".gpu"]:  bash .gpu/run.sh bash benchmarks/gpu_run.sh
-# Results go to $OUT (or out/gpu): record_overhead.md, block1.md, checksum_cost.md, record_*.log, demo.log. Sections run in order
+# Results go to $OUT (or out/gpu): record_overhead.md, block1.md, checksum_cost.md, analysis_cost.md, record_*.log, demo.log. Sections run in order
 # of importance, each with its own time limit, so a slow one leaves the others' results.
 set -u
 out=${OUT:-out/gpu}; mkdir -p "$out"
@@ -14,6 +14,12 @@ timeout 240 python3 benchmarks/record_overhead.py --trials 3 --torch \
 section "emergence record keras_fashion (4,685 steps), the full loop"
 timeout 90 python3 -m emergence record keras_fashion --out /tmp/runs --no-progress --overwrite > "$out/record_keras_fashion.log" 2>&1
 tail -4 "$out/record_keras_fashion.log"
+section "the same without periodic checkpoints, then without evaluations: what each costs the train phase"
+timeout 60 python3 -m emergence record keras_fashion --out /tmp/runs --no-progress --overwrite --set checkpoint_every=0 \
+  > "$out/record_keras_fashion_no_ckpt.log" 2>&1
+timeout 60 python3 -m emergence record keras_fashion --out /tmp/runs --no-progress --overwrite --set checkpoint_every=0 \
+  --set eval_every=0 > "$out/record_keras_fashion_no_ckpt_no_eval.log" 2>&1
+grep -h "^time:" "$out"/record_keras_fashion*.log
 section "README demo: record learn_to_see + replay, cold cache then warm"
 for pass in cold warm; do
   rm -f /tmp/runs/learn_to_see.h5; rm -rf /tmp/runs/learn_to_see.ckpt /tmp/runs/learn_to_see
@@ -30,4 +36,6 @@ timeout 150 python3 benchmarks/record_overhead.py --trials 3 --experiments learn
   --also block_steps=1 | tee "$out/block1.md"
 section "checksums: the encoder and the writer with and without them (16 host cores)"
 timeout 90 python3 benchmarks/checksum_cost.py --trials 3 --loop-steps 0 | tee "$out/checksum_cost.md"
+section "analysis statistics: by rows (the CPU backend's form) against one pass (this backend's)"
+timeout 60 python3 benchmarks/analysis_cost.py --calls 15 | tee "$out/analysis_cost.md"
 section "done"
