@@ -87,25 +87,45 @@ def layer_distribution(run: Run, layer: str, scale: Scale, positions: Sequence[i
                        bins: int = BINS, stored: int | None = None) -> Distribution:
     """The layer's distribution at the recorded `positions` (all if None), binned over its colour scale; with
     `stored` (a position among the layer's stored channels), that channel's alone."""
+    return _binned(run, layer, scale, positions, bins, [stored])[0]
+
+
+def channel_distributions(run: Run, layer: str, scale: Scale, positions: Sequence[int] | None = None,
+                          bins: int = BINS) -> list[Distribution]:
+    """One distribution per stored channel of the layer (each over its own range when the scale is per channel),
+    from one read of the frames."""
+    return _binned(run, layer, scale, positions, bins, list(range(run.layer_shape(layer)[-1])))
+
+
+def _binned(run: Run, layer: str, scale: Scale, positions: Sequence[int] | None, bins: int,
+            channels: list[int | None]) -> list[Distribution]:
+    """The distribution of the whole layer (None) or of each stored channel in `channels`, reading each block of
+    frames once."""
     shape = run.layer_shape(layer)
-    if stored is not None and not 0 <= stored < shape[-1]:
-        raise ValueError(f"{layer} stores {shape[-1]} channels (0 to {shape[-1] - 1}); there is no stored channel {stored}")
-    lo, hi = bin_range(scale, stored)
+    for stored in channels:
+        if stored is not None and not 0 <= stored < shape[-1]:
+            raise ValueError(f"{layer} stores {shape[-1]} channels (0 to {shape[-1] - 1}); "
+                             f"there is no stored channel {stored}")
+    ranges = [bin_range(scale, stored) for stored in channels]
     pos = np.arange(run.num_frames) if positions is None else np.asarray(positions, np.int64)
-    per_step = math.prod(shape) // (1 if stored is None else shape[-1])
     block = max(1, READ_BYTES // (math.prod(shape) * run.layer_dtype(layer).itemsize))
-    parts = []
+    parts: list[list[tuple[np.ndarray, ...]]] = [[] for _ in channels]
     for i in range(0, len(pos), block):
         frames = run.read_frames(layer, pos[i : i + block])
-        parts.append(histograms(frames if stored is None else frames[..., stored], lo, hi, bins))
-    if parts:
-        counts, q, below, above, bad = (np.concatenate(p) for p in zip(*parts))
-    else:
-        counts, q = np.zeros((0, bins), np.int64), np.zeros((0, len(QUANTILES)))
-        below = above = bad = np.zeros(0, np.int64)
-    channel = None if stored is None else run.layer_channels(layer)[stored]
-    return Distribution(layer, run.steps[pos], np.linspace(lo, hi, bins + 1), counts, q, below, above, bad, per_step,
-                        channel)
+        for part, stored, (lo, hi) in zip(parts, channels, ranges):
+            part.append(histograms(frames if stored is None else frames[..., stored], lo, hi, bins))
+    out = []
+    for part, stored, (lo, hi) in zip(parts, channels, ranges):
+        if part:
+            counts, q, below, above, bad = (np.concatenate(p) for p in zip(*part))
+        else:
+            counts, q = np.zeros((0, bins), np.int64), np.zeros((0, len(QUANTILES)))
+            below = above = bad = np.zeros(0, np.int64)
+        per_step = math.prod(shape) // (1 if stored is None else shape[-1])
+        channel = None if stored is None else run.layer_channels(layer)[stored]
+        out.append(Distribution(layer, run.steps[pos], np.linspace(lo, hi, bins + 1), counts, q, below, above, bad,
+                                per_step, channel))
+    return out
 
 
 def write_distributions(run: Run, dists: Sequence[Distribution], path: Path) -> Path:

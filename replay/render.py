@@ -26,7 +26,7 @@ import numpy as np
 
 from replay.animate import Animation, Frames, KernelFrames, LayerFrames, layer_scale, write_animation
 from replay.curves import write_curves
-from replay.distributions import layer_distribution, write_distributions
+from replay.distributions import channel_distributions, layer_distribution, write_distributions
 from replay.geometry import layer_geometry, write_geometry_gif
 from replay.gif import BROWSER_MAX_FPS, frame_duration_ms
 from replay.grid import GridStyle
@@ -190,9 +190,8 @@ def replay(path: str | Path, out: str | Path, options: ReplayOptions = ReplayOpt
                                  "position and stored channel) at each selected step: the share of values per bin "
                                  "(log colour; the layer's colour-scale range, the same bins at every step) and the "
                                  "5/25/50/75/95% quantiles. Computed from the stored frames.", display_zoom=1))
-        for layer in (options.channel_distributions or ()):
-            fixed = _fixed(run, layer, layer_frames[layer].scale)
-            dists = [layer_distribution(run, layer, fixed, positions, stored=k) for k in range(run.layer_shape(layer)[-1])]
+        for layer in options.channel_distributions:
+            dists = channel_distributions(run, layer, _fixed(run, layer, layer_frames[layer].scale), positions)
             name = f"distributions_{layer}.png"
             report.pictures.append(write_distributions(run, dists, out / name))
             entries.append(Entry("Distributions", name, name,

@@ -7,7 +7,7 @@ from PIL import Image
 from conftest import write_run
 from replay import font
 from replay.animate import LayerFrames
-from replay.distributions import QUANTILES, layer_distribution
+from replay.distributions import QUANTILES, channel_distributions, layer_distribution
 from replay.geometry import align, class_variance_share, embed, geometry_frames, layer_geometry
 from replay.palette import INK
 from replay.render import ReplayOptions, replay
@@ -50,6 +50,13 @@ def test_a_channels_distribution_is_the_histogram_of_that_channel_over_its_own_s
         whole = layer_distribution(run, "conv1", per_channel, bins=8)
         with pytest.raises(ValueError, match="stores 3 channels"):
             layer_distribution(run, "conv1", per_channel, stored=3)
+        reads = []
+        read_frames = run.read_frames
+        run.read_frames = lambda *a: reads.append(a) or read_frames(*a)
+        each = channel_distributions(run, "conv1", per_channel, bins=8)
+    assert len(reads) == 1  # every channel binned from one read of the frames
+    assert [e.channel for e in each] == [0, 1, 2] and [e.edges[-1] for e in each] == [1, 4, 16]
+    assert each[1].counts.tolist() == d.counts.tolist() and np.array_equal(each[1].quantiles, d.quantiles)
     assert d.channel == 1 and d.per_step == 3 * 4 * 4 and d.edges[0] == -4 and d.edges[-1] == 4
     assert whole.channel is None and whole.edges[0] == -16 and whole.per_step == 3 * 4 * 4 * 3  # the widest channel's
     for t in range(4):
