@@ -41,6 +41,7 @@ from recorder.own_loop import (LiveAnalysis, OwnLoopError, auto_analysis, canoni
                                 measure_split)
 from recorder.schedule import recorded_steps
 from recorder.weights import flat_weights, weight_specs
+from runfile.async_writer import WRITER_SWITCH_INTERVAL
 from runfile.schema import UNKNOWN_INDEX
 from runfile.writer import (AnalysisLayout, DiscardingWriter, H5RunWriter, LayerSpec, RunLayout,
                              default_encode_threads)
@@ -138,7 +139,8 @@ class Recorder:
                  versions: Mapping[str, str] | None = None, writer: str = WRITER, max_pending: int = 8,
                  writer_nice: int = 19, resume_after: int | None = None, weights: Any = None,
                  initialised_from: str = "", write_file: bool = True,
-                 frames_per_transfer: int = FRAMES_PER_TRANSFER):
+                 frames_per_transfer: int = FRAMES_PER_TRANSFER,
+                 switch_interval: float | None = WRITER_SWITCH_INTERVAL):
         path = Path(path)
         if not write_file:  # a process other than 0 of a multi-process run: same loop, no file
             overwrite, resume_after = True, None
@@ -218,7 +220,7 @@ class Recorder:
                                  encode_threads=default_encode_threads(jax.default_backend() != "cpu"))
             except ValueError as e:
                 raise RecorderError(str(e)) from None
-        self._writer = DeviceWriter(h5, max_pending=max_pending, nice=writer_nice)
+        self._writer = DeviceWriter(h5, max_pending=max_pending, nice=writer_nice, switch_interval=switch_interval)
         self._frames = FrameBatcher(self._writer.write_frame, self._writer.write_frames, size=frames_per_transfer)
         self._metrics = MetricsBatcher(self._send_metrics, self._writer.write_block,
                                        size=4 * frames_per_transfer if frames_per_transfer > 1 else 1)

@@ -9,9 +9,12 @@ byte as the high byte of a word, the result `sum2 << 16 | sum1` stored little-en
 
 Two implementations give the same number:
 - HDF5's own: `H5_checksum_fletcher32`, the function its filter calls, exported by the libhdf5 that h5py has
-  loaded, called through ctypes (which releases the GIL: the writer's encoding threads checksum chunks in
-  parallel while the training thread runs). It is checked against the closed form below on a fixed sample
-  when first used; `native()` says whether it is in use.
+  loaded, called through ctypes. It is checked against the closed form below on a fixed sample when first
+  used; `native()` says whether it is in use. It is called through `ctypes.PyDLL`, which keeps the GIL: a
+  call that lets the GIL go must take it back afterwards, and while another thread runs Python (a data
+  loader, a loop of one's own dispatching steps) that wait lasts up to the interpreter's switch interval, 5 ms
+  by default, against 0.25 ms for the checksum of a 0.9 MB frame (benchmarks/block_writer.py). A checksum
+  that keeps the GIL makes Python threads wait at most that long.
 - A closed form in numpy (`fletcher32_numpy`), used where that library or its symbol cannot be found (about 3x
   slower). Folding keeps each sum's value modulo 65535 and, from a positive value, never reaches 0; so with
   N words (a lone last byte b counts as a word b << 8), S = Σ w_k and T = Σ (N − k) w_k, both sums are 0 when
@@ -77,12 +80,28 @@ def fletcher32_numpy(data: Buffer) -> int:
 
 
 def with_checksum(chunk: Buffer) -> np.ndarray:
-    """`chunk`'s bytes followed by their Fletcher-32 checksum, as HDF5's filter stores a chunk (uint8; one copy)."""
+    """`chunk`'s bytes followed by their Fletcher-32 checksum, as HDF5's filter stores a chunk (uint8; one copy,
+    made without letting the GIL go: see the module doc)."""
     raw = _bytes_of(chunk)
     out = np.empty(raw.size + 4, np.uint8)
-    out[:raw.size] = raw
+    copy = _memmove()
+    if copy is None:
+        out[:raw.size] = raw
+    elif raw.size:
+        copy(out.ctypes.data, raw.ctypes.data, raw.size)
     out[raw.size:] = np.frombuffer(fletcher32(raw).to_bytes(4, "little"), np.uint8)
     return out
+
+
+@functools.cache
+def _memmove() -> Callable[[int, int, int], Any] | None:
+    """The C library's memmove, called keeping the GIL (numpy lets it go for a large copy), or None."""
+    try:
+        function: Any = ctypes.PyDLL(None).memmove
+    except (OSError, AttributeError):
+        return None
+    function.restype, function.argtypes = ctypes.c_void_p, (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+    return function
 
 
 NATIVE_SYMBOL = "H5_checksum_fletcher32"
@@ -105,12 +124,12 @@ def _loaded_hdf5() -> list[str]:
 
 @functools.cache
 def _native() -> Callable[[int, int], int] | None:
-    """HDF5's own Fletcher-32 (the function its filter calls) from the loaded libhdf5, or None where it cannot
-    be found or does not agree with the closed form on a fixed sample."""
+    """HDF5's own Fletcher-32 (the function its filter calls) from the loaded libhdf5, called keeping the GIL, or
+    None where it cannot be found or does not agree with the closed form on a fixed sample."""
     sample = np.random.default_rng(7).integers(0, 256, 4099, dtype=np.uint8)
     for path in _loaded_hdf5():
         try:
-            function: Any = getattr(ctypes.CDLL(path), NATIVE_SYMBOL)
+            function: Any = getattr(ctypes.PyDLL(path), NATIVE_SYMBOL)
         except (OSError, AttributeError):
             continue
         function.restype, function.argtypes = ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_size_t)

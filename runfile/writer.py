@@ -50,6 +50,7 @@ import numpy as np
 from isal import isal_zlib
 
 from runfile.checksum import with_checksum
+from runfile.chunks import write_chunk
 from runfile.schema import (AFTER_NONLINEARITY, COMPRESSIONS, LIBVER, MAX_SCALARS, MESSAGE_BYTES, SCALAR_NAME_BYTES,
                             SCHEMA, SCHEMA_VERSION, STATUS_BYTES, STATUSES)
 STAGE_BYTES = 32 << 20  # frames staged beyond this many bytes are written before the next flush
@@ -176,6 +177,21 @@ _SHUFFLE, _DEFLATE, _FLETCHER32 = h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLA
 _ENCODERS = {(): _raw, (_SHUFFLE, _DEFLATE): _shuffle_deflate,
              (_FLETCHER32,): _raw_checked, (_SHUFFLE, _DEFLATE, _FLETCHER32): _shuffle_deflate_checked}
 CHECKED = {"fletcher32": True, "chunks": True}  # the datasets written once: checksummed chunks too
+_DEFLATING = (_shuffle_deflate, _shuffle_deflate_checked)  # the encoders worth a thread
+TASK_BYTES = 4 << 20  # rows encoded by one task of the encoding threads
+
+
+def _tasks(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """The rows of `parts` (arrays of rows) in groups of about `TASK_BYTES`, in order."""
+    out = []
+    for part in parts:
+        per = max(1, TASK_BYTES // max(1, part[0].nbytes)) if len(part) else 1
+        out.extend(part[i:i + per] for i in range(0, len(part), per))
+    return out
+
+
+def _encode_rows(encode: Any, rows: np.ndarray) -> list[Any]:
+    return [encode(row) for row in rows]
 
 
 def _encoder(ds: h5py.Dataset) -> Any:
@@ -215,7 +231,7 @@ class _Column:
             zeros = (0,) * len(self.row)
             chunks = (self.encode(row) for p in parts for row in p) if chunks is None else chunks
             for i, chunk in enumerate(chunks):
-                self.ds.id.write_direct_chunk((self.n + i, *zeros), chunk)
+                write_chunk(self.ds, (self.n + i, *zeros), chunk)
         else:
             self.ds[self.n:] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         self.n += k
@@ -572,18 +588,20 @@ class H5RunWriter:
             raise
 
     def _write_frames(self) -> None:
-        """Writes the staged activation and Gram rows, one extent change per dataset; with more than one
-        encoding thread, every chunk of the batch is encoded at once first."""
+        """Writes the staged activation and Gram rows, one extent change per dataset. With more than one
+        encoding thread, the deflated chunks of the batch are encoded at once first, in tasks of about
+        `TASK_BYTES` of rows (two GIL hand-overs a task, where a task a chunk made two a chunk: see
+        runfile/chunks.py); uncompressed chunks are checksummed here, keeping the GIL."""
         batch = [(column, rows) for column in self._frame_columns if (rows := column.take()) is not None]
         pool = None
         if self._encode_threads > 1 and sum(len(part) for _, rows in batch for part in rows) > 1:
             if self._pool is None:  # its threads inherit the writing thread's low priority
                 self._pool = ThreadPoolExecutor(self._encode_threads, thread_name_prefix="emergence-encode")
             pool = self._pool
-        jobs = [(column, rows, [pool.submit(column.encode, row) for part in rows for row in part]
-                 if pool and column.encode not in (None, _raw) else None) for column, rows in batch]  # raw: no work
+        jobs = [(column, rows, [pool.submit(_encode_rows, column.encode, task) for task in _tasks(rows)]
+                 if pool and column.encode in _DEFLATING else None) for column, rows in batch]
         for column, rows, futures in jobs:  # each column encodes its own rows where no thread did
-            column.append(rows, None if futures is None else (future.result() for future in futures))
+            column.append(rows, None if futures is None else (chunk for f in futures for chunk in f.result()))
 
     def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None) -> None:
         """Appends the training metrics of one step, or of several (equal-length arrays); written at the next

@@ -1,0 +1,159 @@
+"""The writer at an accelerator's pace: how many recorded steps a second the host side of recording can take.
+
+    .venv/bin/python benchmarks/block_writer.py [--experiment vgg_bn] [--block 38] [--blocks 12] [--trials 3]
+        [--compression none,gzip] [--busy 0,1]
+
+On a GPU a block of K steps arrives every few tens of milliseconds, and everything after the device's
+transfer runs on the host: the writer thread unpacks the block, the encoding threads checksum (and compress)
+each chunk, HDF5 appends it. This script feeds the recorder exactly what the built-in loop hands it
+(`Recorder.write_block` with a `Block` of K steps whose frame buffers are real frames of the experiment,
+already on the host), as fast as the writer takes them, with no training; so its steps/s is the most a loop
+recording every step could reach, whatever the device. The frames are the experiment's own, recorded for a few
+steps first (their compressibility is the real one).
+
+`--busy 1` adds a thread that runs Python all the time, as a data loader in Python or NNX's per-call graph
+traversal does in a real loop. Every time a writer thread hands back the GIL for a copy, a checksum or an
+HDF5 call, it waits for that thread to let the GIL go: CPython forces a switch only every
+`sys.getswitchinterval()` (5 ms by default). `switch` is the interval the trial ran with: the default, and
+the interval a recording sets (runfile/async_writer.py, `WRITER_SWITCH_INTERVAL`).
+
+Trials alternate between the settings; medians. Columns: recorded steps/s the writer took, MB/s of frames,
+process CPU ms per recorded step (the busy thread's own excluded: its CPU is counted as it runs, so it is
+measured alone and subtracted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments import get_experiment
+from record_overhead import rotated
+from recorder.blocks import Block
+from recorder.loop import TrainingLoop
+from recorder.plan import make_plan
+try:
+    from runfile.async_writer import WRITER_SWITCH_INTERVAL
+    KNOWS_SWITCH = True
+except ImportError:  # code from before the writer held the switch interval (compare versions with PYTHONPATH)
+    WRITER_SWITCH_INTERVAL, KNOWS_SWITCH = 0.0005, False
+from writer_throughput import real_frames
+
+DEFAULT_SWITCH = 0.005  # CPython's default GIL switch interval
+
+
+def blocks_of(experiment: str, k: int, compression: str, folder: Path) -> tuple[object, list[np.ndarray], object]:
+    """The plan (K = k, every step recorded, no analysis) and one block's frame buffers per dtype, [k, E],
+    filled with the experiment's real frames."""
+    config = dataclasses.replace(get_experiment(experiment), schedule="every", snapshots=0, eval_every=0,
+                                 analysis_probes=0, block_steps=k, compression=compression, steps=100_000)
+    plan = make_plan(config)
+    frames, _ = real_frames(experiment, folder)
+    rec = plan.recorder(folder / "layout.h5", overwrite=True)
+    blocks = TrainingLoop(plan, rec, evaluate=False).blocks
+    rec.close()
+    buffers: dict[str, list[np.ndarray]] = {}
+    for i in range(k):
+        frame = frames[i % len(frames)]
+        row: dict[str, list[np.ndarray]] = {}
+        for key, shape, dtype in blocks.frame_layout:
+            row.setdefault(dtype, []).append(np.asarray(frame[key], dtype).reshape(-1))
+        for dtype, parts in row.items():
+            buffers.setdefault(dtype, []).append(np.concatenate(parts))
+    return plan, {d: np.stack(rows) for d, rows in buffers.items()}, blocks
+
+
+def _spin(stop: threading.Event) -> None:
+    x = 0
+    while not stop.is_set():
+        x += 1
+
+
+def trial(plan, buffers, blocks, count: int, path: Path, busy: bool, switch: float) -> tuple[float, float, float]:
+    """(steps/s, MB/s, process CPU seconds per step) of `count` blocks written through a fresh recorder."""
+    k = next(iter(buffers.values())).shape[0]
+    names = blocks.metric_names
+    metrics = np.ones((k, len(names)), np.float32)
+    nbytes = sum(b.nbytes for b in buffers.values())
+    stop = threading.Event()
+    spinner = threading.Thread(target=_spin, args=(stop,), daemon=True)
+    sys.setswitchinterval(switch)  # set here for every trial, the recorder told to leave it (older code cannot)
+    rec = plan.recorder(path, overwrite=True, **({"switch_interval": None} if KNOWS_SWITCH else {}))
+    rec.write_block(Block((1,), metrics[:1], names, (1,), {d: b[:1] for d, b in buffers.items()}, blocks.frame_layout))
+    rec.wait()  # the file's first frame and the writer's threads started
+    if busy:
+        spinner.start()
+    t, c = time.perf_counter(), time.process_time()
+    step = 2
+    for _ in range(count):
+        steps = tuple(range(step, step + k))
+        rec.write_block(Block(steps, metrics, names, steps, buffers, blocks.frame_layout))
+        step += k
+    rec.close()
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    stop.set()
+    if busy:
+        spinner.join()
+    sys.setswitchinterval(DEFAULT_SWITCH)
+    path.unlink()
+    return count * k / wall, count * nbytes / 1e6 / wall, cpu / (count * k)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--experiment", default="vgg_bn")
+    parser.add_argument("--block", type=int, default=38, help="K, steps a block (vgg_bn's on an H200: 38)")
+    parser.add_argument("--blocks", type=int, default=12, help="blocks a trial")
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--compression", default="none,gzip")
+    parser.add_argument("--busy", default="0,1", help="0: nothing else runs Python; 1: a thread runs Python")
+    parser.add_argument("--switch", default=f"5,{WRITER_SWITCH_INTERVAL * 1e3:g}",
+                        help="GIL switch intervals (ms) the busy trials run with")
+    args = parser.parse_args()
+    import os
+
+    print(f"{args.experiment}, K = {args.block}, {args.blocks} blocks a trial, {os.cpu_count()} CPUs, "
+          f"{args.trials} alternating trials, medians")
+    print()
+    print("| compression | another thread running Python | GIL switch interval | recorded steps/s | MB/s | "
+          "CPU ms per step |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for compression in args.compression.split(","):
+            plan, buffers, blocks = blocks_of(args.experiment, args.block, compression, folder)
+            spin_cpu = 0.0
+            intervals = [float(ms) / 1e3 for ms in args.switch.split(",")]
+            settings = [(bool(int(b)), s) for b in args.busy.split(",") for s in (intervals if int(b) else [DEFAULT_SWITCH])]
+            results: dict = {s: [] for s in settings}
+            for n in range(args.trials):
+                for setting in rotated(settings, n):
+                    results[setting].append(trial(plan, buffers, blocks, args.blocks, folder / "bench.h5", *setting))
+            if any(busy for busy, _ in settings):  # the spinner's own CPU per second, measured alone
+                stop = threading.Event()
+                spinner = threading.Thread(target=_spin, args=(stop,))
+                c, t = time.process_time(), time.perf_counter()
+                spinner.start()
+                time.sleep(1.0)
+                stop.set()
+                spinner.join()
+                spin_cpu = (time.process_time() - c) / (time.perf_counter() - t)
+            for (busy, switch), rows in results.items():
+                rate, mbs, cpu = (statistics.median(v) for v in zip(*rows))
+                cpu -= spin_cpu / rate if busy else 0.0
+                print(f"| {compression} | {'yes' if busy else 'no'} | {switch * 1e3:g} ms | {rate:,.0f} | {mbs:,.0f} | "
+                      f"{cpu * 1e3:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    sys.setswitchinterval(DEFAULT_SWITCH)
+    main()

@@ -1,0 +1,62 @@
+"""Writing one whole chunk, already encoded, into a dataset: HDF5's `H5Dwrite_chunk`, keeping the GIL.
+
+h5py's `DatasetID.write_direct_chunk` lets the GIL go around the HDF5 call. Taking it back waits for any other
+thread that is running Python to reach the interpreter's switch interval (5 ms by default), against about
+0.2 ms for the write of a 0.9 MB chunk: with a data loader or a dispatching loop busy beside it, a writer of
+eight chunks a frame fell from 1,448 recorded steps a second to 12 (benchmarks/block_writer.py). So the
+writer calls the same HDF5 function of the libhdf5 h5py loaded through `ctypes.PyDLL`, which keeps the GIL,
+holding h5py's own lock (`phil`) as h5py does around every HDF5 call, so no other h5py call runs inside HDF5
+meanwhile.
+
+Where that function cannot be found, or a call fails, the chunk goes through h5py's `write_direct_chunk`
+(a failure then raises h5py's own error, with HDF5's message).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Any, Callable, Sequence
+
+import h5py
+import numpy as np
+from h5py._objects import phil
+
+from runfile.checksum import _loaded_hdf5
+
+H5P_DEFAULT = 0
+
+
+def write_chunk(ds: h5py.Dataset, offset: Sequence[int], chunk: bytes | np.ndarray) -> None:
+    """Stores `chunk` (the chunk's bytes as its filters would store them) as the chunk of `ds` at `offset`."""
+    native = _native()
+    if native is not None:
+        data = chunk if isinstance(chunk, np.ndarray) else np.frombuffer(chunk, np.uint8)
+        if data.flags.c_contiguous:
+            where = (ctypes.c_uint64 * len(offset))(*offset)
+            with phil:
+                if native(ds.id.id, H5P_DEFAULT, 0, where, data.nbytes, data.ctypes.data) >= 0:
+                    return
+    ds.id.write_direct_chunk(tuple(offset), chunk)
+
+
+@functools.cache
+def _native() -> Callable[..., int] | None:
+    """`H5Dwrite_chunk` of the libhdf5 h5py loaded, called keeping the GIL, or None."""
+    if h5py.version.hdf5_version_tuple < (1, 10, 3):  # where H5Dwrite_chunk appeared (hid_t 64-bit since 1.10)
+        return None
+    for path in _loaded_hdf5():
+        try:
+            function: Any = ctypes.PyDLL(path).H5Dwrite_chunk
+        except (OSError, AttributeError):
+            continue
+        function.restype = ctypes.c_int  # herr_t
+        function.argtypes = (ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t,
+                             ctypes.c_void_p)
+        return function
+    return None
+
+
+def native() -> bool:
+    """Whether `write_chunk` calls HDF5 keeping the GIL (else through h5py)."""
+    return _native() is not None

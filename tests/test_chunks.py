@@ -1,0 +1,65 @@
+"""runfile/chunks.py (HDF5's H5Dwrite_chunk keeping the GIL) and the switch interval a writer holds."""
+
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+import runfile.chunks as chunks
+from runfile.async_writer import SWITCH_INTERVAL, AsyncRunWriter
+from runfile.checksum import with_checksum
+from runfile.writer import DiscardingWriter
+
+
+def _rows(n=5):
+    return (np.arange(n * 6 * 7, dtype=np.float32).reshape(n, 6, 7) / 3).astype(np.float16)
+
+
+def _write(path, rows, through_h5py):
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("x", shape=rows.shape, chunks=(1, *rows.shape[1:]), dtype=rows.dtype, fletcher32=True)
+        for i, row in enumerate(rows):
+            chunk = with_checksum(row)
+            if through_h5py:
+                ds.id.write_direct_chunk((i, 0, 0), chunk.tobytes())
+            else:
+                chunks.write_chunk(ds, (i, 0, 0), chunk)
+
+
+def test_a_chunk_written_keeping_the_gil_is_the_chunk_h5py_writes_and_reads_back_checked(tmp_path):
+    assert chunks.native()  # h5py's libhdf5 exports H5Dwrite_chunk (Linux wheels, this machine)
+    rows = _rows()
+    _write(tmp_path / "mine.h5", rows, through_h5py=False)
+    _write(tmp_path / "h5py.h5", rows, through_h5py=True)
+    with h5py.File(tmp_path / "mine.h5") as mine, h5py.File(tmp_path / "h5py.h5") as theirs:
+        assert np.array_equal(mine["x"][...], rows)  # HDF5's filter verified every chunk's Fletcher-32 on read
+        for i in range(len(rows)):
+            assert mine["x"].id.read_direct_chunk((i, 0, 0)) == theirs["x"].id.read_direct_chunk((i, 0, 0))
+
+
+def test_a_failed_chunk_write_raises_hdf5s_own_message_and_a_missing_library_falls_back_to_h5py(tmp_path, monkeypatch):
+    rows = _rows(2)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        ds = f.create_dataset("x", shape=rows.shape, chunks=(1, *rows.shape[1:]), dtype=rows.dtype, fletcher32=True)
+        with pytest.raises(OSError, match="offset exceeds dimensions"):
+            chunks.write_chunk(ds, (9, 0, 0), with_checksum(rows[0]))
+        monkeypatch.setattr(chunks, "_native", lambda: None)
+        chunks.write_chunk(ds, (1, 0, 0), with_checksum(rows[1]).tobytes())  # through h5py
+        assert np.array_equal(ds[1], rows[1])
+
+
+def test_an_open_writer_holds_the_switch_interval_low_and_the_last_to_close_puts_it_back(tmp_path):
+    before = sys.getswitchinterval()
+    first = AsyncRunWriter(DiscardingWriter(tmp_path / "a.h5"), switch_interval=0.0005)
+    assert sys.getswitchinterval() == pytest.approx(0.0005)
+    second = AsyncRunWriter(DiscardingWriter(tmp_path / "b.h5"), switch_interval=0.001)  # not raised by a second
+    assert sys.getswitchinterval() == pytest.approx(0.0005)
+    first.close()
+    assert sys.getswitchinterval() == pytest.approx(0.0005)
+    second.close()
+    assert sys.getswitchinterval() == before
+    untouched = AsyncRunWriter(DiscardingWriter(tmp_path / "c.h5"), switch_interval=None)
+    assert sys.getswitchinterval() == before
+    untouched.close()
+    assert SWITCH_INTERVAL._holders == 0
