@@ -18,15 +18,14 @@ HDF5 call, it waits for that thread to let the GIL go: CPython forces a switch o
 the interval a recording sets (runfile/async_writer.py, `WRITER_SWITCH_INTERVAL`).
 
 Trials alternate between the settings; medians. Columns: recorded steps/s the writer took, MB/s of frames,
-process CPU ms per recorded step (the busy thread's own excluded: its CPU is counted as it runs, so it is
-measured alone and subtracted).
+process CPU ms per recorded step (the busy thread's own CPU time left out), and how fast the busy thread ran
+meanwhile, as a share of its pace with nothing else running: what the writer took from a Python-bound loop.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import statistics
 import sys
 import tempfile
@@ -51,7 +50,7 @@ from writer_throughput import real_frames
 DEFAULT_SWITCH = 0.005  # CPython's default GIL switch interval
 
 
-def blocks_of(experiment: str, k: int, compression: str, folder: Path) -> tuple[object, list[np.ndarray], object]:
+def blocks_of(experiment: str, k: int, compression: str, folder: Path) -> tuple[object, dict[str, np.ndarray], object]:
     """The plan (K = k, every step recorded, no analysis) and one block's frame buffers per dtype, [k, E],
     filled with the experiment's real frames."""
     config = dataclasses.replace(get_experiment(experiment), schedule="every", snapshots=0, eval_every=0,
@@ -72,20 +71,36 @@ def blocks_of(experiment: str, k: int, compression: str, folder: Path) -> tuple[
     return plan, {d: np.stack(rows) for d, rows in buffers.items()}, blocks
 
 
-def _spin(stop: threading.Event) -> None:
+def _spin(stop: threading.Event, used: list[float]) -> None:
+    """Runs Python until `stop`; appends the CPU seconds this thread used and its loops a second."""
+    t, w = time.thread_time(), time.perf_counter()
     x = 0
     while not stop.is_set():
         x += 1
+    used.extend((time.thread_time() - t, x / (time.perf_counter() - w)))
 
 
-def trial(plan, buffers, blocks, count: int, path: Path, busy: bool, switch: float) -> tuple[float, float, float]:
-    """(steps/s, MB/s, process CPU seconds per step) of `count` blocks written through a fresh recorder."""
+def spin_rate(seconds: float = 1.0) -> float:
+    """Loops a second of `_spin` with nothing else running."""
+    stop, used = threading.Event(), []
+    spinner = threading.Thread(target=_spin, args=(stop, used))
+    spinner.start()
+    time.sleep(seconds)
+    stop.set()
+    spinner.join()
+    return used[1]
+
+
+def trial(plan, buffers, blocks, count: int, path: Path, busy: bool, switch: float) -> tuple[float, ...]:
+    """(steps/s, MB/s, process CPU seconds per step, the busy thread's loops a second or NaN) of `count` blocks
+    written through a fresh recorder."""
     k = next(iter(buffers.values())).shape[0]
     names = blocks.metric_names
     metrics = np.ones((k, len(names)), np.float32)
     nbytes = sum(b.nbytes for b in buffers.values())
     stop = threading.Event()
-    spinner = threading.Thread(target=_spin, args=(stop,), daemon=True)
+    spun: list[float] = []
+    spinner = threading.Thread(target=_spin, args=(stop, spun), daemon=True)
     sys.setswitchinterval(switch)  # set here for every trial, the recorder told to leave it (older code cannot)
     rec = plan.recorder(path, overwrite=True, **({"switch_interval": None} if KNOWS_SWITCH else {}))
     rec.write_block(Block((1,), metrics[:1], names, (1,), {d: b[:1] for d, b in buffers.items()}, blocks.frame_layout))
@@ -99,13 +114,13 @@ def trial(plan, buffers, blocks, count: int, path: Path, busy: bool, switch: flo
         rec.write_block(Block(steps, metrics, names, steps, buffers, blocks.frame_layout))
         step += k
     rec.close()
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
     stop.set()
     if busy:
         spinner.join()
+    wall, cpu = time.perf_counter() - t, time.process_time() - c - (spun[0] if spun else 0.0)
     sys.setswitchinterval(DEFAULT_SWITCH)
     path.unlink()
-    return count * k / wall, count * nbytes / 1e6 / wall, cpu / (count * k)
+    return count * k / wall, count * nbytes / 1e6 / wall, cpu / (count * k), spun[1] if spun else float("nan")
 
 
 def main() -> None:
@@ -125,33 +140,24 @@ def main() -> None:
           f"{args.trials} alternating trials, medians")
     print()
     print("| compression | another thread running Python | GIL switch interval | recorded steps/s | MB/s | "
-          "CPU ms per step |")
-    print("|---|---|---|---|---|---|")
+          "CPU ms per step | the Python thread's pace (of its pace alone) |")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for compression in args.compression.split(","):
             plan, buffers, blocks = blocks_of(args.experiment, args.block, compression, folder)
-            spin_cpu = 0.0
             intervals = [float(ms) / 1e3 for ms in args.switch.split(",")]
             settings = [(bool(int(b)), s) for b in args.busy.split(",") for s in (intervals if int(b) else [DEFAULT_SWITCH])]
             results: dict = {s: [] for s in settings}
             for n in range(args.trials):
                 for setting in rotated(settings, n):
                     results[setting].append(trial(plan, buffers, blocks, args.blocks, folder / "bench.h5", *setting))
-            if any(busy for busy, _ in settings):  # the spinner's own CPU per second, measured alone
-                stop = threading.Event()
-                spinner = threading.Thread(target=_spin, args=(stop,))
-                c, t = time.process_time(), time.perf_counter()
-                spinner.start()
-                time.sleep(1.0)
-                stop.set()
-                spinner.join()
-                spin_cpu = (time.process_time() - c) / (time.perf_counter() - t)
+            alone = statistics.median(spin_rate() for _ in range(3))  # the busy thread on its own, measured now
             for (busy, switch), rows in results.items():
-                rate, mbs, cpu = (statistics.median(v) for v in zip(*rows))
-                cpu -= spin_cpu / rate if busy else 0.0
+                rate, mbs, cpu, spun = (statistics.median(v) for v in zip(*rows))
+                pace = f"{spun / alone:.2f}" if busy else "–"
                 print(f"| {compression} | {'yes' if busy else 'no'} | {switch * 1e3:g} ms | {rate:,.0f} | {mbs:,.0f} | "
-                      f"{cpu * 1e3:.2f} |", flush=True)
+                      f"{cpu * 1e3:.2f} | {pace} |", flush=True)
 
 
 if __name__ == "__main__":
