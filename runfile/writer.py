@@ -13,13 +13,17 @@ Cost per frame matters (it runs beside training on the same cores), so:
   in the format its filter pipeline stores (for `gzip`: byte shuffle, then a zlib stream; unfiltered:
   the raw bytes), so every HDF5 reader decodes them as usual, and written with H5Dwrite_chunk,
   bypassing HDF5's filter pipeline (`_encoder` reads the pipeline from the dataset itself). The deflate encoder is ISA-L's
-  (`isal`) at level 1: 4× faster than zlib's level 1 on activations, for a 2% larger file; it runs
-  without holding Python's GIL, so the training loop keeps dispatching meanwhile;
+  at level 1 (runfile/deflate.py): 4× faster than zlib's level 1 on activations, for a 2% larger file; it
+  runs without holding Python's GIL, so the training loop keeps dispatching meanwhile;
+- a thread that runs Python beside the writer makes every GIL hand-over cost up to a switch interval, so the
+  writer hands it over as few times as it can: a batch's rows are shuffled in one copy, each chunk is
+  deflated in one call (runfile/deflate.py), and the checksums, their copies and the chunk writes keep the
+  GIL (runfile/checksum.py, runfile/chunks.py);
 - every row is staged and written at `flush()`, which `AsyncRunWriter` calls at least once a second and
   `close()` calls last, or earlier for frames once `STAGE_BYTES` of them wait. So one HDF5 write (one
   extent change, one call per dataset or per chunk) takes every frame of that second: a fast loop's
   frames are batched, a slow loop's go one by one. The chunks of a batch are encoded on `encode_threads`
-  threads at once (ISA-L releases the GIL), by default a quarter of the CPUs, at most 4, one on a small
+  threads at once (ISA-L lets the GIL go), in tasks of about `TASK_BYTES` of rows, by default a quarter of the CPUs, at most 4, one on a small
   machine. Each group's `step` column is written after the rows it indexes, so its length always counts
   complete rows; a killed run loses at most the staged second.
 
@@ -47,8 +51,8 @@ from typing import Any, Iterator, Mapping, Protocol
 
 import h5py
 import numpy as np
-from isal import isal_zlib
 
+from runfile import deflate
 from runfile.checksum import with_checksum
 from runfile.chunks import write_chunk
 from runfile.schema import (AFTER_NONLINEARITY, COMPRESSIONS, LIBVER, MAX_SCALARS, MESSAGE_BYTES, SCALAR_NAME_BYTES,
@@ -152,10 +156,17 @@ class RunLayout:
     weights: tuple[WeightSpec, ...] = ()  # the model's weights (recorder/weights.py), stored at some steps
 
 
+def _shuffle(rows: np.ndarray) -> np.ndarray:
+    """HDF5's shuffle filter applied to each row of `rows` [n, ...] in one copy: [n, bytes] uint8 (byte 0 of
+    every element, then byte 1, ...)."""
+    n, item = len(rows), rows.dtype.itemsize
+    planes = np.ascontiguousarray(rows).reshape(n, -1).view(np.uint8).reshape(n, -1, item)
+    return np.ascontiguousarray(planes.transpose(0, 2, 1)).reshape(n, -1)
+
+
 def _shuffle_deflate(row: np.ndarray) -> bytes:
     """One chunk as HDF5's shuffle filter followed by its deflate filter store it (deflate level 1)."""
-    planes = np.ascontiguousarray(row).reshape(-1).view(np.uint8).reshape(-1, row.dtype.itemsize)
-    return isal_zlib.compress(planes.T.tobytes(), 1)
+    return deflate.compress(_shuffle(np.asarray(row)[None])[0])
 
 
 def _raw(row: np.ndarray) -> np.ndarray:
@@ -191,7 +202,11 @@ def _tasks(parts: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _encode_rows(encode: Any, rows: np.ndarray) -> list[Any]:
-    return [encode(row) for row in rows]
+    """The chunks `encode` makes of each row of `rows`; deflated rows are shuffled all at once first."""
+    if encode not in _DEFLATING:
+        return [encode(row) for row in rows]
+    chunks = [deflate.compress(row) for row in _shuffle(rows)]
+    return [with_checksum(c) for c in chunks] if encode is _shuffle_deflate_checked else chunks
 
 
 def _encoder(ds: h5py.Dataset) -> Any:
@@ -229,7 +244,7 @@ class _Column:
         self.ds.id.set_extent((self.n + k, *self.row))
         if self.encode is not None:  # row by row: the staged arrays are never concatenated
             zeros = (0,) * len(self.row)
-            chunks = (self.encode(row) for p in parts for row in p) if chunks is None else chunks
+            chunks = (c for p in parts for c in _encode_rows(self.encode, p)) if chunks is None else chunks
             for i, chunk in enumerate(chunks):
                 write_chunk(self.ds, (self.n + i, *zeros), chunk)
         else:

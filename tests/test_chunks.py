@@ -1,15 +1,18 @@
-"""runfile/chunks.py (HDF5's H5Dwrite_chunk keeping the GIL) and the switch interval a writer holds."""
+"""What keeps the writer's GIL hand-overs few: runfile/chunks.py (HDF5's H5Dwrite_chunk keeping the GIL),
+runfile/deflate.py (one ISA-L call a chunk) and the switch interval a writer holds."""
 
 import sys
+import zlib
 
 import h5py
 import numpy as np
 import pytest
 
 import runfile.chunks as chunks
+import runfile.deflate as deflate
 from runfile.async_writer import SWITCH_INTERVAL, AsyncRunWriter
 from runfile.checksum import with_checksum
-from runfile.writer import DiscardingWriter
+from runfile.writer import DiscardingWriter, _encode_rows, _shuffle_deflate_checked
 
 
 def _rows(n=5):
@@ -63,3 +66,27 @@ def test_an_open_writer_holds_the_switch_interval_low_and_the_last_to_close_puts
     assert sys.getswitchinterval() == before
     untouched.close()
     assert SWITCH_INTERVAL._holders == 0
+
+
+def test_one_isal_call_a_chunk_makes_a_zlib_stream_of_the_bytes_and_without_the_library_python_isal_does(monkeypatch):
+    assert deflate.native()  # python-isal's extension exports ISA-L's deflate (this machine's wheel)
+    rng = np.random.default_rng(0)
+    activations = np.maximum(rng.normal(size=(10, 28, 28, 16)), 0).astype(np.float16)
+    for data in (activations, rng.integers(0, 256, 100_003, dtype=np.uint8), np.zeros(0, np.uint8), b"abc" * 999):
+        raw = data if isinstance(data, bytes) else data.tobytes()
+        out = deflate.compress(data)
+        assert zlib.decompress(out) == raw and len(out) <= deflate.bound(len(raw))
+    assert len(deflate.compress(activations)) < 0.7 * activations.nbytes  # it does compress
+    monkeypatch.setattr(deflate, "_library", lambda: None)
+    assert zlib.decompress(deflate.compress(activations)) == activations.tobytes()
+
+
+def test_rows_deflated_as_a_batch_are_the_chunks_hdf5_reads_back(tmp_path):
+    rows = np.maximum(np.random.default_rng(1).normal(size=(6, 4, 5, 3)), 0).astype(np.float16)
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        ds = f.create_dataset("x", shape=rows.shape, chunks=(1, *rows.shape[1:]), dtype=rows.dtype, shuffle=True,
+                              compression="gzip", fletcher32=True)
+        for i, chunk in enumerate(_encode_rows(_shuffle_deflate_checked, rows)):
+            chunks.write_chunk(ds, (i, 0, 0, 0), chunk)
+        assert np.array_equal(ds[...], rows)  # HDF5's own unshuffle, inflate and Fletcher-32 check
+        assert ds.id.read_direct_chunk((2, 0, 0, 0))[1] == _shuffle_deflate_checked(rows[2]).tobytes()
