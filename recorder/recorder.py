@@ -13,8 +13,10 @@ The recorder owns the file, the background writer and the schedule. `should_reco
 chosen on the host without a sync. Nothing here touches a device value on the caller's thread: every
 device→host copy happens on the writer thread; frames that come fast are first packed on the device,
 `frames_per_transfer` at a time, into one buffer per dtype (recorder/batching.py; 1 sends each frame as it
-is). On exit the file is `completed`, `failed` (an exception,
-with its message) or `interrupted` (Ctrl-C), and everything written before stays readable.
+is). While it is open the interpreter's GIL switch interval is at most `switch_interval` (0.5 ms; None leaves
+it as it is), so a loop thread that runs Python all the time cannot starve the writer (runfile/async_writer.py).
+On exit the file is `completed`, `failed` (an exception, with its message) or `interrupted` (Ctrl-C), and
+everything written before stays readable.
 
 Users who do not want to touch their step call `rec.capture_and_write(step, model_or_params, probe_x)`:
 the recorder runs the capture as its own small jitted program (one more executable, one more dispatch and a

@@ -9,7 +9,7 @@ chunk, with an output buffer sized for the worst case: one hand-over.
 `isal_zstream`'s public fields, from ISA-L's igzip_lib.h (unchanged since 2.25): next_in, avail_in, total_in,
 next_out, avail_out, total_out, hufftables, level, level_buf_size, level_buf, end_of_stream, flush,
 gzip_flag, hist_bits, then the internal state, which `isal_deflate_init` fills. The stream is allocated
-larger than any ISA-L version's, zeroed. At first use a sample is compressed and checked with Python's zlib;
+larger than any ISA-L version's, once per thread. At first use a sample is compressed and checked with Python's zlib;
 where the library, a symbol or that check fails, `compress` is python-isal's.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 from isal import isal_zlib
 
 LEVEL = 1
-STREAM_BYTES = 1 << 20  # the stream and its internal state (about 100 kB in ISA-L 2.32), zeroed
+STREAM_BYTES = 1 << 20  # the stream and its internal state (about 100 kB in ISA-L 2.32)
 LEVEL_BUF_BYTES = 151_552  # level 1's hash tables and buffers: ISA-L's default for it (ISAL_DEF_LVL1_LARGE)
 IGZIP_ZLIB = 3  # gzip_flag: a zlib header and Adler-32 trailer, as HDF5's deflate filter writes
 COMP_OK = 0
@@ -63,8 +63,7 @@ class _Library:
     def compress(self, data: np.ndarray) -> bytes | None:
         """zlib stream of `data` (contiguous bytes), or None if ISA-L did not finish it in one call."""
         stream_buf, level_buf, out = self._buffers(bound(data.size))
-        ctypes.memset(stream_buf, 0, STREAM_BYTES)
-        self._init(stream_buf)
+        self._init(stream_buf)  # sets every field of the state a stream starts from (python-isal's stream is on its stack)
         s = _Stream.from_buffer(stream_buf)
         s.next_in, s.avail_in = data.ctypes.data, data.size
         s.next_out, s.avail_out = out.ctypes.data, out.size
