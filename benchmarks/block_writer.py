@@ -40,11 +40,17 @@ from record_overhead import rotated
 from recorder.blocks import Block
 from recorder.loop import TrainingLoop
 from recorder.plan import make_plan
+from runfile.writer import default_encode_threads
+
 try:
     from runfile.async_writer import WRITER_SWITCH_INTERVAL
     KNOWS_SWITCH = True
 except ImportError:  # code from before the writer held the switch interval (compare versions with PYTHONPATH)
     WRITER_SWITCH_INTERVAL, KNOWS_SWITCH = 0.0005, False
+try:
+    from runfile.encoders import available as AVAILABLE
+except ImportError:  # code from before the encoding processes
+    AVAILABLE = None
 from writer_throughput import real_frames
 
 DEFAULT_SWITCH = 0.005  # CPython's default GIL switch interval
@@ -91,9 +97,25 @@ def spin_rate(seconds: float = 1.0) -> float:
     return used[1]
 
 
-def trial(plan, buffers, blocks, count: int, path: Path, busy: bool, switch: float) -> tuple[float, ...]:
+def encoding(how: str) -> None:
+    """Makes the next recorders encode `how`: "auto" (what the recorder picks here), "threads:N" or
+    "processes:N" (N encoding threads, or N processes: runfile/encoders.py)."""
+    import recorder.recorder as recorder_module
+
+    kind, _, n = how.partition(":")
+    recorder_module.default_encode_threads = (lambda accelerated=False: int(n)) if n else default_encode_threads
+    if AVAILABLE is not None:
+        import runfile.encoders as encoders
+
+        encoders.available = (lambda: kind == "processes") if n else AVAILABLE
+    elif kind == "processes":
+        raise SystemExit("this code has no encoding processes")
+
+
+def trial(plan, buffers, blocks, count: int, path: Path, busy: bool, switch: float, how: str) -> tuple[float, ...]:
     """(steps/s, MB/s, process CPU seconds per step, the busy thread's loops a second or NaN) of `count` blocks
-    written through a fresh recorder."""
+    written through a fresh recorder encoding `how`."""
+    encoding(how)
     k = next(iter(buffers.values())).shape[0]
     names = blocks.metric_names
     metrics = np.ones((k, len(names)), np.float32)
@@ -133,31 +155,34 @@ def main() -> None:
     parser.add_argument("--busy", default="0,1", help="0: nothing else runs Python; 1: a thread runs Python")
     parser.add_argument("--switch", default=f"5,{WRITER_SWITCH_INTERVAL * 1e3:g}",
                         help="GIL switch intervals (ms) the busy trials run with")
+    parser.add_argument("--encode", default="auto", help="auto, threads:N, processes:N (comma-separated)")
     args = parser.parse_args()
     import os
 
     print(f"{args.experiment}, K = {args.block}, {args.blocks} blocks a trial, {os.cpu_count()} CPUs, "
-          f"{args.trials} alternating trials, medians")
+          f"{args.trials} alternating trials, medians; encoding 'auto' here: {default_encode_threads(False)} "
+          "thread(s) beside the CPU backend")
     print()
-    print("| compression | another thread running Python | GIL switch interval | recorded steps/s | MB/s | "
+    print("| compression | encoding | another thread running Python | GIL switch interval | recorded steps/s | MB/s | "
           "CPU ms per step | the Python thread's pace (of its pace alone) |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for compression in args.compression.split(","):
             plan, buffers, blocks = blocks_of(args.experiment, args.block, compression, folder)
             intervals = [float(ms) / 1e3 for ms in args.switch.split(",")]
-            settings = [(bool(int(b)), s) for b in args.busy.split(",") for s in (intervals if int(b) else [DEFAULT_SWITCH])]
+            settings = [(bool(int(b)), s, how) for how in args.encode.split(",") for b in args.busy.split(",")
+                        for s in (intervals if int(b) else [DEFAULT_SWITCH])]
             results: dict = {s: [] for s in settings}
             for n in range(args.trials):
                 for setting in rotated(settings, n):
                     results[setting].append(trial(plan, buffers, blocks, args.blocks, folder / "bench.h5", *setting))
             alone = statistics.median(spin_rate() for _ in range(3))  # the busy thread on its own, measured now
-            for (busy, switch), rows in results.items():
+            for (busy, switch, how), rows in results.items():
                 rate, mbs, cpu, spun = (statistics.median(v) for v in zip(*rows))
                 pace = f"{spun / alone:.2f}" if busy else "–"
-                print(f"| {compression} | {'yes' if busy else 'no'} | {switch * 1e3:g} ms | {rate:,.0f} | {mbs:,.0f} | "
-                      f"{cpu * 1e3:.2f} | {pace} |", flush=True)
+                print(f"| {compression} | {how} | {'yes' if busy else 'no'} | {switch * 1e3:g} ms | {rate:,.0f} | "
+                      f"{mbs:,.0f} | {cpu * 1e3:.2f} | {pace} |", flush=True)
 
 
 if __name__ == "__main__":

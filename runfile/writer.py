@@ -52,7 +52,7 @@ from typing import Any, Iterator, Mapping, Protocol
 import h5py
 import numpy as np
 
-from runfile import deflate
+from runfile import deflate, encoders
 from runfile.checksum import with_checksum
 from runfile.chunks import write_chunk
 from runfile.schema import (AFTER_NONLINEARITY, COMPRESSIONS, LIBVER, MAX_SCALARS, MESSAGE_BYTES, SCALAR_NAME_BYTES,
@@ -156,17 +156,9 @@ class RunLayout:
     weights: tuple[WeightSpec, ...] = ()  # the model's weights (recorder/weights.py), stored at some steps
 
 
-def _shuffle(rows: np.ndarray) -> np.ndarray:
-    """HDF5's shuffle filter applied to each row of `rows` [n, ...] in one copy: [n, bytes] uint8 (byte 0 of
-    every element, then byte 1, ...)."""
-    n, item = len(rows), rows.dtype.itemsize
-    planes = np.ascontiguousarray(rows).reshape(n, -1).view(np.uint8).reshape(n, -1, item)
-    return np.ascontiguousarray(planes.transpose(0, 2, 1)).reshape(n, -1)
-
-
 def _shuffle_deflate(row: np.ndarray) -> bytes:
     """One chunk as HDF5's shuffle filter followed by its deflate filter store it (deflate level 1)."""
-    return deflate.compress(_shuffle(np.asarray(row)[None])[0])
+    return deflate.compress(deflate.shuffle(np.asarray(row)[None])[0])
 
 
 def _raw(row: np.ndarray) -> np.ndarray:
@@ -205,7 +197,7 @@ def _encode_rows(encode: Any, rows: np.ndarray) -> list[Any]:
     """The chunks `encode` makes of each row of `rows`; deflated rows are shuffled all at once first."""
     if encode not in _DEFLATING:
         return [encode(row) for row in rows]
-    chunks = [deflate.compress(row) for row in _shuffle(rows)]
+    chunks = [deflate.compress(row) for row in deflate.shuffle(rows)]
     return [with_checksum(c) for c in chunks] if encode is _shuffle_deflate_checked else chunks
 
 
@@ -382,15 +374,19 @@ class H5RunWriter:
     """Creates a run file and appends to it. Not thread-safe: one thread owns it."""
 
     def __init__(self, path: str | Path, layout: RunLayout, *, resume_after: int | None = None,
-                 encode_threads: int | None = None):
+                 encode_threads: int | None = None, encode_processes: bool | None = None):
         """Creates the run file of `layout`; or, with `resume_after=S`, reopens an existing run file of the same
         layout to continue it after step S: rows of later steps are dropped (`trim_rows`), the test result is
         cleared, the planned steps and config become `layout`'s (an extended run) and the status is `running`
         again. The file must not be open for writing elsewhere (`runfile/repair.py` clears a killed writer's
-        flag). `encode_threads` encode a batch of frames' chunks at once (default: `default_encode_threads`)."""
+        flag). `encode_threads` encode a batch of frames' chunks at once (default: `default_encode_threads`);
+        where there are more than one, deflated chunks are encoded by as many processes of their own
+        (runfile/encoders.py) unless `encode_processes` is False (None: where the system has them)."""
         self.path = Path(path)
         self._encode_threads = default_encode_threads() if encode_threads is None else max(1, int(encode_threads))
         self._pool: ThreadPoolExecutor | None = None  # started on the writing thread, at its first batch
+        self._use_processes = encoders.available() if encode_processes is None else bool(encode_processes)
+        self._processes: encoders.EncoderProcesses | None = None  # started at the first batch that uses them
         self._broken = False  # a write failed: nothing more is written but the status
         self._clock = time.perf_counter()
         f = self._file = h5py.File(self.path, "w" if resume_after is None else "r+", libver=LIBVER)
@@ -605,18 +601,42 @@ class H5RunWriter:
     def _write_frames(self) -> None:
         """Writes the staged activation and Gram rows, one extent change per dataset. With more than one
         encoding thread, the deflated chunks of the batch are encoded at once first, in tasks of about
-        `TASK_BYTES` of rows (two GIL hand-overs a task, where a task a chunk made two a chunk: see
-        runfile/chunks.py); uncompressed chunks are checksummed here, keeping the GIL."""
+        `TASK_BYTES` of rows, by processes of their own (runfile/encoders.py) or else on threads (two GIL
+        hand-overs a task: see runfile/chunks.py); uncompressed chunks are checksummed here, keeping the GIL."""
         batch = [(column, rows) for column in self._frame_columns if (rows := column.take()) is not None]
-        pool = None
+        chunks: dict[int, Any] = {}
         if self._encode_threads > 1 and sum(len(part) for _, rows in batch for part in rows) > 1:
-            if self._pool is None:  # its threads inherit the writing thread's low priority
-                self._pool = ThreadPoolExecutor(self._encode_threads, thread_name_prefix="emergence-encode")
-            pool = self._pool
-        jobs = [(column, rows, [pool.submit(_encode_rows, column.encode, task) for task in _tasks(rows)]
-                 if pool and column.encode in _DEFLATING else None) for column, rows in batch]
-        for column, rows, futures in jobs:  # each column encodes its own rows where no thread did
-            column.append(rows, None if futures is None else (chunk for f in futures for chunk in f.result()))
+            deflating = [(i, _tasks(rows)) for i, (column, rows) in enumerate(batch) if column.encode in _DEFLATING]
+            done = self._encode_in_processes([(task, batch[i][0].encode is _shuffle_deflate_checked)
+                                              for i, tasks in deflating for task in tasks]) if deflating else None
+            if done is not None:
+                results = iter(done)
+                chunks = {i: [c for _ in tasks for c in next(results)] for i, tasks in deflating}
+            else:
+                if self._pool is None:  # its threads inherit the writing thread's low priority
+                    self._pool = ThreadPoolExecutor(self._encode_threads, thread_name_prefix="emergence-encode")
+                for i, tasks in deflating:
+                    futures = [self._pool.submit(_encode_rows, batch[i][0].encode, task) for task in tasks]
+                    chunks[i] = (c for f in futures for c in f.result())
+        for i, (column, rows) in enumerate(batch):  # each column encodes its own rows where nothing else did
+            column.append(rows, chunks.get(i))
+
+    def _encode_in_processes(self, tasks: list[tuple[np.ndarray, bool]]) -> list[list[np.ndarray]] | None:
+        """The tasks' chunks from the encoding processes (started at the first call), or None where there are
+        none or they failed (then never again: the threads take over)."""
+        if not self._use_processes:
+            return None
+        try:
+            if self._processes is None:
+                self._processes = encoders.EncoderProcesses(self._encode_threads)
+            done = self._processes.encode(tasks)
+        except OSError:
+            done = None
+        if done is None:
+            self._use_processes = False
+            if self._processes is not None:
+                self._processes.close()
+        return done
 
     def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None) -> None:
         """Appends the training metrics of one step, or of several (equal-length arrays); written at the next
@@ -706,6 +726,8 @@ class H5RunWriter:
         finally:
             if self._pool is not None:
                 self._pool.shutdown()
+            if self._processes is not None:
+                self._processes.close()
         if failed:
             from runfile.repair import fit_end_of_file
 

@@ -1,5 +1,6 @@
 """What keeps the writer's GIL hand-overs few: runfile/chunks.py (HDF5's H5Dwrite_chunk keeping the GIL),
-runfile/deflate.py (one ISA-L call a chunk) and the switch interval a writer holds."""
+runfile/deflate.py (one ISA-L call a chunk), runfile/encoders.py (deflate in processes of their own) and the
+switch interval a writer holds."""
 
 import sys
 import zlib
@@ -10,6 +11,7 @@ import pytest
 
 import runfile.chunks as chunks
 import runfile.deflate as deflate
+from runfile.encoders import EncoderProcesses
 from runfile.async_writer import SWITCH_INTERVAL, AsyncRunWriter
 from runfile.checksum import with_checksum
 from runfile.writer import DiscardingWriter, _encode_rows, _shuffle_deflate_checked
@@ -90,3 +92,30 @@ def test_rows_deflated_as_a_batch_are_the_chunks_hdf5_reads_back(tmp_path):
             chunks.write_chunk(ds, (i, 0, 0, 0), chunk)
         assert np.array_equal(ds[...], rows)  # HDF5's own unshuffle, inflate and Fletcher-32 check
         assert ds.id.read_direct_chunk((2, 0, 0, 0))[1] == _shuffle_deflate_checked(rows[2]).tobytes()
+
+
+def test_encoding_processes_make_the_chunks_the_threads_make_and_a_dead_one_hands_back_to_the_threads(tmp_path):
+    rng = np.random.default_rng(2)
+    big = np.maximum(rng.normal(size=(5, 10, 28, 28, 16)), 0).astype(np.float16)  # 250 kB rows
+    small = rng.normal(size=(3, 7)).astype(np.float32)
+    tasks = [(big[:3], True), (big[3:], True), (small, False)]
+    processes = EncoderProcesses(2, capacity=800_000)  # two rounds: the memory file holds three big rows
+    try:
+        done = processes.encode(tasks)
+        assert done is not None and [len(chunks) for chunks in done] == [3, 2, 3]
+        for (rows, checked), chunks in zip(tasks, done):
+            encode = _shuffle_deflate_checked if checked else None
+            expected = _encode_rows(encode, rows) if checked else [deflate.compress(deflate.shuffle(rows)[j]) for j in range(len(rows))]
+            assert [c.tobytes() for c in chunks] == [bytes(e) for e in expected]
+        pids = [w.pid for w in processes._workers]
+        processes._workers[1].kill()
+        processes._workers[1].wait()
+        assert processes.encode(tasks) is None  # a dead worker: the caller's threads take over
+        assert processes._workers == []
+    finally:
+        processes.close()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            import os
+
+            os.kill(pid, 0)

@@ -105,11 +105,12 @@ def test_live_reading_and_sigkill(tmp_path):
         assert len(run.train_metrics().step) >= len(steps) - 2
 
 
-@pytest.mark.parametrize("compression,threads", [("gzip", 1), ("gzip", 3), ("none", 2), ("lzf", 2)])
-def test_chunks_written_directly_decode_through_hdf5s_own_filters(tmp_path, compression, threads):
+@pytest.mark.parametrize("compression,threads,processes", [("gzip", 1, None), ("gzip", 3, True), ("gzip", 3, False),
+                                                           ("none", 2, None), ("lzf", 2, None)])
+def test_chunks_written_directly_decode_through_hdf5s_own_filters(tmp_path, compression, threads, processes):
     """gzip and none rows are encoded by the writer itself (shuffle + zlib, H5Dwrite_chunk), a batch of
-    frames at once on `threads` threads; h5py's ordinary read path, i.e. HDF5's filter pipeline, must give
-    back exactly the values written, in order."""
+    frames at once on `threads` threads or processes; h5py's ordinary read path, i.e. HDF5's filter pipeline,
+    must give back exactly the values written, in order."""
     import dataclasses
 
     import h5py
@@ -119,7 +120,7 @@ def test_chunks_written_directly_decode_through_hdf5s_own_filters(tmp_path, comp
     rng = np.random.default_rng(0)
     values = [rng.normal(size=(2, 4, 4, 2)).astype(np.float16) for _ in range(7)]
     values[1][:] = values[4][:] = 0.0  # runs of zeros, which deflate shortens a lot
-    writer = H5RunWriter(path, layout, encode_threads=threads)
+    writer = H5RunWriter(path, layout, encode_threads=threads, encode_processes=processes)
     for step, v in enumerate(values):
         writer.write_frame(step, {"conv1": v, "logits": np.full((2, 3), step, np.float32)}, 0.1 * step)
         writer.write_train(step, np.float32(step), np.float32(0.5), 0.0)

@@ -1,0 +1,138 @@
+"""Deflating a batch's chunks in processes of their own, so the training process's GIL is not shared.
+
+Encoding threads share the GIL with the training thread: each chunk's deflate lets it go and takes it back,
+and beside a thread that runs Python that wait is up to a switch interval (runfile/chunks.py). Processes
+have their own: `EncoderProcesses` starts `runfile.encode_worker` processes (plain `python -m`, so nothing
+of the parent's `__main__` is run again), which read the rows from one shared memory file (Linux
+`memfd_create`) and write the chunks into another; a task's description and its chunks' lengths go over
+pipes. The parent copies the rows in and the chunks out keeping the GIL (libc's memmove), so a batch costs it
+one GIL hand-over per task, however many chunks.
+
+The memory files are freed with the last process holding them, so a killed run leaves nothing behind; a
+worker whose parent dies sees its stdin close and ends. If a worker fails (or cannot start), `encode`
+returns None and the writer encodes on its own threads from then on.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import subprocess
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from runfile.checksum import _memmove
+from runfile.deflate import bound
+
+CAPACITY = 32 << 20  # bytes of rows per round; the chunks' room is `bound` of each row, about 1.13× that
+ALIGN = 64
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+class EncoderProcesses:
+    """`workers` encoding processes and the two memory files they share with this one."""
+
+    def __init__(self, workers: int, capacity: int = CAPACITY):
+        self.capacity, self.out_capacity = capacity, bound(capacity) + 1024 * ALIGN
+        self._fds = [os.memfd_create("emergence-rows"), os.memfd_create("emergence-chunks")]
+        os.ftruncate(self._fds[0], self.capacity)
+        os.ftruncate(self._fds[1], self.out_capacity)
+        self._in = np.frombuffer(mmap.mmap(self._fds[0], self.capacity), np.uint8)
+        self._out = np.frombuffer(mmap.mmap(self._fds[1], self.out_capacity), np.uint8)
+        self._workers: list[subprocess.Popen] = []
+        try:
+            for _ in range(workers):
+                self._workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "runfile.encode_worker", *map(str, self._fds)], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, pass_fds=self._fds, env={**os.environ, "PYTHONPATH": _path()}))
+        except BaseException:
+            self.close()
+            raise
+
+    def encode(self, tasks: Sequence[tuple[np.ndarray, bool]]) -> list[list[np.ndarray]] | None:
+        """The chunks of each task's rows (an array of rows, shuffled and deflated, checksummed if its flag is
+        set), in order; None if a worker failed (the processes are then closed)."""
+        out: list[list[np.ndarray]] = []
+        try:
+            start = 0
+            while start < len(tasks):
+                end, size = start, 0
+                while end < len(tasks) and (end == start or size + _align(tasks[end][0].nbytes) <= self.capacity):
+                    size += _align(tasks[end][0].nbytes)
+                    end += 1
+                if size > self.capacity:
+                    return None  # one task larger than the memory file: the caller's threads take the batch
+                out.extend(self._round(tasks[start:end]))
+                start = end
+        except (OSError, ValueError):
+            self.close()
+            return None
+        return out
+
+    def _round(self, tasks: Sequence[tuple[np.ndarray, bool]]) -> list[list[np.ndarray]]:
+        copy = _memmove()
+        lines, spans = [], []
+        at_in = at_out = 0
+        for rows, checked in tasks:
+            n, row_bytes = len(rows), rows[0].nbytes
+            stride = _align(bound(row_bytes) + 4)
+            for j, row in enumerate(rows):
+                row = np.ascontiguousarray(row)
+                copy(self._in.ctypes.data + at_in + j * row_bytes, row.ctypes.data, row_bytes)
+            lines.append(f"{at_in} {n} {row_bytes} {rows.dtype.itemsize} {at_out} {stride} {int(checked)}\n".encode())
+            spans.append((at_out, stride))
+            at_in += _align(n * row_bytes)
+            at_out += n * stride
+            if at_out > self.out_capacity:
+                raise ValueError("the chunks would not fit their memory file")
+        k = len(self._workers)
+        for w, worker in enumerate(self._workers):
+            worker.stdin.write(b"".join(lines[w::k]))
+            worker.stdin.flush()
+        out = []
+        for i, (at, stride) in enumerate(spans):
+            answer = self._workers[i % k].stdout.readline().split()
+            if not answer or answer[0] == b"error":
+                raise ValueError(b" ".join(answer).decode(errors="replace") or "an encoding process ended")
+            chunks = []
+            for j, length in enumerate(int(x) for x in answer):
+                chunk = np.empty(length, np.uint8)
+                copy(chunk.ctypes.data, self._out.ctypes.data + at + j * stride, length)
+                chunks.append(chunk)
+            out.append(chunks)
+        return out
+
+    def close(self) -> None:
+        """Ends the workers (stdin closed; killed if they linger) and frees the memory files."""
+        for worker in self._workers:
+            try:
+                worker.stdin.close()
+            except OSError:
+                pass
+        for worker in self._workers:
+            try:
+                worker.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+            worker.stdout.close()
+        self._workers = []
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+
+def available() -> bool:
+    """Whether encoding processes can run here (Linux's memfd_create)."""
+    return hasattr(os, "memfd_create")
+
+
+def _path() -> str:
+    """PYTHONPATH for a worker: this package's parent first, so `-m runfile.encode_worker` is this code."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.pathsep.join([here, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
