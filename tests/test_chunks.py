@@ -102,11 +102,11 @@ def test_encoding_processes_make_the_chunks_the_threads_make_and_a_dead_one_hand
     processes = EncoderProcesses(2, capacity=800_000)  # two rounds: the memory file holds three big rows
     try:
         done = processes.encode(tasks)
-        assert done is not None and [len(chunks) for chunks in done] == [3, 2, 3]
-        for (rows, checked), chunks in zip(tasks, done):
-            encode = _shuffle_deflate_checked if checked else None
-            expected = _encode_rows(encode, rows) if checked else [deflate.compress(deflate.shuffle(rows)[j]) for j in range(len(rows))]
-            assert [c.tobytes() for c in chunks] == [bytes(e) for e in expected]
+        assert done is not None and [len(made) for made in done] == [3, 2, 3]
+        for (rows, checked), made in zip(tasks, done):
+            expected = _encode_rows(_shuffle_deflate_checked, rows) if checked else [
+                deflate.compress(row) for row in deflate.shuffle(rows)]
+            assert [c.tobytes() for c in made] == [bytes(e) for e in expected]
         pids = [w.pid for w in processes._workers]
         processes._workers[1].kill()
         processes._workers[1].wait()
@@ -119,3 +119,33 @@ def test_encoding_processes_make_the_chunks_the_threads_make_and_a_dead_one_hand
             import os
 
             os.kill(pid, 0)
+
+
+def test_the_encoding_processes_of_a_killed_writer_end_with_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    script = ("import sys, time\nfrom runfile.encoders import EncoderProcesses\np = EncoderProcesses(2)\n"
+              "print(*(w.pid for w in p._workers), flush=True)\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=os.getcwd())
+    pids = [int(x) for x in parent.stdout.readline().split()]
+    assert len(pids) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    parent.stdout.close()
+    deadline = time.time() + 20
+    alive = pids
+    while alive and time.time() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in alive if _running(pid)]
+    assert alive == []  # their stdin closed with the parent: they ended
+
+
+def _running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie (its parent gone, not yet reaped) ended
+    except FileNotFoundError:
+        return False
