@@ -26,7 +26,7 @@ import numpy as np
 from runfile.checksum import _memmove
 from runfile.deflate import bound
 
-CAPACITY = 32 << 20  # bytes of rows per round; the chunks' room is `bound` of each row, about 1.13× that
+CAPACITY = 32 << 20  # bytes of rows per round; twice that for their chunks (`bound` of each row and a checksum)
 ALIGN = 64
 
 
@@ -34,11 +34,16 @@ def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def _stride(row_bytes: int) -> int:
+    """Room for one row's chunk in the output file: its deflate bound and a checksum, aligned."""
+    return _align(bound(row_bytes) + 4)
+
+
 class EncoderProcesses:
     """`workers` encoding processes and the two memory files they share with this one."""
 
     def __init__(self, workers: int, capacity: int = CAPACITY):
-        self.capacity, self.out_capacity = capacity, bound(capacity) + 1024 * ALIGN
+        self.capacity, self.out_capacity = capacity, 2 * capacity
         self._fds = [os.memfd_create("emergence-rows"), os.memfd_create("emergence-chunks")]
         os.ftruncate(self._fds[0], self.capacity)
         os.ftruncate(self._fds[1], self.out_capacity)
@@ -60,13 +65,16 @@ class EncoderProcesses:
         out: list[list[np.ndarray]] = []
         try:
             start = 0
-            while start < len(tasks):
-                end, size = start, 0
-                while end < len(tasks) and (end == start or size + _align(tasks[end][0].nbytes) <= self.capacity):
-                    size += _align(tasks[end][0].nbytes)
-                    end += 1
-                if size > self.capacity:
-                    return None  # one task larger than the memory file: the caller's threads take the batch
+            while start < len(tasks):  # rounds of as many tasks as both memory files hold
+                end, size, room = start, 0, 0
+                while end < len(tasks):
+                    rows = tasks[end][0]
+                    more, more_room = _align(rows.nbytes), len(rows) * _stride(rows[0].nbytes)
+                    if size + more > self.capacity or room + more_room > self.out_capacity:
+                        break
+                    size, room, end = size + more, room + more_room, end + 1
+                if end == start:
+                    raise ValueError("a task larger than the memory files")
                 out.extend(self._round(tasks[start:end]))
                 start = end
         except (OSError, ValueError):
@@ -80,7 +88,7 @@ class EncoderProcesses:
         at_in = at_out = 0
         for rows, checked in tasks:
             n, row_bytes = len(rows), rows[0].nbytes
-            stride = _align(bound(row_bytes) + 4)
+            stride = _stride(row_bytes)
             for j, row in enumerate(rows):
                 row = np.ascontiguousarray(row)
                 copy(self._in.ctypes.data + at_in + j * row_bytes, row.ctypes.data, row_bytes)
@@ -88,8 +96,6 @@ class EncoderProcesses:
             spans.append((at_out, stride))
             at_in += _align(n * row_bytes)
             at_out += n * stride
-            if at_out > self.out_capacity:
-                raise ValueError("the chunks would not fit their memory file")
         k = len(self._workers)
         for w, worker in enumerate(self._workers):
             worker.stdin.write(b"".join(lines[w::k]))
