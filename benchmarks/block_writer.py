@@ -18,7 +18,8 @@ HDF5 call, it waits for that thread to let the GIL go: CPython forces a switch o
 the interval a recording sets (runfile/async_writer.py, `WRITER_SWITCH_INTERVAL`).
 
 Trials alternate between the settings; medians. Columns: recorded steps/s the writer took, MB/s of frames,
-process CPU ms per recorded step (the busy thread's own CPU time left out), and how fast the busy thread ran
+CPU ms per recorded step of the process and its encoding processes (the busy thread's own CPU time left
+out), and how fast the busy thread ran
 meanwhile, as a share of its pace with nothing else running: what the writer took from a Python-bound loop.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import sys
 import tempfile
@@ -97,6 +99,13 @@ def spin_rate(seconds: float = 1.0) -> float:
     return used[1]
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and of its ended children (the encoding processes end at the recorder's
+    close, inside a trial)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def encoding(how: str) -> None:
     """Makes the next recorders encode `how`: "auto" (what the recorder picks here), "threads:N" or
     "processes:N" (N encoding threads, or N processes: runfile/encoders.py)."""
@@ -125,12 +134,13 @@ def trial(plan, buffers, blocks, count: int, path: Path, busy: bool, switch: flo
     spinner = threading.Thread(target=_spin, args=(stop, spun), daemon=True)
     sys.setswitchinterval(switch)  # set here for every trial, the recorder told to leave it (older code cannot)
     rec = plan.recorder(path, overwrite=True, **({"switch_interval": None} if KNOWS_SWITCH else {}))
-    rec.write_block(Block((1,), metrics[:1], names, (1,), {d: b[:1] for d, b in buffers.items()}, blocks.frame_layout))
-    rec.wait()  # the file's first frame and the writer's threads started
+    rec.write_block(Block((1, 2), metrics[:2], names, (1, 2), {d: b[:2] for d, b in buffers.items()},
+                          blocks.frame_layout))
+    rec.wait()  # the file's first frames written: the writer's threads or processes started
     if busy:
         spinner.start()
-    t, c = time.perf_counter(), time.process_time()
-    step = 2
+    t, c = time.perf_counter(), _cpu()
+    step = 3
     for _ in range(count):
         steps = tuple(range(step, step + k))
         rec.write_block(Block(steps, metrics, names, steps, buffers, blocks.frame_layout))
@@ -139,7 +149,7 @@ def trial(plan, buffers, blocks, count: int, path: Path, busy: bool, switch: flo
     stop.set()
     if busy:
         spinner.join()
-    wall, cpu = time.perf_counter() - t, time.process_time() - c - (spun[0] if spun else 0.0)
+    wall, cpu = time.perf_counter() - t, _cpu() - c - (spun[0] if spun else 0.0)
     sys.setswitchinterval(DEFAULT_SWITCH)
     path.unlink()
     return count * k / wall, count * nbytes / 1e6 / wall, cpu / (count * k), spun[1] if spun else float("nan")
@@ -157,8 +167,6 @@ def main() -> None:
                         help="GIL switch intervals (ms) the busy trials run with")
     parser.add_argument("--encode", default="auto", help="auto, threads:N, processes:N (comma-separated)")
     args = parser.parse_args()
-    import os
-
     print(f"{args.experiment}, K = {args.block}, {args.blocks} blocks a trial, {os.cpu_count()} CPUs, "
           f"{args.trials} alternating trials, medians; encoding 'auto' here: {default_encode_threads(False)} "
           "thread(s) beside the CPU backend")

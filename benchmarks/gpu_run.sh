@@ -32,7 +32,7 @@ for pass in cold warm; do
   tail -3 "$out/demo_record_$pass.log"
 done
 section "the writer at the GPU's pace: vgg_bn blocks of real frames, with and without a thread running Python"
-timeout 90 python3 benchmarks/block_writer.py --trials 2 --blocks 4 | tee "$out/block_writer.md"
+timeout 120 python3 benchmarks/block_writer.py --trials 2 --blocks 4 --switch 0.5 --encode auto,threads:8 | tee "$out/block_writer.md"
 section "own loops (NNX and Linen examples, one dispatch a step: their Python runs beside the writer), recorded and not"
 timeout 120 python3 benchmarks/own_loop_overhead.py --trials 3 --steps 200 | tee "$out/own_loop.md"
 section "one step per dispatch (block_steps=1) against blocks, learn_to_see and keras_fashion"

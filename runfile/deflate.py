@@ -62,7 +62,14 @@ class _Library:
 
     def compress(self, data: np.ndarray) -> bytes | None:
         """zlib stream of `data` (contiguous bytes), or None if ISA-L did not finish it in one call."""
-        stream_buf, level_buf, out = self._buffers(bound(data.size))
+        out = self._buffers(bound(data.size))[2]
+        n = self.compress_into(data, out)
+        return None if n is None else out[:n].tobytes()
+
+    def compress_into(self, data: np.ndarray, out: np.ndarray) -> int | None:
+        """Writes the zlib stream of `data` into `out` (contiguous uint8, `bound(data.size)` bytes or more);
+        its length, or None if ISA-L did not finish it in one call."""
+        stream_buf, level_buf, _ = self._buffers(0)
         self._init(stream_buf)  # sets every field of the state a stream starts from (python-isal's stream is on its stack)
         s = _Stream.from_buffer(stream_buf)
         s.next_in, s.avail_in = data.ctypes.data, data.size
@@ -71,7 +78,7 @@ class _Library:
         s.end_of_stream, s.flush, s.gzip_flag = 1, 0, IGZIP_ZLIB
         if self._deflate(stream_buf) != COMP_OK or s.avail_in != 0 or s.avail_out == 0:
             return None
-        return out[:s.total_out].tobytes()
+        return int(s.total_out)
 
 
 def shuffle(rows: np.ndarray) -> np.ndarray:
@@ -89,6 +96,18 @@ def compress(data: bytes | np.ndarray) -> bytes:
     library = _library()
     out = library.compress(raw) if library is not None else None
     return out if out is not None else isal_zlib.compress(raw, LEVEL)
+
+
+def compress_into(data: np.ndarray, out: np.ndarray) -> int:
+    """`compress` written into `out` (contiguous uint8 of at least `bound(data.nbytes)` bytes): its length."""
+    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    library = _library()
+    n = library.compress_into(raw, out) if library is not None else None
+    if n is None:
+        chunk = isal_zlib.compress(raw, LEVEL)
+        n = len(chunk)
+        out[:n] = np.frombuffer(chunk, np.uint8)
+    return n
 
 
 @functools.cache

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from runfile import deflate
-from runfile.checksum import with_checksum
+from runfile.checksum import fletcher32
 
 
 def encode(src: np.ndarray, dst: np.ndarray, line: bytes) -> list[int]:
@@ -26,13 +26,14 @@ def encode(src: np.ndarray, dst: np.ndarray, line: bytes) -> list[int]:
     rows = src[in_offset:in_offset + count * row_bytes].view(f"u{item}" if item in (1, 2, 4, 8) else "u1")
     lengths = []
     for j, row in enumerate(deflate.shuffle(rows.reshape(count, -1))):
-        chunk = np.frombuffer(deflate.compress(row), np.uint8)
-        if checked:
-            chunk = with_checksum(chunk)
-        if chunk.size > stride:
-            raise ValueError(f"a chunk of {chunk.size} bytes for room for {stride}")
-        dst[out_offset + j * stride:out_offset + j * stride + chunk.size] = chunk
-        lengths.append(chunk.size)
+        room = dst[out_offset + j * stride:out_offset + (j + 1) * stride]
+        if room.size < deflate.bound(row.size) + 4:
+            raise ValueError(f"room for {room.size} bytes, a chunk of {row.size} may take {deflate.bound(row.size) + 4}")
+        n = deflate.compress_into(row, room)
+        if checked:  # HDF5's Fletcher-32 after the stream, little-endian
+            room[n:n + 4] = np.frombuffer(fletcher32(room[:n]).to_bytes(4, "little"), np.uint8)
+            n += 4
+        lengths.append(n)
     return lengths
 
 

@@ -15,8 +15,10 @@ returns None and the writer encodes on its own threads from then on.
 
 from __future__ import annotations
 
+import collections
 import mmap
 import os
+import selectors
 import subprocess
 import sys
 from typing import Sequence
@@ -61,7 +63,7 @@ class EncoderProcesses:
 
     def encode(self, tasks: Sequence[tuple[np.ndarray, bool]]) -> list[list[np.ndarray]] | None:
         """The chunks of each task's rows (an array of rows, shuffled and deflated, checksummed if its flag is
-        set), in order; None if a worker failed (the processes are then closed)."""
+        set), in order, valid until the next call; None if a worker failed (the processes are then closed)."""
         out: list[list[np.ndarray]] = []
         try:
             start = 0
@@ -75,14 +77,16 @@ class EncoderProcesses:
                     size, room, end = size + more, room + more_room, end + 1
                 if end == start:
                     raise ValueError("a task larger than the memory files")
-                out.extend(self._round(tasks[start:end]))
+                out.extend(self._round(tasks[start:end], keep=end < len(tasks)))  # the next round reuses the room
                 start = end
         except (OSError, ValueError):
             self.close()
             return None
         return out
 
-    def _round(self, tasks: Sequence[tuple[np.ndarray, bool]]) -> list[list[np.ndarray]]:
+    def _round(self, tasks: Sequence[tuple[np.ndarray, bool]], keep: bool) -> list[list[np.ndarray]]:
+        """The chunks of `tasks`: copies if `keep`, else views of the chunks' memory file (valid until the
+        next `encode`)."""
         copy = _memmove()
         lines, spans = [], []
         at_in = at_out = 0
@@ -96,22 +100,55 @@ class EncoderProcesses:
             spans.append((at_out, stride))
             at_in += _align(n * row_bytes)
             at_out += n * stride
-        k = len(self._workers)
-        for w, worker in enumerate(self._workers):
-            worker.stdin.write(b"".join(lines[w::k]))
-            worker.stdin.flush()
+        answers = self._run(lines, [rows.nbytes for rows, _ in tasks])
         out = []
-        for i, (at, stride) in enumerate(spans):
-            answer = self._workers[i % k].stdout.readline().split()
+        for (at, stride), answer in zip(spans, answers):
             if not answer or answer[0] == b"error":
-                raise ValueError(b" ".join(answer).decode(errors="replace") or "an encoding process ended")
+                raise ValueError(b" ".join(answer).decode(errors="replace"))
             chunks = []
             for j, length in enumerate(int(x) for x in answer):
-                chunk = np.empty(length, np.uint8)
-                copy(chunk.ctypes.data, self._out.ctypes.data + at + j * stride, length)
+                chunk = self._out[at + j * stride:at + j * stride + length]
+                if keep:
+                    chunk = np.empty(length, np.uint8)
+                    copy(chunk.ctypes.data, self._out.ctypes.data + at + j * stride, length)
                 chunks.append(chunk)
             out.append(chunks)
         return out
+
+    def _run(self, lines: list[bytes], sizes: list[int]) -> list[list[bytes]]:
+        """Each task's answer (its line split), the tasks handed out largest first, two at a time to each
+        worker, the next to whichever answers (so a worker that drew small tasks takes more)."""
+        queue = collections.deque(sorted(range(len(lines)), key=lambda i: -sizes[i]))
+        inflight: list[collections.deque] = [collections.deque() for _ in self._workers]
+        pending = [b"" for _ in self._workers]
+        answers: dict[int, list[bytes]] = {}
+
+        def send(w: int) -> None:
+            i = queue.popleft()
+            inflight[w].append(i)
+            self._workers[w].stdin.write(lines[i])
+            self._workers[w].stdin.flush()
+
+        for w in range(len(self._workers)):
+            for _ in range(2):
+                if queue:
+                    send(w)
+        with selectors.DefaultSelector() as selector:
+            for w, worker in enumerate(self._workers):
+                selector.register(worker.stdout.fileno(), selectors.EVENT_READ, w)
+            while len(answers) < len(lines):
+                for key, _ in selector.select():
+                    w = key.data
+                    data = os.read(key.fd, 1 << 16)  # the fd itself: nothing waits in a Python buffer
+                    if not data:
+                        raise ValueError("an encoding process ended")
+                    pending[w] += data
+                    while b"\n" in pending[w]:
+                        line, pending[w] = pending[w].split(b"\n", 1)
+                        answers[inflight[w].popleft()] = line.split()
+                        if queue:
+                            send(w)
+        return [answers[i] for i in range(len(lines))]
 
     def close(self) -> None:
         """Ends the workers (stdin closed; killed if they linger) and frees the memory files."""
