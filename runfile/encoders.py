@@ -30,6 +30,7 @@ from runfile.deflate import bound
 
 CAPACITY = 32 << 20  # bytes of rows per round; twice that for their chunks (`bound` of each row and a checksum)
 ALIGN = 64
+ANSWER_SECONDS = 60.0  # a batch whose workers say nothing for this long goes to the threads (they hang)
 
 
 def _align(n: int) -> int:
@@ -137,7 +138,10 @@ class EncoderProcesses:
             for w, worker in enumerate(self._workers):
                 selector.register(worker.stdout.fileno(), selectors.EVENT_READ, w)
             while len(answers) < len(lines):
-                for key, _ in selector.select():
+                ready = selector.select(timeout=ANSWER_SECONDS)
+                if not ready:
+                    raise ValueError(f"no encoding process answered in {ANSWER_SECONDS:.0f} s")
+                for key, _ in ready:
                     w = key.data
                     data = os.read(key.fd, 1 << 16)  # the fd itself: nothing waits in a Python buffer
                     if not data:
