@@ -16,12 +16,13 @@ returns None and the writer encodes on its own threads from then on.
 from __future__ import annotations
 
 import collections
+import functools
 import mmap
 import os
 import selectors
 import subprocess
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -53,6 +54,7 @@ class EncoderProcesses:
         self._in = np.frombuffer(mmap.mmap(self._fds[0], self.capacity), np.uint8)
         self._out = np.frombuffer(mmap.mmap(self._fds[1], self.out_capacity), np.uint8)
         self._workers: list[subprocess.Popen] = []
+        self.failed = False  # a worker failed: closed, the threads encode from then on
         try:
             for _ in range(workers):
                 self._workers.append(subprocess.Popen(
@@ -62,100 +64,54 @@ class EncoderProcesses:
             self.close()
             raise
 
-    def encode(self, tasks: Sequence[tuple[np.ndarray, bool]]) -> list[list[np.ndarray]] | None:
-        """The chunks of each task's rows (an array of rows, shuffled and deflated, checksummed if its flag is
-        set), in order, valid until the next call; None if a worker failed (the processes are then closed)."""
-        out: list[list[np.ndarray]] = []
+    def encode(self, tasks: Sequence[tuple[np.ndarray, bool]],
+               fallback: Callable[[np.ndarray, bool], list[Any]]) -> list[Callable[[], list[Any]]] | None:
+        """One callable per task (its rows, an array; whether to checksum) that returns the task's chunks
+        (shuffled, deflated, checksummed if asked), valid until the next call: the caller writes them in
+        task order while the workers encode the later ones. None if the workers failed before the batch
+        started (the processes are then closed). A worker that fails later makes the rest of the batch
+        `fallback(rows, checked)`'s and closes the processes (`failed`)."""
+        if self.failed or not self._workers:
+            return None
+        rounds, start = [], 0
+        while start < len(tasks):  # rounds of as many tasks as both memory files hold
+            end, size, room = start, 0, 0
+            while end < len(tasks):
+                rows = tasks[end][0]
+                more, more_room = _align(rows.nbytes), len(rows) * _stride(rows[0].nbytes)
+                if size + more > self.capacity or room + more_room > self.out_capacity:
+                    break
+                size, room, end = size + more, room + more_room, end + 1
+            if end == start:
+                self.close()
+                return None  # a task larger than the memory files
+            rounds.append(tasks[start:end])
+            start = end
+        out: list[Callable[[], list[Any]]] = []
         try:
-            start = 0
-            while start < len(tasks):  # rounds of as many tasks as both memory files hold
-                end, size, room = start, 0, 0
-                while end < len(tasks):
-                    rows = tasks[end][0]
-                    more, more_room = _align(rows.nbytes), len(rows) * _stride(rows[0].nbytes)
-                    if size + more > self.capacity or room + more_room > self.out_capacity:
-                        break
-                    size, room, end = size + more, room + more_room, end + 1
-                if end == start:
-                    raise ValueError("a task larger than the memory files")
-                out.extend(self._round(tasks[start:end], keep=end < len(tasks)))  # the next round reuses the room
-                start = end
+            for batch in rounds[:-1]:  # all but the last: copied out, since the next round reuses the room
+                pump = _Pump(self, batch)
+                for i in range(len(batch)):
+                    out.append(functools.partial(list, [np.array(c) for c in pump.chunks(i)]))
+            last = _Pump(self, rounds[-1]) if rounds else None
         except (OSError, ValueError):
             self.close()
             return None
+
+        def get(i: int, rows: np.ndarray, checked: bool) -> list[Any]:
+            if not self.failed:
+                try:
+                    return last.chunks(i)
+                except (OSError, ValueError):
+                    self.close()
+            return fallback(rows, checked)
+
+        out.extend(functools.partial(get, i, rows, checked) for i, (rows, checked) in enumerate(rounds[-1] if rounds else []))
         return out
-
-    def _round(self, tasks: Sequence[tuple[np.ndarray, bool]], keep: bool) -> list[list[np.ndarray]]:
-        """The chunks of `tasks`: copies if `keep`, else views of the chunks' memory file (valid until the
-        next `encode`)."""
-        copy = _memmove()
-        lines, spans = [], []
-        at_in = at_out = 0
-        for rows, checked in tasks:
-            n, row_bytes = len(rows), rows[0].nbytes
-            stride = _stride(row_bytes)
-            for j, row in enumerate(rows):
-                row = np.ascontiguousarray(row)
-                copy(self._in.ctypes.data + at_in + j * row_bytes, row.ctypes.data, row_bytes)
-            lines.append(f"{at_in} {n} {row_bytes} {rows.dtype.itemsize} {at_out} {stride} {int(checked)}\n".encode())
-            spans.append((at_out, stride))
-            at_in += _align(n * row_bytes)
-            at_out += n * stride
-        answers = self._run(lines, [rows.nbytes for rows, _ in tasks])
-        out = []
-        for (at, stride), answer in zip(spans, answers):
-            if not answer or answer[0] == b"error":
-                raise ValueError(b" ".join(answer).decode(errors="replace"))
-            chunks = []
-            for j, length in enumerate(int(x) for x in answer):
-                chunk = self._out[at + j * stride:at + j * stride + length]
-                if keep:
-                    chunk = np.empty(length, np.uint8)
-                    copy(chunk.ctypes.data, self._out.ctypes.data + at + j * stride, length)
-                chunks.append(chunk)
-            out.append(chunks)
-        return out
-
-    def _run(self, lines: list[bytes], sizes: list[int]) -> list[list[bytes]]:
-        """Each task's answer (its line split), the tasks handed out largest first, two at a time to each
-        worker, the next to whichever answers (so a worker that drew small tasks takes more)."""
-        queue = collections.deque(sorted(range(len(lines)), key=lambda i: -sizes[i]))
-        inflight: list[collections.deque] = [collections.deque() for _ in self._workers]
-        pending = [b"" for _ in self._workers]
-        answers: dict[int, list[bytes]] = {}
-
-        def send(w: int) -> None:
-            i = queue.popleft()
-            inflight[w].append(i)
-            self._workers[w].stdin.write(lines[i])
-            self._workers[w].stdin.flush()
-
-        for w in range(len(self._workers)):
-            for _ in range(2):
-                if queue:
-                    send(w)
-        with selectors.DefaultSelector() as selector:
-            for w, worker in enumerate(self._workers):
-                selector.register(worker.stdout.fileno(), selectors.EVENT_READ, w)
-            while len(answers) < len(lines):
-                ready = selector.select(timeout=ANSWER_SECONDS)
-                if not ready:
-                    raise ValueError(f"no encoding process answered in {ANSWER_SECONDS:.0f} s")
-                for key, _ in ready:
-                    w = key.data
-                    data = os.read(key.fd, 1 << 16)  # the fd itself: nothing waits in a Python buffer
-                    if not data:
-                        raise ValueError("an encoding process ended")
-                    pending[w] += data
-                    while b"\n" in pending[w]:
-                        line, pending[w] = pending[w].split(b"\n", 1)
-                        answers[inflight[w].popleft()] = line.split()
-                        if queue:
-                            send(w)
-        return [answers[i] for i in range(len(lines))]
 
     def close(self) -> None:
         """Ends the workers (stdin closed; killed if they linger) and frees the memory files."""
+        self.failed = True
         for worker in self._workers:
             try:
                 worker.stdin.close()
@@ -172,6 +128,73 @@ class EncoderProcesses:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+
+
+class _Pump:
+    """One round of tasks in the workers: rows copied in and the first tasks handed out at once; `chunks(i)`
+    reads answers until task i's has come, handing each worker that answers its next task (largest first)."""
+
+    def __init__(self, processes: EncoderProcesses, tasks: Sequence[tuple[np.ndarray, bool]]):
+        self.p = processes
+        copy = _memmove()
+        self.lines, self.spans = [], []
+        at_in = at_out = 0
+        for rows, checked in tasks:
+            n, row_bytes = len(rows), rows[0].nbytes
+            stride = _stride(row_bytes)
+            for j, row in enumerate(rows):
+                row = np.ascontiguousarray(row)
+                copy(processes._in.ctypes.data + at_in + j * row_bytes, row.ctypes.data, row_bytes)
+            self.lines.append(f"{at_in} {n} {row_bytes} {rows.dtype.itemsize} {at_out} {stride} {int(checked)}\n".encode())
+            self.spans.append((at_out, stride))
+            at_in += _align(n * row_bytes)
+            at_out += n * stride
+        workers = processes._workers
+        self.queue = collections.deque(sorted(range(len(tasks)), key=lambda i: -tasks[i][0].nbytes))
+        self.inflight: list[collections.deque] = [collections.deque() for _ in workers]
+        self.pending = [b"" for _ in workers]
+        self.answers: dict[int, list[bytes]] = {}
+        for w in range(len(workers)):
+            for _ in range(2):
+                if self.queue:
+                    self._send(w)
+
+    def _send(self, w: int) -> None:
+        i = self.queue.popleft()
+        self.inflight[w].append(i)
+        worker = self.p._workers[w]
+        worker.stdin.write(self.lines[i])
+        worker.stdin.flush()
+
+    def _read(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            for w, worker in enumerate(self.p._workers):
+                if self.inflight[w]:
+                    selector.register(worker.stdout.fileno(), selectors.EVENT_READ, w)
+            ready = selector.select(timeout=ANSWER_SECONDS)
+        if not ready:
+            raise ValueError(f"no encoding process answered in {ANSWER_SECONDS:.0f} s")
+        for key, _ in ready:
+            w = key.data
+            data = os.read(key.fd, 1 << 16)  # the fd itself: nothing waits in a Python buffer
+            if not data:
+                raise ValueError("an encoding process ended")
+            self.pending[w] += data
+            while b"\n" in self.pending[w]:
+                line, self.pending[w] = self.pending[w].split(b"\n", 1)
+                self.answers[self.inflight[w].popleft()] = line.split()
+                if self.queue:
+                    self._send(w)
+
+    def chunks(self, i: int) -> list[np.ndarray]:
+        """Task i's chunks, views of the chunks' memory file."""
+        while i not in self.answers:
+            self._read()
+        answer = self.answers[i]
+        if not answer or answer[0] == b"error":
+            raise ValueError(b" ".join(answer).decode(errors="replace"))
+        at, stride = self.spans[i]
+        return [self.p._out[at + j * stride:at + j * stride + int(n)] for j, n in enumerate(answer)]
 
 
 def available() -> bool:

@@ -193,6 +193,11 @@ def _tasks(parts: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def _encode_here(rows: np.ndarray, checked: bool) -> list[Any]:
+    """Deflated chunks of `rows`, encoded on this thread (where the encoding processes failed)."""
+    return _encode_rows(_shuffle_deflate_checked if checked else _shuffle_deflate, rows)
+
+
 def _encode_rows(encode: Any, rows: np.ndarray) -> list[Any]:
     """The chunks `encode` makes of each row of `rows`; deflated rows are shuffled all at once first."""
     if encode not in _DEFLATING:
@@ -609,9 +614,9 @@ class H5RunWriter:
             deflating = [(i, _tasks(rows)) for i, (column, rows) in enumerate(batch) if column.encode in _DEFLATING]
             done = self._encode_in_processes([(task, batch[i][0].encode is _shuffle_deflate_checked)
                                               for i, tasks in deflating for task in tasks]) if deflating else None
-            if done is not None:
+            if done is not None:  # each column's chunks fetched as it writes them, the workers ahead of it
                 results = iter(done)
-                chunks = {i: [c for _ in tasks for c in next(results)] for i, tasks in deflating}
+                chunks = {i: (c for get in [next(results) for _ in tasks] for c in get()) for i, tasks in deflating}
             else:
                 if self._pool is None:  # its threads inherit the writing thread's low priority
                     self._pool = ThreadPoolExecutor(self._encode_threads, thread_name_prefix="emergence-encode")
@@ -621,15 +626,17 @@ class H5RunWriter:
         for i, (column, rows) in enumerate(batch):  # each column encodes its own rows where nothing else did
             column.append(rows, chunks.get(i))
 
-    def _encode_in_processes(self, tasks: list[tuple[np.ndarray, bool]]) -> list[list[np.ndarray]] | None:
-        """The tasks' chunks from the encoding processes (started at the first call), or None where there are
-        none or they failed (then never again: the threads take over)."""
+    def _encode_in_processes(self, tasks: list[tuple[np.ndarray, bool]]) -> list[Any] | None:
+        """One callable per task returning its chunks, from the encoding processes (started at the first
+        call); None where there are none or they failed (then never again: the threads take over)."""
+        if self._use_processes and self._processes is not None and self._processes.failed:
+            self._use_processes = False  # a worker failed during the last batch, which the threads finished
         if not self._use_processes:
             return None
         try:
             if self._processes is None:
                 self._processes = encoders.EncoderProcesses(self._encode_threads)
-            done = self._processes.encode(tasks)
+            done = self._processes.encode(tasks, _encode_here)
         except OSError:
             done = None
         if done is None:

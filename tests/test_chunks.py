@@ -94,30 +94,44 @@ def test_rows_deflated_as_a_batch_are_the_chunks_hdf5_reads_back(tmp_path):
         assert ds.id.read_direct_chunk((2, 0, 0, 0))[1] == _shuffle_deflate_checked(rows[2]).tobytes()
 
 
+def _expected(rows, checked):
+    return [bytes(c) for c in (_encode_rows(_shuffle_deflate_checked, rows) if checked else
+                               [deflate.compress(row) for row in deflate.shuffle(rows)])]
+
+
 def test_encoding_processes_make_the_chunks_the_threads_make_and_a_dead_one_hands_back_to_the_threads(tmp_path):
+    import os
+
     rng = np.random.default_rng(2)
     big = np.maximum(rng.normal(size=(5, 10, 28, 28, 16)), 0).astype(np.float16)  # 250 kB rows
     small = rng.normal(size=(3, 7)).astype(np.float32)
     tasks = [(big[:3], True), (big[3:], True), (small, False)]
+    fell_back = []
+
+    def fallback(rows, checked):
+        fell_back.append(len(rows))
+        return _expected(rows, checked)
+
     processes = EncoderProcesses(2, capacity=800_000)  # two rounds: the memory file holds three big rows
     try:
-        done = processes.encode(tasks)
-        assert done is not None and [len(made) for made in done] == [3, 2, 3]
-        for (rows, checked), made in zip(tasks, done):
-            expected = _encode_rows(_shuffle_deflate_checked, rows) if checked else [
-                deflate.compress(row) for row in deflate.shuffle(rows)]
-            assert [c.tobytes() for c in made] == [bytes(e) for e in expected]
+        done = processes.encode(tasks, fallback)
+        assert done is not None and len(done) == 3
+        for (rows, checked), get in zip(tasks, done):
+            assert [c.tobytes() for c in get()] == _expected(rows, checked)
+        assert fell_back == [] and not processes.failed
+        many = [(big[i:i + 1], True) for i in range(5)] + [(small, False)] * 3  # more tasks than go out at once
+        done = processes.encode(many, fallback)
         pids = [w.pid for w in processes._workers]
-        processes._workers[1].kill()
-        processes._workers[1].wait()
-        assert processes.encode(tasks) is None  # a dead worker: the caller's threads take over
-        assert processes._workers == []
+        for worker in processes._workers:  # both die with tasks still to hand out
+            worker.kill()
+            worker.wait()
+        assert [[bytes(c) for c in get()] for get in done] == [_expected(*task) for task in many]
+        assert processes.failed and fell_back and processes._workers == []  # the rest encoded here
+        assert processes.encode(tasks, fallback) is None  # and the next batch is the threads'
     finally:
         processes.close()
     for pid in pids:
         with pytest.raises(ProcessLookupError):
-            import os
-
             os.kill(pid, 0)
 
 
