@@ -91,7 +91,7 @@ def run_progress(run_path: Path) -> dict[str, Any]:
     from runfile.reader import open_run
 
     try:
-        with open_run(run_path) as run:
+        with open_run(run_path, locking=False) as run:  # a recorder starting meanwhile must get its lock
             state, reason = run.state()
             train, ev = run.train_metrics(), run.eval_metrics()
             return {"state": state, "reason": reason, "step": run.last_step(), "planned_steps": run.planned_steps,

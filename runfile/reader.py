@@ -76,7 +76,7 @@ class Metrics:
 class Run:
     """An open run file. Use as a context manager or call `close()`."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, locking: bool = True):
         self.path = Path(path)
         self.lock = threading.RLock()  # threads reading one run (replay renders layers at once) take turns
         if not self.path.is_file():
@@ -85,7 +85,7 @@ class Run:
         if problem:
             raise RunFileError(f"{self.path} is not a readable HDF5 run file: {problem}")
         try:
-            self._f = open_swmr(self.path)
+            self._f = open_swmr(self.path, locking)
         except OSError as e:
             raise RunFileError(f"{self.path} is not a readable HDF5 run file ({e})") from e
         attrs = self._f.attrs
@@ -457,16 +457,33 @@ def _hdf5_library() -> Any:
     return None
 
 
-def open_swmr(path: Path) -> h5py.File:
+def open_swmr(path: Path, locking: bool = True) -> h5py.File:
     """Opens a run file for SWMR reading, with HDF5's metadata read retries bounded (METADATA_READ_ATTEMPTS):
-    a live writer's torn metadata is re-read a few times, a damaged file fails within a second."""
+    a live writer's torn metadata is re-read a few times, a damaged file fails within a second.
+
+    `locking=False` takes no HDF5 file lock: a reader's shared lock makes a recorder that opens the file for
+    writing meanwhile fail ("unable to lock file", errno 11), as a sweep's resume did while its progress line
+    read the file. HDF5 refuses to open one file in one process with both settings, so where this process
+    holds it open with the lock already, it is opened with the lock."""
+    if locking:
+        return _open_swmr(path, locking=True)
+    try:
+        return _open_swmr(path, locking=False)
+    except OSError as e:
+        if "locking flag" not in str(e):
+            raise
+        return _open_swmr(path, locking=True)
+
+
+def _open_swmr(path: Path, locking: bool) -> h5py.File:
     lib = _hdf5_library()
     if lib is None:  # an HDF5 build we cannot reach: its default retries
-        return h5py.File(path, "r", libver="latest", swmr=True)
+        return h5py.File(path, "r", libver="latest", swmr=True, locking=locking)
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     fapl.set_fclose_degree(h5py.h5f.CLOSE_WEAK)  # as h5py.File's own: the same process may hold the file open too
+    fapl.set_file_locking(locking, True)
     if lib.H5Pset_metadata_read_attempts(ctypes.c_int64(fapl.id), ctypes.c_uint(METADATA_READ_ATTEMPTS)) < 0:
-        return h5py.File(path, "r", libver="latest", swmr=True)
+        return h5py.File(path, "r", libver="latest", swmr=True, locking=locking)
     fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl)
     return h5py.File(fid)
 
@@ -484,9 +501,10 @@ def _process_alive(pid: int) -> bool:
         return True  # no /proc (not Linux): existing is all we know
 
 
-def open_run(path: str | Path) -> Run:
-    """Opens a run file for reading (works while the recorder is still writing it)."""
-    return Run(path)
+def open_run(path: str | Path, locking: bool = True) -> Run:
+    """Opens a run file for reading (works while the recorder is still writing it); `locking=False`: without
+    HDF5's file lock, so a process opening it for writing meanwhile is not refused (see `open_swmr`)."""
+    return Run(path, locking)
 
 
 def _read_rows(ds: h5py.Dataset, positions: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -270,3 +270,21 @@ def test_a_full_disk_in_the_writer_is_one_line_that_says_what_was_kept(tmp_path)
     with pytest.raises(WriterError):
         w.close()
     assert writer.status[0] == "failed" and "\n" not in writer.status[1]
+
+
+def test_a_reader_without_the_lock_does_not_keep_a_recorder_from_opening_the_file(tmp_path):
+    """A sweep's progress line reads the staged file without HDF5's file lock, so the recorder it starts can
+    open it for writing meanwhile, as `emergence resume` does; with the lock that failed (errno 11)."""
+    from runfile.progress import run_progress
+
+    path = tmp_path / "r.h5"
+    with AsyncRunWriter(H5RunWriter(path, _layout())) as writer:
+        writer.write_frame(0, _frame(0.5))
+    write = [sys.executable, "-c", f"import h5py; h5py.File({str(path)!r}, 'r+').close()"]
+    with open_run(path, locking=False) as run:
+        assert run.steps.tolist() == [0]
+        opened = subprocess.run(write, capture_output=True, text=True)
+        assert opened.returncode == 0, opened.stderr[-500:]
+    with open_run(path) as run:  # the default keeps HDF5's lock (a process may mix it with h5py's own opens)
+        assert subprocess.run(write, capture_output=True, text=True).returncode != 0
+    assert run_progress(path)["step"] == 0
