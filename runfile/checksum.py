@@ -89,8 +89,13 @@ def with_checksum(chunk: Buffer) -> np.ndarray:
         out[:raw.size] = raw
     elif raw.size:
         copy(out.ctypes.data, raw.ctypes.data, raw.size)
-    out[raw.size:] = np.frombuffer(fletcher32(raw).to_bytes(4, "little"), np.uint8)
+    out[raw.size:] = stored_checksum(raw)
     return out
+
+
+def stored_checksum(data: Buffer) -> np.ndarray:
+    """The 4 bytes HDF5's filter appends to a chunk of `data`'s bytes: its Fletcher-32, little-endian."""
+    return np.frombuffer(fletcher32(data).to_bytes(4, "little"), np.uint8)
 
 
 @functools.cache

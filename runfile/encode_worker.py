@@ -18,12 +18,12 @@ import sys
 import numpy as np
 
 from runfile import deflate
-from runfile.checksum import fletcher32
+from runfile.checksum import stored_checksum
 
 
 def encode(src: np.ndarray, dst: np.ndarray, line: bytes) -> list[int]:
     in_offset, count, row_bytes, item, out_offset, stride, checked = (int(x) for x in line.split())
-    rows = src[in_offset:in_offset + count * row_bytes].view(f"u{item}" if item in (1, 2, 4, 8) else "u1")
+    rows = src[in_offset:in_offset + count * row_bytes].view(f"V{item}")  # elements of `item` bytes, as shuffled
     lengths = []
     for j, row in enumerate(deflate.shuffle(rows.reshape(count, -1))):
         room = dst[out_offset + j * stride:out_offset + (j + 1) * stride]
@@ -31,7 +31,7 @@ def encode(src: np.ndarray, dst: np.ndarray, line: bytes) -> list[int]:
             raise ValueError(f"room for {room.size} bytes, a chunk of {row.size} may take {deflate.bound(row.size) + 4}")
         n = deflate.compress_into(row, room)
         if checked:  # HDF5's Fletcher-32 after the stream, little-endian
-            room[n:n + 4] = np.frombuffer(fletcher32(room[:n]).to_bytes(4, "little"), np.uint8)
+            room[n:n + 4] = stored_checksum(room[:n])
             n += 4
         lengths.append(n)
     return lengths
