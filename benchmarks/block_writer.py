@@ -167,6 +167,10 @@ def main() -> None:
                         help="GIL switch intervals (ms) the busy trials run with")
     parser.add_argument("--encode", default="auto", help="auto, threads:N, processes:N (comma-separated)")
     args = parser.parse_args()
+    for how in args.encode.split(","):
+        kind, _, n = how.partition(":")
+        if not (how == "auto" or kind in ("threads", "processes") and n.isdigit() and int(n) > 0):
+            parser.error(f"--encode {how!r}: expected auto, threads:N or processes:N")
     print(f"{args.experiment}, K = {args.block}, {args.blocks} blocks a trial, {os.cpu_count()} CPUs, "
           f"{args.trials} alternating trials, medians; encoding 'auto' here: {default_encode_threads(False)} "
           "thread(s) beside the CPU backend")
