@@ -463,16 +463,15 @@ def open_swmr(path: Path, locking: bool = True) -> h5py.File:
 
     `locking=False` takes no HDF5 file lock: a reader's shared lock makes a recorder that opens the file for
     writing meanwhile fail ("unable to lock file", errno 11), as a sweep's resume did while its progress line
-    read the file. HDF5 refuses to open one file in one process with both settings, so where this process
-    holds it open with the lock already, it is opened with the lock."""
-    if locking:
-        return _open_swmr(path, locking=True)
+    read the file, and as `emergence resume` did beside the viewer. HDF5 refuses to open one file in one
+    process with both settings ("file locking flag values don't match"), so where this process holds it open
+    with the other setting already, it is opened with that one."""
     try:
-        return _open_swmr(path, locking=False)
+        return _open_swmr(path, locking)
     except OSError as e:
         if "locking flag" not in str(e):
             raise
-        return _open_swmr(path, locking=True)
+        return _open_swmr(path, not locking)
 
 
 def _open_swmr(path: Path, locking: bool) -> h5py.File:

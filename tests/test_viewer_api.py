@@ -78,7 +78,7 @@ def test_frames_are_the_stored_bytes_and_the_numbers_are_replays(server, runs_di
     rid = rows["sub/relu"]["id"]
     status, headers, body = request(server, f"/api/runs/{rid}/frames?layer=conv1&start=2&count=4")
     assert status == 200 and headers["x-frame-dtype"] == "float32" and headers["x-frame-shape"] == "4,3,4,4,3"
-    with h5py.File(runs_dir / "sub" / "relu.h5", "r") as f:
+    with h5py.File(runs_dir / "sub" / "relu.h5", "r", locking=False) as f:  # as the server holds it
         assert body == f["layers/conv1/activations"][2:6].astype("<f4").tobytes()
         kernel_less = "kernel" not in f["layers/conv1"]
     meta = get_json(server, f"/api/runs/{rid}")
@@ -398,6 +398,29 @@ def test_a_run_being_written_grows_live_and_can_be_reopened_after(server, runs_d
     assert server.catalog.open_count == 0
     with h5py.File(path, "r+") as f:  # the recorder (or anyone) can reopen the file for writing
         f["status"][()] = np.bytes_(b"completed")
+
+
+def test_a_run_the_viewer_holds_open_can_be_opened_for_writing_by_another_process(runs_dir):
+    """`emergence resume` of a run the viewer shows opens it for writing in its own process: the viewer's
+    handle takes no HDF5 file lock, so that open is not refused ("unable to lock file"), and the viewer
+    serves what was written through the handle it kept."""
+    srv = start_in_thread(runs_dir, idle_seconds=60)
+    try:
+        rid = ids(srv)["tanh"]["id"]
+        assert get_json(srv, f"/api/runs/{rid}")["state"] == "completed"
+        assert srv.catalog.open_count == 1
+        script = textwrap.dedent(f"""
+            import h5py, numpy as np
+            with h5py.File({str(runs_dir / "tanh.h5")!r}, "r+") as f:
+                f["status"][()] = np.bytes_(b"recording")
+        """)
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert srv.catalog.open_count == 1
+        assert get_json(srv, f"/api/runs/{rid}")["state"] == "recording"
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_a_port_in_use_is_one_clear_error(server, tmp_path):

@@ -288,3 +288,5 @@ def test_a_reader_without_the_lock_does_not_keep_a_recorder_from_opening_the_fil
     with open_run(path) as run:  # the default keeps HDF5's lock (a process may mix it with h5py's own opens)
         assert subprocess.run(write, capture_output=True, text=True).returncode != 0
     assert run_progress(path)["step"] == 0
+    with open_run(path, locking=False) as free, open_run(path) as locked:  # one process, both settings asked:
+        assert free.steps.tolist() == locked.steps.tolist() == [0]  # the second takes the setting held

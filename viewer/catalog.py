@@ -64,6 +64,10 @@ def run_id(relative: str) -> str:
 
 
 class Catalog:
+    """The run files under a folder and the open handles the server reads them through. Runs are opened
+    without HDF5's file lock (`Run(..., locking=False)`): the shared lock of a run the viewer shows made
+    `emergence resume` of that run fail to open it for writing ("unable to lock file")."""
+
     def __init__(self, root: str | Path, idle_seconds: float = 3.0):
         self.root = Path(root).resolve()
         if not self.root.is_dir():
@@ -141,7 +145,7 @@ class Catalog:
                         with self.open(entry.id) as run:
                             row = summarise(entry, run)
                     else:
-                        with Run(entry.path) as run:
+                        with Run(entry.path, locking=False) as run:
                             row = summarise(entry, run)
                 except Exception as e:  # noqa: BLE001 - any unreadable file is listed with its reason
                     row = {"id": entry.id, "name": entry.name, "readable": False, "state": "unreadable",
@@ -196,7 +200,7 @@ class Catalog:
                 handle = None
             stamp = (st.st_mtime_ns, st.st_size)
             if handle is None:
-                handle = _Handle(Run(entry.path), inode, now, stamp)
+                handle = _Handle(Run(entry.path, locking=False), inode, now, stamp)
                 self._handles[rid] = handle
             elif handle.stamp != stamp:  # written since: see the new rows (SWMR)
                 handle.run.refresh()  # a few dataset refreshes: well under a millisecond
