@@ -19,7 +19,12 @@ recording.
   every 7th step for learn_to_see, every 98th for keras_fashion), writing a real run file in a temp folder.
 
 "host CPU µs per step added" is the process CPU time (every thread: the loop, the writer, the encoder,
-XLA's) per step of the recorded loop minus the unrecorded loop's.
+XLA's) per step of the recorded loop minus the unrecorded loop's. On the CPU backend XLA's threads are the
+device, and their share moves by more between trials than the host path costs; "Python threads' CPU" counts
+only the threads Python runs (the loop's and the writer's: per-thread CPU time from /proc, Linux only), the
+host work recording adds, which is what a GPU step would have to hide. With `--also block_steps=16` the CPU
+backend runs the blocks of K steps that a GPU runs (recorder/blocks.py; slower steps on this backend, the
+same host path per block), the CPU proxy of the GPU's host cost per step.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import dataclasses
 import os
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
@@ -100,6 +106,7 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
         advance(loop, warm)
     times: dict[str, list[float]] = {name: [] for name in [*loops, *(others or {})]}
     cpu: dict[str, list[float]] = {name: [] for name in loops}  # process CPU seconds per step, all threads
+    py_cpu: dict[str, list[float]] = {name: [] for name in loops}  # the same, Python's threads only
     order = [*loops, *(others or {})]
     for trial in range(trials):
         # rotate the order every trial, and pause between loops: PyTorch's OpenMP threads spin for a while
@@ -107,10 +114,11 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
         for name in rotated(order, trial):
             time.sleep(PAUSE_S)
             if name in loops:
-                t, c = time.perf_counter(), _cpu_seconds()
+                t, c, p = time.perf_counter(), _cpu_seconds(), _python_threads_seconds()
                 advance(loops[name], steps)
                 times[name].append(steps / (time.perf_counter() - t))
                 cpu[name].append((_cpu_seconds() - c) / steps)
+                py_cpu[name].append(sum(v - p.get(k, 0.0) for k, v in _python_threads_seconds().items()) / steps)
             else:
                 times[name].append(others[name](steps))
     recorded.close()
@@ -121,6 +129,7 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
             "paired_ratio": statistics.median(r / u for r, u in zip(times["recorded"], times["unrecorded"])),
             "cpu_bare": cpu_bare, "cpu_unrecorded": cpu_un, "cpu_probes": cpu_pr, "cpu_recorded": cpu_rec,
             "cpu_ratio": cpu_un / cpu_rec,
+            "py_unrecorded": statistics.median(py_cpu["unrecorded"]), "py_recorded": statistics.median(py_cpu["recorded"]),
             "spread": (min(times["recorded"]) / max(times["unrecorded"]), max(times["recorded"]) / min(times["unrecorded"])),
             "others": {name: statistics.median(times[name]) for name in others or {}}, "times": times}
 
@@ -148,6 +157,19 @@ def _cpu_seconds() -> float:
     return t.user + t.system
 
 
+def _python_threads_seconds() -> dict[int, float]:
+    """CPU seconds of each thread Python runs (native id -> seconds, from /proc/self/task/ID/schedstat, in
+    nanoseconds); {} where there is no /proc."""
+    out = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/schedstat") as f:
+                out[thread.native_id] = int(f.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=5)
@@ -167,8 +189,9 @@ def main() -> None:
     print()
     print("| model | batch | K | bare step, steps/s | unrecorded (blocks) | probe frame, no writer | recorded every step | "
           "ratio recorded/unrecorded | median of paired trial ratios | ratio recorded/bare step | CPU ms per step, bare "
-          "/ unrecorded / probe frame / recorded | host CPU µs per step added by recording |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "/ unrecorded / probe frame / recorded | host CPU µs per step added by recording | Python threads' CPU µs "
+          "per step, unrecorded / recorded (added) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for experiment, steps, overrides in cases:
             others = torch_runners(experiment) if args.torch and not overrides else None
@@ -177,10 +200,11 @@ def main() -> None:
             ms = " / ".join(f"{1000 * r[k]:.2f}" for k in ("cpu_bare", "cpu_unrecorded", "cpu_probes", "cpu_recorded"))
             print(f"| {label} | {r['batch']} | {r['block']} | {r['bare']:.1f} | {r['unrecorded']:.1f} | {r['probes']:.1f} | "
                   f"{r['recorded']:.1f} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} | {r['ratio_bare']:.3f} | {ms} | "
-                  f"{1e6 * (r['cpu_recorded'] - r['cpu_unrecorded']):.0f} |", flush=True)
+                  f"{1e6 * (r['cpu_recorded'] - r['cpu_unrecorded']):.0f} | {1e6 * r['py_unrecorded']:.0f} / "
+                  f"{1e6 * r['py_recorded']:.0f} ({1e6 * (r['py_recorded'] - r['py_unrecorded']):+.0f}) |", flush=True)
             for name, rate in r["others"].items():
                 print(f"| {label}: PyTorch eager{' + hooks' if 'hooks' in name else ''} | {r['batch']} | | {rate:.1f} | | | | "
-                      f"ours recorded / this: {r['recorded'] / rate:.2f} | | | | |", flush=True)
+                      f"ours recorded / this: {r['recorded'] / rate:.2f} | | | | | |", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ host receives per block:
 
 - `metrics`: float32 [K, M], one row per step (loss, accuracy, the finiteness flag, the per-layer weight
   measures, the learning rate), one device→host transfer;
-- `frames`: one buffer per dtype, [F, E] (row j: the j-th frame of the block, every array raveled in key
-  order), sliced to the block's frames on the device, one transfer per dtype; the same for the analysis
-  entries.
+- `frames`: one buffer per dtype, [F', E] (row j: the j-th frame of the block, every array raveled in key
+  order), one transfer per dtype; the same for the analysis entries. F' is the block's F frames rounded up
+  to a power of two (`first_rows`): the buffer is cut on the device, so that a block of few frames does not
+  send K rows, in one of log2(K) shapes, so that the cut compiles a handful of times in a run, not once per
+  count of frames (each new count compiled for 25 ms on the CPU backend, in the loop's thread).
 
 So a block is one dispatch, one transfer per buffer, one writer queue item and one HDF5 write per dataset,
 whatever its length. Between blocks the loop makes no device→host transfer (tests/test_blocks.py checks it
@@ -28,6 +30,7 @@ training per block: the live viewer and a kill lose at most that much more than 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -118,8 +121,10 @@ class Block:
 
     @property
     def frame_nbytes(self) -> int:
-        return sum(int(np.prod(b.shape)) * np.dtype(b.dtype).itemsize for b in [*self.frames.values(),
-                                                                                 *self.analysis.values()])
+        """Bytes of the block's frames and analysis rows (the valid rows of the buffers)."""
+        return sum(n * int(np.prod(b.shape[1:])) * np.dtype(b.dtype).itemsize
+                   for n, buffers in ((len(self.frame_steps), self.frames), (len(self.analysis_steps), self.analysis))
+                   for b in buffers.values())
 
     def columns(self) -> dict[str, np.ndarray]:
         """(on host values) Each metric over the block's steps: name -> [len(steps)]."""
@@ -128,10 +133,25 @@ class Block:
 
     def frame_arrays(self) -> dict[str, np.ndarray]:
         """(on host values) The frames' arrays, key -> [len(frame_steps), *shape], with the analysis entries."""
-        out = unpack(self.frames, self.frame_layout) if self.frame_steps else {}
+        valid = lambda buffers, n: {d: b[:n] for d, b in buffers.items()}  # views: rows past n were never written
+        out = unpack(valid(self.frames, len(self.frame_steps)), self.frame_layout) if self.frame_steps else {}
         if self.analysis_steps:
-            out.update(unpack(self.analysis, self.analysis_layout))
+            out.update(unpack(valid(self.analysis, len(self.analysis_steps)), self.analysis_layout))
         return out
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _leading_rows(buffers: Mapping[str, jax.Array], rows: int) -> dict[str, jax.Array]:
+    return {d: b[:rows] for d, b in buffers.items()}
+
+
+def first_rows(buffers: Mapping[str, jax.Array], n: int) -> dict[str, jax.Array]:
+    """The buffers (device, [R, E] each) cut to their first n rows rounded up to a power of two (at most R),
+    in one dispatch; {} when n = 0. A `Block` reads only its first n rows."""
+    if not n:
+        return {}
+    rows = min(1 << (n - 1).bit_length(), min(b.shape[0] for b in buffers.values()))
+    return dict(buffers) if all(b.shape[0] == rows for b in buffers.values()) else _leading_rows(buffers, rows)
 
 
 class BlockStep:

@@ -23,10 +23,14 @@ from runfile.writer import RunWriter
 
 def to_host(tree: Any) -> Any:
     """Device arrays -> numpy (blocks until they are computed). Runs on the writer thread only: a replicated
-    array of a multi-process run is read from this process's own replica, never through a collective."""
-    for leaf in jax.tree.leaves(tree):  # start every transfer of the item first: they overlap, then wait once
-        if isinstance(leaf, jax.Array) and leaf.is_fully_addressable:
-            leaf.copy_to_host_async()
+    array of a multi-process run is read from this process's own replica, never through a collective. On
+    the CPU backend numpy views the arrays' own buffers (read-only, no copy), so no transfer is started:
+    `copy_to_host_async` would copy each buffer once more (a 2.3 MB block: 18 against 5 µs)."""
+    leaves = jax.tree.leaves(tree)
+    if jax.default_backend() != "cpu":
+        for leaf in leaves:  # start every transfer of the item first: they overlap, then wait once
+            if isinstance(leaf, jax.Array) and leaf.is_fully_addressable:
+                leaf.copy_to_host_async()
     return jax.tree.map(host, tree)
 
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recorder.blocks import ANALYSE, BLOCK_SECONDS, FRAME, TRAIN, Block, BlockStep
+from recorder.blocks import ANALYSE, BLOCK_SECONDS, FRAME, TRAIN, Block, BlockStep, first_rows
 from recorder.checkpoints import Checkpoints
 from recorder.lifecycle import StopRequest
 from recorder.parallel import SYNC_EVERY, gather, host, processes
@@ -72,7 +72,7 @@ class TrainingLoop:
         """Compiles the block, the step-0 frame and the evaluation before training, at once on threads
         (XLA compiles without holding the GIL), so that training starts with nothing left to compile."""
         fns, state = self.plan.fns, self.state
-        plan = self.plan.placement.replicated(np.zeros((self.plan.block_steps, self.plan.config.batch_size + 4), np.int32))
+        plan = self.plan.placement.argument(np.zeros((self.plan.block_steps, self.plan.config.batch_size + 4), np.int32))
         analysis_x = self.analysis_x if self.rec is not None and self.rec.should_analyse(0) else None
         chunk = np.zeros(EVAL_CHUNK, np.int32)  # every chunk has this shape (recorder/train.py `evaluate`)
         kinds = {TRAIN if self.rec is None and not self.frames else FRAME}
@@ -172,7 +172,7 @@ class TrainingLoop:
         steps = range(first, last + 1)
         kinds = [self._kind(s) for s in steps]
         host_plan = self.blocks.plan(steps, np.stack([self._batch(s) for s in steps]), kinds)
-        self.state, metrics, frames, analysis = self.blocks(self.state, self.data, plan.placement.replicated(host_plan),
+        self.state, metrics, frames, analysis = self.blocks(self.state, self.data, plan.placement.argument(host_plan),
                                                             len(steps), self.blocks_probe_x, self.blocks_analysis_x,
                                                             kinds[0])
         if rec is None:
@@ -180,10 +180,9 @@ class TrainingLoop:
         frame_steps = tuple(s for s, k in zip(steps, kinds) if k >= FRAME)
         analysis_steps = tuple(s for s, k in zip(steps, kinds) if k == ANALYSE)
         scalars = {} if plan.learning_rates is None else {"learning_rate": plan.learning_rates[first - 1:last]}
-        filled = lambda buffers, n: {d: b if b.shape[0] == n else b[:n] for d, b in buffers.items()} if n else {}
-        rec.write_block(Block(  # only the filled rows of the buffers leave the device
-            tuple(steps), metrics, self.blocks.metric_names, frame_steps, filled(frames, len(frame_steps)),
-            self.blocks.frame_layout, analysis_steps, filled(analysis, len(analysis_steps)),
+        rec.write_block(Block(  # about the filled rows of the buffers leave the device (blocks.first_rows)
+            tuple(steps), metrics, self.blocks.metric_names, frame_steps, first_rows(frames, len(frame_steps)),
+            self.blocks.frame_layout, analysis_steps, first_rows(analysis, len(analysis_steps)),
             self.blocks.analysis_layout, scalars))
 
     def _after_block(self, until: int, progress: Progress | None) -> None:

