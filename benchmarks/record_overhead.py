@@ -24,7 +24,9 @@ device, and their share moves by more between trials than the host path costs; "
 only the threads Python runs (the loop's and the writer's: per-thread CPU time from /proc, Linux only), the
 host work recording adds, which is what a GPU step would have to hide. With `--also block_steps=16` the CPU
 backend runs the blocks of K steps that a GPU runs (recorder/blocks.py; slower steps on this backend, the
-same host path per block), the CPU proxy of the GPU's host cost per step.
+same host path per block), the CPU proxy of the GPU's host cost per step. The writer flushes the file once a
+second whatever the step rate (2 to 5 ms of wall time here, waits included): its wall time per step is
+shown apart, as it shrinks with faster steps (2 to 5 µs a step at 1,000 steps/s).
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
     times: dict[str, list[float]] = {name: [] for name in [*loops, *(others or {})]}
     cpu: dict[str, list[float]] = {name: [] for name in loops}  # process CPU seconds per step, all threads
     py_cpu: dict[str, list[float]] = {name: [] for name in loops}  # the same, Python's threads only
+    flushes: list[float] = []  # the recorded loop's writer: seconds per step spent in its once-a-second flushes
     order = [*loops, *(others or {})]
     for trial in range(trials):
         # rotate the order every trial, and pause between loops: PyTorch's OpenMP threads spin for a while
@@ -115,7 +118,10 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
             time.sleep(PAUSE_S)
             if name in loops:
                 t, c, p = time.perf_counter(), _cpu_seconds(), _python_threads_seconds()
+                flushed = recorded._writer.flush_seconds
                 advance(loops[name], steps)
+                if name == "recorded":
+                    flushes.append((recorded._writer.flush_seconds - flushed) / steps)
                 times[name].append(steps / (time.perf_counter() - t))
                 cpu[name].append((_cpu_seconds() - c) / steps)
                 py_cpu[name].append(sum(v - p.get(k, 0.0) for k, v in _python_threads_seconds().items()) / steps)
@@ -130,6 +136,7 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
             "cpu_bare": cpu_bare, "cpu_unrecorded": cpu_un, "cpu_probes": cpu_pr, "cpu_recorded": cpu_rec,
             "cpu_ratio": cpu_un / cpu_rec,
             "py_unrecorded": statistics.median(py_cpu["unrecorded"]), "py_recorded": statistics.median(py_cpu["recorded"]),
+            "flush": statistics.median(flushes),
             "spread": (min(times["recorded"]) / max(times["unrecorded"]), max(times["recorded"]) / min(times["unrecorded"])),
             "others": {name: statistics.median(times[name]) for name in others or {}}, "times": times}
 
@@ -190,8 +197,8 @@ def main() -> None:
     print("| model | batch | K | bare step, steps/s | unrecorded (blocks) | probe frame, no writer | recorded every step | "
           "ratio recorded/unrecorded | median of paired trial ratios | ratio recorded/bare step | CPU ms per step, bare "
           "/ unrecorded / probe frame / recorded | host CPU µs per step added by recording | Python threads' CPU µs "
-          "per step, unrecorded / recorded (added) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "per step, unrecorded / recorded (added) | the writer's flushes (once a second), wall µs per step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for experiment, steps, overrides in cases:
             others = torch_runners(experiment) if args.torch and not overrides else None
@@ -201,10 +208,11 @@ def main() -> None:
             print(f"| {label} | {r['batch']} | {r['block']} | {r['bare']:.1f} | {r['unrecorded']:.1f} | {r['probes']:.1f} | "
                   f"{r['recorded']:.1f} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} | {r['ratio_bare']:.3f} | {ms} | "
                   f"{1e6 * (r['cpu_recorded'] - r['cpu_unrecorded']):.0f} | {1e6 * r['py_unrecorded']:.0f} / "
-                  f"{1e6 * r['py_recorded']:.0f} ({1e6 * (r['py_recorded'] - r['py_unrecorded']):+.0f}) |", flush=True)
+                  f"{1e6 * r['py_recorded']:.0f} ({1e6 * (r['py_recorded'] - r['py_unrecorded']):+.0f}) | "
+                  f"{1e6 * r['flush']:.0f} |", flush=True)
             for name, rate in r["others"].items():
                 print(f"| {label}: PyTorch eager{' + hooks' if 'hooks' in name else ''} | {r['batch']} | | {rate:.1f} | | | | "
-                      f"ours recorded / this: {r['recorded'] / rate:.2f} | | | | | |", flush=True)
+                      f"ours recorded / this: {r['recorded'] / rate:.2f} | | | | | | |", flush=True)
 
 
 if __name__ == "__main__":
