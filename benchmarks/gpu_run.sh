@@ -2,7 +2,7 @@
 # Every GPU measurement in one call, from the project's root on the device machine (../shared/gpu/README.md):
 #   bash ../shared/gpu/prepare.sh            # here: data and wheels into .gpu/
 #   device run, carry [".gpu"]:  bash .gpu/run.sh bash benchmarks/gpu_run.sh
-# Results go to $OUT (or out/gpu): record_overhead.md, block_writer.md, own_loop.md, block1.md, checksum_cost.md, analysis_cost.md, record_*.log, demo.log. Sections run in order
+# Results go to $OUT (or out/gpu): record_overhead.md, block_writer.md, own_loop.md, host_path.md, block1.md, checksum_cost.md, analysis_cost.md, record_*.log, demo.log. Sections run in order
 # of importance, each with its own time limit, so a slow one leaves the others' results.
 set -u
 out=${OUT:-out/gpu}; mkdir -p "$out"
@@ -35,6 +35,9 @@ section "the writer at the GPU's pace: vgg_bn blocks of real frames, with and wi
 timeout 120 python3 benchmarks/block_writer.py --trials 2 --blocks 4 --switch 0.5 --encode auto,threads:8 | tee "$out/block_writer.md"
 section "own loops (NNX and Linen examples, one dispatch a step: their Python runs beside the writer), recorded and not"
 timeout 120 python3 benchmarks/own_loop_overhead.py --trials 3 --steps 200 | tee "$out/own_loop.md"
+section "where the host time goes: the loop's and the writer's threads per step, by function (vgg_bn, keras_fashion)"
+timeout 120 python3 benchmarks/host_path.py --experiment vgg_bn --steps 600 --compression gzip | tee "$out/host_path.md"
+timeout 90 python3 benchmarks/host_path.py --experiment keras_fashion --steps 2000 --compression gzip | tee -a "$out/host_path.md"
 section "one step per dispatch (block_steps=1) against blocks, learn_to_see and keras_fashion"
 timeout 150 python3 benchmarks/record_overhead.py --trials 3 --experiments learn_to_see:300,keras_fashion:600 \
   --also block_steps=1 | tee "$out/block1.md"

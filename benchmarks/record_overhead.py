@@ -117,14 +117,14 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
         for name in rotated(order, trial):
             time.sleep(PAUSE_S)
             if name in loops:
-                t, c, p = time.perf_counter(), _cpu_seconds(), _python_threads_seconds()
+                t, c, p = time.perf_counter(), _cpu_seconds(), python_threads_seconds()
                 flushed = recorded._writer.flush_seconds
                 advance(loops[name], steps)
                 if name == "recorded":
                     flushes.append((recorded._writer.flush_seconds - flushed) / steps)
                 times[name].append(steps / (time.perf_counter() - t))
                 cpu[name].append((_cpu_seconds() - c) / steps)
-                py_cpu[name].append(sum(v - p.get(k, 0.0) for k, v in _python_threads_seconds().items()) / steps)
+                py_cpu[name].append(sum(v - p.get(k, 0.0) for k, v in python_threads_seconds().items()) / steps)
             else:
                 times[name].append(others[name](steps))
     recorded.close()
@@ -164,7 +164,7 @@ def _cpu_seconds() -> float:
     return t.user + t.system
 
 
-def _python_threads_seconds() -> dict[int, float]:
+def python_threads_seconds() -> dict[int, float]:
     """CPU seconds of each thread Python runs (native id -> seconds, from /proc/self/task/ID/schedstat, in
     nanoseconds); {} where there is no /proc."""
     out = {}

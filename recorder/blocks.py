@@ -154,6 +154,15 @@ def first_rows(buffers: Mapping[str, jax.Array], n: int) -> dict[str, jax.Array]
     return dict(buffers) if all(b.shape[0] == rows for b in buffers.values()) else _leading_rows(buffers, rows)
 
 
+def compile_cuts(buffers: Mapping[str, Any]) -> list[Callable[[], Any]]:
+    """Jobs that compile every cut `first_rows` makes of buffers of these shapes (arrays or shape structs),
+    ahead of training."""
+    total = min(b.shape[0] for b in buffers.values())
+    cuts = sorted({min(1 << (n - 1).bit_length(), total) for n in range(1, total + 1)} - {total})
+    structs = {d: jax.ShapeDtypeStruct(b.shape, b.dtype) for d, b in buffers.items()}
+    return [lambda rows=rows: _leading_rows.lower(structs, rows).compile() for rows in cuts]
+
+
 class BlockStep:
     """The jitted block of a run's training step (`update`) and frame (`frame_of`, see recorder/train.py).
 
@@ -216,6 +225,11 @@ class BlockStep:
         Nothing waits for the device."""
         return self._jitted(state, tuple(data), plan, np.int32(n), probe_x, analysis_x,
                             None if self.size > 1 else int(kind))
+
+    def buffers(self) -> list[dict[str, jax.ShapeDtypeStruct]]:
+        """The shapes of the frame and analysis buffers a block returns ([K + 1, E] per dtype; K > 1)."""
+        return [{dtype: jax.ShapeDtypeStruct((self.size + 1, w), dtype) for dtype, w in _widths(layout).items()}
+                for layout in (self.frame_layout, self.analysis_layout) if layout]
 
     def _zeros(self, layout: Layout, rows: int | None = None) -> dict[str, jax.Array]:
         shape = (lambda w: (w,)) if rows is None else (lambda w: (rows, w))

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recorder.blocks import ANALYSE, BLOCK_SECONDS, FRAME, TRAIN, Block, BlockStep, first_rows
+from recorder.blocks import ANALYSE, BLOCK_SECONDS, FRAME, TRAIN, Block, BlockStep, compile_cuts, first_rows
 from recorder.checkpoints import Checkpoints
 from recorder.lifecycle import StopRequest
 from recorder.parallel import SYNC_EVERY, gather, host, processes
@@ -81,6 +81,8 @@ class TrainingLoop:
             kinds = {self._kind(s) for s in steps} if len(steps) <= 10_000 else {TRAIN, FRAME, ANALYSE}
         jobs = [lambda v=v: self.blocks.compile(state, self.data, plan, self.blocks_probe_x, self.blocks_analysis_x, v)
                 for v in self.blocks.variants(sorted(kinds))]
+        if self.rec is not None and self.plan.block_steps > 1:  # the cuts of the frame buffers (blocks.first_rows)
+            jobs += [job for buffers in self.blocks.buffers() for job in compile_cuts(buffers)]
         if self.rec is not None:
             jobs.append(lambda: fns.probe_frame.lower(state.params, state.model_state, self.probe_x, analysis_x).compile())
             if self.evaluate:
