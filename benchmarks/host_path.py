@@ -1,8 +1,8 @@
 """Where recording's host time goes: the CPU time of the loop's thread and of the writer's thread per training
 step, and of the functions on each, for the built-in loop recording one experiment.
 
-    .venv/bin/python benchmarks/host_path.py [--experiment tiny] [--steps 400] [--block-steps K]
-        [--compression none]
+    .venv/bin/python benchmarks/host_path.py [--experiment tiny --set steps=100000] [--steps 400]
+        [--block-steps K] [--compression none]
 
 `record_overhead.py` says how much host CPU recording adds; this says where it goes. The loop runs unrecorded
 and then recorded (every step, the experiment's analysis schedule), each for `--steps` steps after a warm-up
@@ -37,6 +37,7 @@ import runfile.async_writer as async_writer
 import runfile.writer as writer_module
 from experiments import get_experiment
 from record_overhead import python_threads_seconds
+from recorder.config import apply_overrides
 from recorder.plan import make_plan
 
 # (object, attribute, row name): the loop's thread, then the writer's
@@ -90,8 +91,9 @@ class Timed:
             setattr(owner, name, original)
 
 
-def measure(experiment: str, steps: int, block_steps: int, compression: str, folder: Path) -> None:
+def measure(experiment: str, steps: int, block_steps: int, compression: str, sets: list[str], folder: Path) -> None:
     config = dataclasses.replace(get_experiment(experiment), compression=compression, block_steps=block_steps)
+    config = apply_overrides(config, list(sets))
     plan = make_plan(config)
     timed = Timed()
     on_loop = lambda: threading.current_thread() is threading.main_thread()  # noqa: E731
@@ -112,6 +114,9 @@ def measure(experiment: str, steps: int, block_steps: int, compression: str, fol
             loop.compile()
             loop.start()
             warm = max(3 * plan.block_steps, 30, int(rec.analysis_steps[1]) + 1 if len(rec.analysis_steps) > 1 else 0)
+            if warm + steps > plan.total:  # past its end a plan records nothing
+                raise SystemExit(f"{experiment} plans {plan.total} steps and the loop needs {warm + steps}: add "
+                                 f"--set steps={warm + steps} (or more)")
             loop.run(warm)  # every step kind and the first cuts of the frame buffers compiled
             jax.block_until_ready(loop.state)
             if rec_ is not None:
@@ -147,9 +152,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--block-steps", type=int, default=0, help="K (0: the backend's default)")
     parser.add_argument("--compression", default="none")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. steps=100000 for a plan that outlasts the measured steps")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        measure(args.experiment, args.steps, args.block_steps, args.compression, Path(folder))
+        measure(args.experiment, args.steps, args.block_steps, args.compression, args.set, Path(folder))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/record_overhead.py [--trials 5] [--experiments vgg_bn:20,resnet8:20]
         [--also channels=0:16]   # each experiment again with these overrides (e.g. a channel subset)
-        [--compression none]     # the CPU proxy: `--experiments tiny:400 --compression none`
+        [--set steps=100000]     # overrides for every case (here: a plan long enough for the trials)
+        [--compression none]     # the CPU proxy: `--experiments tiny:640 --compression none --set steps=100000
+                                 #   --also block_steps=64`
 
 The loops below run over the same plan (data, model, compiled steps); trials alternate between them in one
 process (the machine is shared and noisy; alternating cancels slow drifts), and the table reports medians
@@ -15,8 +17,11 @@ recording.
   steps per dispatch (recorder/blocks.py).
 - probe frame, no writer: the same computing each step's probe frame inside the block and dropping it
   (separates the cost of the extra forward pass from the cost of getting frames to disk).
-- recorded: the loop with the public `Recorder` on its default schedule (every step; the analysis Grams
-  every 7th step for learn_to_see, every 98th for keras_fashion), writing a real run file in a temp folder.
+- recorded: the loop with the public `Recorder` on the experiment's own schedule, writing a real run file in
+  a temp folder. That is every step for learn_to_see and tiny, but log-spaced (log:300) for keras_fashion,
+  vgg_bn and resnet8: the column "frames per step" says which share of the measured steps wrote a frame
+  (keras_fashion's steps 600 to 1,200: one in 16). `--also schedule=every` records every step. The
+  analysis Grams follow the experiment's analysis schedule (log-spaced, denser early).
 
 "host CPU µs per step added" is the process CPU time (every thread: the loop, the writer, the encoder,
 XLA's) per step of the recorded loop minus the unrecorded loop's. On the CPU backend XLA's threads are the
@@ -103,12 +108,16 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
 
     # compile every step kind, the analysed one included (the recorder's first analysed step after 0)
     warm = max(steps, int(recorded.analysis_steps[1]) if len(recorded.analysis_steps) > 1 else steps)
+    if warm + steps * trials > plan.total:  # past its end a plan records nothing: the trials would measure no frames
+        raise SystemExit(f"{experiment} plans {plan.total} steps and the trials need {warm + steps * trials}: "
+                         f"add --set steps={warm + steps * trials} (or more)")
     for loop in loops.values():
         loop.start()
         advance(loop, warm)
     times: dict[str, list[float]] = {name: [] for name in [*loops, *(others or {})]}
     cpu: dict[str, list[float]] = {name: [] for name in loops}  # process CPU seconds per step, all threads
     py_cpu: dict[str, list[float]] = {name: [] for name in loops}  # the same, Python's threads only
+    frames = 0  # frames the recorded loop wrote during its trials
     flushes: list[float] = []  # the recorded loop's writer: seconds per step spent in its once-a-second flushes
     order = [*loops, *(others or {})]
     for trial in range(trials):
@@ -118,13 +127,14 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
             time.sleep(PAUSE_S)
             if name in loops:
                 t, c, p = time.perf_counter(), _cpu_seconds(), python_threads_seconds()
-                flushed = recorded._writer.flush_seconds
+                flushed, first = recorded._writer.flush_seconds, loops[name].step + 1
                 advance(loops[name], steps)
-                if name == "recorded":
-                    flushes.append((recorded._writer.flush_seconds - flushed) / steps)
                 times[name].append(steps / (time.perf_counter() - t))
                 cpu[name].append((_cpu_seconds() - c) / steps)
                 py_cpu[name].append(sum(v - p.get(k, 0.0) for k, v in python_threads_seconds().items()) / steps)
+                if name == "recorded":
+                    flushes.append((recorded._writer.flush_seconds - flushed) / steps)
+                    frames += sum(recorded.should_record(s) for s in range(first, loops[name].step + 1))
             else:
                 times[name].append(others[name](steps))
     recorded.close()
@@ -136,7 +146,7 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
             "cpu_bare": cpu_bare, "cpu_unrecorded": cpu_un, "cpu_probes": cpu_pr, "cpu_recorded": cpu_rec,
             "cpu_ratio": cpu_un / cpu_rec,
             "py_unrecorded": statistics.median(py_cpu["unrecorded"]), "py_recorded": statistics.median(py_cpu["recorded"]),
-            "flush": statistics.median(flushes),
+            "flush": statistics.median(flushes), "frames_per_step": frames / (steps * trials),
             "spread": (min(times["recorded"]) / max(times["unrecorded"]), max(times["recorded"]) / min(times["unrecorded"])),
             "others": {name: statistics.median(times[name]) for name in others or {}}, "times": times}
 
@@ -185,6 +195,8 @@ def main() -> None:
                         help="EXPERIMENT:STEPS_PER_TRIAL,... (default: %(default)s)")
     parser.add_argument("--also", action="append", metavar="KEY=VALUE", help="measure each experiment again with these "
                         "overrides (repeatable; one extra case with all of them)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every case "
+                        "(repeatable), e.g. steps=100000 for a plan that outlasts the trials")
     parser.add_argument("--torch", action="store_true", help="also PyTorch eager, plain and with forward hooks copying "
                         "the probes' conv outputs to the host every step (learn_to_see, keras_fashion; on its GPU if any)")
     args = parser.parse_args()
@@ -192,26 +204,28 @@ def main() -> None:
     if args.also:
         cases = [c for name, steps, _ in cases for c in ((name, steps, ()), (name, steps, tuple(args.also)))]
     print(f"JAX {jax.__version__}, backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
-          f"{args.trials} alternating trials per loop, medians; run-file compression {args.compression}")
+          f"{args.trials} alternating trials per loop, medians; run-file compression {args.compression}"
+          + (f"; every case with {', '.join(args.set)}" if args.set else ""))
     print()
-    print("| model | batch | K | bare step, steps/s | unrecorded (blocks) | probe frame, no writer | recorded every step | "
+    print("| model | batch | K | bare step, steps/s | unrecorded (blocks) | probe frame every step, no writer | recorded | frames per step recorded | "
           "ratio recorded/unrecorded | median of paired trial ratios | ratio recorded/bare step | CPU ms per step, bare "
           "/ unrecorded / probe frame / recorded | host CPU µs per step added by recording | Python threads' CPU µs "
           "per step, unrecorded / recorded (added) | the writer's flushes (once a second), wall µs per step |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for experiment, steps, overrides in cases:
             others = torch_runners(experiment) if args.torch and not overrides else None
-            r = bench(experiment, steps, args.trials, Path(folder), args.compression, others=others, overrides=overrides)
+            r = bench(experiment, steps, args.trials, Path(folder), args.compression, others=others,
+                      overrides=(*args.set, *overrides))
             label = r["experiment"] + (f" ({', '.join(overrides)})" if overrides else "")
             ms = " / ".join(f"{1000 * r[k]:.2f}" for k in ("cpu_bare", "cpu_unrecorded", "cpu_probes", "cpu_recorded"))
             print(f"| {label} | {r['batch']} | {r['block']} | {r['bare']:.1f} | {r['unrecorded']:.1f} | {r['probes']:.1f} | "
-                  f"{r['recorded']:.1f} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} | {r['ratio_bare']:.3f} | {ms} | "
+                  f"{r['recorded']:.1f} | {r['frames_per_step']:.2f} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} | {r['ratio_bare']:.3f} | {ms} | "
                   f"{1e6 * (r['cpu_recorded'] - r['cpu_unrecorded']):.0f} | {1e6 * r['py_unrecorded']:.0f} / "
                   f"{1e6 * r['py_recorded']:.0f} ({1e6 * (r['py_recorded'] - r['py_unrecorded']):+.0f}) | "
                   f"{1e6 * r['flush']:.0f} |", flush=True)
             for name, rate in r["others"].items():
-                print(f"| {label}: PyTorch eager{' + hooks' if 'hooks' in name else ''} | {r['batch']} | | {rate:.1f} | | | | "
+                print(f"| {label}: PyTorch eager{' + hooks' if 'hooks' in name else ''} | {r['batch']} | | {rate:.1f} | | | | | "
                       f"ours recorded / this: {r['recorded'] / rate:.2f} | | | | | | |", flush=True)
 
 
