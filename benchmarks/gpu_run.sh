@@ -9,7 +9,7 @@ out=${OUT:-out/gpu}; mkdir -p "$out"
 export EMERGENCE_CACHE=/tmp/emergence-cache
 section() { echo "== $1 ($(date +%T))" | tee -a "$out/sections.log"; }
 section "recording overhead, 4 models, gzip, with PyTorch eager"
-timeout 240 python3 benchmarks/record_overhead.py --trials 3 --torch --set schedule=every --set steps=100000 \
+timeout 240 python3 benchmarks/record_overhead.py --trials 3 --torch --set schedule=every --set steps=5000 \
   --experiments learn_to_see:300,keras_fashion:600,vgg_bn:300,resnet8:300 | tee "$out/record_overhead.md"
 section "emergence record keras_fashion (4,685 steps), the full loop"
 timeout 90 python3 -m emergence record keras_fashion --out /tmp/runs --no-progress --overwrite > "$out/record_keras_fashion.log" 2>&1
@@ -36,11 +36,11 @@ timeout 120 python3 benchmarks/block_writer.py --trials 2 --blocks 4 --switch 0.
 section "own loops (NNX and Linen examples, one dispatch a step: their Python runs beside the writer), recorded and not"
 timeout 120 python3 benchmarks/own_loop_overhead.py --trials 3 --steps 200 | tee "$out/own_loop.md"
 section "where the host time goes: the loop's and the writer's threads per step, by function (vgg_bn, keras_fashion)"
-timeout 120 python3 benchmarks/host_path.py --experiment vgg_bn --steps 600 --compression gzip --set schedule=every --set steps=100000 | tee "$out/host_path.md"
-timeout 90 python3 benchmarks/host_path.py --experiment keras_fashion --steps 2000 --compression gzip --set schedule=every --set steps=100000 | tee -a "$out/host_path.md"
+timeout 120 python3 benchmarks/host_path.py --experiment vgg_bn --steps 600 --compression gzip --set schedule=every --set steps=5000 | tee "$out/host_path.md"
+timeout 90 python3 benchmarks/host_path.py --experiment keras_fashion --steps 2000 --compression gzip --set schedule=every --set steps=5000 | tee -a "$out/host_path.md"
 section "one step per dispatch (block_steps=1) against blocks, learn_to_see and keras_fashion"
 timeout 150 python3 benchmarks/record_overhead.py --trials 3 --experiments learn_to_see:300,keras_fashion:600 \
-  --set schedule=every --set steps=100000 --also block_steps=1 | tee "$out/block1.md"
+  --set schedule=every --set steps=5000 --also block_steps=1 | tee "$out/block1.md"
 section "checksums: the encoder and the writer with and without them (16 host cores)"
 timeout 90 python3 benchmarks/checksum_cost.py --trials 3 --loop-steps 0 | tee "$out/checksum_cost.md"
 section "analysis statistics: by rows (the CPU backend's form) against one pass (this backend's)"
