@@ -36,7 +36,7 @@ import recorder.recorder as recorder_module
 import runfile.async_writer as async_writer
 import runfile.writer as writer_module
 from experiments import get_experiment
-from record_overhead import python_threads_seconds
+from record_overhead import python_threads_seconds, require_steps
 from recorder.config import apply_overrides
 from recorder.plan import make_plan
 
@@ -114,9 +114,7 @@ def measure(experiment: str, steps: int, block_steps: int, compression: str, set
             loop.compile()
             loop.start()
             warm = max(3 * plan.block_steps, 30, int(rec.analysis_steps[1]) + 1 if len(rec.analysis_steps) > 1 else 0)
-            if warm + steps > plan.total:  # past its end a plan records nothing
-                raise SystemExit(f"{experiment} plans {plan.total} steps and the loop needs {warm + steps}: add "
-                                 f"--set steps={warm + steps} (or more)")
+            require_steps(plan, warm + steps)
             loop.run(warm)  # every step kind and the first cuts of the frame buffers compiled
             jax.block_until_ready(loop.state)
             if rec_ is not None:

@@ -108,9 +108,7 @@ def bench(experiment: str, steps: int, trials: int, folder: Path, compression: s
 
     # compile every step kind, the analysed one included (the recorder's first analysed step after 0)
     warm = max(steps, int(recorded.analysis_steps[1]) if len(recorded.analysis_steps) > 1 else steps)
-    if warm + steps * trials > plan.total:  # past its end a plan records nothing: the trials would measure no frames
-        raise SystemExit(f"{experiment} plans {plan.total} steps and the trials need {warm + steps * trials}: "
-                         f"add --set steps={warm + steps * trials} (or more)")
+    require_steps(plan, warm + steps * trials)
     for loop in loops.values():
         loop.start()
         advance(loop, warm)
@@ -172,6 +170,14 @@ def _cpu_seconds() -> float:
     shared machine slows down far less than it slows down wall-clock time."""
     t = os.times()
     return t.user + t.system
+
+
+def require_steps(plan: RunPlan, needed: int) -> None:
+    """Exits with the override to add when a measurement needs more steps than the plan has: past its end a
+    plan records nothing, so the trials would measure no frames."""
+    if needed > plan.total:
+        raise SystemExit(f"{plan.config.experiment} plans {plan.total} steps and the measurement needs {needed}: "
+                         f"add --set steps={needed} (or more)")
 
 
 def python_threads_seconds() -> dict[int, float]:

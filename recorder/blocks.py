@@ -145,22 +145,26 @@ def _leading_rows(buffers: Mapping[str, jax.Array], rows: int) -> dict[str, jax.
     return {d: b[:rows] for d, b in buffers.items()}
 
 
+def _cut(n: int, total: int) -> int:
+    """The rows `first_rows` keeps of `total` for n filled ones: n rounded up to a power of two, at most total."""
+    return min(1 << (n - 1).bit_length(), total)
+
+
 def first_rows(buffers: Mapping[str, jax.Array], n: int) -> dict[str, jax.Array]:
     """The buffers (device, [R, E] each) cut to their first n rows rounded up to a power of two (at most R),
     in one dispatch; {} when n = 0. A `Block` reads only its first n rows."""
     if not n:
         return {}
-    rows = min(1 << (n - 1).bit_length(), min(b.shape[0] for b in buffers.values()))
+    total = min(b.shape[0] for b in buffers.values())
+    rows = _cut(n, total)
     return dict(buffers) if all(b.shape[0] == rows for b in buffers.values()) else _leading_rows(buffers, rows)
 
 
-def compile_cuts(buffers: Mapping[str, Any]) -> list[Callable[[], Any]]:
-    """Jobs that compile every cut `first_rows` makes of buffers of these shapes (arrays or shape structs),
-    ahead of training."""
+def compile_cuts(buffers: Mapping[str, jax.ShapeDtypeStruct]) -> list[Callable[[], Any]]:
+    """Jobs that compile every cut `first_rows` makes of buffers of these shapes, ahead of training."""
     total = min(b.shape[0] for b in buffers.values())
-    cuts = sorted({min(1 << (n - 1).bit_length(), total) for n in range(1, total + 1)} - {total})
-    structs = {d: jax.ShapeDtypeStruct(b.shape, b.dtype) for d, b in buffers.items()}
-    return [lambda rows=rows: _leading_rows.lower(structs, rows).compile() for rows in cuts]
+    cuts = sorted({_cut(n, total) for n in range(1, total + 1)} - {total})
+    return [lambda rows=rows: _leading_rows.lower(buffers, rows).compile() for rows in cuts]
 
 
 class BlockStep:

@@ -81,9 +81,9 @@ class TrainingLoop:
             kinds = {self._kind(s) for s in steps} if len(steps) <= 10_000 else {TRAIN, FRAME, ANALYSE}
         jobs = [lambda v=v: self.blocks.compile(state, self.data, plan, self.blocks_probe_x, self.blocks_analysis_x, v)
                 for v in self.blocks.variants(sorted(kinds))]
-        if self.rec is not None and self.plan.block_steps > 1:  # the cuts of the frame buffers (blocks.first_rows)
-            jobs += [job for buffers in self.blocks.buffers() for job in compile_cuts(buffers)]
         if self.rec is not None:
+            if self.plan.block_steps > 1:  # the cuts of the frame buffers (blocks.first_rows)
+                jobs += [job for buffers in self.blocks.buffers() for job in compile_cuts(buffers)]
             jobs.append(lambda: fns.probe_frame.lower(state.params, state.model_state, self.probe_x, analysis_x).compile())
             if self.evaluate:
                 jobs.append(lambda: fns.eval_chunk.lower(state.params, state.model_state, self.test_x, self.test_y,
