@@ -37,7 +37,7 @@ import runfile.async_writer as async_writer
 import runfile.writer as writer_module
 from experiments import get_experiment
 from record_overhead import python_threads_seconds, require_steps
-from recorder.config import apply_overrides
+from recorder.config import ConfigError, apply_overrides
 from recorder.plan import make_plan
 
 # (object, attribute, row name): the loop's thread, then the writer's
@@ -158,4 +158,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as e:  # an unknown experiment or config key: one line, no traceback
+        raise SystemExit(f"error: {e}") from None

@@ -50,7 +50,7 @@ import jax
 import numpy as np
 
 from experiments import get_experiment
-from recorder.config import apply_overrides
+from recorder.config import ConfigError, apply_overrides
 from recorder.plan import RunPlan, make_plan
 from recorder.loop import TrainingLoop
 
@@ -236,4 +236,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as e:  # an unknown experiment or config key: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
