@@ -14,7 +14,9 @@ host receives per block:
   order), one transfer per dtype; the same for the analysis entries. F' is the block's F frames rounded up
   to a power of two (`first_rows`): the buffer is cut on the device, so that a block of few frames does not
   send K rows, in one of log2(K) shapes, so that the cut compiles a handful of times in a run, not once per
-  count of frames (each new count compiled for 25 ms on the CPU backend, in the loop's thread).
+  count of frames (each new count compiled for 25 ms on the CPU backend, in the loop's thread). Where the
+  frames are stored uncompressed beside a GPU, the frame buffers also hold `CHECKSUMS`, uint32 [F', A]: each
+  array's Fletcher-32 (recorder/fletcher.py), which the writer then need not compute.
 
 So a block is one dispatch, one transfer per buffer, one writer queue item and one HDF5 write per dataset,
 whatever its length. Between blocks the loop makes no device→host transfer (tests/test_blocks.py checks it
@@ -38,10 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from recorder.fletcher import fletcher32
+
 BLOCK_BYTES = 32 << 20  # device bytes of one block's frame buffer
 MAX_BLOCK = 64  # steps per block at most
 BLOCK_SECONDS = 1.0  # training time per block the loop aims at (see TrainingLoop.block_length)
 TRAIN, FRAME, ANALYSE = 0, 1, 2  # what a step does besides training: nothing, the probe frame, frame + analysis
+CHECKSUMS = "fletcher32"  # the frame buffer of the arrays' checksums, uint32, one column per layout entry
 
 Layout = tuple[tuple[str, tuple[int, ...], str], ...]  # (key, shape, dtype) of each array, in key order
 
@@ -63,20 +68,31 @@ def layout_of(tree: Mapping[str, Any]) -> Layout:
     return tuple((key, tuple(tree[key].shape), str(np.dtype(tree[key].dtype))) for key in sorted(tree))
 
 
-def pack_frame(values: Mapping[str, jax.Array], layout: Layout) -> dict[str, jax.Array]:
+def pack_frame(values: Mapping[str, jax.Array], layout: Layout, checksums: bool = False) -> dict[str, jax.Array]:
     """One flat vector per dtype: the arrays of `values` raveled in `layout`'s order (traceable: a loop of
-    one's own builds a `Block`'s frame buffers by stacking these, one row per frame)."""
+    one's own builds a `Block`'s frame buffers by stacking these, one row per frame); with `checksums`, also
+    `CHECKSUMS`: each array's Fletcher-32 in the stored dtype, in `layout`'s order."""
     parts: dict[str, list[jax.Array]] = {}
     for key, _, dtype in layout:
         parts.setdefault(dtype, []).append(jnp.ravel(values[key]).astype(dtype))
-    return {dtype: jnp.concatenate(arrays) for dtype, arrays in parts.items()}
+    out = {dtype: jnp.concatenate(arrays) for dtype, arrays in parts.items()}
+    if checksums:
+        out[CHECKSUMS] = jnp.stack([fletcher32(jnp.asarray(values[key]).astype(dtype)) for key, _, dtype in layout])
+    return out
 
 
-def _widths(layout: Layout) -> dict[str, int]:
+def _widths(layout: Layout, checksums: bool = False) -> dict[str, int]:
+    """Each buffer's width: dtype -> elements per row (and `CHECKSUMS` -> arrays, with `checksums`)."""
     out: dict[str, int] = {}
     for _, shape, dtype in layout:
         out[dtype] = out.get(dtype, 0) + int(np.prod(shape))
+    if checksums and layout:
+        out[CHECKSUMS] = len(layout)
     return out
+
+
+def _dtype(buffer: str) -> Any:
+    return jnp.uint32 if buffer == CHECKSUMS else buffer
 
 
 def unpack(buffers: Mapping[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
@@ -124,7 +140,16 @@ class Block:
         """Bytes of the block's frames and analysis rows (the valid rows of the buffers)."""
         return sum(n * int(np.prod(b.shape[1:])) * np.dtype(b.dtype).itemsize
                    for n, buffers in ((len(self.frame_steps), self.frames), (len(self.analysis_steps), self.analysis))
-                   for b in buffers.values())
+                   for d, b in buffers.items() if d != CHECKSUMS)
+
+    def frame_checksums(self) -> dict[str, np.ndarray] | None:
+        """(on host values) Each frame array's Fletcher-32 computed on the device, key -> [len(frame_steps)]
+        uint32; None if the device computed none."""
+        sums = self.frames.get(CHECKSUMS) if self.frame_steps else None
+        if sums is None:
+            return None
+        sums = np.asarray(sums)[:len(self.frame_steps)]
+        return {key: sums[:, i] for i, (key, _, _) in enumerate(self.frame_layout)}
 
     def columns(self) -> dict[str, np.ndarray]:
         """(on host values) Each metric over the block's steps: name -> [len(steps)]."""
@@ -173,11 +198,12 @@ class BlockStep:
     `update(state, *data, idx, step) -> (state, metrics)` trains one step on the batch rows `idx` [B];
     `frame_of(params, model_state, probe_x[, analysis_x]) -> frame` computes a frame. With `probe_x` None the
     block only trains. Call it with the state (donated), the data arguments, the probe and analysis inputs
-    and a host plan made by `plan` (one array, copied in at dispatch)."""
+    and a host plan made by `plan` (one array, copied in at dispatch). With `checksums` each frame's arrays
+    are also checksummed on the device (`CHECKSUMS`; recorder/fletcher.py)."""
 
     def __init__(self, update: Callable, frame_of: Callable, size: int, state: Any, data: Sequence[Any],
-                 batch: int, probe_x: Any = None, analysis_x: Any = None):
-        self.size, self.batch = size, batch
+                 batch: int, probe_x: Any = None, analysis_x: Any = None, checksums: bool = False):
+        self.size, self.batch, self.checksums = size, batch, checksums
         self._update, self._frame_of = update, frame_of
         self.traces = 0
         idx, step = jax.ShapeDtypeStruct((batch,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
@@ -232,12 +258,12 @@ class BlockStep:
 
     def buffers(self) -> list[dict[str, jax.ShapeDtypeStruct]]:
         """The shapes of the frame and analysis buffers a block returns ([K + 1, E] per dtype; K > 1)."""
-        return [{dtype: jax.ShapeDtypeStruct((self.size + 1, w), dtype) for dtype, w in _widths(layout).items()}
-                for layout in (self.frame_layout, self.analysis_layout) if layout]
+        return [{d: jax.ShapeDtypeStruct((self.size + 1, w), _dtype(d)) for d, w in _widths(layout, sums).items()}
+                for layout, sums in ((self.frame_layout, self.checksums), (self.analysis_layout, False)) if layout]
 
-    def _zeros(self, layout: Layout, rows: int | None = None) -> dict[str, jax.Array]:
+    def _zeros(self, layout: Layout, rows: int | None = None, checksums: bool = False) -> dict[str, jax.Array]:
         shape = (lambda w: (w,)) if rows is None else (lambda w: (rows, w))
-        return {dtype: jnp.zeros(shape(w), dtype) for dtype, w in _widths(layout).items()}
+        return {d: jnp.zeros(shape(w), _dtype(d)) for d, w in _widths(layout, checksums).items()}
 
     def _block(self, state: Any, data: tuple, plan: jax.Array, n: jax.Array, probe_x: Any, analysis_x: Any,
                variant: int | None):
@@ -252,18 +278,20 @@ class BlockStep:
             return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in frame.values()]))
 
         # what a step records besides training, on the updated state: (finite, frame vectors, analysis vectors)
+        sums = self.checksums
+
         def nothing(state):
-            return jnp.bool_(True), self._zeros(self.frame_layout), self._zeros(self.analysis_layout)
+            return jnp.bool_(True), self._zeros(self.frame_layout, checksums=sums), self._zeros(self.analysis_layout)
 
         def frame_only(state):
             frame = self._frame_of(state.params, state.model_state, probe_x)
-            return all_finite(frame), pack_frame(frame, self.frame_layout), self._zeros(self.analysis_layout)
+            return all_finite(frame), pack_frame(frame, self.frame_layout, sums), self._zeros(self.analysis_layout)
 
         def frame_and_analysis(state):
             full = self._frame_of(state.params, state.model_state, probe_x, analysis_x)
             frame = {key: full[key] for key, _, _ in self.frame_layout}
             rest = {key: full[key] for key, _, _ in self.analysis_layout}
-            return all_finite(full), pack_frame(frame, self.frame_layout), pack_frame(rest, self.analysis_layout)
+            return all_finite(full), pack_frame(frame, self.frame_layout, sums), pack_frame(rest, self.analysis_layout)
 
         branches = [nothing, frame_only, frame_and_analysis][:len(self.kinds)]
 
@@ -283,7 +311,7 @@ class BlockStep:
             return state, rows, frames, analysis
 
         slots = k if k == 1 else k + 1  # the last slot takes the frames of steps that record none
-        carry = (state, jnp.zeros((k, len(names)), jnp.float32), self._zeros(self.frame_layout, slots),
+        carry = (state, jnp.zeros((k, len(names)), jnp.float32), self._zeros(self.frame_layout, slots, sums),
                  self._zeros(self.analysis_layout, slots))
         if k == 1:  # one step, straight-line: no loop (a slot index past the end is clamped to the only one)
             return body(0, carry)

@@ -22,7 +22,8 @@ from runfile.schema import COMPRESSIONS, KERNEL_CHOICES
 OPTIMIZERS = ("adam", "sgd")
 ON_NONFINITE = ("stop", "continue")
 # what `emergence resume --set` may change: keys that do not change what the steps already recorded mean
-RESUMABLE_KEYS = ("epochs", "steps", "checkpoint_every", "on_nonfinite", "conv_impl", "devices")
+RESUMABLE_KEYS = ("epochs", "steps", "checkpoint_every", "on_nonfinite", "conv_impl", "devices", "checksums")
+CHECKSUM_PLACES = ("auto", "device", "host")  # recorder/fletcher.py
 DTYPES = ("float16", "float32")
 PADDINGS = ("default", "same", "valid")  # default: the model's own
 DOWNSAMPLES = ("default", "pool", "stride")
@@ -76,6 +77,7 @@ class RunConfig:
     budget_mb: float = 0.0  # > 0: the densest frame schedule whose file fits this many MB (replaces schedule)
     snapshots: int = 0  # weights stored at this many log-spaced steps (>= 2); 0: step 0 and the last only
     block_steps: int = 0  # steps per dispatch at most (recorder/blocks.py); 0: as many frames as fit 32 MB, <= 64
+    checksums: str = "auto"  # where uncompressed frames' Fletcher-32 is computed: auto (the device beside a GPU) | device | host
 
     def validate(self) -> "RunConfig":
         """Raises ConfigError naming the bad field and the valid options; returns self."""
@@ -83,7 +85,7 @@ class RunConfig:
             "model": tuple(sorted(MODELS)), "activation": tuple(sorted(ACTIVATIONS)), "dataset": DATASETS,
             "optimizer": OPTIMIZERS, "dtype": DTYPES, "compression": COMPRESSIONS, "kernels": KERNEL_CHOICES,
             "on_nonfinite": ON_NONFINITE, "padding": PADDINGS, "downsample": DOWNSAMPLES,
-            "lr_schedule": LR_SCHEDULES, "head": HEADS, "conv_impl": CONV_IMPLS,
+            "lr_schedule": LR_SCHEDULES, "head": HEADS, "conv_impl": CONV_IMPLS, "checksums": CHECKSUM_PLACES,
         }
         for key, valid in choices.items():
             if getattr(self, key) not in valid:

@@ -87,5 +87,5 @@ class DeviceWriter(AsyncRunWriter):
             self.writer.write_analysis(block.analysis_steps, arrays)
         if block.frame_steps:
             self.frame_bytes += block.frame_nbytes
-            self.writer.write_frames(block.frame_steps, arrays)
+            self.writer.write_frames(block.frame_steps, arrays, checksums=block.frame_checksums())
         self.latest_train = {"step": int(steps[-1]), "loss": float(loss[-1]), "accuracy": float(accuracy[-1])}

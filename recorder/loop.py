@@ -14,6 +14,7 @@ import numpy as np
 
 from recorder.blocks import ANALYSE, BLOCK_SECONDS, FRAME, TRAIN, Block, BlockStep, compile_cuts, first_rows
 from recorder.checkpoints import Checkpoints
+from recorder.fletcher import on_device
 from recorder.lifecycle import StopRequest
 from recorder.parallel import SYNC_EVERY, gather, host, processes
 from recorder.plan import RunPlan, epoch_permutation
@@ -50,8 +51,10 @@ class TrainingLoop:
         self.data = (self.train_x, self.train_y, self.initial_params)
         self.blocks_probe_x = self.probe_x if rec is not None or frames else None
         self.blocks_analysis_x = self.analysis_x if rec is not None and len(rec.analysis_steps) else None
-        self.blocks = BlockStep(fns.update, fns.frame_of, plan.block_steps, self.state, self.data,
-                                plan.config.batch_size, self.blocks_probe_x, self.blocks_analysis_x)
+        c = plan.config
+        self.blocks = BlockStep(fns.update, fns.frame_of, plan.block_steps, self.state, self.data, c.batch_size,
+                                self.blocks_probe_x, self.blocks_analysis_x,
+                                checksums=rec is not None and on_device(c.checksums, c.compression))
         self.step = 0
         self.stop = StopRequest()  # asked by a signal handler (recorder/lifecycle.py) or another process
         self._perm = (-1, np.zeros(0, np.int32))  # (epoch, its shuffle)

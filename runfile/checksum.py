@@ -84,13 +84,18 @@ def with_checksum(chunk: Buffer) -> np.ndarray:
     made without letting the GIL go: see the module doc)."""
     raw = _bytes_of(chunk)
     out = np.empty(raw.size + 4, np.uint8)
+    copy_into(out, raw)
+    out[raw.size:] = stored_checksum(raw)
+    return out
+
+
+def copy_into(out: np.ndarray, raw: np.ndarray) -> None:
+    """Copies the bytes `raw` (uint8, contiguous) to the start of `out` (uint8), keeping the GIL."""
     copy = _memmove()
     if copy is None:
         out[:raw.size] = raw
     elif raw.size:
         copy(out.ctypes.data, raw.ctypes.data, raw.size)
-    out[raw.size:] = stored_checksum(raw)
-    return out
 
 
 def stored_checksum(data: Buffer) -> np.ndarray:

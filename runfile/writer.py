@@ -45,6 +45,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
@@ -53,7 +54,7 @@ import h5py
 import numpy as np
 
 from runfile import deflate, encoders
-from runfile.checksum import with_checksum
+from runfile.checksum import copy_into, fletcher32, with_checksum
 from runfile.chunks import write_chunk
 from runfile.schema import (AFTER_NONLINEARITY, COMPRESSIONS, LIBVER, MAX_SCALARS, MESSAGE_BYTES, SCALAR_NAME_BYTES,
                             SCHEMA, SCHEMA_VERSION, STATUS_BYTES, STATUSES)
@@ -91,7 +92,8 @@ class RunWriter(Protocol):
     path: Path
 
     def write_frame(self, step: int, frame: Mapping[str, Any], wall_time: float | None = None) -> None: ...
-    def write_frames(self, steps: Any, frames: Mapping[str, Any], wall_time: float | None = None) -> None: ...
+    def write_frames(self, steps: Any, frames: Mapping[str, Any], wall_time: float | None = None,
+                     checksums: Mapping[str, Any] | None = None) -> None: ...
     def write_analysis(self, steps: Any, arrays: Mapping[str, Any]) -> None: ...
     def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None) -> None: ...
     def write_eval(self, step: int, loss: Any, accuracy: Any) -> None: ...
@@ -219,13 +221,19 @@ class _Column:
 
     `append` writes now, in one extent change; where `_encoder` has one, each row (one whole chunk) is
     encoded here (or by the caller: `chunks`) and written directly. `stage` keeps rows until `commit`.
+    Uncompressed checksummed rows are written from one scratch buffer (the row's bytes, then its checksum),
+    with the Fletcher-32 the caller computed where it gave one (`stage(rows, checksums)`: a device's, see
+    recorder/fletcher.py). The first such checksum is checked against this host's own; if they differ, the
+    column computes its own from then on (`trusted_checksums`).
     """
 
     def __init__(self, ds: h5py.Dataset):
         self.ds, self.n, self.row, self.dtype = ds, ds.shape[0], ds.shape[1:], ds.dtype
         self.encode = _encoder(ds)
-        self._staged: list[np.ndarray] = []
+        self._staged: list[tuple[np.ndarray, np.ndarray | None]] = []  # (rows, their checksums or None)
         self.staged_bytes = 0
+        self._scratch: np.ndarray | None = None
+        self.trusted_checksums: bool | None = None  # None: none given yet
 
     def _rows(self, rows: Any) -> np.ndarray:
         rows = np.asarray(rows, self.dtype)
@@ -234,27 +242,53 @@ class _Column:
         return rows
 
     def append(self, rows: Any, chunks: Any = None) -> None:
-        """Writes `rows` (an array, or a list of arrays of rows taken from the stage); `chunks`, if given, are
-        their encoded chunks (an iterable, one per row, in order)."""
-        parts = [self._rows(r) for r in rows] if isinstance(rows, list) else [self._rows(rows)]
-        k = sum(p.shape[0] for p in parts)
+        """Writes `rows` (an array, or what `take` returned); `chunks`, if given, are their encoded chunks (an
+        iterable, one per row, in order)."""
+        parts = rows if isinstance(rows, list) else [(self._rows(rows), None)]
+        k = sum(len(p) for p, _ in parts)
         self.ds.id.set_extent((self.n + k, *self.row))
-        if self.encode is not None:  # row by row: the staged arrays are never concatenated
+        if self.encode is _raw_checked and chunks is None:
+            zeros, at = (0,) * len(self.row), self.n
+            for p, sums in parts:
+                for j, row in enumerate(p):
+                    write_chunk(self.ds, (at, *zeros), self._checked(row, None if sums is None else int(sums[j])))
+                    at += 1
+        elif self.encode is not None:  # row by row: the staged arrays are never concatenated
             zeros = (0,) * len(self.row)
-            chunks = (c for p in parts for c in _encode_rows(self.encode, p)) if chunks is None else chunks
+            chunks = (c for p, _ in parts for c in _encode_rows(self.encode, p)) if chunks is None else chunks
             for i, chunk in enumerate(chunks):
                 write_chunk(self.ds, (self.n + i, *zeros), chunk)
         else:
-            self.ds[self.n:] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            self.ds[self.n:] = parts[0][0] if len(parts) == 1 else np.concatenate([p for p, _ in parts])
         self.n += k
 
-    def stage(self, rows: Any) -> None:
-        rows = self._rows(rows)
-        self._staged.append(rows)
+    def _checked(self, row: np.ndarray, given: int | None) -> np.ndarray:
+        """The scratch buffer holding `row`'s bytes and their checksum (`given`, if trusted), valid until the
+        next call."""
+        raw = np.ascontiguousarray(row).reshape(-1).view(np.uint8)
+        if self._scratch is None or len(self._scratch) != raw.size + 4:
+            self._scratch = np.empty(raw.size + 4, np.uint8)
+        if given is not None and self.trusted_checksums is None:
+            self.trusted_checksums = given == fletcher32(raw)
+            if not self.trusted_checksums:
+                warnings.warn(f"{self.ds.name}: the device's Fletcher-32 of a row is {given:#010x}, this host's "
+                              f"{fletcher32(raw):#010x}; the host computes them from now on", RuntimeWarning)
+        checksum = given if given is not None and self.trusted_checksums else fletcher32(raw)
+        copy_into(self._scratch, raw)
+        self._scratch[raw.size:] = np.frombuffer(checksum.to_bytes(4, "little"), np.uint8)
+        return self._scratch
+
+    def stage(self, rows: Any, checksums: Any = None) -> None:
+        """Keeps `rows` until `commit` (or `take`); `checksums`, uint32 [n], are their Fletcher-32s if the
+        caller computed them (used where the rows reach the file unchanged: uncompressed, same dtype)."""
+        given = np.asarray(rows)
+        rows = self._rows(given)
+        usable = checksums is not None and self.encode is _raw_checked and given.dtype == self.dtype
+        self._staged.append((rows, np.asarray(checksums, np.uint32).reshape(-1) if usable else None))
         self.staged_bytes += rows.nbytes
 
-    def take(self) -> list[np.ndarray] | None:
-        """The staged arrays of rows, in order (None if there are none), no longer staged."""
+    def take(self) -> list[tuple[np.ndarray, np.ndarray | None]] | None:
+        """The staged (rows, checksums or None) pairs, in order (None if there are none), no longer staged."""
         if not self._staged:
             return None
         rows, self._staged, self.staged_bytes = self._staged, [], 0
@@ -547,19 +581,23 @@ class H5RunWriter:
             self.write_analysis([step], rows)
         self.write_frames([step], rows, wall_time)
 
-    def write_frames(self, steps: Any, frames: Mapping[str, np.ndarray], wall_time: float | None = None) -> None:
+    def write_frames(self, steps: Any, frames: Mapping[str, np.ndarray], wall_time: float | None = None,
+                     checksums: Mapping[str, Any] | None = None) -> None:
         """Appends the frames of `steps` ([n]): `frames` maps each key of `write_frame` to its n rows
-        ([n, P, H, W, C], ...); analysis entries are ignored here (`write_analysis`). One wall time for all."""
+        ([n, P, H, W, C], ...); analysis entries are ignored here (`write_analysis`). One wall time for all.
+        `checksums` (optional, key -> uint32 [n]): each row's Fletcher-32 as computed elsewhere (a device's,
+        recorder/fletcher.py), used for uncompressed datasets instead of computing it here."""
         steps = np.reshape(steps, -1)
         n, c = len(steps), self._col
         keys = [*self._layers, *(f"kernel/{name}" for name in self._kernels), *(["logits"] if "logits" in frames else [])]
         self._reserve(sum(np.asarray(frames[key]).nbytes for key in keys))
+        sums = checksums or {}
         for name in self._layers:
-            c[f"layers/{name}/activations"].stage(frames[name])
+            c[f"layers/{name}/activations"].stage(frames[name], sums.get(name))
         for name in self._kernels:
-            c[f"layers/{name}/kernel"].stage(frames[f"kernel/{name}"])
+            c[f"layers/{name}/kernel"].stage(frames[f"kernel/{name}"], sums.get(f"kernel/{name}"))
         logits = frames["logits"] if "logits" in frames else np.zeros((n, *c["frames/logits"].row), np.float32)
-        c["frames/logits"].stage(logits)
+        c["frames/logits"].stage(logits, sums.get("logits"))
         c["frames/wall_time"].stage(np.full(n, self._now(wall_time)))
         c["frames/step"].stage(steps)
         self._write_if_staged_enough()
@@ -610,8 +648,9 @@ class H5RunWriter:
         hand-overs a task: see runfile/chunks.py); uncompressed chunks are checksummed here, keeping the GIL."""
         batch = [(column, rows) for column in self._frame_columns if (rows := column.take()) is not None]
         chunks: dict[int, Any] = {}
-        if self._encode_threads > 1 and sum(len(part) for _, rows in batch for part in rows) > 1:
-            deflating = [(i, _tasks(rows)) for i, (column, rows) in enumerate(batch) if column.encode in _DEFLATING]
+        if self._encode_threads > 1 and sum(len(part) for _, rows in batch for part, _ in rows) > 1:
+            deflating = [(i, _tasks([p for p, _ in rows])) for i, (column, rows) in enumerate(batch)
+                         if column.encode in _DEFLATING]
             done = self._encode_in_processes([(task, batch[i][0].encode is _shuffle_deflate_checked)
                                               for i, tasks in deflating for task in tasks]) if deflating else None
             if done is not None:  # each column's chunks fetched as it writes them, the workers ahead of it

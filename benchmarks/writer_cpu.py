@@ -1,0 +1,103 @@
+"""The writer thread's CPU time per frame, as a GPU's host sees it: the writer alone, blocks of real frames.
+
+    .venv/bin/python benchmarks/writer_cpu.py [--trials 5] [--experiments tiny,keras_fashion] [--frames 640]
+        [--block 64]
+
+Beside a GPU the writer has a core of its own and the loop's thread spends about 20 µs a step (host_path.py);
+what recording a frame every step then costs the host is the writer thread's CPU time per frame. On a
+2-core machine that time cannot be read from a training run: the writer shares its core with XLA's
+threads, and its CPU time per frame moves by 2x between runs of the same code (host_path.py). So this
+script writes real frames (writer_throughput.py's: a short recording of the experiment, every step) the way
+`DeviceWriter` writes a block, `--block` frames per `write_frames` call and one flush per block, with nothing
+else running, and reads the calling thread's CPU time (`time.thread_time`). Settings, alternating by trial,
+medians:
+
+- none, checksums by the writer: uncompressed chunks, each row's Fletcher-32 computed on this thread
+  (HDF5's own function, runfile/checksum.py);
+- none, checksums given: the same with each row's Fletcher-32 handed over with the block, as the device
+  computes it beside a GPU (recorder/fletcher.py; here computed by XLA before the trial);
+- gzip, processes: deflated by `--processes` encoding processes (runfile/encoders.py, the default beside a
+  GPU), the writer thread copying rows in and chunks out and writing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from record_overhead import rotated
+from recorder.fletcher import fletcher32
+from runfile.writer import H5RunWriter
+from writer_throughput import real_frames
+
+SETTINGS = ("none, checksums by the writer", "none, checksums given", "gzip, processes")
+
+
+def blocks_of(frames: list[dict], block: int, count: int) -> list[tuple[np.ndarray, dict, dict]]:
+    """`count` frames (cycling) as blocks of `block`: (steps, key -> [n, ...] rows, key -> [n] Fletcher-32s)."""
+    checksum = jax.jit(jax.vmap(fletcher32))
+    out = []
+    for first in range(0, count, block):
+        steps = np.arange(first, min(first + block, count))
+        rows = {key: np.stack([frames[s % len(frames)][key] for s in steps]) for key in frames[0]}
+        out.append((steps, rows, {key: np.asarray(checksum(value)) for key, value in rows.items()}))
+    return out
+
+
+def thread_cpu_per_frame(blocks: list, layout: object, setting: str, path: Path, processes: int) -> float:
+    """Seconds of this thread's CPU per frame written, `setting` as in SETTINGS."""
+    compression = setting.split(",")[0]
+    writer = H5RunWriter(path, dataclasses.replace(layout, compression=compression),
+                         encode_threads=processes if compression == "gzip" else 1, encode_processes=True)
+    given = setting == "none, checksums given"
+    writer.write_frames(*blocks[0][:2], 0.0, blocks[0][2] if given else None)  # opens and warms everything
+    writer.flush()
+    frames = 0
+    t = time.thread_time()
+    for steps, rows, sums in blocks[1:]:
+        writer.write_frames(steps, rows, 0.0, sums if given else None)
+        writer.flush()
+        frames += len(steps)
+    seconds = time.thread_time() - t
+    writer.close()
+    path.unlink()
+    return seconds / frames
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--experiments", default="tiny,keras_fashion")
+    parser.add_argument("--frames", type=int, default=640, help="frames each trial writes")
+    parser.add_argument("--block", type=int, default=64, help="frames per block (a GPU's K)")
+    parser.add_argument("--processes", type=int, default=2, help="encoding processes for gzip")
+    args = parser.parse_args()
+    print(f"{args.trials} alternating trials, medians; blocks of {args.block} frames, {args.frames} frames a trial; "
+          f"gzip with {args.processes} encoding processes (their CPU is not the writer thread's)\n")
+    print("| experiment | frame kB | setting | writer thread CPU µs per frame | ratio to checksums by the writer |")
+    print("|---|---|---|---|---|")
+    for experiment in args.experiments.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            frames, layout = real_frames(experiment, folder)
+            blocks = blocks_of(frames, args.block, args.frames + args.block)
+            times: dict[str, list[float]] = {s: [] for s in SETTINGS}
+            for trial in range(args.trials):
+                for setting in rotated(SETTINGS, trial):
+                    times[setting].append(thread_cpu_per_frame(blocks, layout, setting, folder / "w.h5", args.processes))
+        kb = sum(v.nbytes for v in frames[0].values()) / 1e3
+        base = statistics.median(times[SETTINGS[0]])
+        for setting in SETTINGS:
+            cpu = statistics.median(times[setting])
+            print(f"| {experiment} | {kb:.0f} | {setting} | {1e6 * cpu:.1f} | {cpu / base:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

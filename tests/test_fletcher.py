@@ -1,0 +1,123 @@
+"""Fletcher-32 computed on the device (recorder/fletcher.py): the very number HDF5's filter stores, for any
+bytes; the writer appends it instead of computing its own, checks the first against its own, and ignores
+it where the stored bytes are not the bytes it was computed on."""
+
+import dataclasses
+import warnings
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+from recorder.blocks import CHECKSUMS
+from recorder.fletcher import fletcher32, on_device
+from recorder.loop import TrainingLoop
+from recorder.plan import make_plan
+from runfile.checksum import fletcher32 as host_fletcher32
+from runfile.reader import open_run
+from runfile.verify import verify
+from runfile.writer import H5RunWriter
+from conftest import tiny_config
+from test_checksum import CASES
+from test_writer import _layout
+
+device_fletcher32 = jax.jit(fletcher32)
+rng = np.random.default_rng(1)
+
+
+@pytest.mark.parametrize("data", CASES, ids=lambda d: f"{len(d)} bytes")
+def test_the_devices_checksum_of_any_bytes_is_hdf5s(data):
+    array = np.frombuffer(data, np.uint8)
+    assert int(device_fletcher32(array)) == host_fletcher32(array)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.int32])
+def test_the_devices_checksum_of_an_array_covers_its_stored_bytes(dtype):
+    for shape in [(10, 26, 26, 8), (3, 3, 1, 8), (7,), (0,), (70_001,)]:  # the last spans several word groups
+        a = (rng.standard_normal(shape) * 100).astype(dtype)
+        assert int(device_fletcher32(a)) == host_fletcher32(a), (shape, dtype)
+    assert int(device_fletcher32(np.full(70_000, 0xFFFF, np.uint16))) == host_fletcher32(np.full(70_000, 0xFFFF, np.uint16))
+
+
+def test_checksums_go_to_the_device_only_for_uncompressed_frames_beside_an_accelerator():
+    assert on_device("auto", "none", "gpu") and not on_device("auto", "none", "cpu")
+    assert on_device("device", "none", "cpu") and not on_device("host", "none", "gpu")
+    assert not on_device("device", "gzip", "gpu")  # a deflated chunk's checksum covers the deflated bytes
+
+
+VALUES = rng.standard_normal((3, 2, 4, 4, 2))
+
+
+def _write(path, checksums, dtype=np.float16):
+    layout = dataclasses.replace(_layout(), compression="none", dtype="float16")
+    values = VALUES.astype(dtype)
+    writer = H5RunWriter(path, layout)
+    writer.write_frames([0, 1, 2], {"conv1": values, "logits": np.zeros((3, 2, 3), np.float32)},
+                        checksums=None if checksums is None else {"conv1": checksums(values)})
+    column = writer._col["layers/conv1/activations"]
+    writer.close()
+    return values, column.trusted_checksums
+
+
+def _stored(path):
+    with h5py.File(path, "r") as f:
+        ds = f["layers/conv1/activations"]
+        return [ds.id.read_direct_chunk((i, 0, 0, 0, 0))[1] for i in range(ds.shape[0])], ds[...]
+
+
+def test_the_writer_appends_a_given_checksum_and_checks_the_first(tmp_path):
+    right = lambda v: [host_fletcher32(row) for row in v]
+    values, trusted = _write(tmp_path / "given.h5", right)
+    _, host_trusted = _write(tmp_path / "host.h5", None)
+    assert trusted is True and host_trusted is None
+    chunks, stored = _stored(tmp_path / "given.h5")
+    assert chunks == _stored(tmp_path / "host.h5")[0]  # byte for byte what the host writes alone
+    np.testing.assert_array_equal(stored, values)
+    with open_run(tmp_path / "given.h5") as run:
+        assert not verify(run).damaged
+
+
+def test_a_wrong_checksum_is_refused_with_a_warning_and_the_hosts_is_stored(tmp_path):
+    wrong = lambda v: [host_fletcher32(row) ^ 1 for row in v]
+    with pytest.warns(RuntimeWarning, match="the host computes them from now on"):
+        values, trusted = _write(tmp_path / "wrong.h5", wrong)
+    assert trusted is False
+    with open_run(tmp_path / "wrong.h5") as run:
+        assert not verify(run).damaged
+        np.testing.assert_array_equal(run.activations("conv1", [0, 1, 2]), values)
+
+
+def test_checksums_of_other_bytes_than_the_stored_ones_are_ignored(tmp_path):
+    """float32 rows stored as float16: the caller's checksum is of the float32 bytes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, trusted = _write(tmp_path / "cast.h5", lambda v: [host_fletcher32(row) for row in v], np.float32)
+    assert trusted is None
+    with open_run(tmp_path / "cast.h5") as run:
+        assert not verify(run).damaged
+
+
+def test_a_loop_with_device_checksums_writes_the_file_the_host_would(tmp_path):
+    """Blocks of 8 on this CPU with the checksums computed by XLA, as beside a GPU: every chunk verifies
+    and holds the bytes the host-checksummed run holds."""
+    paths = {}
+    for place in ("device", "host"):
+        plan = make_plan(tiny_config(steps=20, block_steps=8, compression="none", checksums=place, eval_every=0,
+                                     checkpoint_every=0, analysis_probes=0))
+        rec = plan.recorder(tmp_path / f"{place}.h5")
+        loop = TrainingLoop(plan, rec, evaluate=False)
+        assert loop.blocks.checksums == (place == "device")
+        assert (CHECKSUMS in loop.blocks.buffers()[0]) == (place == "device")
+        with rec:
+            loop.compile()
+            loop.start()
+            loop.run(20)
+            rec.wait()
+            column = rec._writer.writer._col[f"layers/{plan.capture.layers[0].name}/activations"]
+            assert column.trusted_checksums is (True if place == "device" else None)  # used, and right
+        paths[place] = rec.path
+    with open_run(paths["device"]) as a, open_run(paths["host"]) as b:
+        assert not verify(a).damaged and a.steps.tolist() == b.steps.tolist() == list(range(21))
+        for layer in a.layers:  # the same program but for the checksums: the same frames
+            np.testing.assert_array_equal(a.activations(layer, list(range(21))), b.activations(layer, list(range(21))))
