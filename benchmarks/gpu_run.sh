@@ -2,7 +2,7 @@
 # Every GPU measurement in one call, from the project's root on the device machine (../shared/gpu/README.md):
 #   bash ../shared/gpu/prepare.sh            # here: data and wheels into .gpu/
 #   device run, carry [".gpu"]:  bash .gpu/run.sh bash benchmarks/gpu_run.sh
-# Results go to $OUT (or out/gpu): record_overhead.md, block_writer.md, own_loop.md, host_path.md, block1.md, checksum_cost.md, analysis_cost.md, record_*.log, demo.log. Sections run in order
+# Results go to $OUT (or out/gpu): record_overhead.md, block_writer.md, own_loop.md, host_path.md, block1.md, checksum_cost.md, analysis_cost.md, writer_cpu.md, checksums_device.md, record_*.log, demo.log. Sections run in order
 # of importance, each with its own time limit, so a slow one leaves the others' results.
 set -u
 out=${OUT:-out/gpu}; mkdir -p "$out"
@@ -45,4 +45,9 @@ section "checksums: the encoder and the writer with and without them (16 host co
 timeout 90 python3 benchmarks/checksum_cost.py --trials 3 --loop-steps 0 | tee "$out/checksum_cost.md"
 section "analysis statistics: by rows (the CPU backend's form) against one pass (this backend's)"
 timeout 60 python3 benchmarks/analysis_cost.py --calls 15 | tee "$out/analysis_cost.md"
+section "the writer thread's CPU per frame: checksums by the writer, given by the device; gzip by processes, threads"
+timeout 120 python3 benchmarks/writer_cpu.py --trials 3 --processes 8 --experiments tiny,keras_fashion,vgg_bn | tee "$out/writer_cpu.md"
+section "compression none: checksums on the device (auto there) against on the host, keras_fashion and vgg_bn"
+timeout 150 python3 benchmarks/record_overhead.py --trials 3 --compression none --experiments keras_fashion:600,vgg_bn:300 \
+  --set schedule=every --set steps=5000 --also checksums=host | tee "$out/checksums_device.md"
 section "done"

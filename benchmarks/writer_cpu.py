@@ -1,14 +1,15 @@
 """The writer thread's CPU time per frame, as a GPU's host sees it: the writer alone, blocks of real frames.
 
     .venv/bin/python benchmarks/writer_cpu.py [--trials 5] [--experiments tiny,keras_fashion] [--frames 640]
-        [--block 64]
+        [--block K]
 
 Beside a GPU the writer has a core of its own and the loop's thread spends about 20 µs a step (host_path.py);
 what recording a frame every step then costs the host is the writer thread's CPU time per frame. On a
 2-core machine that time cannot be read from a training run: the writer shares its core with XLA's
 threads, and its CPU time per frame moves by 2x between runs of the same code (host_path.py). So this
 script writes real frames (writer_throughput.py's: a short recording of the experiment, every step) the way
-`DeviceWriter` writes a block, `--block` frames per `write_frames` call and one flush per block, with nothing
+`DeviceWriter` writes a block, K frames per `write_frames` call (by default the K a GPU gets for the frame,
+recorder/blocks.py: 64 for tiny, 54 for keras_fashion) and one flush per block, with nothing
 else running, and reads the calling thread's CPU time (`time.thread_time`). Settings, alternating by trial,
 medians:
 
@@ -17,7 +18,9 @@ medians:
 - none, checksums given: the same with each row's Fletcher-32 handed over with the block, as the device
   computes it beside a GPU (recorder/fletcher.py; here computed by XLA before the trial);
 - gzip, processes: deflated by `--processes` encoding processes (runfile/encoders.py, the default beside a
-  GPU), the writer thread copying rows in and chunks out and writing them.
+  GPU), the writer thread copying rows in and chunks out and writing them;
+- gzip, threads: deflated by as many encoding threads of this process instead (no copies; each chunk's
+  deflate hands the GIL over twice, see runfile/chunks.py).
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ import jax
 import numpy as np
 
 from record_overhead import rotated
+from recorder.blocks import block_size
 from recorder.fletcher import fletcher32
 from runfile.writer import H5RunWriter
 from writer_throughput import real_frames
 
-SETTINGS = ("none, checksums by the writer", "none, checksums given", "gzip, processes")
+SETTINGS = ("none, checksums by the writer", "none, checksums given", "gzip, processes", "gzip, threads")
 
 
 def blocks_of(frames: list[dict], block: int, count: int) -> list[tuple[np.ndarray, dict, dict]]:
@@ -55,7 +59,8 @@ def thread_cpu_per_frame(blocks: list, layout: object, setting: str, path: Path,
     """Seconds of this thread's CPU per frame written, `setting` as in SETTINGS."""
     compression = setting.split(",")[0]
     writer = H5RunWriter(path, dataclasses.replace(layout, compression=compression),
-                         encode_threads=processes if compression == "gzip" else 1, encode_processes=True)
+                         encode_threads=processes if compression == "gzip" else 1,
+                         encode_processes=setting != "gzip, threads")
     given = setting == "none, checksums given"
     writer.write_frames(*blocks[0][:2], 0.0, blocks[0][2] if given else None)  # opens and warms everything
     writer.flush()
@@ -76,27 +81,28 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--experiments", default="tiny,keras_fashion")
     parser.add_argument("--frames", type=int, default=640, help="frames each trial writes")
-    parser.add_argument("--block", type=int, default=64, help="frames per block (a GPU's K)")
-    parser.add_argument("--processes", type=int, default=2, help="encoding processes for gzip")
+    parser.add_argument("--block", type=int, default=0, help="frames per block (default: a GPU's K for the frame)")
+    parser.add_argument("--processes", type=int, default=2, help="encoding processes (or threads) for gzip")
     args = parser.parse_args()
-    print(f"{args.trials} alternating trials, medians; blocks of {args.block} frames, {args.frames} frames a trial; "
-          f"gzip with {args.processes} encoding processes (their CPU is not the writer thread's)\n")
-    print("| experiment | frame kB | setting | writer thread CPU µs per frame | ratio to checksums by the writer |")
-    print("|---|---|---|---|---|")
+    print(f"{args.trials} alternating trials, medians; {args.frames} frames a trial; gzip with {args.processes} "
+          f"encoding processes or threads (their CPU is not the writer thread's)\n")
+    print("| experiment | frame kB | K | setting | writer thread CPU µs per frame | ratio to checksums by the writer |")
+    print("|---|---|---|---|---|---|")
     for experiment in args.experiments.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             frames, layout = real_frames(experiment, folder)
-            blocks = blocks_of(frames, args.block, args.frames + args.block)
+            nbytes = sum(v.nbytes for v in frames[0].values())
+            k = args.block or block_size(nbytes, backend="gpu")
+            blocks = blocks_of(frames, k, args.frames + k)
             times: dict[str, list[float]] = {s: [] for s in SETTINGS}
             for trial in range(args.trials):
                 for setting in rotated(SETTINGS, trial):
                     times[setting].append(thread_cpu_per_frame(blocks, layout, setting, folder / "w.h5", args.processes))
-        kb = sum(v.nbytes for v in frames[0].values()) / 1e3
         base = statistics.median(times[SETTINGS[0]])
         for setting in SETTINGS:
             cpu = statistics.median(times[setting])
-            print(f"| {experiment} | {kb:.0f} | {setting} | {1e6 * cpu:.1f} | {cpu / base:.3f} |")
+            print(f"| {experiment} | {nbytes / 1e3:.0f} | {k} | {setting} | {1e6 * cpu:.1f} | {cpu / base:.3f} |")
 
 
 if __name__ == "__main__":
