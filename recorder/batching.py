@@ -13,7 +13,9 @@ quickly); a frame after a longer gap, one of host arrays or of arrays split over
 structure (the analysed frames
 carry Grams) first sends the waiting ones, one by one, so a slow loop's frames go straight to the writer and a
 live viewer sees them as soon as before. Only full batches are packed: one compilation per frame structure.
-A batch reaches the host as one, so its frames share one wall time (docs/run_schema.md).
+A batch reaches the host as one, so its frames share one wall time (docs/run_schema.md). Where the run stores
+frames uncompressed beside a GPU, the packing also computes each array's Fletcher-32 (recorder/fletcher.py,
+the `CHECKSUMS` buffer of recorder/blocks.py), which the writer then appends instead of computing it.
 
 Frames replicated over several devices (a device mesh, several processes) are packed from this process's own
 replica on its first device: no collective, nothing the other processes must join.
@@ -21,6 +23,7 @@ replica on its first device: no collective, nothing the other processes must joi
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -28,6 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
+
+from recorder.blocks import CHECKSUMS
+from recorder.fletcher import fletcher32
 
 FRAMES_PER_TRANSFER = 8
 METRICS_PER_TRANSFER = 32
@@ -68,14 +74,18 @@ def layout(frame: Mapping[str, Any]) -> tuple[tuple[str, tuple[int, ...], str], 
     return tuple(out)
 
 
-@jax.jit
-def pack(frames: Sequence[Mapping[str, jax.Array]]) -> dict[str, jax.Array]:
-    """The frames' arrays, raveled and concatenated frame after frame (keys in order), one buffer per dtype."""
+@functools.partial(jax.jit, static_argnums=1)
+def pack(frames: Sequence[Mapping[str, jax.Array]], checksums: bool = False) -> dict[str, jax.Array]:
+    """The frames' arrays, raveled and concatenated frame after frame (keys in order), one buffer per dtype;
+    with `checksums`, also `CHECKSUMS`: each array's Fletcher-32, frame after frame."""
     parts: dict[str, list[jax.Array]] = {}
     for frame in frames:
         for key in sorted(frame):
             parts.setdefault(str(frame[key].dtype), []).append(jnp.ravel(frame[key]))
-    return {dtype: jnp.concatenate(arrays) for dtype, arrays in parts.items()}
+    out = {dtype: jnp.concatenate(arrays) for dtype, arrays in parts.items()}
+    if checksums:
+        out[CHECKSUMS] = jnp.stack([fletcher32(frame[key]) for frame in frames for key in sorted(frame)])
+    return out
 
 
 @jax.tree_util.register_pytree_node_class
@@ -95,7 +105,7 @@ class FrameBatch:
 
     @property
     def nbytes(self) -> int:
-        return sum(buffer.nbytes for buffer in self.buffers.values())
+        return sum(buffer.nbytes for key, buffer in self.buffers.items() if key != CHECKSUMS)
 
 
 class _Batcher:
@@ -142,9 +152,9 @@ class FrameBatcher(_Batcher):
     `size` frames that came fast (see the module doc). `drain()` sends the waiting ones."""
 
     def __init__(self, send: Callable[[int, dict], None], send_batch: Callable[[FrameBatch], None],
-                 size: int = FRAMES_PER_TRANSFER, gap_seconds: float = GAP_SECONDS):
+                 size: int = FRAMES_PER_TRANSFER, gap_seconds: float = GAP_SECONDS, checksums: bool = False):
         super().__init__(send, size, gap_seconds)
-        self.send_batch = send_batch
+        self.send_batch, self.checksums = send_batch, checksums
 
     def add(self, step: int, frame: dict) -> None:
         local = _on_one_device(frame) if self._fast() else None
@@ -154,7 +164,8 @@ class FrameBatcher(_Batcher):
         frame_layout = layout(local)
         full = self._hold(step, local, frame_layout)
         if full:
-            self.send_batch(FrameBatch(tuple(s for s, _ in full), pack([f for _, f in full]), frame_layout))
+            self.send_batch(FrameBatch(tuple(s for s, _ in full), pack([f for _, f in full], self.checksums),
+                                       frame_layout))
 
 
 @jax.jit

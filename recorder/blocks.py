@@ -145,11 +145,7 @@ class Block:
     def frame_checksums(self) -> dict[str, np.ndarray] | None:
         """(on host values) Each frame array's Fletcher-32 computed on the device, key -> [len(frame_steps)]
         uint32; None if the device computed none."""
-        sums = self.frames.get(CHECKSUMS) if self.frame_steps else None
-        if sums is None:
-            return None
-        sums = np.asarray(sums)[:len(self.frame_steps)]
-        return {key: sums[:, i] for i, (key, _, _) in enumerate(self.frame_layout)}
+        return checksum_columns(self.frames, self.frame_layout, len(self.frame_steps))
 
     def columns(self) -> dict[str, np.ndarray]:
         """(on host values) Each metric over the block's steps: name -> [len(steps)]."""
@@ -163,6 +159,16 @@ class Block:
         if self.analysis_steps:
             out.update(unpack(valid(self.analysis, len(self.analysis_steps)), self.analysis_layout))
         return out
+
+
+def checksum_columns(buffers: Mapping[str, Any], layout: Layout, n: int) -> dict[str, np.ndarray] | None:
+    """(host buffers) The `CHECKSUMS` buffer's first n rows as key -> [n] uint32, in `layout`'s key order;
+    None if there is none."""
+    sums = buffers.get(CHECKSUMS) if n else None
+    if sums is None:
+        return None
+    sums = np.asarray(sums).reshape(-1, len(layout))[:n]
+    return {key: sums[:, i] for i, (key, _, _) in enumerate(layout)}
 
 
 @functools.partial(jax.jit, static_argnums=1)

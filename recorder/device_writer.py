@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from recorder.batching import FrameBatch
-from recorder.blocks import Block, unpack
+from recorder.blocks import Block, checksum_columns, unpack
 from recorder.parallel import host
 from runfile.async_writer import AsyncRunWriter
 from runfile.writer import RunWriter
@@ -55,7 +55,8 @@ class DeviceWriter(AsyncRunWriter):
         arrays = unpack({d: b.reshape(len(batch.steps), -1) for d, b in batch.buffers.items()}, batch.layout)
         if any(key.startswith("analysis/") for key, _, _ in batch.layout):
             self.writer.write_analysis(batch.steps, arrays)
-        self.writer.write_frames(batch.steps, arrays)
+        self.writer.write_frames(batch.steps, arrays,
+                                 checksums=checksum_columns(batch.buffers, batch.layout, len(batch.steps)))
 
     def write_block(self, block: Block) -> None:
         """Queues a block of steps (recorder/blocks.py): one host copy per buffer, then one staged write per

@@ -39,6 +39,7 @@ from recorder.device_writer import DeviceWriter
 from recorder.batching import FRAMES_PER_TRANSFER, FrameBatcher, MetricsBatcher
 from recorder.blocks import Block
 from recorder.capture import Capture
+from recorder.fletcher import on_device
 from recorder.own_loop import (LiveAnalysis, OwnLoopError, auto_analysis, canonical_config, jitted_capture, progress,
                                 measure_split)
 from recorder.schedule import recorded_steps
@@ -223,7 +224,8 @@ class Recorder:
             except ValueError as e:
                 raise RecorderError(str(e)) from None
         self._writer = DeviceWriter(h5, max_pending=max_pending, nice=writer_nice, switch_interval=switch_interval)
-        self._frames = FrameBatcher(self._writer.write_frame, self._writer.write_frames, size=frames_per_transfer)
+        self._frames = FrameBatcher(self._writer.write_frame, self._writer.write_frames, size=frames_per_transfer,
+                                    checksums=on_device("auto", compression))
         self._metrics = MetricsBatcher(self._send_metrics, self._writer.write_block,
                                        size=4 * frames_per_transfer if frames_per_transfer > 1 else 1)
         self._last = h5.last_steps()

@@ -121,3 +121,38 @@ def test_a_loop_with_device_checksums_writes_the_file_the_host_would(tmp_path):
         assert not verify(a).damaged and a.steps.tolist() == b.steps.tolist() == list(range(21))
         for layer in a.layers:  # the same program but for the checksums: the same frames
             np.testing.assert_array_equal(a.activations(layer, list(range(21))), b.activations(layer, list(range(21))))
+
+
+def test_a_loop_of_ones_own_gets_device_checksums_with_its_packed_frames(tmp_path):
+    """Frames handed over one by one and packed 8 per transfer (recorder/batching.py): with the checksums
+    computed in the packing, as beside a GPU, the file verifies and holds the host-checksummed run's bytes."""
+    from flax import nnx
+    import jax.numpy as jnp
+
+    from recorder import Capture, Recorder
+    from test_recorder_api import Small, _probes
+
+    model, probes = Small(nnx.Rngs(2)), _probes()
+    x = jnp.asarray(probes.images, jnp.float32) / 255.0
+    capture = Capture.nnx(model, x)
+    frames = [capture(model, x * (1 + s / 10)) for s in range(17)]
+    for place in ("device", "host"):
+        with Recorder(tmp_path / f"{place}.h5", probes, capture, planned_steps=16, activation="tanh",
+                      compression="none") as rec:
+            assert rec._frames.checksums is False  # this CPU: the host computes them unless asked
+            rec._frames.checksums, rec._frames.gap = place == "device", 60.0
+            for s, frame in enumerate(frames):
+                rec.write(s, frame, {"loss": 1.0, "accuracy": 0.5} if s else None)
+            rec.wait()
+            assert rec._writer.writer._col["layers/act/activations"].trusted_checksums is (
+                True if place == "device" else None)
+    with open_run(tmp_path / "device.h5") as a, open_run(tmp_path / "host.h5") as b:
+        assert not verify(a).damaged and a.steps.tolist() == list(range(17))
+        np.testing.assert_array_equal(a.activations("act"), b.activations("act"))
+    assert _stored_all(tmp_path / "device.h5") == _stored_all(tmp_path / "host.h5")
+
+
+def _stored_all(path):
+    with h5py.File(path, "r") as f:
+        ds = f["layers/act/activations"]
+        return [ds.id.read_direct_chunk((i,) + (0,) * (ds.ndim - 1))[1] for i in range(ds.shape[0])]
