@@ -53,23 +53,40 @@ class LayerInfo:
     channels: tuple[int, ...] | None = None  # the channel numbers recorded (a subset); None: all
 
 
+ANALYSIS_ROWS = "rows"  # `frame_from(analysis=...)`: the analysis images' activations, not yet their Grams
+
+
 def frame_from(values: Mapping[str, jax.Array], kernels: Mapping[str, jax.Array], logits: jax.Array | None,
-               p: int, dtype: Any, kernel_layers: Sequence[str], analysis: bool,
+               p: int, dtype: Any, kernel_layers: Sequence[str], analysis: bool | str,
                channels: Mapping[str, Sequence[int]] | None = None) -> dict[str, jax.Array]:
     """The frame dict from one forward pass over the probes (the first `p` rows) and, when `analysis`, the
     analysis images after them (traceable; the recorder's own step builds its frames with it too). A layer in
-    `channels` keeps only those channels in the frame; its analysis statistics use all of them."""
+    `channels` keeps only those channels in the frame; its analysis statistics use all of them. With
+    `analysis=ANALYSIS_ROWS` each layer's float32 activations of the analysis images come as
+    `analysis/rows/<layer>` instead of their Gram and statistics (`analysis_of` computes those)."""
     frame: dict[str, jax.Array] = {}
     for name, a in values.items():
         kept = (channels or {}).get(name)
         frame[name] = (a[:p] if kept is None else a[:p, ..., np.asarray(kept)]).astype(dtype)
-        if analysis:  # float32 activations, before any storage rounding
+        if analysis == ANALYSIS_ROWS:
+            frame[f"analysis/rows/{name}"] = a[p:]
+        elif analysis:  # float32 activations, before any storage rounding
             frame[f"analysis/gram/{name}"], frame[f"analysis/stats/{name}"] = gram_and_stats(a[p:])
     for name in kernel_layers:
         frame[f"kernel/{name}"] = kernels[name].astype(jnp.float32)
     if logits is not None:
         frame["logits"] = logits[:p].astype(jnp.float32)
     return frame
+
+
+def analysis_of(rows: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """`analysis/gram/<layer>` and `analysis/stats/<layer>` from the `analysis/rows/<layer>` of a frame made
+    with `analysis=ANALYSIS_ROWS` (traceable)."""
+    out = {}
+    for key, a in rows.items():
+        name = key.removeprefix("analysis/rows/")
+        out[f"analysis/gram/{name}"], out[f"analysis/stats/{name}"] = gram_and_stats(a)
+    return out
 
 
 def parse_channels(spec: str) -> list[int]:
@@ -140,12 +157,14 @@ class Capture:
     def has_logits(self) -> bool:
         return self.num_classes > 0
 
-    def __call__(self, model: Any, probe_x: jax.Array, analysis_x: jax.Array | None = None) -> dict[str, jax.Array]:
+    def __call__(self, model: Any, probe_x: jax.Array, analysis_x: jax.Array | None = None,
+                 analysis: bool | str = True) -> dict[str, jax.Array]:
         """The frame (see the module docstring); call it inside your jitted step. `model` is the NNX model,
-        or the Linen variables, or the function's params, as the constructor was given."""
+        or the Linen variables, or the function's params, as the constructor was given. `analysis` (with
+        `analysis_x`): True for the Grams and statistics, ANALYSIS_ROWS for the rows they come from."""
         logits, values, kernels = self._forward(model, _stack(probe_x, analysis_x))
         return frame_from(values, kernels, logits if self.has_logits else None, probe_x.shape[0], self.dtype,
-                          self.kernel_layers, analysis_x is not None, self.channel_subsets)
+                          self.kernel_layers, analysis if analysis_x is not None else False, self.channel_subsets)
 
     @property
     def channel_subsets(self) -> dict[str, tuple[int, ...]]:

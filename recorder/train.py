@@ -157,8 +157,9 @@ def make_step_functions(model: nnx.Module, tx: optax.GradientTransformation, cap
         metrics.update(layer_measures(measured or {}, params, start, updates, grads))
         return TrainState(params, opt_state, rest), metrics
 
-    def frame_of(params: nnx.State, rest: nnx.State, probe_x: jax.Array, analysis_x: jax.Array | None = None) -> Frame:
-        return capture(inference(params, rest), probe_x, analysis_x)
+    def frame_of(params: nnx.State, rest: nnx.State, probe_x: jax.Array, analysis_x: jax.Array | None = None,
+                 analysis: bool | str = True) -> Frame:
+        return capture(inference(params, rest), probe_x, analysis_x, analysis)
 
     def train_step(state, images, labels, start, idx, step):
         traces["train_step"] += 1  # runs only while tracing

@@ -21,6 +21,7 @@ from recorder.plan import make_plan
 from recorder.run import record
 from runfile.identity import differences
 from runfile.reader import open_run
+from runfile.verify import verify
 from test_reliability import cli, finish, frames_of, start, wait_until
 
 BLOCKS = ["--set", "steps=120", "--set", "checkpoint_every=25", "--set", "eval_every=20", "--set", "block_steps=8"]
@@ -70,13 +71,15 @@ def test_a_blocks_frames_leave_the_device_in_a_few_shapes_and_only_their_rows_ar
     assert block.frame_nbytes == 3 * 2 * 4
 
 
-def test_a_recorded_loop_compiles_nothing_once_training_has_started(tmp_path):
+@pytest.mark.parametrize("k", [8, 1])
+def test_a_recorded_loop_compiles_nothing_once_training_has_started(tmp_path, k):
     """Every executable of a recorded run with blocks, the cuts of its frame buffers included, is compiled
     before training: a log schedule gives the blocks 1 to 8 frames, and no count compiles during training
-    (an eager slice per count did, 25 ms each on the loop's thread)."""
+    (an eager slice per count did, 25 ms each on the loop's thread). With K = 1, the analysed steps' second
+    dispatch (their Grams and statistics) is compiled before training too."""
     from jax import monitoring
 
-    config = apply_overrides(get_experiment("tiny"), ["block_steps=8", "steps=120", "schedule=log:40"])
+    config = apply_overrides(get_experiment("tiny"), [f"block_steps={k}", "steps=120", "schedule=log:40"])
     plan = make_plan(config)
     rec = plan.recorder(tmp_path / "run.h5", overwrite=True)
     loop = TrainingLoop(plan, rec, evaluate=False)
@@ -94,6 +97,7 @@ def test_a_recorded_loop_compiles_nothing_once_training_has_started(tmp_path):
     with open_run(tmp_path / "run.h5") as run:
         per_block = np.bincount((run.steps[1:] - 1) // 8)
         assert len(set(per_block.tolist())) >= 3  # frames per block vary
+        assert len(run.analysis_steps) > 5 and not verify(run).damaged
     assert compiled == []
 
 
