@@ -193,9 +193,11 @@ def record(
             f"before compression (gzip often halves it); if it fills up, the run stops with one error and keeps "
             f"every frame written; {fitting_advice(plan, free)}")
     k = plan.block_steps
+    loop = TrainingLoop(plan, rec, checkpoints=ckpts)
     log(f"blocks: at most {k} step{'s' if k != 1 else ''} per dispatch (--set block_steps=K), about {BLOCK_SECONDS:g} s "
-        "of training each; stops, evaluations and checkpoints act between blocks")
-    return _drive(plan, rec, TrainingLoop(plan, rec, checkpoints=ckpts), path, show_progress, log, phases)
+        "of training each; stops, evaluations and checkpoints act between blocks"
+        + ("; the frames' checksums are computed on the device (--set checksums=host)" if loop.blocks.checksums else ""))
+    return _drive(plan, rec, loop, path, show_progress, log, phases)
 
 
 def resume(path: str | Path, overrides: Sequence[str] = (), show_progress: bool = True,
