@@ -71,6 +71,19 @@ class TrainingLoop:
             self._perm = (epoch, epoch_permutation(c.seed, epoch, len(self.plan.dataset.train_labels)))
         return self._perm[1][i * c.batch_size:(i + 1) * c.batch_size]  # [B] int32, copied in at dispatch
 
+    def _batches(self, first: int, last: int) -> np.ndarray:
+        """[last - first + 1, B]: the batches of updates first..last, one slice of each epoch's shuffle they
+        span (a block of 64 steps: a few µs, against 180 for 64 slices stacked)."""
+        per, b = self.plan.per_epoch, self.plan.config.batch_size
+        parts, step = [], first
+        while step <= last:
+            end = min(last, ((step - 1) // per + 1) * per)  # the last of these steps in step's epoch
+            self._batch(step)  # that epoch's shuffle, cached
+            i = (step - 1) % per
+            parts.append(self._perm[1][i * b:(i + end - step + 1) * b].reshape(end - step + 1, b))
+            step = end + 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def compile(self) -> None:
         """Compiles the block, the step-0 frame and the evaluation before training, at once on threads
         (XLA compiles without holding the GIL), so that training starts with nothing left to compile."""
@@ -176,7 +189,7 @@ class TrainingLoop:
         plan, rec = self.plan, self.rec
         steps = range(first, last + 1)
         kinds = [self._kind(s) for s in steps]
-        host_plan = self.blocks.plan(steps, np.stack([self._batch(s) for s in steps]), kinds)
+        host_plan = self.blocks.plan(steps, self._batches(first, last), kinds)
         self.state, metrics, frames, analysis = self.blocks(self.state, self.data, plan.placement.argument(host_plan),
                                                             len(steps), self.blocks_probe_x, self.blocks_analysis_x,
                                                             kinds[0])

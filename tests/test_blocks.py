@@ -221,3 +221,12 @@ def test_a_block_is_one_writer_item_and_one_row_group(tmp_path):
     with pytest.raises(ValueError, match="1 to 8 steps"):
         loop.blocks.plan(range(9), np.zeros((9, 32), np.int32), [TRAIN] * 9)
     assert isinstance(Block((1,), np.zeros((1, 3), np.float32), ("accuracy", "finite", "loss")), Block)
+
+
+def test_a_blocks_batches_are_the_steps_own_within_and_across_epochs():
+    plan = make_plan(tiny_config(steps=40))  # 256 images in batches of 32: 8 steps an epoch
+    loop = TrainingLoop(plan, None)
+    assert plan.per_epoch == 8
+    for first, last in [(1, 8), (5, 12), (3, 3), (7, 25), (9, 16)]:
+        np.testing.assert_array_equal(loop._batches(first, last), np.stack([loop._batch(s) for s in range(first, last + 1)]))
+    assert not np.array_equal(loop._batches(1, 1), loop._batches(9, 9))  # each epoch its own shuffle
