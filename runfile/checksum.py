@@ -79,28 +79,28 @@ def fletcher32_numpy(data: Buffer) -> int:
     return (sum2 << 16) | sum1
 
 
-def with_checksum(chunk: Buffer) -> np.ndarray:
+def with_checksum(chunk: Buffer, out: np.ndarray | None = None, checksum: int | None = None) -> np.ndarray:
     """`chunk`'s bytes followed by their Fletcher-32 checksum, as HDF5's filter stores a chunk (uint8; one copy,
-    made without letting the GIL go: see the module doc)."""
+    made without letting the GIL go: see the module doc). Written into `out` (uint8, 4 bytes longer than the
+    chunk) if given, else into a new array; `checksum` is the chunk's Fletcher-32 where the caller has it."""
     raw = _bytes_of(chunk)
-    out = np.empty(raw.size + 4, np.uint8)
-    copy_into(out, raw)
-    out[raw.size:] = stored_checksum(raw)
-    return out
-
-
-def copy_into(out: np.ndarray, raw: np.ndarray) -> None:
-    """Copies the bytes `raw` (uint8, contiguous) to the start of `out` (uint8), keeping the GIL."""
+    out = np.empty(raw.size + 4, np.uint8) if out is None else out
     copy = _memmove()
     if copy is None:
         out[:raw.size] = raw
     elif raw.size:
         copy(out.ctypes.data, raw.ctypes.data, raw.size)
+    out[raw.size:] = _stored(fletcher32(raw) if checksum is None else checksum)
+    return out
 
 
 def stored_checksum(data: Buffer) -> np.ndarray:
     """The 4 bytes HDF5's filter appends to a chunk of `data`'s bytes: its Fletcher-32, little-endian."""
-    return np.frombuffer(fletcher32(data).to_bytes(4, "little"), np.uint8)
+    return _stored(fletcher32(data))
+
+
+def _stored(checksum: int) -> np.ndarray:
+    return np.frombuffer(checksum.to_bytes(4, "little"), np.uint8)
 
 
 @functools.cache

@@ -54,7 +54,7 @@ import h5py
 import numpy as np
 
 from runfile import deflate, encoders
-from runfile.checksum import copy_into, fletcher32, with_checksum
+from runfile.checksum import fletcher32, with_checksum
 from runfile.chunks import write_chunk
 from runfile.schema import (AFTER_NONLINEARITY, COMPRESSIONS, LIBVER, MAX_SCALARS, MESSAGE_BYTES, SCALAR_NAME_BYTES,
                             SCHEMA, SCHEMA_VERSION, STATUS_BYTES, STATUSES)
@@ -265,18 +265,16 @@ class _Column:
     def _checked(self, row: np.ndarray, given: int | None) -> np.ndarray:
         """The scratch buffer holding `row`'s bytes and their checksum (`given`, if trusted), valid until the
         next call."""
-        raw = np.ascontiguousarray(row).reshape(-1).view(np.uint8)
-        if self._scratch is None or len(self._scratch) != raw.size + 4:
-            self._scratch = np.empty(raw.size + 4, np.uint8)
+        row = np.ascontiguousarray(row)
+        if self._scratch is None or len(self._scratch) != row.nbytes + 4:
+            self._scratch = np.empty(row.nbytes + 4, np.uint8)
         if given is not None and self.trusted_checksums is None:
-            self.trusted_checksums = given == fletcher32(raw)
+            own = fletcher32(row)
+            self.trusted_checksums = given == own
             if not self.trusted_checksums:
                 warnings.warn(f"{self.ds.name}: the device's Fletcher-32 of a row is {given:#010x}, this host's "
-                              f"{fletcher32(raw):#010x}; the host computes them from now on", RuntimeWarning)
-        checksum = given if given is not None and self.trusted_checksums else fletcher32(raw)
-        copy_into(self._scratch, raw)
-        self._scratch[raw.size:] = np.frombuffer(checksum.to_bytes(4, "little"), np.uint8)
-        return self._scratch
+                              f"{own:#010x}; the host computes them from now on", RuntimeWarning)
+        return with_checksum(row, self._scratch, given if self.trusted_checksums else None)
 
     def stage(self, rows: Any, checksums: Any = None) -> None:
         """Keeps `rows` until `commit` (or `take`); `checksums`, uint32 [n], are their Fletcher-32s if the
