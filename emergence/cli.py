@@ -32,8 +32,17 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def _record(args: argparse.Namespace) -> int:
+def training_process() -> None:
+    """What a process that trains sets up before JAX starts its backend: freed host memory kept for reuse
+    (recorder/host_memory.py) and the compilation cache."""
+    from recorder.host_memory import keep_freed_memory
+
+    keep_freed_memory()
     enable_compilation_cache()
+
+
+def _record(args: argparse.Namespace) -> int:
+    training_process()
     from experiments import PROGRAMS, get_experiment, run_program
     from recorder.config import apply_overrides
     from recorder.run import record, resume
@@ -89,7 +98,7 @@ def _join(args: argparse.Namespace, devices: int) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    enable_compilation_cache()
+    training_process()
     from recorder.run import resume
     from runfile.reader import open_run
 
@@ -212,7 +221,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    enable_compilation_cache()
+    training_process()
     from compare.sweep import sweep_report
     from experiments.launchers import RayOptions, SlurmOptions, sbatch_script
     from experiments.sweep import parse_grid, plan_sweep, record_sweep, tasks_of

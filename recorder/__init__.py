@@ -12,6 +12,7 @@ from recorder.blocks import Block, BlockStep
 from recorder.capture import AFTER_NONLINEARITY, PRE_ACTIVATION, Capture, CaptureError
 from recorder.config import ConfigError, RunConfig, apply_overrides
 from recorder.data import DATASETS, Dataset, DatasetNotFoundError, load_dataset
+from recorder.host_memory import keep_freed_memory
 from recorder.models import MODELS, build_model, register_model
 from recorder.recorder import Probes, Recorder, RecorderError
 from recorder.run import RunResult, record
@@ -23,5 +24,5 @@ __all__ = [
     "ACTIVATIONS", "AFTER_NONLINEARITY", "Block", "BlockStep", "Capture", "CaptureError", "ConfigError", "DATASETS", "Dataset",
     "DatasetNotFoundError", "MODELS", "PRE_ACTIVATION", "Probes", "Recorder", "RecorderError", "RunConfig",
     "RunResult", "Tap", "TapKernel", "apply_overrides", "build_model", "flat_weights", "get_activation",
-    "layer_measures", "load_dataset", "record", "register_model", "tap",
+    "keep_freed_memory", "layer_measures", "load_dataset", "record", "register_model", "tap",
 ]
