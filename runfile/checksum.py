@@ -85,12 +85,29 @@ def with_checksum(chunk: Buffer, out: np.ndarray | None = None, checksum: int | 
     chunk) if given, else into a new array; `checksum` is the chunk's Fletcher-32 where the caller has it."""
     raw = _bytes_of(chunk)
     out = np.empty(raw.size + 4, np.uint8) if out is None else out
+    rows_with_checksums(raw[None], out[None], None if checksum is None else [checksum])
+    return out
+
+
+def rows_with_checksums(rows: np.ndarray, out: np.ndarray, checksums: Any = None) -> np.ndarray:
+    """Each of `rows` ([n, ...], C-contiguous) as a chunk with its Fletcher-32 appended, in `out` (uint8 [n, row
+    bytes + 4]): the rows' bytes copied row by row and the checksums (`checksums`, [n], where the caller has
+    them, else computed) written at the ends in one assignment. Every copy and checksum is a C call that keeps
+    the GIL (see the module doc), and there is no Python-level work per row but the call."""
+    n = len(rows)
+    raw = np.ascontiguousarray(rows).reshape(n, -1).view(np.uint8)
+    size, src, dst, stride = raw.shape[1], raw.ctypes.data, out.ctypes.data, out.strides[0]
     copy = _memmove()
     if copy is None:
-        out[:raw.size] = raw
-    elif raw.size:
-        copy(out.ctypes.data, raw.ctypes.data, raw.size)
-    out[raw.size:] = _stored(fletcher32(raw) if checksum is None else checksum)
+        out[:, :size] = raw
+    elif size:
+        for j in range(n):
+            copy(dst + j * stride, src + j * size, size)
+    if checksums is None:
+        native = _native()
+        checksums = ([native(src + j * size, size) for j in range(n)] if native is not None
+                     else [fletcher32_numpy(row) for row in raw])
+    out[:, size:] = np.asarray(checksums, "<u4").reshape(n, 1).view(np.uint8)
     return out
 
 

@@ -54,8 +54,8 @@ import h5py
 import numpy as np
 
 from runfile import deflate, encoders
-from runfile.checksum import fletcher32, with_checksum
-from runfile.chunks import write_chunk
+from runfile.checksum import fletcher32, rows_with_checksums, with_checksum
+from runfile.chunks import write_chunk, write_row_chunks
 from runfile.schema import (AFTER_NONLINEARITY, COMPRESSIONS, LIBVER, MAX_SCALARS, MESSAGE_BYTES, SCALAR_NAME_BYTES,
                             SCHEMA, SCHEMA_VERSION, STATUS_BYTES, STATUSES)
 STAGE_BYTES = 32 << 20  # frames staged beyond this many bytes are written before the next flush
@@ -184,6 +184,7 @@ _ENCODERS = {(): _raw, (_SHUFFLE, _DEFLATE): _shuffle_deflate,
 CHECKED = {"fletcher32": True, "chunks": True}  # the datasets written once: checksummed chunks too
 _DEFLATING = (_shuffle_deflate, _shuffle_deflate_checked)  # the encoders worth a thread
 TASK_BYTES = 4 << 20  # rows encoded by one task of the encoding threads
+SCRATCH_BYTES = 4 << 20  # uncompressed checksummed rows are copied into chunks this many bytes at a time
 
 
 def _tasks(parts: list[np.ndarray]) -> list[np.ndarray]:
@@ -221,8 +222,8 @@ class _Column:
 
     `append` writes now, in one extent change; where `_encoder` has one, each row (one whole chunk) is
     encoded here (or by the caller: `chunks`) and written directly. `stage` keeps rows until `commit`.
-    Uncompressed checksummed rows are written from one scratch buffer (the row's bytes, then its checksum),
-    with the Fletcher-32 the caller computed where it gave one (`stage(rows, checksums)`: a device's, see
+    Uncompressed checksummed rows are copied into one scratch buffer of chunks (each row's bytes, then its
+    checksum; up to SCRATCH_BYTES at a time) and written from it, with the Fletcher-32 the caller computed where it gave one (`stage(rows, checksums)`: a device's, see
     recorder/fletcher.py). The first such checksum is checked against this host's own; if they differ, the
     column computes its own from then on (`trusted_checksums`).
     """
@@ -248,11 +249,12 @@ class _Column:
         k = sum(len(p) for p, _ in parts)
         self.ds.id.set_extent((self.n + k, *self.row))
         if self.encode is _raw_checked and chunks is None:
-            zeros, at = (0,) * len(self.row), self.n
+            at = self.n
             for p, sums in parts:
-                for j, row in enumerate(p):
-                    write_chunk(self.ds, (at, *zeros), self._checked(row, None if sums is None else int(sums[j])))
-                    at += 1
+                per = max(1, SCRATCH_BYTES // max(1, p[0].nbytes if len(p) else 1))  # rows per scratch fill
+                for i in range(0, len(p), per):
+                    write_row_chunks(self.ds, at + i, self._checked(p[i:i + per], None if sums is None else sums[i:i + per]))
+                at += len(p)
         elif self.encode is not None:  # row by row: the staged arrays are never concatenated
             zeros = (0,) * len(self.row)
             chunks = (c for p, _ in parts for c in _encode_rows(self.encode, p)) if chunks is None else chunks
@@ -262,19 +264,20 @@ class _Column:
             self.ds[self.n:] = parts[0][0] if len(parts) == 1 else np.concatenate([p for p, _ in parts])
         self.n += k
 
-    def _checked(self, row: np.ndarray, given: int | None) -> np.ndarray:
-        """The scratch buffer holding `row`'s bytes and their checksum (`given`, if trusted), valid until the
-        next call."""
-        row = np.ascontiguousarray(row)
-        if self._scratch is None or len(self._scratch) != row.nbytes + 4:
-            self._scratch = np.empty(row.nbytes + 4, np.uint8)
+    def _checked(self, rows: np.ndarray, given: np.ndarray | None) -> np.ndarray:
+        """The scratch buffer holding `rows` as chunks, each row's bytes then its checksum (`given`, [n], if
+        trusted), valid until the next call."""
+        rows = np.ascontiguousarray(rows)
+        n, size = len(rows), rows[0].nbytes
+        if self._scratch is None or self._scratch.shape[1] != size + 4 or len(self._scratch) < n:
+            self._scratch = np.empty((n, size + 4), np.uint8)
         if given is not None and self.trusted_checksums is None:
-            own = fletcher32(row)
-            self.trusted_checksums = given == own
+            own = fletcher32(rows[0])
+            self.trusted_checksums = int(given[0]) == own
             if not self.trusted_checksums:
-                warnings.warn(f"{self.ds.name}: the device's Fletcher-32 of a row is {given:#010x}, this host's "
-                              f"{own:#010x}; the host computes them from now on", RuntimeWarning)
-        return with_checksum(row, self._scratch, given if self.trusted_checksums else None)
+                warnings.warn(f"{self.ds.name}: the device's Fletcher-32 of a row is {int(given[0]):#010x}, this "
+                              f"host's {own:#010x}; the host computes them from now on", RuntimeWarning)
+        return rows_with_checksums(rows, self._scratch[:n], given if self.trusted_checksums else None)
 
     def stage(self, rows: Any, checksums: Any = None) -> None:
         """Keeps `rows` until `commit` (or `take`); `checksums`, uint32 [n], are their Fletcher-32s if the

@@ -13,7 +13,7 @@ import runfile.chunks as chunks
 import runfile.deflate as deflate
 from runfile.encoders import EncoderProcesses
 from runfile.async_writer import SWITCH_INTERVAL, AsyncRunWriter
-from runfile.checksum import with_checksum
+from runfile.checksum import fletcher32, rows_with_checksums, with_checksum
 from runfile.writer import DiscardingWriter, _encode_rows, _shuffle_deflate_checked
 
 
@@ -52,6 +52,30 @@ def test_a_failed_chunk_write_raises_hdf5s_own_message_and_a_missing_library_fal
         monkeypatch.setattr(chunks, "_native", lambda: None)
         chunks.write_chunk(ds, (1, 0, 0), with_checksum(rows[1]).tobytes())  # through h5py
         assert np.array_equal(ds[1], rows[1])
+
+
+def test_rows_written_as_a_batch_of_chunks_are_the_chunks_written_one_by_one(tmp_path, monkeypatch):
+    rows = _rows(6)
+    given = [fletcher32(row) for row in rows]
+    out = np.full((6, rows[0].nbytes + 4), 0xAB, np.uint8)
+    batch = rows_with_checksums(rows, out)
+    assert batch is out and all(batch[i].tobytes() == with_checksum(row).tobytes() for i, row in enumerate(rows))
+    assert np.array_equal(rows_with_checksums(rows, np.zeros_like(out), np.asarray(given, np.uint32)), batch)
+    _write(tmp_path / "one_by_one.h5", rows, through_h5py=False)
+    for name, native in (("native.h5", True), ("h5py.h5", False)):
+        if not native:
+            monkeypatch.setattr(chunks, "_native", lambda: None)
+        with h5py.File(tmp_path / name, "w") as f:
+            ds = f.create_dataset("x", shape=rows.shape, chunks=(1, *rows.shape[1:]), dtype=rows.dtype, fletcher32=True)
+            chunks.write_row_chunks(ds, 1, batch[1:4])  # rows 1 to 3, then the others
+            chunks.write_row_chunks(ds, 4, batch[4:])
+            chunks.write_row_chunks(ds, 0, batch[:1])
+            with pytest.raises(OSError, match="offset exceeds dimensions"):  # HDF5's own message, either way
+                chunks.write_row_chunks(ds, 5, batch[:2])
+        with h5py.File(tmp_path / name) as mine, h5py.File(tmp_path / "one_by_one.h5") as theirs:
+            assert np.array_equal(mine["x"][...], rows)  # every chunk's Fletcher-32 verified on read
+            for i in range(len(rows)):
+                assert mine["x"].id.read_direct_chunk((i, 0, 0)) == theirs["x"].id.read_direct_chunk((i, 0, 0))
 
 
 def test_an_open_writer_holds_the_switch_interval_low_and_the_last_to_close_puts_it_back(tmp_path):
