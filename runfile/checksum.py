@@ -91,22 +91,25 @@ def with_checksum(chunk: Buffer, out: np.ndarray | None = None, checksum: int | 
 
 def rows_with_checksums(rows: np.ndarray, out: np.ndarray, checksums: Any = None) -> np.ndarray:
     """Each of `rows` ([n, ...], C-contiguous) as a chunk with its Fletcher-32 appended, in `out` (uint8 [n, row
-    bytes + 4]): the rows' bytes copied row by row and the checksums (`checksums`, [n], where the caller has
-    them, else computed) written at the ends in one assignment. Every copy and checksum is a C call that keeps
+    bytes + 4]): the rows' bytes copied row by row (each checksummed right after its copy where `checksums`,
+    [n], are not given) and the checksums written at the ends in one assignment. Every copy and checksum is a C call that keeps
     the GIL (see the module doc), and there is no Python-level work per row but the call."""
     n = len(rows)
     raw = np.ascontiguousarray(rows).reshape(n, -1).view(np.uint8)
     size, src, dst, stride = raw.shape[1], raw.ctypes.data, out.ctypes.data, out.strides[0]
-    copy = _memmove()
-    if copy is None:
+    copy, native = _memmove(), _native()
+    if copy is None or native is None:
         out[:, :size] = raw
-    elif size:
+        if checksums is None:
+            checksums = [fletcher32(row) for row in raw]
+    elif checksums is None:
+        checksums = np.empty(n, np.uint32)
+        for j in range(n):  # each row's checksum right after its copy, while its bytes are in the cache
+            copy(dst + j * stride, src + j * size, size)
+            checksums[j] = native(src + j * size, size)
+    else:
         for j in range(n):
             copy(dst + j * stride, src + j * size, size)
-    if checksums is None:
-        native = _native()
-        checksums = ([native(src + j * size, size) for j in range(n)] if native is not None
-                     else [fletcher32_numpy(row) for row in raw])
     out[:, size:] = np.asarray(checksums, "<u4").reshape(n, 1).view(np.uint8)
     return out
 

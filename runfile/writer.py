@@ -184,7 +184,7 @@ _ENCODERS = {(): _raw, (_SHUFFLE, _DEFLATE): _shuffle_deflate,
 CHECKED = {"fletcher32": True, "chunks": True}  # the datasets written once: checksummed chunks too
 _DEFLATING = (_shuffle_deflate, _shuffle_deflate_checked)  # the encoders worth a thread
 TASK_BYTES = 4 << 20  # rows encoded by one task of the encoding threads
-SCRATCH_BYTES = 4 << 20  # uncompressed checksummed rows are copied into chunks this many bytes at a time
+SCRATCH_BYTES = 512 << 10  # uncompressed checksummed rows become chunks this many bytes at a time (in the caches)
 
 
 def _tasks(parts: list[np.ndarray]) -> list[np.ndarray]:
