@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/host_memory.py [--trials 3] [--experiments learn_to_see:30,keras_fashion:300]
 
 Each trial starts two fresh processes, one with `keep_freed_memory()` and one with EMERGENCE_KEEP_FREED_MEMORY=0
-(malloc's parameters are set once per process, before JAX starts), in alternating order. Each process builds
+(malloc's parameters are set once per process, before JAX starts, as `emergence record` sets them, with the
+compilation cache on), in alternating order. Each process builds
 the experiment's plan, runs a few warm-up steps, then times the bare jitted step (one dispatch per step) and
 the built-in loop recording every step (`TrainingLoop` with a `Recorder`, the experiment's compression) over
 the same number of steps. The table gives medians: steps/s, kernel (system) CPU seconds and minor page faults
@@ -33,8 +34,10 @@ MODES = ("kept", "glibc defaults")
 
 def child(experiment: str, steps: int) -> dict:
     """Runs in the measured process: the bare step's and the recorded loop's figures over `steps` steps each."""
+    from emergence.cli import training_process
     from recorder.host_memory import keep_freed_memory
 
+    training_process()  # as `emergence record` starts: malloc's parameters (unless ENV=0), the compilation cache
     kept = keep_freed_memory()
     import jax
 

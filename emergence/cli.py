@@ -32,17 +32,19 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def training_process() -> None:
-    """What a process that trains sets up before JAX starts its backend: freed host memory kept for reuse
-    (recorder/host_memory.py) and the compilation cache."""
-    from recorder.host_memory import keep_freed_memory
+def training_process(program: bool = True) -> None:
+    """What a process that trains sets up before JAX starts its backend: the compilation cache and, where the
+    process is emergence's own (`program`: started as `emergence ...`, not `main([...])` called from another
+    program, whose memory stays its own business), freed host memory kept for reuse (recorder/host_memory.py)."""
+    if program:
+        from recorder.host_memory import keep_freed_memory
 
-    keep_freed_memory()
+        keep_freed_memory()
     enable_compilation_cache()
 
 
 def _record(args: argparse.Namespace) -> int:
-    training_process()
+    training_process(args.program)
     from experiments import PROGRAMS, get_experiment, run_program
     from recorder.config import apply_overrides
     from recorder.run import record, resume
@@ -98,7 +100,7 @@ def _join(args: argparse.Namespace, devices: int) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    training_process()
+    training_process(args.program)
     from recorder.run import resume
     from runfile.reader import open_run
 
@@ -221,7 +223,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    training_process()
+    training_process(args.program)
     from compare.sweep import sweep_report
     from experiments.launchers import RayOptions, SlurmOptions, sbatch_script
     from experiments.sweep import parse_grid, plan_sweep, record_sweep, tasks_of
@@ -540,9 +542,11 @@ def _tie_to_parent() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _tie_to_parent()
+    program = argv is None  # the process's own command line: this process is emergence's (not a caller's)
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(light=command in LIGHT_COMMANDS).parse_args(argv)
+    args.program = program
     try:
         return args.func(args)
     except KeyboardInterrupt as e:
@@ -562,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as e:  # WriterError, RunStopped and friends: the message says what to do
         print(f"emergence: error: {e}", file=sys.stderr)
-        if argv is None and type(e).__name__ == "WriterError":
+        if program and type(e).__name__ == "WriterError":
             # HDF5 still holds the file it could not write (a full disk); its clean-up at interpreter exit can
             # crash on it. The file already keeps everything written before: leave without that clean-up.
             sys.stdout.flush()

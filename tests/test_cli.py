@@ -76,3 +76,21 @@ def test_info_and_replay_start_without_jax(tmp_path):
                 "sys.exit(3 if 'jax' in sys.modules else code)")
         done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, (argv[0], done.returncode, done.stderr[-2000:])
+
+
+def test_only_emergences_own_process_keeps_freed_memory(tmp_path):
+    """`emergence record` started as a program sets malloc to keep freed memory (recorder/host_memory.py);
+    `main([...])` called from another program leaves that program's memory alone. Checked in fresh
+    interpreters, with a command that fails (an unknown experiment) right after that set-up."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from emergence.cli import main; import recorder.host_memory as m; "
+            "how, sys.argv[1:] = sys.argv[1], sys.argv[2:]; "
+            "code = main(None if how == 'program' else ['record', 'no_such_experiment']); "
+            "print(code, m._applied)")
+    for how, applied in (("program", "[True]"), ("called", "[]")):
+        done = subprocess.run([sys.executable, "-c", code, how, "record", "no_such_experiment"], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "EMERGENCE_KEEP_FREED_MEMORY": "1"})
+        assert done.stdout.split() == ["2", applied], (how, done.stdout, done.stderr[-2000:])
