@@ -51,7 +51,7 @@ block_writer() {  # the writer at the GPU's pace, vgg_bn blocks of real frames, 
 writer_cpu() {  # the writer thread's CPU per frame: checksums by the writer or the device's; gzip by processes or threads
   section writer_cpu 100 "python3 benchmarks/writer_cpu.py --trials 3 --processes 8 --experiments tiny,keras_fashion,vgg_bn | tee '$out/writer_cpu.md'"; }
 host_memory() {  # freed host memory kept for reuse (the CLI's default) against glibc's defaults, fresh processes
-  section host_memory 180 "python3 benchmarks/host_memory.py --trials 2 --experiments learn_to_see:1000,keras_fashion:2000 \
+  section host_memory 240 "python3 benchmarks/host_memory.py --trials 2 --experiments learn_to_see:1000,keras_fashion:2000 \
     | tee '$out/host_memory.md'"; }
 checksums_device() {  # compression none: checksums on the device (auto there) against on the host
   section checksums_device 120 "python3 benchmarks/record_overhead.py --trials 3 --compression none --set schedule=every \

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
-from recorder.blocks import CHECKSUMS
+from recorder.blocks import CHECKSUMS, checksummed
 from recorder.fletcher import fletcher32
 
 FRAMES_PER_TRANSFER = 8
@@ -77,14 +77,15 @@ def layout(frame: Mapping[str, Any]) -> tuple[tuple[str, tuple[int, ...], str], 
 @functools.partial(jax.jit, static_argnums=1)
 def pack(frames: Sequence[Mapping[str, jax.Array]], checksums: bool = False) -> dict[str, jax.Array]:
     """The frames' arrays, raveled and concatenated frame after frame (keys in order), one buffer per dtype;
-    with `checksums`, also `CHECKSUMS`: each array's Fletcher-32, frame after frame."""
+    with `checksums`, also `CHECKSUMS`: each array's Fletcher-32 (the analysis entries' left out: see
+    `recorder.blocks.checksummed`), frame after frame."""
     parts: dict[str, list[jax.Array]] = {}
     for frame in frames:
         for key in sorted(frame):
             parts.setdefault(str(frame[key].dtype), []).append(jnp.ravel(frame[key]))
     out = {dtype: jnp.concatenate(arrays) for dtype, arrays in parts.items()}
     if checksums:
-        out[CHECKSUMS] = jnp.stack([fletcher32(frame[key]) for frame in frames for key in sorted(frame)])
+        out[CHECKSUMS] = jnp.stack([fletcher32(frame[key]) for frame in frames for key, _, _ in checksummed(layout(frame))])
     return out
 
 

@@ -69,16 +69,22 @@ def layout_of(tree: Mapping[str, Any]) -> Layout:
     return tuple((key, tuple(tree[key].shape), str(np.dtype(tree[key].dtype))) for key in sorted(tree))
 
 
+def checksummed(layout: Layout) -> Layout:
+    """The entries of `layout` whose Fletcher-32s travel in `CHECKSUMS`: all but the analysis entries, which
+    the writer stores transformed (a Gram's upper triangle), not as computed."""
+    return tuple(entry for entry in layout if not entry[0].startswith("analysis/"))
+
+
 def pack_frame(values: Mapping[str, jax.Array], layout: Layout, checksums: bool = False) -> dict[str, jax.Array]:
     """One flat vector per dtype: the arrays of `values` raveled in `layout`'s order (traceable: a loop of
     one's own builds a `Block`'s frame buffers by stacking these, one row per frame); with `checksums`, also
-    `CHECKSUMS`: each array's Fletcher-32 in the stored dtype, in `layout`'s order."""
+    `CHECKSUMS`: each array's Fletcher-32 in the stored dtype, in `checksummed(layout)`'s order."""
     parts: dict[str, list[jax.Array]] = {}
     for key, _, dtype in layout:
         parts.setdefault(dtype, []).append(jnp.ravel(values[key]).astype(dtype))
     out = {dtype: jnp.concatenate(arrays) for dtype, arrays in parts.items()}
     if checksums:
-        out[CHECKSUMS] = jnp.stack([fletcher32(jnp.asarray(values[key]).astype(dtype)) for key, _, dtype in layout])
+        out[CHECKSUMS] = jnp.stack([fletcher32(jnp.asarray(values[key]).astype(dtype)) for key, _, dtype in checksummed(layout)])
     return out
 
 
@@ -87,8 +93,8 @@ def _widths(layout: Layout, checksums: bool = False) -> dict[str, int]:
     out: dict[str, int] = {}
     for _, shape, dtype in layout:
         out[dtype] = out.get(dtype, 0) + int(np.prod(shape))
-    if checksums and layout:
-        out[CHECKSUMS] = len(layout)
+    if checksums and checksummed(layout):
+        out[CHECKSUMS] = len(checksummed(layout))
     return out
 
 
@@ -163,13 +169,14 @@ class Block:
 
 
 def checksum_columns(buffers: Mapping[str, Any], layout: Layout, n: int) -> dict[str, np.ndarray] | None:
-    """(host buffers) The `CHECKSUMS` buffer's first n rows as key -> [n] uint32, in `layout`'s key order;
+    """(host buffers) The `CHECKSUMS` buffer's first n rows as key -> [n] uint32, in `checksummed(layout)`'s order;
     None if there is none."""
     sums = buffers.get(CHECKSUMS) if n else None
     if sums is None:
         return None
-    sums = np.asarray(sums).reshape(-1, len(layout))[:n]
-    return {key: sums[:, i] for i, (key, _, _) in enumerate(layout)}
+    keys = checksummed(layout)
+    sums = np.asarray(sums).reshape(-1, len(keys))[:n]
+    return {key: sums[:, i] for i, (key, _, _) in enumerate(keys)}
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -156,3 +156,25 @@ def _stored_all(path):
     with h5py.File(path, "r") as f:
         ds = f["layers/act/activations"]
         return [ds.id.read_direct_chunk((i,) + (0,) * (ds.ndim - 1))[1] for i in range(ds.shape[0])]
+
+
+def test_packed_frames_carry_the_checksums_of_their_frame_arrays_and_none_of_their_analysis_entries():
+    """An analysed frame's Grams are stored as their upper triangle, not as computed: their checksums would be
+    device work the writer never uses, so neither the own loop's packing nor a block computes them."""
+    import jax.numpy as jnp
+
+    from recorder.batching import layout, pack
+    from recorder.blocks import checksum_columns, pack_frame
+
+    frames = [{"conv1": jnp.asarray(rng.normal(size=(2, 3, 3, 4)), jnp.float16),
+               "logits": jnp.asarray(rng.normal(size=(2, 5)), jnp.float32),
+               "analysis/gram/conv1": jnp.asarray(rng.normal(size=(6, 6)), jnp.float32),
+               "analysis/stats/conv1": jnp.asarray(rng.normal(size=(7,)), jnp.float32)} for _ in range(3)]
+    frame_layout = layout(frames[0])
+    packed = jax.device_get(pack(frames, True))
+    stacked = jax.device_get({d: jnp.stack([pack_frame(f, frame_layout, True)[d] for f in frames]) for d in packed})
+    for buffers in (packed, stacked):
+        sums = checksum_columns(buffers, frame_layout, len(frames))
+        assert sorted(sums) == ["conv1", "logits"]
+        for key, column in sums.items():
+            assert column.tolist() == [host_fletcher32(np.asarray(f[key])) for f in frames]
