@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import os
 import statistics
 import sys
@@ -53,7 +54,10 @@ try:
     from runfile.encoders import available as AVAILABLE
 except ImportError:  # code from before the encoding processes
     AVAILABLE = None
+from recorder.recorder import Recorder
 from writer_throughput import real_frames
+
+KNOWS_ENCODE_PROCESSES = "encode_processes" in inspect.signature(Recorder).parameters  # older code: no choice
 
 DEFAULT_SWITCH = 0.005  # CPython's default GIL switch interval
 
@@ -107,7 +111,7 @@ def _cpu() -> float:
 
 
 def encoding(how: str) -> None:
-    """Makes the next recorders encode `how`: "auto" (what the recorder picks here), "threads:N" or
+    """Makes the next recorders encode `how`: "auto" (what the built-in loop's recorder picks here), "threads:N" or
     "processes:N" (N encoding threads, or N processes: runfile/encoders.py)."""
     import recorder.recorder as recorder_module
 
@@ -133,7 +137,10 @@ def trial(plan, buffers, blocks, count: int, path: Path, busy: bool, switch: flo
     spun: list[float] = []
     spinner = threading.Thread(target=_spin, args=(stop, spun), daemon=True)
     sys.setswitchinterval(switch)  # set here for every trial, the recorder told to leave it (older code cannot)
-    rec = plan.recorder(path, overwrite=True, **({"switch_interval": None} if KNOWS_SWITCH else {}))
+    options = {"switch_interval": None} if KNOWS_SWITCH else {}
+    if KNOWS_ENCODE_PROCESSES and how != "auto":  # the built-in loop's recorder picks threads; say which here
+        options["encode_processes"] = how.startswith("processes")
+    rec = plan.recorder(path, overwrite=True, **options)
     rec.write_block(Block((1, 2), metrics[:2], names, (1, 2), {d: b[:2] for d, b in buffers.items()},
                           blocks.frame_layout))
     rec.wait()  # the file's first frames written: the writer's threads or processes started

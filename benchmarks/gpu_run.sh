@@ -46,8 +46,8 @@ demo() {  # the README demo: record learn_to_see + replay, cold compilation cach
     awk -v a=\$t0 -v b=\$t1 -v c=\$t2 -v p=\$pass 'BEGIN { printf \"demo %s: record %.1f s, replay %.1f s\\n\", p, b - a, c - b }' | tee -a '$out/demo.log'
     tail -3 '$out'/demo_record_\$pass.log
   done"; }
-block_writer() {  # the writer at the GPU's pace, vgg_bn blocks of real frames, with and without a thread running Python
-  section block_writer 120 "python3 benchmarks/block_writer.py --trials 2 --blocks 4 --switch 0.5 --encode auto,threads:8 | tee '$out/block_writer.md'"; }
+block_writer() {  # the writer at the GPU's pace, vgg_bn blocks of real frames, with and without a thread running Python; auto (threads, the built-in loop's) against processes
+  section block_writer 120 "python3 benchmarks/block_writer.py --trials 2 --blocks 4 --switch 0.5 --encode auto,processes:8 | tee '$out/block_writer.md'"; }
 writer_cpu() {  # the writer thread's CPU per frame: checksums by the writer or the device's; gzip by processes or threads
   section writer_cpu 100 "python3 benchmarks/writer_cpu.py --trials 3 --processes 8 --experiments tiny,keras_fashion,vgg_bn | tee '$out/writer_cpu.md'"; }
 host_memory() {  # freed host memory kept for reuse (the CLI's default) against glibc's defaults, fresh processes

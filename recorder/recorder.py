@@ -15,6 +15,10 @@ device→host copy happens on the writer thread; frames that come fast are first
 `frames_per_transfer` at a time, into one buffer per dtype (recorder/batching.py; 1 sends each frame as it
 is). While it is open the interpreter's GIL switch interval is at most `switch_interval` (0.5 ms; None leaves
 it as it is), so a loop thread that runs Python all the time cannot starve the writer (runfile/async_writer.py).
+Where the writer deflates on several threads (hosts with 8 cores or more, or 4 beside a GPU), it does so in
+processes of their own by default (`encode_processes=None`), which no Python thread of the loop can slow;
+`encode_processes=False` keeps it in threads, which costs the writer's thread less (no copies into and out of
+the processes) when the loop's thread rarely runs Python, as the built-in loop's does (runfile/writer.py).
 On exit the file is `completed`, `failed` (an exception, with its message) or `interrupted` (Ctrl-C), and
 everything written before stays readable.
 
@@ -143,7 +147,7 @@ class Recorder:
                  writer_nice: int = 19, resume_after: int | None = None, weights: Any = None,
                  initialised_from: str = "", write_file: bool = True,
                  frames_per_transfer: int = FRAMES_PER_TRANSFER,
-                 switch_interval: float | None = WRITER_SWITCH_INTERVAL):
+                 switch_interval: float | None = WRITER_SWITCH_INTERVAL, encode_processes: bool | None = None):
         path = Path(path)
         if not write_file:  # a process other than 0 of a multi-process run: same loop, no file
             overwrite, resume_after = True, None
@@ -220,7 +224,8 @@ class Recorder:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 h5 = H5RunWriter(path, layout, resume_after=resume_after,
-                                 encode_threads=default_encode_threads(jax.default_backend() != "cpu"))
+                                 encode_threads=default_encode_threads(jax.default_backend() != "cpu"),
+                                 encode_processes=encode_processes)
             except ValueError as e:
                 raise RecorderError(str(e)) from None
         self._writer = DeviceWriter(h5, max_pending=max_pending, nice=writer_nice, switch_interval=switch_interval)

@@ -156,3 +156,19 @@ def test_zstd_compression_stores_the_same_values(tiny_run, tmp_path):
     with h5py.File(other, "r") as f:
         plist = f["layers/conv1/activations"].id.get_create_plist()
         assert 32015 in [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]  # HDF5's zstd filter id
+
+
+def test_the_built_in_loops_writer_deflates_on_threads_and_an_own_loops_in_processes(tmp_path, monkeypatch):
+    """Where the writer has several encoding threads: the built-in loop's thread seldom runs Python, so its
+    recorder deflates on threads (no copies into and out of processes); a `Recorder` of one's own uses
+    processes where the system has them, as its loop may keep the GIL busy (recorder/plan.py)."""
+    import recorder.recorder as recorder_module
+    from recorder.plan import make_plan
+    from runfile import encoders
+
+    monkeypatch.setattr(recorder_module, "default_encode_threads", lambda accelerated=False: 2)
+    plan = make_plan(tiny_config(steps=4))
+    for name, options, processes in (("builtin", {}, False), ("own", {"encode_processes": None}, encoders.available())):
+        with plan.recorder(tmp_path / f"{name}.h5", **options) as rec:
+            writer = rec._writer.writer
+            assert writer._encode_threads == 2 and writer._use_processes is processes, name
