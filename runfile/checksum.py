@@ -95,6 +95,8 @@ def rows_with_checksums(rows: np.ndarray, out: np.ndarray, checksums: Any = None
     [n], are not given) and the checksums written at the ends in one assignment. Every copy and checksum is a C call that keeps
     the GIL (see the module doc), and there is no Python-level work per row but the call."""
     n = len(rows)
+    if n == 0:
+        return out
     raw = np.ascontiguousarray(rows).reshape(n, -1).view(np.uint8)
     size, src, dst, stride = raw.shape[1], raw.ctypes.data, out.ctypes.data, out.strides[0]
     copy, native = _memmove(), _native()
