@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import h5py
 import numpy as np
@@ -38,6 +38,23 @@ def write_chunk(ds: h5py.Dataset, offset: Sequence[int], chunk: bytes | np.ndarr
                 if native(ds.id.id, H5P_DEFAULT, 0, where, data.nbytes, data.ctypes.data) >= 0:
                     return
     ds.id.write_direct_chunk(tuple(offset), chunk)
+
+
+def write_chunks(ds: h5py.Dataset, first: int, chunks: Iterable[bytes | np.ndarray]) -> None:
+    """Stores each of `chunks` (encoded chunks of any sizes, in order; an iterable that may wait for its
+    encoders) as the chunk of `ds`'s row `first` + j (datasets chunked one row per chunk): `write_chunk` for
+    many rows, with one reused offset array and h5py's lock taken per chunk (not while the iterable waits)."""
+    native, zeros = _native(), (0,) * (ds.ndim - 1)
+    where = (ctypes.c_uint64 * ds.ndim)()
+    dsid = ds.id.id
+    for j, chunk in enumerate(chunks):
+        data = chunk if isinstance(chunk, np.ndarray) else np.frombuffer(chunk, np.uint8)
+        if native is not None and data.flags.c_contiguous:
+            where[0] = first + j
+            with phil:
+                if native(dsid, H5P_DEFAULT, 0, where, data.nbytes, data.ctypes.data) >= 0:
+                    continue
+        ds.id.write_direct_chunk((first + j, *zeros), chunk)  # h5py's, which raises HDF5's message
 
 
 def write_row_chunks(ds: h5py.Dataset, first: int, chunks: np.ndarray) -> None:

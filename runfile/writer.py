@@ -55,7 +55,7 @@ import numpy as np
 
 from runfile import deflate, encoders
 from runfile.checksum import fletcher32, rows_with_checksums, with_checksum
-from runfile.chunks import write_chunk, write_row_chunks
+from runfile.chunks import write_chunks, write_row_chunks
 from runfile.schema import (AFTER_NONLINEARITY, COMPRESSIONS, LIBVER, MAX_SCALARS, MESSAGE_BYTES, SCALAR_NAME_BYTES,
                             SCHEMA, SCHEMA_VERSION, STATUS_BYTES, STATUSES)
 STAGE_BYTES = 32 << 20  # frames staged beyond this many bytes are written before the next flush
@@ -256,10 +256,8 @@ class _Column:
                     write_row_chunks(self.ds, at + i, self._checked(p[i:i + per], None if sums is None else sums[i:i + per]))
                 at += len(p)
         elif self.encode is not None:  # row by row: the staged arrays are never concatenated
-            zeros = (0,) * len(self.row)
             chunks = (c for p, _ in parts for c in _encode_rows(self.encode, p)) if chunks is None else chunks
-            for i, chunk in enumerate(chunks):
-                write_chunk(self.ds, (self.n + i, *zeros), chunk)
+            write_chunks(self.ds, self.n, chunks)
         else:
             self.ds[self.n:] = parts[0][0] if len(parts) == 1 else np.concatenate([p for p, _ in parts])
         self.n += k

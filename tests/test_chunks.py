@@ -68,10 +68,11 @@ def test_rows_written_as_a_batch_of_chunks_are_the_chunks_written_one_by_one(tmp
         with h5py.File(tmp_path / name, "w") as f:
             ds = f.create_dataset("x", shape=rows.shape, chunks=(1, *rows.shape[1:]), dtype=rows.dtype, fletcher32=True)
             chunks.write_row_chunks(ds, 1, batch[1:4])  # rows 1 to 3, then the others
-            chunks.write_row_chunks(ds, 4, batch[4:])
+            chunks.write_chunks(ds, 4, (c if i else c.tobytes() for i, c in enumerate(batch[4:])))  # any buffers
             chunks.write_row_chunks(ds, 0, batch[:1])
-            with pytest.raises(OSError, match="offset exceeds dimensions"):  # HDF5's own message, either way
-                chunks.write_row_chunks(ds, 9, batch[:2])
+            for write in (chunks.write_row_chunks, chunks.write_chunks):  # HDF5's own message, either way
+                with pytest.raises(OSError, match="offset exceeds dimensions"):
+                    write(ds, 9, batch[:2])
         with h5py.File(tmp_path / name) as mine, h5py.File(tmp_path / "one_by_one.h5") as theirs:
             assert np.array_equal(mine["x"][...], rows)  # every chunk's Fletcher-32 verified on read
             for i in range(len(rows)):
