@@ -22,7 +22,7 @@ import optax
 from flax.training import train_state
 
 from experiments import own_loop_args
-from recorder import Capture, Probes, Recorder, load_dataset
+from recorder import Capture, Probes, Recorder, keep_freed_memory, load_dataset
 
 
 class CNN(nn.Module):
@@ -97,4 +97,5 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # a program of its own: host memory XLA frees is reused (recorder/host_memory.py)
     main()

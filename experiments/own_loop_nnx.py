@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 
 from experiments import own_loop_args
-from recorder import Capture, Probes, Recorder, load_dataset, tap
+from recorder import Capture, Probes, Recorder, keep_freed_memory, load_dataset, tap
 
 
 class CNN(nnx.Module):
@@ -116,4 +116,5 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # a program of its own: host memory XLA frees is reused (recorder/host_memory.py)
     main()
