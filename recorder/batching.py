@@ -85,7 +85,8 @@ def pack(frames: Sequence[Mapping[str, jax.Array]], checksums: bool = False) -> 
             parts.setdefault(str(frame[key].dtype), []).append(jnp.ravel(frame[key]))
     out = {dtype: jnp.concatenate(arrays) for dtype, arrays in parts.items()}
     if checksums:
-        out[CHECKSUMS] = jnp.stack([fletcher32(frame[key]) for frame in frames for key, _, _ in checksummed(layout(frame))])
+        out[CHECKSUMS] = jnp.stack([fletcher32(frame[key]) for frame in frames
+                                    for key, _, _ in checksummed(layout(frame))])
     return out
 
 

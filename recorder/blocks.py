@@ -84,7 +84,8 @@ def pack_frame(values: Mapping[str, jax.Array], layout: Layout, checksums: bool 
         parts.setdefault(dtype, []).append(jnp.ravel(values[key]).astype(dtype))
     out = {dtype: jnp.concatenate(arrays) for dtype, arrays in parts.items()}
     if checksums:
-        out[CHECKSUMS] = jnp.stack([fletcher32(jnp.asarray(values[key]).astype(dtype)) for key, _, dtype in checksummed(layout)])
+        out[CHECKSUMS] = jnp.stack([fletcher32(jnp.asarray(values[key]).astype(dtype))
+                                    for key, _, dtype in checksummed(layout)])
     return out
 
 

@@ -92,8 +92,8 @@ def with_checksum(chunk: Buffer, out: np.ndarray | None = None, checksum: int | 
 def rows_with_checksums(rows: np.ndarray, out: np.ndarray, checksums: Any = None) -> np.ndarray:
     """Each of `rows` ([n, ...], C-contiguous) as a chunk with its Fletcher-32 appended, in `out` (uint8 [n, row
     bytes + 4]): the rows' bytes copied row by row (each checksummed right after its copy where `checksums`,
-    [n], are not given) and the checksums written at the ends in one assignment. Every copy and checksum is a C call that keeps
-    the GIL (see the module doc), and there is no Python-level work per row but the call."""
+    [n], are not given) and the checksums written at the ends in one assignment. Every copy and checksum is
+    a C call that keeps the GIL (see the module doc); there is no Python-level work per row but the calls."""
     n = len(rows)
     if n == 0:
         return out

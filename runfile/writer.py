@@ -223,9 +223,10 @@ class _Column:
     `append` writes now, in one extent change; where `_encoder` has one, each row (one whole chunk) is
     encoded here (or by the caller: `chunks`) and written directly. `stage` keeps rows until `commit`.
     Uncompressed checksummed rows are copied into one scratch buffer of chunks (each row's bytes, then its
-    checksum; up to SCRATCH_BYTES at a time) and written from it, with the Fletcher-32 the caller computed where it gave one (`stage(rows, checksums)`: a device's, see
-    recorder/fletcher.py). The first such checksum is checked against this host's own; if they differ, the
-    column computes its own from then on (`trusted_checksums`).
+    checksum; up to SCRATCH_BYTES at a time) and written from it, with the Fletcher-32 the caller computed
+    where it gave one (`stage(rows, checksums)`: a device's, see recorder/fletcher.py). The first such
+    checksum is checked against this host's own; if they differ, the column computes its own from then on
+    (`trusted_checksums`).
     """
 
     def __init__(self, ds: h5py.Dataset):
@@ -253,7 +254,8 @@ class _Column:
             for p, sums in parts:
                 per = max(1, SCRATCH_BYTES // max(1, p[0].nbytes if len(p) else 1))  # rows per scratch fill
                 for i in range(0, len(p), per):
-                    write_row_chunks(self.ds, at + i, self._checked(p[i:i + per], None if sums is None else sums[i:i + per]))
+                    given = None if sums is None else sums[i:i + per]
+                    write_row_chunks(self.ds, at + i, self._checked(p[i:i + per], given))
                 at += len(p)
         elif self.encode is not None:  # row by row: the staged arrays are never concatenated
             chunks = (c for p, _ in parts for c in _encode_rows(self.encode, p)) if chunks is None else chunks
