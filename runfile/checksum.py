@@ -118,11 +118,7 @@ def rows_with_checksums(rows: np.ndarray, out: np.ndarray, checksums: Any = None
 
 def stored_checksum(data: Buffer) -> np.ndarray:
     """The 4 bytes HDF5's filter appends to a chunk of `data`'s bytes: its Fletcher-32, little-endian."""
-    return _stored(fletcher32(data))
-
-
-def _stored(checksum: int) -> np.ndarray:
-    return np.frombuffer(checksum.to_bytes(4, "little"), np.uint8)
+    return np.frombuffer(fletcher32(data).to_bytes(4, "little"), np.uint8)
 
 
 @functools.cache
