@@ -1,4 +1,6 @@
-"""Writing one whole chunk, already encoded, into a dataset: HDF5's `H5Dwrite_chunk`, keeping the GIL.
+"""Writing whole chunks, already encoded, into a dataset chunked one row per chunk: HDF5's `H5Dwrite_chunk`,
+keeping the GIL. `write_chunks` takes chunks of any sizes as they come; `write_row_chunks` the equal-sized
+rows of one array, with h5py's lock taken once.
 
 h5py's `DatasetID.write_direct_chunk` lets the GIL go around the HDF5 call. Taking it back waits for any other
 thread that is running Python to reach the interpreter's switch interval (5 ms by default), against about
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import h5py
 import numpy as np
@@ -27,23 +29,10 @@ from runfile.checksum import _loaded_hdf5
 H5P_DEFAULT = 0
 
 
-def write_chunk(ds: h5py.Dataset, offset: Sequence[int], chunk: bytes | np.ndarray) -> None:
-    """Stores `chunk` (the chunk's bytes as its filters would store them) as the chunk of `ds` at `offset`."""
-    native = _native()
-    if native is not None:
-        data = chunk if isinstance(chunk, np.ndarray) else np.frombuffer(chunk, np.uint8)
-        if data.flags.c_contiguous:
-            where = (ctypes.c_uint64 * len(offset))(*offset)
-            with phil:
-                if native(ds.id.id, H5P_DEFAULT, 0, where, data.nbytes, data.ctypes.data) >= 0:
-                    return
-    ds.id.write_direct_chunk(tuple(offset), chunk)
-
-
 def write_chunks(ds: h5py.Dataset, first: int, chunks: Iterable[bytes | np.ndarray]) -> None:
-    """Stores each of `chunks` (encoded chunks of any sizes, in order; an iterable that may wait for its
-    encoders) as the chunk of `ds`'s row `first` + j (datasets chunked one row per chunk): `write_chunk` for
-    many rows, with one reused offset array and h5py's lock taken per chunk (not while the iterable waits)."""
+    """Stores each of `chunks` (each chunk's bytes as its filters would store them, of any sizes, in order; an
+    iterable that may wait for its encoders) as the chunk of `ds`'s row `first` + j, with one reused offset
+    array and h5py's lock taken per chunk (not while the iterable waits)."""
     native, zeros = _native(), (0,) * (ds.ndim - 1)
     where = (ctypes.c_uint64 * ds.ndim)()
     dsid = ds.id.id
@@ -58,9 +47,8 @@ def write_chunks(ds: h5py.Dataset, first: int, chunks: Iterable[bytes | np.ndarr
 
 
 def write_row_chunks(ds: h5py.Dataset, first: int, chunks: np.ndarray) -> None:
-    """Stores each row of `chunks` (uint8 [n, chunk bytes]) as the chunk of `ds`'s row `first` + j (datasets
-    chunked one row per chunk): `write_chunk` for many rows, with h5py's lock taken once and no Python-level
-    work per row but the HDF5 call."""
+    """Stores each row of `chunks` (uint8 [n, chunk bytes]) as the chunk of `ds`'s row `first` + j, as
+    `write_chunks` does, with h5py's lock taken once and no Python-level work per row but the HDF5 call."""
     zeros = (0,) * (ds.ndim - 1)
     native, done = _native(), 0
     if native is not None and chunks.flags.c_contiguous:
@@ -94,5 +82,5 @@ def _native() -> Callable[..., int] | None:
 
 
 def native() -> bool:
-    """Whether `write_chunk` calls HDF5 keeping the GIL (else through h5py)."""
+    """Whether the chunk writes call HDF5 keeping the GIL (else through h5py)."""
     return _native() is not None

@@ -29,7 +29,7 @@ def _write(path, rows, through_h5py):
             if through_h5py:
                 ds.id.write_direct_chunk((i, 0, 0), chunk.tobytes())
             else:
-                chunks.write_chunk(ds, (i, 0, 0), chunk)
+                chunks.write_chunks(ds, i, [chunk])
 
 
 def test_a_chunk_written_keeping_the_gil_is_the_chunk_h5py_writes_and_reads_back_checked(tmp_path):
@@ -48,9 +48,9 @@ def test_a_failed_chunk_write_raises_hdf5s_own_message_and_a_missing_library_fal
     with h5py.File(tmp_path / "a.h5", "w") as f:
         ds = f.create_dataset("x", shape=rows.shape, chunks=(1, *rows.shape[1:]), dtype=rows.dtype, fletcher32=True)
         with pytest.raises(OSError, match="offset exceeds dimensions"):
-            chunks.write_chunk(ds, (9, 0, 0), with_checksum(rows[0]))
+            chunks.write_chunks(ds, 9, [with_checksum(rows[0])])
         monkeypatch.setattr(chunks, "_native", lambda: None)
-        chunks.write_chunk(ds, (1, 0, 0), with_checksum(rows[1]).tobytes())  # through h5py
+        chunks.write_chunks(ds, 1, [with_checksum(rows[1]).tobytes()])  # through h5py
         assert np.array_equal(ds[1], rows[1])
 
 
@@ -114,7 +114,7 @@ def test_rows_deflated_as_a_batch_are_the_chunks_hdf5_reads_back(tmp_path):
         ds = f.create_dataset("x", shape=rows.shape, chunks=(1, *rows.shape[1:]), dtype=rows.dtype, shuffle=True,
                               compression="gzip", fletcher32=True)
         for i, chunk in enumerate(_encode_rows(_shuffle_deflate_checked, rows)):
-            chunks.write_chunk(ds, (i, 0, 0, 0), chunk)
+            chunks.write_chunks(ds, i, [chunk])
         assert np.array_equal(ds[...], rows)  # HDF5's own unshuffle, inflate and Fletcher-32 check
         assert ds.id.read_direct_chunk((2, 0, 0, 0))[1] == _shuffle_deflate_checked(rows[2]).tobytes()
 
