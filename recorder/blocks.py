@@ -99,6 +99,11 @@ def _widths(layout: Layout, checksums: bool = False) -> dict[str, int]:
     return out
 
 
+def _all_finite(arrays: Mapping[str, jax.Array]) -> jax.Array:
+    """Whether every value of every array is finite (traceable)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in arrays.values()]))
+
+
 def _dtype(buffer: str) -> Any:
     return jnp.uint32 if buffer == CHECKSUMS else buffer
 
@@ -302,7 +307,7 @@ class BlockStep:
         """The second dispatch of a split analysed step: (its metrics [1, M] with the finiteness flag cleared if
         a Gram or statistic is not finite, the analysis buffers [1, E] per dtype)."""
         out = analysis_of(rows)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in out.values()]))
+        finite = _all_finite(out)
         i = self.metric_names.index("finite")
         metrics = metrics.at[0, i].set(jnp.where(finite, metrics[0, i], 0.0))
         return metrics, {d: v[None] for d, v in pack_frame(out, self.analysis_layout).items()}
@@ -316,9 +321,6 @@ class BlockStep:
         def row(metrics: Mapping[str, jax.Array]) -> jax.Array:
             return jnp.stack([jnp.asarray(metrics[name], jnp.float32) for name in names])
 
-        def all_finite(frame: Mapping[str, jax.Array]) -> jax.Array:
-            return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in frame.values()]))
-
         # what a step records besides training, on the updated state: (finite, frame vectors, analysis vectors)
         sums = self.checksums
 
@@ -327,13 +329,13 @@ class BlockStep:
 
         def frame_only(state):
             frame = self._frame_of(state.params, state.model_state, probe_x)
-            return all_finite(frame), pack_frame(frame, self.frame_layout, sums), self._zeros(self.analysis_layout)
+            return _all_finite(frame), pack_frame(frame, self.frame_layout, sums), self._zeros(self.analysis_layout)
 
         def frame_and_analysis(state):
             full = self._frame_of(state.params, state.model_state, probe_x, analysis_x)
             frame = {key: full[key] for key, _, _ in self.frame_layout}
             rest = {key: full[key] for key, _, _ in self.analysis_layout}
-            return all_finite(full), pack_frame(frame, self.frame_layout, sums), pack_frame(rest, self.analysis_layout)
+            return _all_finite(full), pack_frame(frame, self.frame_layout, sums), pack_frame(rest, self.analysis_layout)
 
         branches = [nothing, frame_only, frame_and_analysis][:len(self.kinds)]
 
@@ -358,7 +360,7 @@ class BlockStep:
             full = self._frame_of(state.params, state.model_state, probe_x, analysis_x, ANALYSIS_ROWS)
             frame = {key: full[key] for key, _, _ in self.frame_layout}
             rows = {key: v for key, v in full.items() if key.startswith("analysis/rows/")}
-            m = row({**metrics, "finite": metrics["finite"] & all_finite(full)})
+            m = row({**metrics, "finite": metrics["finite"] & _all_finite(full)})
             return state, m[None], {d: v[None] for d, v in pack_frame(frame, self.frame_layout, sums).items()}, rows
 
         slots = k if k == 1 else k + 1  # the last slot takes the frames of steps that record none
