@@ -65,13 +65,13 @@ def frame_from(values: Mapping[str, jax.Array], kernels: Mapping[str, jax.Array]
     `analysis=ANALYSIS_ROWS` each layer's float32 activations of the analysis images come as
     `analysis/rows/<layer>` instead of their Gram and statistics (`analysis_of` computes those)."""
     frame: dict[str, jax.Array] = {}
+    rows: dict[str, jax.Array] = {}  # the analysis images' float32 activations, before any storage rounding
     for name, a in values.items():
         kept = (channels or {}).get(name)
         frame[name] = (a[:p] if kept is None else a[:p, ..., np.asarray(kept)]).astype(dtype)
-        if analysis == ANALYSIS_ROWS:
-            frame[f"analysis/rows/{name}"] = a[p:]
-        elif analysis:  # float32 activations, before any storage rounding
-            frame[f"analysis/gram/{name}"], frame[f"analysis/stats/{name}"] = gram_and_stats(a[p:])
+        if analysis:
+            rows[f"analysis/rows/{name}"] = a[p:]
+    frame.update(rows if analysis == ANALYSIS_ROWS else analysis_of(rows))
     for name in kernel_layers:
         frame[f"kernel/{name}"] = kernels[name].astype(jnp.float32)
     if logits is not None:
