@@ -63,13 +63,18 @@ class TrainingLoop:
         """Continues from `state`, the state after update `step` (a checkpoint's), placed as this plan says."""
         self.state, self.step = self.plan.placement.replicated(state), step
 
+    def _shuffle(self, epoch: int) -> np.ndarray:
+        """The training set's order in `epoch` (a function of seed and epoch), the last one asked kept."""
+        if self._perm[0] != epoch:
+            c = self.plan.config
+            self._perm = (epoch, epoch_permutation(c.seed, epoch, len(self.plan.dataset.train_labels)))
+        return self._perm[1]
+
     def _batch(self, step: int) -> np.ndarray:
         """Training-set indices of the batch of update `step` (the data order is a function of seed and step)."""
-        c = self.plan.config
+        b = self.plan.config.batch_size
         epoch, i = divmod(step - 1, self.plan.per_epoch)
-        if self._perm[0] != epoch:
-            self._perm = (epoch, epoch_permutation(c.seed, epoch, len(self.plan.dataset.train_labels)))
-        return self._perm[1][i * c.batch_size:(i + 1) * c.batch_size]  # [B] int32, copied in at dispatch
+        return self._shuffle(epoch)[i * b:(i + 1) * b]  # [B] int32, copied in at dispatch
 
     def _batches(self, first: int, last: int) -> np.ndarray:
         """[last - first + 1, B]: the batches of updates first..last, one slice of each epoch's shuffle they
@@ -77,10 +82,9 @@ class TrainingLoop:
         per, b = self.plan.per_epoch, self.plan.config.batch_size
         parts, step = [], first
         while step <= last:
-            end = min(last, ((step - 1) // per + 1) * per)  # the last of these steps in step's epoch
-            self._batch(step)  # that epoch's shuffle, cached
-            i = (step - 1) % per
-            parts.append(self._perm[1][i * b:(i + end - step + 1) * b].reshape(end - step + 1, b))
+            epoch, i = divmod(step - 1, per)
+            end = min(last, (epoch + 1) * per)  # the last of these steps in step's epoch
+            parts.append(self._shuffle(epoch)[i * b:(i + end - step + 1) * b].reshape(end - step + 1, b))
             step = end + 1
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
