@@ -4,14 +4,13 @@ kernel after every step and faulting it in again on the next.
 XLA's CPU backend allocates a program's buffers with malloc at every execution and frees them at its end.
 learn_to_see's training step at batch 1024 takes a 133 MB temporary buffer and two of 58 MB each time. glibc
 serves allocations that large with fresh mmaps (or from per-thread arenas that it creates and deletes), and
-gives them back on free, so every step touches about 250 MB of new pages: 34,000 page faults and ~60 ms of
-kernel CPU per step on the 2-core development machine, 17% of the process's CPU (measured with
-`benchmarks/host_memory.py`).
+gives them back on free, so every step touches about 250 MB of new pages: 32,700 page faults and 49–56 ms of
+kernel CPU per step on the 2-core development machine (`benchmarks/host_memory.py`).
 
 `keep_freed_memory()` sets three of glibc's malloc parameters (mallopt(3)): no mmapped chunks, no trimming of
 the heap's top, and one arena for all threads. Freed buffers then stay in the heap and the next step reuses
-the same pages. The price is that the process keeps its peak heap for its lifetime (learn_to_see: 0.93 GB
-resident at most instead of 0.78). It must run before JAX starts its backend: threads that already allocated
+the same pages. The price is that the process keeps its peak heap for its lifetime (learn_to_see: 1.08 GB
+resident at most instead of 0.95). It must run before JAX starts its backend: threads that already allocated
 keep the arena they have. `emergence record`, `resume` and `sweep` call it first; an own loop can call it at
 the top of its script. EMERGENCE_KEEP_FREED_MEMORY=0 turns it off.
 
