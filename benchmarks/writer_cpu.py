@@ -15,8 +15,9 @@ medians:
 
 - none, checksums by the writer: uncompressed chunks, each row's Fletcher-32 computed on this thread
   (HDF5's own function, runfile/checksum.py);
-- none, checksums given: the same with each row's Fletcher-32 handed over with the block, as the device
-  computes it beside a GPU (recorder/fletcher.py; here computed by XLA before the trial);
+- none, checksums given: the block's buffers as the device packs them beside a GPU (recorder/blocks.py
+  `CHUNKS`: each array's rows as finished chunks, its bytes then its Fletcher-32, recorder/fletcher.py; here
+  packed by XLA before the trial), written as they are, as `DeviceWriter` does;
 - gzip, processes: deflated by `--processes` encoding processes (runfile/encoders.py, the default beside a
   GPU), the writer thread copying rows in and chunks out and writing them;
 - gzip, threads: deflated by as many encoding threads of this process instead (no copies; each chunk's
@@ -36,22 +37,24 @@ import jax
 import numpy as np
 
 from record_overhead import rotated
-from recorder.blocks import block_size
-from recorder.fletcher import fletcher32
+from recorder.blocks import block_size, chunk_columns, layout_of, pack_frame, unpack
 from runfile.writer import H5RunWriter
 from writer_throughput import real_frames
 
 SETTINGS = ("none, checksums by the writer", "none, checksums given", "gzip, processes", "gzip, threads")
 
 
-def blocks_of(frames: list[dict], block: int, count: int) -> list[tuple[np.ndarray, dict, dict]]:
-    """`count` frames (cycling) as blocks of `block`: (steps, key -> [n, ...] rows, key -> [n] Fletcher-32s)."""
-    checksum = jax.jit(jax.vmap(fletcher32))
+def blocks_of(frames: list[dict], block: int, count: int) -> list[tuple[np.ndarray, dict, tuple[dict, dict]]]:
+    """`count` frames (cycling) as blocks of `block`: (steps, key -> [n, ...] rows, (the same rows as views of
+    the device's packed buffers, key -> their chunks))."""
+    layout = layout_of(frames[0])
+    packed = jax.jit(jax.vmap(lambda frame: pack_frame(frame, layout, checksums=True)))
     out = []
     for first in range(0, count, block):
         steps = np.arange(first, min(first + block, count))
         rows = {key: np.stack([frames[s % len(frames)][key] for s in steps]) for key in frames[0]}
-        out.append((steps, rows, {key: np.asarray(checksum(value)) for key, value in rows.items()}))
+        buffers = jax.device_get(packed(rows))
+        out.append((steps, rows, (unpack(buffers, layout), chunk_columns(buffers, layout))))
     return out
 
 
@@ -61,13 +64,11 @@ def thread_cpu_per_frame(blocks: list, layout: object, setting: str, path: Path,
     writer = H5RunWriter(path, dataclasses.replace(layout, compression=compression),
                          encode_threads=processes if compression == "gzip" else 1,
                          encode_processes=setting != "gzip, threads")
-    given = setting == "none, checksums given"
-    writer.write_frames(*blocks[0][:2], 0.0, blocks[0][2] if given else None)  # opens and warms everything
-    writer.flush()
-    frames = 0
-    t = time.thread_time()
-    for steps, rows, sums in blocks[1:]:
-        writer.write_frames(steps, rows, 0.0, sums if given else None)
+    given, frames, t = setting == "none, checksums given", 0, 0.0
+    for i, (steps, rows, (device_rows, chunks)) in enumerate(blocks):
+        if i == 1:  # the first block opened and warmed everything
+            frames, t = 0, time.thread_time()
+        writer.write_frames(steps, *((device_rows, 0.0, chunks) if given else (rows, 0.0)))
         writer.flush()
         frames += len(steps)
     seconds = time.thread_time() - t

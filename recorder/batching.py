@@ -14,8 +14,9 @@ structure (the analysed frames
 carry Grams) first sends the waiting ones, one by one, so a slow loop's frames go straight to the writer and a
 live viewer sees them as soon as before. Only full batches are packed: one compilation per frame structure.
 A batch reaches the host as one, so its frames share one wall time (docs/run_schema.md). Where the run stores
-frames uncompressed beside a GPU, the packing also computes each array's Fletcher-32 (recorder/fletcher.py,
-the `CHECKSUMS` buffer of recorder/blocks.py), which the writer then appends instead of computing it.
+frames uncompressed beside a GPU, the packing also computes each array's Fletcher-32 (recorder/fletcher.py)
+and lays the arrays out as the chunks the file stores (the `CHUNKS` buffer of recorder/blocks.py), which the
+writer writes as they are.
 
 Frames replicated over several devices (a device mesh, several processes) are packed from this process's own
 replica on its first device: no collective, nothing the other processes must join.
@@ -32,8 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
-from recorder.blocks import CHECKSUMS, checksummed
-from recorder.fletcher import fletcher32
+from recorder.blocks import layout_nbytes, pack_frame
 
 FRAMES_PER_TRANSFER = 8
 METRICS_PER_TRANSFER = 32
@@ -77,17 +77,10 @@ def layout(frame: Mapping[str, Any]) -> tuple[tuple[str, tuple[int, ...], str], 
 @functools.partial(jax.jit, static_argnums=1)
 def pack(frames: Sequence[Mapping[str, jax.Array]], checksums: bool = False) -> dict[str, jax.Array]:
     """The frames' arrays, raveled and concatenated frame after frame (keys in order), one buffer per dtype;
-    with `checksums`, also `CHECKSUMS`: each array's Fletcher-32 (the analysis entries' left out: see
-    `recorder.blocks.checksummed`), frame after frame."""
-    parts: dict[str, list[jax.Array]] = {}
-    for frame in frames:
-        for key in sorted(frame):
-            parts.setdefault(str(frame[key].dtype), []).append(jnp.ravel(frame[key]))
-    out = {dtype: jnp.concatenate(arrays) for dtype, arrays in parts.items()}
-    if checksums:
-        out[CHECKSUMS] = jnp.stack([fletcher32(frame[key]) for frame in frames
-                                    for key, _, _ in checksummed(layout(frame))])
-    return out
+    with `checksums` the arrays but the analysis entries go instead into `CHUNKS` as checksummed chunks
+    (`recorder.blocks.pack_frame`), frame after frame."""
+    packed = [pack_frame(frame, layout(frame), checksums) for frame in frames]
+    return {d: jnp.concatenate([p[d] for p in packed]) for d in packed[0]}
 
 
 @jax.tree_util.register_pytree_node_class
@@ -107,7 +100,7 @@ class FrameBatch:
 
     @property
     def nbytes(self) -> int:
-        return sum(buffer.nbytes for key, buffer in self.buffers.items() if key != CHECKSUMS)
+        return len(self.steps) * layout_nbytes(self.layout)
 
 
 class _Batcher:

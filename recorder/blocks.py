@@ -15,8 +15,10 @@ host receives per block:
   to a power of two (`first_rows`): the buffer is cut on the device, so that a block of few frames does not
   send K rows, in one of log2(K) shapes, so that the cut compiles a handful of times in a run, not once per
   count of frames (each new count compiled for 25 ms on the CPU backend, in the loop's thread). Where the
-  frames are stored uncompressed beside a GPU, the frame buffers also hold `CHECKSUMS`, uint32 [F', A]: each
-  array's Fletcher-32 (recorder/fletcher.py), which the writer then need not compute.
+  frames are stored uncompressed beside a GPU, the frame's arrays travel instead as `CHUNKS`, uint8 [F', E]:
+  row j holds each array's stored bytes followed by its Fletcher-32 (recorder/fletcher.py), 4 bytes
+  little-endian, which is exactly the chunk HDF5 stores for that array's row. The writer then neither
+  computes a checksum nor copies a byte: each array's chunks are written straight from the block's buffer.
 
 So a block is one dispatch, one transfer per buffer, one writer queue item and one HDF5 write per dataset,
 whatever its length. Between blocks the loop makes no device→host transfer (tests/test_blocks.py checks it
@@ -41,13 +43,13 @@ import numpy as np
 from jax import lax
 
 from recorder.capture import ANALYSIS_ROWS, analysis_of
-from recorder.fletcher import fletcher32
+from recorder.fletcher import fletcher32_of_bytes, stored_bytes
 
 BLOCK_BYTES = 32 << 20  # device bytes of one block's frame buffer
 MAX_BLOCK = 64  # steps per block at most
 BLOCK_SECONDS = 1.0  # training time per block the loop aims at (see TrainingLoop.block_length)
 TRAIN, FRAME, ANALYSE = 0, 1, 2  # what a step does besides training: nothing, the probe frame, frame + analysis
-CHECKSUMS = "fletcher32"  # the frame buffer of the arrays' checksums, uint32, one column per layout entry
+CHUNKS = "chunks"  # the frame buffer of the checksummed arrays as HDF5 chunks: uint8, each array's bytes then its checksum
 
 Layout = tuple[tuple[str, tuple[int, ...], str], ...]  # (key, shape, dtype) of each array, in key order
 
@@ -70,32 +72,49 @@ def layout_of(tree: Mapping[str, Any]) -> Layout:
 
 
 def checksummed(layout: Layout) -> Layout:
-    """The entries of `layout` whose Fletcher-32s travel in `CHECKSUMS`: all but the analysis entries, which
-    the writer stores transformed (a Gram's upper triangle), not as computed."""
+    """The entries of `layout` that travel as chunks in `CHUNKS`, with their Fletcher-32s: all but the analysis
+    entries, which the writer stores transformed (a Gram's upper triangle), not as computed."""
     return tuple(entry for entry in layout if not entry[0].startswith("analysis/"))
+
+
+def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
+def layout_nbytes(layout: Layout) -> int:
+    """Bytes of one frame of `layout`: its arrays', without checksums."""
+    return sum(_nbytes(shape, dtype) for _, shape, dtype in layout)
+
+
+def _chunked(layout: Layout, checksums: bool) -> tuple[Layout, Layout]:
+    """(the entries in `CHUNKS`, the entries in the per-dtype buffers) of `layout`."""
+    chunked = checksummed(layout) if checksums else ()
+    return chunked, tuple(entry for entry in layout if entry not in chunked)
 
 
 def pack_frame(values: Mapping[str, jax.Array], layout: Layout, checksums: bool = False) -> dict[str, jax.Array]:
     """One flat vector per dtype: the arrays of `values` raveled in `layout`'s order (traceable: a loop of
-    one's own builds a `Block`'s frame buffers by stacking these, one row per frame); with `checksums`, also
-    `CHECKSUMS`: each array's Fletcher-32 in the stored dtype, in `checksummed(layout)`'s order."""
+    one's own builds a `Block`'s frame buffers by stacking these, one row per frame). With `checksums` the
+    `checksummed(layout)` entries go instead into `CHUNKS` (uint8): each array's bytes in the stored dtype,
+    then its Fletcher-32, little-endian."""
+    chunked, rest = _chunked(layout, checksums)
     parts: dict[str, list[jax.Array]] = {}
-    for key, _, dtype in layout:
+    for key, _, dtype in rest:
         parts.setdefault(dtype, []).append(jnp.ravel(values[key]).astype(dtype))
-    out = {dtype: jnp.concatenate(arrays) for dtype, arrays in parts.items()}
-    if checksums:
-        out[CHECKSUMS] = jnp.stack([fletcher32(jnp.asarray(values[key]).astype(dtype))
-                                    for key, _, dtype in checksummed(layout)])
-    return out
+    for key, _, dtype in chunked:
+        stored = stored_bytes(jnp.asarray(values[key]).astype(dtype))
+        parts.setdefault(CHUNKS, []).extend([stored, stored_bytes(fletcher32_of_bytes(stored))])
+    return {dtype: jnp.concatenate(arrays) for dtype, arrays in parts.items()}
 
 
 def _widths(layout: Layout, checksums: bool = False) -> dict[str, int]:
-    """Each buffer's width: dtype -> elements per row (and `CHECKSUMS` -> arrays, with `checksums`)."""
+    """Each buffer's width: dtype -> elements per row (with `checksums`, `CHUNKS` -> bytes per row)."""
+    chunked, rest = _chunked(layout, checksums)
     out: dict[str, int] = {}
-    for _, shape, dtype in layout:
+    for _, shape, dtype in rest:
         out[dtype] = out.get(dtype, 0) + int(np.prod(shape))
-    if checksums and checksummed(layout):
-        out[CHECKSUMS] = len(checksummed(layout))
+    if chunked:
+        out[CHUNKS] = sum(_nbytes(shape, dtype) + 4 for _, shape, dtype in chunked)
     return out
 
 
@@ -105,17 +124,37 @@ def _all_finite(arrays: Mapping[str, jax.Array]) -> jax.Array:
 
 
 def _dtype(buffer: str) -> Any:
-    return jnp.uint32 if buffer == CHECKSUMS else buffer
+    return jnp.uint8 if buffer == CHUNKS else buffer
 
 
 def unpack(buffers: Mapping[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
-    """Host buffers [n, E] per dtype -> {key: [n, *shape]}, each a view of its buffer (no copy)."""
+    """Host buffers [n, E] per dtype (and `CHUNKS`, if there) -> {key: [n, *shape]}, each a view of its
+    buffer (no copy)."""
+    chunks = chunk_columns(buffers, layout)
     offsets = dict.fromkeys(buffers, 0)
     out = {}
     for key, shape, dtype in layout:
+        if key in chunks:
+            rows = chunks[key]
+            out[key] = rows[:, :rows.shape[1] - 4].view(dtype).reshape(len(rows), *shape)
+            continue
         size, buffer = int(np.prod(shape)), buffers[dtype]
         out[key] = buffer[:, offsets[dtype]:offsets[dtype] + size].reshape(len(buffer), *shape)
         offsets[dtype] += size
+    return out
+
+
+def chunk_columns(buffers: Mapping[str, Any], layout: Layout) -> dict[str, np.ndarray]:
+    """(host buffers) Each checksummed array's rows of `CHUNKS` as key -> uint8 [n, its bytes + 4], views: the
+    chunks HDF5 stores for its rows, ready to write ({} without `CHUNKS`)."""
+    buffer = buffers.get(CHUNKS)
+    if buffer is None:
+        return {}
+    buffer, out, at = np.asarray(buffer), {}, 0
+    for key, shape, dtype in checksummed(layout):
+        size = _nbytes(shape, dtype) + 4
+        out[key] = buffer[:, at:at + size]
+        at += size
     return out
 
 
@@ -150,15 +189,15 @@ class Block:
 
     @property
     def frame_nbytes(self) -> int:
-        """Bytes of the block's frames and analysis rows (the valid rows of the buffers)."""
-        return sum(n * int(np.prod(b.shape[1:])) * np.dtype(b.dtype).itemsize
-                   for n, buffers in ((len(self.frame_steps), self.frames), (len(self.analysis_steps), self.analysis))
-                   for d, b in buffers.items() if d != CHECKSUMS)
+        """Bytes of the block's frames and analysis rows (their arrays' bytes, without checksums)."""
+        return (len(self.frame_steps) * layout_nbytes(self.frame_layout)
+                + len(self.analysis_steps) * layout_nbytes(self.analysis_layout))
 
-    def frame_checksums(self) -> dict[str, np.ndarray] | None:
-        """(on host values) Each frame array's Fletcher-32 computed on the device, key -> [len(frame_steps)]
-        uint32; None if the device computed none."""
-        return checksum_columns(self.frames, self.frame_layout, len(self.frame_steps))
+    def frame_chunks(self) -> dict[str, np.ndarray]:
+        """(on host values) Each frame array's rows as the chunks the device made of them (`chunk_columns`),
+        key -> uint8 [len(frame_steps), bytes + 4]; {} if the device made none."""
+        n = len(self.frame_steps)
+        return chunk_columns({d: b[:n] for d, b in self.frames.items()}, self.frame_layout) if n else {}
 
     def columns(self) -> dict[str, np.ndarray]:
         """(on host values) Each metric over the block's steps: name -> [len(steps)]."""
@@ -172,17 +211,6 @@ class Block:
         if self.analysis_steps:
             out.update(unpack(valid(self.analysis, len(self.analysis_steps)), self.analysis_layout))
         return out
-
-
-def checksum_columns(buffers: Mapping[str, Any], layout: Layout, n: int) -> dict[str, np.ndarray] | None:
-    """(host buffers) The `CHECKSUMS` buffer's first n rows as key -> [n] uint32, in `checksummed(layout)`'s order;
-    None if there is none."""
-    sums = buffers.get(CHECKSUMS) if n else None
-    if sums is None:
-        return None
-    keys = checksummed(layout)
-    sums = np.asarray(sums).reshape(-1, len(keys))[:n]
-    return {key: sums[:, i] for i, (key, _, _) in enumerate(keys)}
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -219,7 +247,7 @@ class BlockStep:
     `frame_of(params, model_state, probe_x[, analysis_x]) -> frame` computes a frame. With `probe_x` None the
     block only trains. Call it with the state (donated), the data arguments, the probe and analysis inputs
     and a host plan made by `plan` (one array, copied in at dispatch). With `checksums` each frame's arrays
-    are also checksummed on the device (`CHECKSUMS`; recorder/fletcher.py).
+    travel as checksummed chunks (`CHUNKS`; recorder/fletcher.py).
 
     With K = 1 (the CPU backend's) an analysed step is two dispatches: the step returns the analysis images'
     activations and a second program computes their Grams and statistics (and clears the step's finiteness

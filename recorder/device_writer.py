@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from recorder.batching import FrameBatch
-from recorder.blocks import Block, checksum_columns, unpack
+from recorder.blocks import Block, chunk_columns, unpack
 from recorder.parallel import host
 from runfile.async_writer import AsyncRunWriter
 from runfile.writer import RunWriter
@@ -52,11 +52,11 @@ class DeviceWriter(AsyncRunWriter):
 
     def _frames(self, batch: FrameBatch) -> None:
         self.frame_bytes += batch.nbytes
-        arrays = unpack({d: b.reshape(len(batch.steps), -1) for d, b in batch.buffers.items()}, batch.layout)
+        buffers = {d: b.reshape(len(batch.steps), -1) for d, b in batch.buffers.items()}
+        arrays = unpack(buffers, batch.layout)
         if any(key.startswith("analysis/") for key, _, _ in batch.layout):
             self.writer.write_analysis(batch.steps, arrays)
-        self.writer.write_frames(batch.steps, arrays,
-                                 checksums=checksum_columns(batch.buffers, batch.layout, len(batch.steps)))
+        self.writer.write_frames(batch.steps, arrays, chunks=chunk_columns(buffers, batch.layout))
 
     def write_block(self, block: Block) -> None:
         """Queues a block of steps (recorder/blocks.py): one host copy per buffer, then one staged write per
@@ -88,5 +88,5 @@ class DeviceWriter(AsyncRunWriter):
             self.writer.write_analysis(block.analysis_steps, arrays)
         if block.frame_steps:
             self.frame_bytes += block.frame_nbytes
-            self.writer.write_frames(block.frame_steps, arrays, checksums=block.frame_checksums())
+            self.writer.write_frames(block.frame_steps, arrays, chunks=block.frame_chunks())
         self.latest_train = {"step": int(steps[-1]), "loss": float(loss[-1]), "accuracy": float(accuracy[-1])}

@@ -3,9 +3,10 @@
 An uncompressed chunk's checksum (runfile/checksum.py) is a pass over every byte of the frame, on the
 writer's thread: about 40 µs of host CPU for a 147 kB frame, a fifth of what recording a frame costs the host
 beside a GPU (benchmarks/host_path.py). Beside a GPU or TPU the device computes it for almost nothing while the
-frame is still in its memory, and the writer appends the 4 bytes it is handed (`RunWriter.write_frames(...,
-checksums=)`). The bytes are those the file stores: the array after its cast to the stored dtype, in the
-host's (little-endian) order.
+frame is still in its memory, and lays each array's rows out as the chunks the file stores, its bytes then the
+checksum's 4 (`recorder.blocks.CHUNKS`); the writer writes them as they are (`RunWriter.write_frames(...,
+chunks=)`): no checksum and no copy on the host. The bytes are those the file stores: the array after its cast
+to the stored dtype, in the host's (little-endian) order.
 
 The closed form of runfile/checksum.py, in 32-bit integers: with N big-endian 16-bit words w_k (k = 0..N-1),
 S = Σ w_k and T = Σ (N − k) w_k; both sums are 0 when every word is 0 and otherwise ((x − 1) mod 65535) + 1.
@@ -30,9 +31,18 @@ def _sum_mod(x: jax.Array) -> jax.Array:
     return jnp.sum(partial, dtype=jnp.uint32) % MOD  # fewer than 65,537 groups: arrays below 4 GB
 
 
+def stored_bytes(x: jax.Array) -> jax.Array:
+    """`x`'s bytes in memory order (C order, little-endian), uint8 [x.nbytes]: what a file stores of it."""
+    return jax.lax.bitcast_convert_type(jnp.ravel(x), jnp.uint8).reshape(-1)
+
+
 def fletcher32(x: jax.Array) -> jax.Array:
     """The Fletcher-32 of `x`'s bytes (C order, little-endian) as HDF5's filter computes it: uint32 []."""
-    raw = jax.lax.bitcast_convert_type(jnp.ravel(x), jnp.uint8).reshape(-1)  # bytes in memory order
+    return fletcher32_of_bytes(stored_bytes(x))
+
+
+def fletcher32_of_bytes(raw: jax.Array) -> jax.Array:
+    """The Fletcher-32 of the bytes `raw` (uint8 [N]), as `fletcher32`."""
     if raw.size % 2:  # a lone last byte is the high byte of a last word
         raw = jnp.concatenate([raw, jnp.zeros((1,), jnp.uint8)])
     words = (raw[0::2].astype(jnp.uint32) << 8) | raw[1::2].astype(jnp.uint32)

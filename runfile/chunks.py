@@ -47,11 +47,12 @@ def write_chunks(ds: h5py.Dataset, first: int, chunks: Iterable[bytes | np.ndarr
 
 
 def write_row_chunks(ds: h5py.Dataset, first: int, chunks: np.ndarray) -> None:
-    """Stores each row of `chunks` (uint8 [n, chunk bytes]) as the chunk of `ds`'s row `first` + j, as
-    `write_chunks` does, with h5py's lock taken once and no Python-level work per row but the HDF5 call."""
+    """Stores each row of `chunks` (uint8 [n, chunk bytes], each row contiguous, rows at any stride) as the
+    chunk of `ds`'s row `first` + j, as `write_chunks` does, with h5py's lock taken once and no Python-level
+    work per row but the HDF5 call."""
     zeros = (0,) * (ds.ndim - 1)
     native, done = _native(), 0
-    if native is not None and chunks.flags.c_contiguous:
+    if native is not None and chunks.ndim == 2 and chunks.dtype == np.uint8 and chunks.strides[1] == 1:
         where = (ctypes.c_uint64 * ds.ndim)()
         dsid, base, stride, size = ds.id.id, chunks.ctypes.data, chunks.strides[0], chunks.shape[1]
         with phil:

@@ -93,7 +93,7 @@ class RunWriter(Protocol):
 
     def write_frame(self, step: int, frame: Mapping[str, Any], wall_time: float | None = None) -> None: ...
     def write_frames(self, steps: Any, frames: Mapping[str, Any], wall_time: float | None = None,
-                     checksums: Mapping[str, Any] | None = None) -> None: ...
+                     chunks: Mapping[str, Any] | None = None) -> None: ...
     def write_analysis(self, steps: Any, arrays: Mapping[str, Any]) -> None: ...
     def write_train(self, step: Any, loss: Any, accuracy: Any, wall_time: Any = None) -> None: ...
     def write_eval(self, step: int, loss: Any, accuracy: Any) -> None: ...
@@ -223,16 +223,17 @@ class _Column:
     `append` writes now, in one extent change; where `_encoder` has one, each row (one whole chunk) is
     encoded here (or by the caller: `chunks`) and written directly. `stage` keeps rows until `commit`.
     Uncompressed checksummed rows are copied into one scratch buffer of chunks (each row's bytes, then its
-    checksum; up to SCRATCH_BYTES at a time) and written from it, with the Fletcher-32 the caller computed
-    where it gave one (`stage(rows, checksums)`: a device's, see recorder/fletcher.py). The first such
-    checksum is checked against this host's own; if they differ, the column computes its own from then on
-    (`trusted_checksums`).
+    checksum; up to SCRATCH_BYTES at a time) and written from it. Where the caller has the rows as finished
+    chunks already (`stage(rows, chunks)`: a device computed the checksums and laid them out so, see
+    recorder/fletcher.py), they are written from the caller's buffer, with no copy and no checksum here. The
+    first such chunk is checked against the row's bytes and this host's own checksum of them; if either
+    differs, the column makes its own chunks from then on (`trusted_checksums`).
     """
 
     def __init__(self, ds: h5py.Dataset):
         self.ds, self.n, self.row, self.dtype = ds, ds.shape[0], ds.shape[1:], ds.dtype
         self.encode = _encoder(ds)
-        self._staged: list[tuple[np.ndarray, np.ndarray | None]] = []  # (rows, their checksums or None)
+        self._staged: list[tuple[np.ndarray, np.ndarray | None]] = []  # (rows, their chunks or None)
         self.staged_bytes = 0
         self._scratch: np.ndarray | None = None
         self.trusted_checksums: bool | None = None  # None: none given yet
@@ -251,11 +252,13 @@ class _Column:
         self.ds.id.set_extent((self.n + k, *self.row))
         if self.encode is _raw_checked and chunks is None:
             at = self.n
-            for p, sums in parts:
-                per = max(1, SCRATCH_BYTES // max(1, p[0].nbytes if len(p) else 1))  # rows per scratch fill
-                for i in range(0, len(p), per):
-                    given = None if sums is None else sums[i:i + per]
-                    write_row_chunks(self.ds, at + i, self._checked(p[i:i + per], given))
+            for p, ready in parts:
+                if ready is not None and self._trusts(p, ready):
+                    write_row_chunks(self.ds, at, ready)
+                else:
+                    per = max(1, SCRATCH_BYTES // max(1, p[0].nbytes if len(p) else 1))  # rows per scratch fill
+                    for i in range(0, len(p), per):
+                        write_row_chunks(self.ds, at + i, self._checked(p[i:i + per]))
                 at += len(p)
         elif self.encode is not None:  # row by row: the staged arrays are never concatenated
             chunks = (c for p, _ in parts for c in _encode_rows(self.encode, p)) if chunks is None else chunks
@@ -264,32 +267,53 @@ class _Column:
             self.ds[self.n:] = parts[0][0] if len(parts) == 1 else np.concatenate([p for p, _ in parts])
         self.n += k
 
-    def _checked(self, rows: np.ndarray, given: np.ndarray | None) -> np.ndarray:
-        """The scratch buffer holding `rows` as chunks, each row's bytes then its checksum (`given`, [n], if
-        trusted), valid until the next call."""
+    def _checked(self, rows: np.ndarray) -> np.ndarray:
+        """The scratch buffer holding `rows` as chunks, each row's bytes then its checksum, valid until the
+        next call."""
         rows = np.ascontiguousarray(rows)
         n, size = len(rows), rows[0].nbytes
         if self._scratch is None or self._scratch.shape[1] != size + 4 or len(self._scratch) < n:
             self._scratch = np.empty((n, size + 4), np.uint8)
-        if given is not None and self.trusted_checksums is None:
-            own = fletcher32(rows[0])
-            self.trusted_checksums = int(given[0]) == own
-            if not self.trusted_checksums:
-                warnings.warn(f"{self.ds.name}: the device's Fletcher-32 of a row is {int(given[0]):#010x}, this "
-                              f"host's {own:#010x}; the host computes them from now on", RuntimeWarning)
-        return rows_with_checksums(rows, self._scratch[:n], given if self.trusted_checksums else None)
+        return rows_with_checksums(rows, self._scratch[:n])
 
-    def stage(self, rows: Any, checksums: Any = None) -> None:
-        """Keeps `rows` until `commit` (or `take`); `checksums`, uint32 [n], are their Fletcher-32s if the
-        caller computed them (used where the rows reach the file unchanged: uncompressed, same dtype)."""
+    def _trusts(self, rows: np.ndarray, chunks: np.ndarray) -> bool:
+        """Whether the caller's `chunks` of `rows` are written as they are: decided on the first ones given, by
+        their first row's bytes and checksum against `rows[0]` and this host's checksum of it."""
+        if self.trusted_checksums is None and len(rows):
+            row = np.ascontiguousarray(rows[0]).reshape(-1).view(np.uint8)
+            given, own = int(chunks[0, -4:].view("<u4")[0]), fletcher32(row)
+            same = np.array_equal(chunks[0, :-4], row)
+            self.trusted_checksums = same and given == own
+            if not self.trusted_checksums:
+                what = (f"Fletcher-32 of a row is {given:#010x}, this host's {own:#010x}" if same
+                        else "chunk of a row holds other bytes than the row")
+                warnings.warn(f"{self.ds.name}: the device's {what}; the host computes them from now on",
+                              RuntimeWarning)
+        return bool(self.trusted_checksums)
+
+    def rows_and_chunks(self, rows: Any, chunks: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(`rows` in the stored dtype, `chunks` if usable, else None) for `stage`; raises ValueError for rows or
+        chunks of the wrong shape. `chunks` (uint8 [n, row bytes + 4]), if the caller has them: the rows as the
+        chunks the file stores, each row's bytes then its Fletcher-32 little-endian (usable where the rows reach
+        the file unchanged: uncompressed, same dtype)."""
         given = np.asarray(rows)
         rows = self._rows(given)
-        usable = checksums is not None and self.encode is _raw_checked and given.dtype == self.dtype
-        self._staged.append((rows, np.asarray(checksums, np.uint32).reshape(-1) if usable else None))
+        if chunks is None or self.encode is not _raw_checked or given.dtype != self.dtype:
+            return rows, None
+        chunks, size = np.asarray(chunks), rows[0].nbytes if len(rows) else 0
+        if chunks.dtype != np.uint8 or chunks.shape != (len(rows), size + 4):
+            raise ValueError(f"{self.ds.name}: chunks of {len(rows)} rows of {size} bytes must be uint8 [rows, bytes "
+                             f"+ 4], got {chunks.dtype} {list(chunks.shape)}")
+        return rows, chunks
+
+    def stage(self, rows: Any, chunks: Any = None) -> None:
+        """Keeps `rows` until `commit` (or `take`), with their `chunks` (see `rows_and_chunks`)."""
+        rows, chunks = self.rows_and_chunks(rows, chunks)
+        self._staged.append((rows, chunks))
         self.staged_bytes += rows.nbytes
 
     def take(self) -> list[tuple[np.ndarray, np.ndarray | None]] | None:
-        """The staged (rows, checksums or None) pairs, in order (None if there are none), no longer staged."""
+        """The staged (rows, chunks or None) pairs, in order (None if there are none), no longer staged."""
         if not self._staged:
             return None
         rows, self._staged, self.staged_bytes = self._staged, [], 0
@@ -583,22 +607,23 @@ class H5RunWriter:
         self.write_frames([step], rows, wall_time)
 
     def write_frames(self, steps: Any, frames: Mapping[str, np.ndarray], wall_time: float | None = None,
-                     checksums: Mapping[str, Any] | None = None) -> None:
+                     chunks: Mapping[str, Any] | None = None) -> None:
         """Appends the frames of `steps` ([n]): `frames` maps each key of `write_frame` to its n rows
         ([n, P, H, W, C], ...); analysis entries are ignored here (`write_analysis`). One wall time for all.
-        `checksums` (optional, key -> uint32 [n]): each row's Fletcher-32 as computed elsewhere (a device's,
-        recorder/fletcher.py), used for uncompressed datasets instead of computing it here."""
+        `chunks` (optional, key -> uint8 [n, row bytes + 4]): the rows as finished chunks, each row's bytes then
+        its Fletcher-32 as computed elsewhere (a device's, recorder/fletcher.py), written as they are to
+        uncompressed datasets instead of copied and checksummed here."""
         steps = np.reshape(steps, -1)
-        n, c = len(steps), self._col
-        keys = [*self._layers, *(f"kernel/{name}" for name in self._kernels), *(["logits"] if "logits" in frames else [])]
-        self._reserve(sum(np.asarray(frames[key]).nbytes for key in keys))
-        sums = checksums or {}
-        for name in self._layers:
-            c[f"layers/{name}/activations"].stage(frames[name], sums.get(name))
-        for name in self._kernels:
-            c[f"layers/{name}/kernel"].stage(frames[f"kernel/{name}"], sums.get(f"kernel/{name}"))
+        n, c, ready = len(steps), self._col, chunks or {}
         logits = frames["logits"] if "logits" in frames else np.zeros((n, *c["frames/logits"].row), np.float32)
-        c["frames/logits"].stage(logits, sums.get("logits"))
+        columns = [*((c[f"layers/{name}/activations"], frames[name], ready.get(name)) for name in self._layers),
+                   *((c[f"layers/{name}/kernel"], frames[f"kernel/{name}"], ready.get(f"kernel/{name}"))
+                     for name in self._kernels),
+                   (c["frames/logits"], logits, ready.get("logits"))]
+        staged = [(column, *column.rows_and_chunks(rows, given)) for column, rows, given in columns]  # may raise
+        self._reserve(sum(rows.nbytes for _, rows, _ in staged))
+        for column, rows, given in staged:
+            column.stage(rows, given)
         c["frames/wall_time"].stage(np.full(n, self._now(wall_time)))
         c["frames/step"].stage(steps)
         self._write_if_staged_enough()

@@ -1,6 +1,7 @@
 """Fletcher-32 computed on the device (recorder/fletcher.py): the very number HDF5's filter stores, for any
-bytes; the writer appends it instead of computing its own, checks the first against its own, and ignores
-it where the stored bytes are not the bytes it was computed on."""
+bytes; the device lays the rows out as finished chunks, which the writer writes as they are (no copy, no
+checksum of its own) once the first has checked against its own, and ignores where the stored bytes are not
+the bytes they hold."""
 
 import dataclasses
 import warnings
@@ -10,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from recorder.blocks import CHECKSUMS
+from recorder.blocks import CHUNKS
 from recorder.fletcher import fletcher32, on_device
 from recorder.loop import TrainingLoop
 from recorder.plan import make_plan
@@ -49,15 +50,38 @@ def test_checksums_go_to_the_device_only_for_uncompressed_frames_beside_an_accel
 VALUES = rng.standard_normal((3, 2, 4, 4, 2))
 
 
-def _write(path, checksums, dtype=np.float16):
+def _chunks(values, checksum=host_fletcher32):
+    """The rows of `values` as a device lays them out (recorder/blocks.py `CHUNKS`): in one buffer, each row's
+    bytes then `checksum` of it, little-endian, then 8 bytes of some other array."""
+    rows = values.reshape(len(values), -1).view(np.uint8)
+    buffer = np.full((len(rows), rows.shape[1] + 12), 0xAB, np.uint8)
+    buffer[:, :-12] = rows
+    buffer[:, -12:-8] = np.asarray([checksum(row) for row in rows], "<u4").reshape(-1, 1).view(np.uint8)
+    return buffer[:, :-8]
+
+
+def _write(path, checksum, dtype=np.float16, chunks_of=None):
     layout = dataclasses.replace(_layout(), compression="none", dtype="float16")
     values = VALUES.astype(dtype)
+    chunks = None if checksum is None else (chunks_of or _chunks)(values, checksum)
+    device_rows = chunks is not None and chunks_of is None and values.dtype == np.float16  # views of the chunks
+    rows = chunks[:, :-4].view(dtype).reshape(values.shape) if device_rows else values
     writer = H5RunWriter(path, layout)
-    writer.write_frames([0, 1, 2], {"conv1": values, "logits": np.zeros((3, 2, 3), np.float32)},
-                        checksums=None if checksums is None else {"conv1": checksums(values)})
     column = writer._col["layers/conv1/activations"]
+    column._checked = _counting(column._checked)
+    writer.write_frames([0, 1, 2], {"conv1": rows, "logits": np.zeros((3, 2, 3), np.float32)},
+                        chunks=None if chunks is None else {"conv1": chunks})
     writer.close()
-    return values, column.trusted_checksums
+    return values, column.trusted_checksums, column._checked.rows
+
+
+def _counting(checked):
+    """`_Column._checked`, counting the rows the writer copied and checksummed itself."""
+    def call(rows):
+        call.rows += len(rows)
+        return checked(rows)
+    call.rows = 0
+    return call
 
 
 def _stored(path):
@@ -66,11 +90,11 @@ def _stored(path):
         return [ds.id.read_direct_chunk((i, 0, 0, 0, 0))[1] for i in range(ds.shape[0])], ds[...]
 
 
-def test_the_writer_appends_a_given_checksum_and_checks_the_first(tmp_path):
-    right = lambda v: [host_fletcher32(row) for row in v]
-    values, trusted = _write(tmp_path / "given.h5", right)
-    _, host_trusted = _write(tmp_path / "host.h5", None)
+def test_the_writer_writes_given_chunks_as_they_are_and_checks_the_first(tmp_path):
+    values, trusted, copied = _write(tmp_path / "given.h5", host_fletcher32)
+    _, host_trusted, host_copied = _write(tmp_path / "host.h5", None)
     assert trusted is True and host_trusted is None
+    assert copied == 0 and host_copied == 3  # the given chunks went to the file from the caller's buffer
     chunks, stored = _stored(tmp_path / "given.h5")
     assert chunks == _stored(tmp_path / "host.h5")[0]  # byte for byte what the host writes alone
     np.testing.assert_array_equal(stored, values)
@@ -79,21 +103,42 @@ def test_the_writer_appends_a_given_checksum_and_checks_the_first(tmp_path):
 
 
 def test_a_wrong_checksum_is_refused_with_a_warning_and_the_hosts_is_stored(tmp_path):
-    wrong = lambda v: [host_fletcher32(row) ^ 1 for row in v]
-    with pytest.warns(RuntimeWarning, match="the host computes them from now on"):
-        values, trusted = _write(tmp_path / "wrong.h5", wrong)
-    assert trusted is False
+    with pytest.warns(RuntimeWarning, match="Fletcher-32 of a row is .* the host computes them from now on"):
+        values, trusted, copied = _write(tmp_path / "wrong.h5", lambda row: host_fletcher32(row) ^ 1)
+    assert trusted is False and copied == 3
     with open_run(tmp_path / "wrong.h5") as run:
         assert not verify(run).damaged
         np.testing.assert_array_equal(run.activations("conv1", [0, 1, 2]), values)
+
+
+def test_chunks_holding_other_bytes_than_their_rows_are_refused(tmp_path):
+    """The chunk's checksum is right for its bytes, but they are not the row's: the row is stored."""
+    def shifted(values, checksum):
+        return _chunks(values + np.asarray(1, values.dtype), checksum)
+
+    with pytest.warns(RuntimeWarning, match="holds other bytes than the row"):
+        values, trusted, copied = _write(tmp_path / "other.h5", host_fletcher32, chunks_of=shifted)
+    assert trusted is False and copied == 3
+    with open_run(tmp_path / "other.h5") as run:
+        np.testing.assert_array_equal(run.activations("conv1", [0, 1, 2]), values)
+
+
+def test_chunks_of_the_wrong_shape_are_one_clear_error(tmp_path):
+    layout = dataclasses.replace(_layout(), compression="none", dtype="float16")
+    values = VALUES.astype(np.float16)
+    writer = H5RunWriter(tmp_path / "bad.h5", layout)
+    with pytest.raises(ValueError, match=r"must be uint8 \[rows, bytes \+ 4\], got uint8 \[3, 128\]"):
+        writer.write_frames([0, 1, 2], {"conv1": values}, chunks={"conv1": _chunks(values)[:, :-4]})
+    assert writer._staged_bytes == 0 and all(not column.staged_bytes for column in writer._col.values())
+    writer.close()
 
 
 def test_checksums_of_other_bytes_than_the_stored_ones_are_ignored(tmp_path):
     """float32 rows stored as float16: the caller's checksum is of the float32 bytes."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _, trusted = _write(tmp_path / "cast.h5", lambda v: [host_fletcher32(row) for row in v], np.float32)
-    assert trusted is None
+        _, trusted, copied = _write(tmp_path / "cast.h5", host_fletcher32, np.float32)
+    assert trusted is None and copied == 3
     with open_run(tmp_path / "cast.h5") as run:
         assert not verify(run).damaged
 
@@ -108,7 +153,7 @@ def test_a_loop_with_device_checksums_writes_the_file_the_host_would(tmp_path):
         rec = plan.recorder(tmp_path / f"{place}.h5")
         loop = TrainingLoop(plan, rec, evaluate=False)
         assert loop.blocks.checksums == (place == "device")
-        assert (CHECKSUMS in loop.blocks.buffers()[0]) == (place == "device")
+        assert (CHUNKS in loop.blocks.buffers()[0]) == (place == "device")
         with rec:
             loop.compile()
             loop.start()
@@ -164,7 +209,7 @@ def test_packed_frames_carry_the_checksums_of_their_frame_arrays_and_none_of_the
     import jax.numpy as jnp
 
     from recorder.batching import layout, pack
-    from recorder.blocks import checksum_columns, pack_frame
+    from recorder.blocks import chunk_columns, pack_frame, unpack
 
     frames = [{"conv1": jnp.asarray(rng.normal(size=(2, 3, 3, 4)), jnp.float16),
                "logits": jnp.asarray(rng.normal(size=(2, 5)), jnp.float32),
@@ -173,8 +218,16 @@ def test_packed_frames_carry_the_checksums_of_their_frame_arrays_and_none_of_the
     frame_layout = layout(frames[0])
     packed = jax.device_get(pack(frames, True))
     stacked = jax.device_get({d: jnp.stack([pack_frame(f, frame_layout, True)[d] for f in frames]) for d in packed})
+    packed = {d: b.reshape(len(frames), -1) for d, b in packed.items()}
     for buffers in (packed, stacked):
-        sums = checksum_columns(buffers, frame_layout, len(frames))
-        assert sorted(sums) == ["conv1", "logits"]
-        for key, column in sums.items():
-            assert column.tolist() == [host_fletcher32(np.asarray(f[key])) for f in frames]
+        chunks = chunk_columns(buffers, frame_layout)
+        assert sorted(chunks) == ["conv1", "logits"] and sorted(buffers) == [CHUNKS, "float32"]
+        arrays = unpack(buffers, frame_layout)
+        for key, rows in chunks.items():  # each row: the array's bytes, then HDF5's checksum of them
+            for f, row, array in zip(frames, rows, arrays[key]):
+                value = np.asarray(f[key])
+                assert row.tobytes() == value.tobytes() + host_fletcher32(value).to_bytes(4, "little")
+                np.testing.assert_array_equal(array, value)
+                assert np.shares_memory(array, buffers[CHUNKS])
+        for key in ("analysis/gram/conv1", "analysis/stats/conv1"):  # not chunked: the per-dtype buffer
+            np.testing.assert_array_equal(arrays[key], np.stack([np.asarray(f[key]) for f in frames]))
