@@ -61,9 +61,10 @@ class Checkpoints:
 
     def device_copy(self, state: Any) -> list[Any]:
         """The state's leaves copied on the device (typed PRNG keys as their key data), for `save_leaves` on
-        another thread: later steps may donate the state's own buffers. No wait."""
+        another thread: later steps may donate the state's own buffers. No wait. A key's data is copied too:
+        `key_data` returns the key's own buffer, which the next step's donation deletes."""
         leaves = jax.tree.leaves(state)
-        return [jax.random.key_data(v) if i in self._keys else jax.numpy.copy(v) for i, v in enumerate(leaves)]
+        return [jax.numpy.copy(jax.random.key_data(v) if i in self._keys else v) for i, v in enumerate(leaves)]
 
     def save(self, step: int, state: Any) -> None:
         """Checkpoints `state` (the state after update `step`); returns once it is on the host. A step already

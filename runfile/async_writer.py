@@ -170,11 +170,10 @@ class AsyncRunWriter:
                 raise WriterError(f"writing {self.writer.path} failed: the disk is full ({describe(self._error)}); the "
                                   f"file keeps every row written before, up to step {self.latest_train.get('step', 0)}"
                                   "; free some space, then `emergence resume` it") from self._error
-            raise WriterError(
-                f"writing {self.writer.path} failed: {describe(self._error)}. "
-                "Check free disk space and that the file is not written by another process; "
-                "the file keeps every frame written before the failure."
-            ) from self._error
+            hint = ("Check free disk space and that the file is not written by another process; "
+                    if isinstance(self._error, OSError) else "")  # else the values handed to the writer were wrong
+            raise WriterError(f"writing {self.writer.path} failed: {describe(self._error)}. {hint}the file keeps "
+                              "every frame written before the failure.") from self._error
 
     def submit(self, call: Callable[..., None], *args: Any) -> None:
         """Queues `call(*args)` (a method of the wrapped writer or of this one), to run on the worker with host

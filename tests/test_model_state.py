@@ -10,6 +10,7 @@ from flax import nnx
 
 from conftest import tiny_config
 from recorder import Capture, Probes, Recorder, tap
+from recorder.checkpoints import Checkpoints
 from recorder.models import MODELS, register_model
 from recorder.loop import TrainingLoop
 from recorder.plan import make_plan
@@ -45,8 +46,13 @@ def _plan(model):
 
 
 def test_batchnorm_and_dropout_record_through_the_built_in_loop(bn_model, tmp_path):
-    result = record(tiny_config(model=bn_model, steps=4, analysis_probes=16), tmp_path / "bn.h5",
+    """With a checkpoint every 2 steps, saved on the writer thread while the loop goes on: the dropout stream's
+    key is copied before the next step takes the state's buffers."""
+    result = record(tiny_config(model=bn_model, steps=4, analysis_probes=16, checkpoint_every=2), tmp_path / "bn.h5",
                     show_progress=False, log=lambda s: None)
+    checkpoints = Checkpoints(result.path, _plan(bn_model).fns.init_state, {})
+    assert checkpoints.steps()[-2:] == [2, 4]
+    checkpoints.close()
     with open_run(result.path) as run:
         assert run.status == "completed" and run.layers == ["bn_relu"] and run.steps.tolist() == [0, 1, 2, 3, 4]
         assert np.isfinite(run.test_metrics()[1]) and len(run.analysis_steps) == 5
