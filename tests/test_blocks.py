@@ -24,7 +24,8 @@ from runfile.reader import open_run
 from runfile.verify import verify
 from test_reliability import cli, finish, frames_of, start, wait_until
 
-BLOCKS = ["--set", "steps=120", "--set", "checkpoint_every=25", "--set", "eval_every=20", "--set", "block_steps=8"]
+BLOCKS = ["--set", "steps=120", "--set", "checkpoint_every=25", "--set", "eval_every=20", "--set", "block_steps=8",
+          "--set", "dropout=0.2"]  # a dropout stream: its key is checkpointed and restored too
 
 
 def test_block_size_from_bytes_and_backend():
