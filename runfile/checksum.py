@@ -79,21 +79,18 @@ def fletcher32_numpy(data: Buffer) -> int:
     return (sum2 << 16) | sum1
 
 
-def with_checksum(chunk: Buffer, out: np.ndarray | None = None, checksum: int | None = None) -> np.ndarray:
-    """`chunk`'s bytes followed by their Fletcher-32 checksum, as HDF5's filter stores a chunk (uint8; one copy,
-    made without letting the GIL go: see the module doc). Written into `out` (uint8, 4 bytes longer than the
-    chunk) if given, else into a new array; `checksum` is the chunk's Fletcher-32 where the caller has it."""
+def with_checksum(chunk: Buffer) -> np.ndarray:
+    """`chunk`'s bytes followed by their Fletcher-32 checksum, as HDF5's filter stores a chunk (a new uint8
+    array; one copy, made without letting the GIL go: see the module doc)."""
     raw = _bytes_of(chunk)
-    out = np.empty(raw.size + 4, np.uint8) if out is None else out
-    rows_with_checksums(raw[None], out[None], None if checksum is None else [checksum])
-    return out
+    return rows_with_checksums(raw[None], np.empty((1, raw.size + 4), np.uint8))[0]
 
 
-def rows_with_checksums(rows: np.ndarray, out: np.ndarray, checksums: Any = None) -> np.ndarray:
+def rows_with_checksums(rows: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Each of `rows` ([n, ...], C-contiguous) as a chunk with its Fletcher-32 appended, in `out` (uint8 [n, row
-    bytes + 4]): the rows' bytes copied row by row (each checksummed right after its copy where `checksums`,
-    [n], are not given) and the checksums written at the ends in one assignment. Every copy and checksum is
-    a C call that keeps the GIL (see the module doc); there is no Python-level work per row but the calls."""
+    bytes + 4]): the rows' bytes copied row by row, each checksummed right after its copy, and the checksums
+    written at the ends in one assignment. Every copy and checksum is a C call that keeps the GIL (see the
+    module doc); there is no Python-level work per row but the calls."""
     n = len(rows)
     if n == 0:
         return out
@@ -102,16 +99,12 @@ def rows_with_checksums(rows: np.ndarray, out: np.ndarray, checksums: Any = None
     copy, native = _memmove(), _native()
     if copy is None or native is None:
         out[:, :size] = raw
-        if checksums is None:
-            checksums = [fletcher32(row) for row in raw]
-    elif checksums is None:
+        checksums = [fletcher32(row) for row in raw]
+    else:
         checksums = np.empty(n, np.uint32)
         for j in range(n):  # each row's checksum right after its copy, while its bytes are in the cache
             copy(dst + j * stride, src + j * size, size)
             checksums[j] = native(src + j * size, size)
-    else:
-        for j in range(n):
-            copy(dst + j * stride, src + j * size, size)
     out[:, size:] = np.asarray(checksums, "<u4").reshape(n, 1).view(np.uint8)
     return out
 
