@@ -308,7 +308,10 @@ class _Column:
 
     def stage(self, rows: Any, chunks: Any = None) -> None:
         """Keeps `rows` until `commit` (or `take`), with their `chunks` (see `rows_and_chunks`)."""
-        rows, chunks = self.rows_and_chunks(rows, chunks)
+        self.keep(*self.rows_and_chunks(rows, chunks))
+
+    def keep(self, rows: np.ndarray, chunks: np.ndarray | None) -> None:
+        """`stage` of what `rows_and_chunks` returned."""
         self._staged.append((rows, chunks))
         self.staged_bytes += rows.nbytes
 
@@ -623,7 +626,7 @@ class H5RunWriter:
         staged = [(column, *column.rows_and_chunks(rows, given)) for column, rows, given in columns]  # may raise
         self._reserve(sum(rows.nbytes for _, rows, _ in staged))
         for column, rows, given in staged:
-            column.stage(rows, given)
+            column.keep(rows, given)
         c["frames/wall_time"].stage(np.full(n, self._now(wall_time)))
         c["frames/step"].stage(steps)
         self._write_if_staged_enough()
